@@ -1,0 +1,28 @@
+"""Attention kernels behind one signature, chosen by `ModelConfig.attention`.
+
+Every kernel computes, for each query token i and key token j of the same batch row,
+
+    softmax_j( scale * q_i . k_j  -  slope_h * (pos_i - pos_j) )  over keys with
+    seg_j == seg_i  and  pos_j <= pos_i,
+
+and returns the weighted sum of v. Shapes: q [B, Lq, H, Dh]; k, v [B, Lk, G, Dh] with H a multiple of G
+(query head h reads key/value head h // (H // G), never a copied K/V); segment ids and positions [B, L]
+int32; `alibi_slopes` [H] float or None. Causality is by *position* within a segment, so packed rows,
+PoSE-shifted positions, ring shards and KV caches (empty slots get segment id 0) all use the same rule.
+`xla` is the reference; every other kernel is tested equal to it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ctxjax.attention.xla import xla_attention
+
+KERNELS: dict[str, Callable] = {"xla": xla_attention}
+
+
+def get_kernel(name: str) -> Callable:
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention kernel {name!r}; choose one of {sorted(KERNELS)}") from None

@@ -1,0 +1,112 @@
+"""ModelConfig: every architectural choice of a ctxjax Transformer, frozen and hashable.
+
+One config covers two families:
+- "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA.
+- "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
+
+The positional scheme is a value object from `ctxjax.positions` (e.g. `Rope(rope_type="yarn", factor=4)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ctxjax import positions as positions_lib
+
+FAMILIES = ("llama", "gpt2")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (no grouping)
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4*d_model for gpt2, Llama's rounded 8/3*d_model for llama
+    family: str = "llama"
+    # Largest position the model is meant for: HF `max_position_embeddings` / GPT-2 `n_positions`.
+    max_seq_len: int = 2048
+    position: positions_lib.PositionScheme = dataclasses.field(default_factory=positions_lib.Rope)
+    norm_eps: float | None = None  # None: 1e-6 (llama) or 1e-5 (gpt2)
+    qkv_bias: bool | None = None  # None: family default (gpt2 yes, llama no)
+    o_bias: bool | None = None
+    mlp_bias: bool | None = None
+    tie_embeddings: bool | None = None  # None: gpt2 yes, llama no
+    dtype: str = "float32"  # compute dtype of activations
+    param_dtype: str = "float32"
+    attention: str = "xla"  # kernel name in ctxjax.attention
+    remat: str = "none"  # rematerialisation policy of each block, see ctxjax.model.REMAT_POLICIES
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---- derived values (properties, so that a config never stores two copies of a fact) ----
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.family == "gpt2":
+            return 4 * self.d_model
+        return 256 * ((int(8 * self.d_model / 3) + 255) // 256)
+
+    @property
+    def eps(self) -> float:
+        if self.norm_eps is not None:
+            return self.norm_eps
+        return 1e-5 if self.family == "gpt2" else 1e-6
+
+    def _family_default(self, value: bool | None, gpt2: bool, llama: bool) -> bool:
+        if value is not None:
+            return value
+        return gpt2 if self.family == "gpt2" else llama
+
+    @property
+    def use_qkv_bias(self) -> bool:
+        return self._family_default(self.qkv_bias, True, False)
+
+    @property
+    def use_o_bias(self) -> bool:
+        return self._family_default(self.o_bias, True, False)
+
+    @property
+    def use_mlp_bias(self) -> bool:
+        return self._family_default(self.mlp_bias, True, False)
+
+    @property
+    def tied(self) -> bool:
+        return self._family_default(self.tie_embeddings, True, False)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        def fail(msg: str):
+            raise ValueError(f"ModelConfig: {msg}")
+
+        if self.family not in FAMILIES:
+            fail(f"family={self.family!r} is unknown; use one of {FAMILIES}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            if int(getattr(self, name)) < 1:
+                fail(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            fail(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly")
+        if self.n_heads % self.kv_heads:
+            fail(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads} (grouped-query attention)")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                fail(f"{name}={getattr(self, name)!r} is unknown; use one of {DTYPES}")
+        if not isinstance(self.position, positions_lib.PositionScheme):
+            fail(f"position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got {self.position!r}")
+        self.position.validate(self)
