@@ -1,0 +1,7 @@
+"""ctxjax: extend the context window of decoder language models in JAX/Flax, export them to PyTorch."""
+
+from ctxjax.config import ModelConfig
+from ctxjax.model import Transformer, init_params, param_logical_axes
+
+__all__ = ["ModelConfig", "Transformer", "init_params", "param_logical_axes"]
+__version__ = "0.1.0"

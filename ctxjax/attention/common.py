@@ -1,0 +1,110 @@
+"""What every kernel shares: input checks and the grouped, head-major layout the block loops work in."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# Padded keys get this position: no real query position (< 2**31 - 1) reaches it, so they are never visible.
+KEY_PAD_POSITION = jnp.iinfo(jnp.int32).max
+# Padded queries get this position: it never raises a block's largest position, so skipping is unaffected.
+QUERY_PAD_POSITION = -1
+
+
+def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes):
+    """Raise a one-line ValueError naming the fix when shapes break the kernel contract."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}")
+    batch, q_len, n_heads, head_dim = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k and v must be [{batch}, kv_length, kv_heads, {head_dim}]; got {k.shape}, {v.shape}")
+    n_kv = k.shape[2]
+    if n_heads % n_kv:
+        raise ValueError(f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv})")
+    for name, x, length in (
+        ("q_segment_ids", q_segment_ids, q_len),
+        ("q_positions", q_positions, q_len),
+        ("kv_segment_ids", kv_segment_ids, k.shape[1]),
+        ("kv_positions", kv_positions, k.shape[1]),
+    ):
+        if x.shape != (batch, length):
+            raise ValueError(f"{name} must be [{batch}, {length}]; got {x.shape}")
+    if alibi_slopes is not None and jnp.shape(alibi_slopes) != (n_heads,):
+        raise ValueError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
+
+
+class Grouped(NamedTuple):
+    """Inputs in the layout of the block loops, lengths padded to whole blocks.
+
+    q [B, G, Lq, R, Dh] already multiplied by the scale (R = query heads per K/V head); k, v [B, G, Lk, Dh];
+    segment ids and positions [B, L] int32; slopes [G, R] float32 or None.
+    """
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    q_segment_ids: jax.Array
+    kv_segment_ids: jax.Array
+    q_positions: jax.Array
+    kv_positions: jax.Array
+    slopes: jax.Array | None
+
+
+def block_size(requested: int, length: int) -> int:
+    """The block actually used: the requested size, or the whole length when that is shorter."""
+    if not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"block sizes must be positive ints; got {requested!r}")
+    return min(requested, length)
+
+
+def _pad_length(x, length, value):
+    """Pad axis 1 of x up to `length` with `value` ('edge' repeats the last entry)."""
+    x = jnp.asarray(x)
+    extra = length - x.shape[1]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, extra)
+    if value == "edge":
+        return jnp.pad(x, widths, mode="edge")
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def round_up(length: int, block: int) -> int:
+    return -(-length // block) * block
+
+
+def to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+               q_block, kv_block) -> Grouped:
+    """Scale q, split heads into (kv head, group), move heads before length, pad lengths to whole blocks.
+
+    Padded entries keep the segment id of the last real token (so block segment ranges do not widen) and get
+    positions that make padded keys invisible and padded queries irrelevant (their rows are cut off after).
+    """
+    batch, q_len, n_heads, head_dim = q.shape
+    n_kv = k.shape[2]
+    q_pad, kv_pad = round_up(q_len, q_block), round_up(k.shape[1], kv_block)
+    # Scaling q before the kernel lets autodiff carry the scale's own gradient, whatever it is.
+    q = (q * jnp.asarray(scale, q.dtype)).reshape(batch, q_len, n_kv, n_heads // n_kv, head_dim)
+    q = _pad_length(q, q_pad, 0).transpose(0, 2, 1, 3, 4)
+    k = _pad_length(k, kv_pad, 0).transpose(0, 2, 1, 3)
+    v = _pad_length(v, kv_pad, 0).transpose(0, 2, 1, 3)
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = jnp.asarray(alibi_slopes, jnp.float32).reshape(n_kv, n_heads // n_kv)
+    return Grouped(
+        q, k, v,
+        _pad_length(q_segment_ids.astype(jnp.int32), q_pad, "edge"),
+        _pad_length(kv_segment_ids.astype(jnp.int32), kv_pad, "edge"),
+        _pad_length(q_positions.astype(jnp.int32), q_pad, QUERY_PAD_POSITION),
+        _pad_length(kv_positions.astype(jnp.int32), kv_pad, KEY_PAD_POSITION),
+        slopes,
+    )
+
+
+def from_grouped(out, q_len):
+    """[B, G, Lq_padded, R, Dh] -> [B, Lq, H, Dh]."""
+    batch, n_kv, _, group, head_dim = out.shape
+    return out[:, :, :q_len].transpose(0, 2, 1, 3, 4).reshape(batch, q_len, n_kv * group, head_dim)

@@ -1,0 +1,96 @@
+"""DataConfig: every choice of the data pipeline, one documented field each.
+
+A config may arrive as a `DataConfig`, a plain dict or an `ml_collections.ConfigDict` (the recipes in
+configs/ use ConfigDicts); `as_data_config` turns any of them into a validated `DataConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+MODES = ("pack", "crop")
+DECODE_ERROR_POLICIES = ("skip", "fail")
+
+
+class DataError(ValueError):
+    """A one-line, user-facing problem with the data set-up; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # Where documents come from (see docs/data.md): "stdlib[:train|eval]", "text:GLOB", "jsonl:GLOB[:FIELD]",
+    # "tfds:NAME[/CONFIG][:SPLIT]".
+    source: str = "stdlib"
+    # Held-out documents for evaluation; None derives one from `source` (see sources.eval_source_spec).
+    eval_source: str | None = None
+    # Feature (tfds) or key (jsonl) holding the text; None picks "text" or the dataset's only text feature.
+    text_field: str | None = None
+    # tfds data directory; None uses tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+    tfds_data_dir: str | None = None
+    # Use only the first N documents of the source (quick experiments and tests); None: all of them.
+    max_documents: int | None = None
+    # "" trains a SentencePiece model on the source (cached in WORKDIR/tokenizer and reused); a path to a
+    # SentencePiece `.model`, an HF `tokenizer.json` or a directory holding either; "bytes" for raw UTF-8 bytes.
+    tokenizer: str = ""
+    # Vocabulary of a trained SentencePiece model (must not exceed the model's vocab_size).
+    vocab_size: int = 4096
+    # SentencePiece training reads at most this many characters, sampled by document from the source: BPE
+    # training time grows with it (10M characters take about a second here), the vocabulary barely improves.
+    tokenizer_train_chars: int = 10_000_000
+    add_bos: bool = True  # a document starts with BOS: the first real token then has a target too
+    add_eos: bool = True  # a document ends with EOS: the model learns where documents stop
+    # "pack": documents laid end to end, several per row, long ones continued in the next row.
+    # "crop": one document per row, a random window of it (padding when it is shorter than the row).
+    mode: str = "pack"
+    # Documents with fewer tokens (BOS/EOS included) are skipped: set it to seq_len + 1 to train extension
+    # only on documents that fill a whole row.
+    min_doc_tokens: int = 0
+    # PoSE: > 0 shifts the positions of `pose_chunks` chunks of each segment so they span up to this many
+    # positions, simulating a context of `pose_target_len` while training at a shorter seq_len.
+    pose_target_len: int = 0
+    pose_chunks: int = 2
+    seed: int = 0
+    shuffle: bool = True  # False: documents in source order (evaluation)
+    on_decode_error: str = "skip"  # non-UTF-8 document: "skip" (counted and logged) or "fail"
+    # Independent streams the global batch is cut into; the global batch depends on it, not on the number of
+    # processes, which must divide it. None: jax.process_count() at start-up (the value is kept in the state).
+    num_shards: int | None = None
+    prefetch: int = 2  # batches prepared ahead by a background thread; 0 disables the thread
+    # Tokenize a process's whole share once and cache it in WORKDIR/token_cache (True), or tokenize each
+    # document when the stream reaches it (False). None: True for local files, False for tfds.
+    precompute_tokens: bool | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise DataError(f"data.mode={self.mode!r} is unknown; use one of {MODES}")
+        if self.on_decode_error not in DECODE_ERROR_POLICIES:
+            raise DataError(f"data.on_decode_error={self.on_decode_error!r} is unknown; use one of "
+                            f"{DECODE_ERROR_POLICIES}")
+        if self.pose_target_len and self.pose_chunks < 1:
+            raise DataError("data.pose_chunks must be at least 1 when data.pose_target_len is set")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise DataError("data.num_shards must be at least 1 (or None for one per process)")
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
+
+
+def as_data_config(config_like: Any = None, **overrides) -> DataConfig:
+    """A DataConfig from a DataConfig, dict, ConfigDict (or None for defaults), with `overrides` applied."""
+    if config_like is None:
+        values = {}
+    elif isinstance(config_like, DataConfig):
+        values = dataclasses.asdict(config_like)
+    elif hasattr(config_like, "to_dict"):  # ml_collections.ConfigDict
+        values = dict(config_like.to_dict())
+    elif isinstance(config_like, dict):
+        values = dict(config_like)
+    else:
+        raise DataError(f"cannot read a data config from {type(config_like).__name__}; pass a DataConfig, a dict "
+                        "or a ConfigDict")
+    values.update(overrides)
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise DataError(f"unknown data config field(s) {unknown}; valid fields: {', '.join(FIELDS)}")
+    return DataConfig(**values)

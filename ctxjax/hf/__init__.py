@@ -1,0 +1,176 @@
+"""Hugging Face checkpoints <-> ctxjax: `load_pretrained(hf_dir) -> (ModelConfig, params)` and
+`save_pretrained(config, params, out_dir)`, numpy and safetensors only (no torch needed).
+
+Supported: LlamaForCausalLM-style models (llama, mistral, qwen2) and GPT2LMHeadModel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctxjax.config import ModelConfig
+from ctxjax.hf.config import hf_config_from_model, model_config_from_hf
+from ctxjax.hf.io import CheckpointReader, write_checkpoint
+from ctxjax.hf.tokenizer import write_tokenizer
+from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
+from ctxjax.model import Transformer
+
+__all__ = ["load_pretrained", "save_pretrained", "read_hf_config"]
+
+
+def read_hf_config(hf_dir: str) -> dict[str, Any]:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{hf_dir} is not a Hugging Face model directory: it has no config.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens))
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(abstract["params"]))[0]
+    return {tuple(k.key for k in path): leaf.shape for path, leaf in flat}
+
+
+def _layer_names(cfg: ModelConfig, tensor: Tensor) -> list[str]:
+    if tensor.per_layer:
+        return [tensor.hf_name.format(i=i) for i in range(cfg.n_layers)]
+    return [tensor.hf_name]
+
+
+def _our_path(cfg: ModelConfig, tensor: Tensor, path) -> tuple[str, ...]:
+    return ("layers", *path) if tensor.per_layer else tuple(path)
+
+
+def _expected_hf_shape(cfg, tensor, shapes) -> tuple[int, ...]:
+    per_layer = [shapes[_our_path(cfg, tensor, p)][1 if tensor.per_layer else 0:] for p in tensor.paths]
+    return tensor.to_hf(cfg, [np.empty(s, np.float32) for s in per_layer]).shape
+
+
+def load_pretrained(hf_dir: str, **overrides: Any):
+    """(ModelConfig, params) from a Hugging Face directory. `overrides` are ModelConfig fields (e.g.
+    attention='blockwise', param_dtype='float32', position=...). Params are host numpy arrays in
+    `param_dtype` (default: the checkpoint's dtype); place them with jax.device_put or a sharding."""
+    cfg = model_config_from_hf(read_hf_config(hf_dir), **overrides)
+    reader = CheckpointReader(hf_dir)
+    available = {}
+    for name in reader.names():
+        canonical = canonical_name(cfg, name)
+        if not is_ignored(cfg, canonical):
+            available[canonical] = name
+    tensors = tensors_for(cfg)
+    expected = [n for t in tensors for n in _layer_names(cfg, t)]
+    missing = [n for n in expected if n not in available]
+    extra = sorted(set(available) - set(expected))
+    if missing:
+        raise ValueError(f"checkpoint in {hf_dir} lacks {len(missing)} weight(s) its config.json implies, e.g. "
+                         f"{missing[:3]}; check that config.json belongs to these weights")
+    if extra:
+        raise ValueError(f"checkpoint in {hf_dir} has {len(extra)} weight(s) ctxjax does not map, e.g. {extra[:3]}; "
+                         "check that config.json belongs to these weights")
+
+    shapes = _param_shapes(cfg)
+    dtype = jnp.dtype(cfg.param_dtype)
+    params: dict = {}
+    for tensor in tensors:
+        want = _expected_hf_shape(cfg, tensor, shapes)
+        per_path: list[list[np.ndarray]] = [[] for _ in tensor.paths]
+        for name in _layer_names(cfg, tensor):
+            value = reader[available[name]]
+            if value.shape != want:
+                raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json implies {want}; "
+                                 "check hidden_size / heads / intermediate_size in config.json")
+            for parts, part in zip(per_path, tensor.from_hf(cfg, value)):
+                parts.append(part.astype(dtype))
+        for path, parts in zip(tensor.paths, per_path):
+            value = np.stack(parts) if tensor.per_layer else parts[0]
+            _set(params, _our_path(cfg, tensor, path), value)
+    return cfg, params
+
+
+def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
+    """Write `out_dir` as a Hugging Face model directory (config.json, safetensors, tokenizer files) that
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits.
+
+    Everything is written to a temporary sibling directory first and renamed into place at the end, so a
+    failure leaves no half-written export; an existing non-empty `out_dir` is replaced only with overwrite=True.
+    """
+    params = jax.device_get(nn.meta.unbox(params))
+    if config.position.name == "learned":  # the table, possibly extended, is the truth about n_positions
+        config = config.replace(max_seq_len=int(params["pos_embed"]["embedding"].shape[0]))
+    hf = hf_config_from_model(config)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise ValueError(f"{out_dir} is not empty; pass overwrite=True (CLI: --overwrite) or choose a new directory")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a directory; choose another output path")
+    tensors = list(_hf_tensors(config, params))  # converts (and checks) everything before touching the disk
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        write_checkpoint(iter(tensors), tmp)
+        if tokenizer is not None:
+            write_tokenizer(tokenizer, tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _hf_tensors(cfg: ModelConfig, params):
+    tensors = tensors_for(cfg)
+    wanted = {_our_path(cfg, t, p) for t in tensors for p in t.paths}
+    have = {tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    if wanted != have:
+        missing, extra = sorted(wanted - have), sorted(have - wanted)
+        raise ValueError(f"params do not match the config: missing {missing[:3]}, unexpected {extra[:3]}; "
+                         "pass the ModelConfig the params were made with")
+    shapes = _param_shapes(cfg)
+    for t in tensors:
+        values = [np.asarray(_get(params, _our_path(cfg, t, p))) for p in t.paths]
+        for path, value in zip(t.paths, values):
+            if value.shape != shapes[_our_path(cfg, t, path)]:
+                raise ValueError(f"param {'/'.join(_our_path(cfg, t, path))} has shape {value.shape}, the config "
+                                 f"implies {shapes[_our_path(cfg, t, path)]}; pass the matching ModelConfig")
+        if t.per_layer:
+            for i, name in enumerate(_layer_names(cfg, t)):
+                yield name, t.to_hf(cfg, [v[i] for v in values])
+        else:
+            yield t.hf_name, t.to_hf(cfg, values)
+
+
+def _replace_dir(new: str, target: str) -> None:
+    if not os.path.exists(target):
+        os.rename(new, target)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
+    os.rename(target, os.path.join(old, "previous"))
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value

@@ -1,0 +1,170 @@
+"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2) and GPT-2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxjax import positions
+from ctxjax.config import ModelConfig
+
+LLAMA_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
+SUPPORTED = {**LLAMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
+
+_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float": "float32",
+                 "half": "float16"}
+
+
+def architecture(hf: dict[str, Any]) -> str:
+    """The supported architecture named by config.json, or a one-line error listing the supported ones."""
+    names = hf.get("architectures") or []
+    found = [n for n in names if n in SUPPORTED]
+    if not found:
+        by_type = {v: k for k, v in SUPPORTED.items()}.get(hf.get("model_type", ""))
+        if by_type and not names:
+            return by_type
+        raise ValueError(f"unsupported architecture {names or hf.get('model_type')!r} in config.json; "
+                         f"ctxjax loads {sorted(SUPPORTED)}")
+    return found[0]
+
+
+def _checkpoint_dtype(hf: dict[str, Any]) -> str:
+    name = str(hf.get("dtype") or hf.get("torch_dtype") or "float32").replace("torch.", "")
+    return _TORCH_DTYPES.get(name, "float32")
+
+
+def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
+    arch = architecture(hf)
+    dtype = _checkpoint_dtype(hf)
+    if arch in GPT2_ARCHITECTURES:
+        fields = _gpt2_fields(hf)
+    else:
+        fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
+    fields.update(dtype=dtype, param_dtype=dtype)
+    unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown override(s) {unknown}; overrides are ModelConfig fields: "
+                         f"{sorted(ModelConfig.__dataclass_fields__)}")
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"hidden_act={act!r} is not supported for the Llama family; ctxjax implements SwiGLU (silu)")
+    window = hf.get("sliding_window")
+    if model_type == "qwen2" and not hf.get("use_sliding_window", False):
+        window = None
+    max_pos = int(hf.get("max_position_embeddings", 2048))
+    if window is not None and window < max_pos:
+        raise ValueError(f"config.json sets sliding_window={window} < max_position_embeddings={max_pos}; ctxjax "
+                         "attends over the full context: set sliding_window to null in config.json to load it "
+                         f"(results change only for sequences longer than {window} tokens)")
+    bias = bool(hf.get("attention_bias", False))
+    return dict(
+        family="llama",
+        vocab_size=int(hf["vocab_size"]),
+        d_model=int(hf["hidden_size"]),
+        n_layers=int(hf["num_hidden_layers"]),
+        n_heads=int(hf["num_attention_heads"]),
+        n_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
+        head_dim=hf.get("head_dim"),
+        d_ff=int(hf["intermediate_size"]),
+        max_seq_len=max_pos,
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        qkv_bias=True if model_type == "qwen2" else bias,
+        o_bias=False if model_type == "qwen2" else bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        position=positions.Rope.from_hf(hf),
+    )
+
+
+def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 activation_function={act!r} is not supported; ctxjax implements the tanh GELU "
+                         "('gelu_new')")
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
+        raise ValueError("GPT-2 attention scaling other than 1/sqrt(head_dim) (scale_attn_by_inverse_layer_idx, "
+                         "scale_attn_weights=false) is not supported")
+    d = int(hf.get("n_embd", hf.get("hidden_size", 768)))
+    return dict(
+        family="gpt2",
+        vocab_size=int(hf["vocab_size"]),
+        d_model=d,
+        n_layers=int(hf.get("n_layer", hf.get("num_hidden_layers", 12))),
+        n_heads=int(hf.get("n_head", hf.get("num_attention_heads", 12))),
+        d_ff=int(hf.get("n_inner") or 4 * d),
+        max_seq_len=int(hf.get("n_positions", hf.get("max_position_embeddings", 1024))),
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        position=positions.Learned(),
+    )
+
+
+def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
+    """A config.json dict that transformers 4.x and 5.x read to the same model."""
+    if cfg.family not in cfg.position.hf_families:
+        raise ValueError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
+                         f"equivalent; export {cfg.family} models with "
+                         f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
+    out = _gpt2_config(cfg) if cfg.family == "gpt2" else _llama_config(cfg)
+    out.update(cfg.position.to_hf(cfg))
+    out.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype, use_cache=True)
+    return out
+
+
+def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
+    qwen2 = cfg.use_qkv_bias and not cfg.use_o_bias
+    if cfg.use_o_bias and not cfg.use_qkv_bias:
+        raise ValueError("an output-projection bias without q/k/v biases has no Hugging Face Llama-family "
+                         "equivalent; set qkv_bias=True or o_bias=False")
+    out = dict(
+        architectures=["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+        model_type="qwen2" if qwen2 else "llama",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.dim_per_head,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.eps,
+        tie_word_embeddings=cfg.tied,
+        mlp_bias=cfg.use_mlp_bias,
+    )
+    if qwen2:
+        out.update(use_sliding_window=False, sliding_window=None)
+    else:
+        out.update(attention_bias=cfg.use_qkv_bias)
+    return out
+
+
+def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:
+    if not (cfg.use_qkv_bias and cfg.use_o_bias and cfg.use_mlp_bias) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads) \
+            or cfg.kv_heads != cfg.n_heads:
+        raise ValueError("Hugging Face GPT-2 needs biases everywhere, head_dim = d_model / n_heads and no "
+                         "grouped-query attention; keep the gpt2 family defaults")
+    return dict(
+        architectures=["GPT2LMHeadModel"],
+        model_type="gpt2",
+        vocab_size=cfg.vocab_size,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.mlp_dim,
+        n_positions=cfg.max_seq_len,
+        layer_norm_epsilon=cfg.eps,
+        activation_function="gelu_new",
+        tie_word_embeddings=cfg.tied,
+        scale_attn_weights=True,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )

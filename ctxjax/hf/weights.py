@@ -1,0 +1,181 @@
+"""Declarative maps between ctxjax parameters and Hugging Face tensor names, one table per family.
+
+Each `Tensor` ties one HF tensor to one or more ctxjax parameters (GPT-2 fuses q, k and v into `c_attn`)
+and knows how to convert a single layer's values both ways. Parameters under `layers` carry a leading
+layer axis in ctxjax (nn.scan) and one HF tensor per layer (`{i}` in the name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ctxjax.config import ModelConfig
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    hf_name: str  # with "{i}" for per-layer tensors
+    paths: tuple[Path, ...]  # ctxjax parameter paths (under layers: without the layer axis)
+    to_hf: Callable[[ModelConfig, Sequence[np.ndarray]], np.ndarray]
+    from_hf: Callable[[ModelConfig, np.ndarray], list[np.ndarray]]
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.hf_name
+
+
+def _same(cfg, xs):
+    return xs[0]
+
+
+def _same_back(cfg, w):
+    return [w]
+
+
+def _transposed(cfg, xs):  # flax [in, out] -> torch Linear [out, in]
+    return xs[0].T
+
+
+def _transposed_back(cfg, w):
+    return [w.T]
+
+
+def _flat(cfg, xs):  # [H, Dh] bias -> [H*Dh]
+    return xs[0].reshape(-1)
+
+
+def _heads_back(n_heads: Callable[[ModelConfig], int]):
+    def back(cfg, w):
+        return [w.reshape(n_heads(cfg), cfg.dim_per_head)]
+
+    return back
+
+
+def _in_proj_to_linear(cfg, xs):  # [D, H, Dh] -> torch Linear [H*Dh, D]
+    return xs[0].reshape(xs[0].shape[0], -1).T
+
+
+def _in_proj_back(n_heads):
+    def back(cfg, w):
+        return [w.T.reshape(cfg.d_model, n_heads(cfg), cfg.dim_per_head)]
+
+    return back
+
+
+def _out_proj_to_linear(cfg, xs):  # [H, Dh, D] -> torch Linear [D, H*Dh]
+    return xs[0].reshape(-1, xs[0].shape[-1]).T
+
+
+def _out_proj_back(cfg, w):
+    return [w.T.reshape(cfg.n_heads, cfg.dim_per_head, cfg.d_model)]
+
+
+def _out_proj_to_conv(cfg, xs):  # [H, Dh, D] -> Conv1D [H*Dh, D]
+    return xs[0].reshape(-1, xs[0].shape[-1])
+
+
+def _out_proj_from_conv(cfg, w):
+    return [w.reshape(cfg.n_heads, cfg.dim_per_head, cfg.d_model)]
+
+
+def _fuse_qkv(cfg, xs):  # three [D, H, Dh] -> Conv1D [D, 3*H*Dh], columns [q | k | v]
+    return np.concatenate([x.reshape(x.shape[0], -1) for x in xs], axis=1)
+
+
+def _split_qkv(cfg, w):
+    return [part.reshape(cfg.d_model, cfg.n_heads, cfg.dim_per_head) for part in np.split(w, 3, axis=1)]
+
+
+def _fuse_qkv_bias(cfg, xs):
+    return np.concatenate([x.reshape(-1) for x in xs])
+
+
+def _split_qkv_bias(cfg, w):
+    return [part.reshape(cfg.n_heads, cfg.dim_per_head) for part in np.split(w, 3)]
+
+
+def _q_heads(cfg):
+    return cfg.n_heads
+
+
+def _kv_heads(cfg):
+    return cfg.kv_heads
+
+
+def llama_tensors(cfg: ModelConfig) -> list[Tensor]:
+    layer = "model.layers.{i}."
+    out = [
+        Tensor("model.embed_tokens.weight", (("embed", "embedding"),), _same, _same_back),
+        Tensor("model.norm.weight", (("final_norm", "scale"),), _same, _same_back),
+        Tensor(layer + "input_layernorm.weight", (("attn_norm", "scale"),), _same, _same_back),
+        Tensor(layer + "post_attention_layernorm.weight", (("mlp_norm", "scale"),), _same, _same_back),
+        Tensor(layer + "self_attn.o_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_linear, _out_proj_back),
+    ]
+    for name, heads in (("q", _q_heads), ("k", _kv_heads), ("v", _kv_heads)):
+        out.append(Tensor(layer + f"self_attn.{name}_proj.weight", (("attn", name, "kernel"),),
+                          _in_proj_to_linear, _in_proj_back(heads)))
+        if cfg.use_qkv_bias:
+            out.append(Tensor(layer + f"self_attn.{name}_proj.bias", (("attn", name, "bias"),),
+                              _flat, _heads_back(heads)))
+    if cfg.use_o_bias:
+        out.append(Tensor(layer + "self_attn.o_proj.bias", (("attn", "o", "bias"),), _same, _same_back))
+    for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+        out.append(Tensor(layer + f"mlp.{theirs}.weight", (("mlp", ours, "kernel"),), _transposed, _transposed_back))
+        if cfg.use_mlp_bias:
+            out.append(Tensor(layer + f"mlp.{theirs}.bias", (("mlp", ours, "bias"),), _same, _same_back))
+    if not cfg.tied:
+        out.append(Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed, _transposed_back))
+    return out
+
+
+def gpt2_tensors(cfg: ModelConfig) -> list[Tensor]:
+    layer = "h.{i}."
+    qkv = tuple(("attn", n, "kernel") for n in "qkv")
+    qkv_bias = tuple(("attn", n, "bias") for n in "qkv")
+    out = [
+        Tensor("wte.weight", (("embed", "embedding"),), _same, _same_back),
+        Tensor("wpe.weight", (("pos_embed", "embedding"),), _same, _same_back),
+        Tensor("ln_f.weight", (("final_norm", "scale"),), _same, _same_back),
+        Tensor("ln_f.bias", (("final_norm", "bias"),), _same, _same_back),
+        Tensor(layer + "attn.c_attn.weight", qkv, _fuse_qkv, _split_qkv),
+        Tensor(layer + "attn.c_attn.bias", qkv_bias, _fuse_qkv_bias, _split_qkv_bias),
+        Tensor(layer + "attn.c_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_conv, _out_proj_from_conv),
+        Tensor(layer + "attn.c_proj.bias", (("attn", "o", "bias"),), _same, _same_back),
+        Tensor(layer + "mlp.c_fc.weight", (("mlp", "up", "kernel"),), _same, _same_back),
+        Tensor(layer + "mlp.c_fc.bias", (("mlp", "up", "bias"),), _same, _same_back),
+        Tensor(layer + "mlp.c_proj.weight", (("mlp", "down", "kernel"),), _same, _same_back),
+        Tensor(layer + "mlp.c_proj.bias", (("mlp", "down", "bias"),), _same, _same_back),
+    ]
+    for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+        out.append(Tensor(layer + f"{theirs}.weight", ((ours, "scale"),), _same, _same_back))
+        out.append(Tensor(layer + f"{theirs}.bias", ((ours, "bias"),), _same, _same_back))
+    if not cfg.tied:
+        out.append(Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed, _transposed_back))
+    return out
+
+
+def tensors_for(cfg: ModelConfig) -> list[Tensor]:
+    return gpt2_tensors(cfg) if cfg.family == "gpt2" else llama_tensors(cfg)
+
+
+# HF names that are buffers or duplicates, never weights: causal-mask buffers of GPT-2, rotary caches.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+
+
+def canonical_name(cfg: ModelConfig, name: str) -> str:
+    """GPT-2 files store the base model with or without the `transformer.` prefix; accept both."""
+    if cfg.family == "gpt2" and name.startswith("transformer."):
+        return name[len("transformer."):]
+    return name
+
+
+def is_ignored(cfg: ModelConfig, name: str) -> bool:
+    if name.endswith(IGNORED_SUFFIXES) and not name.endswith("c_attn.bias"):
+        return True
+    # A tied checkpoint may still store lm_head.weight (a copy of the embeddings).
+    return cfg.tied and name == "lm_head.weight"

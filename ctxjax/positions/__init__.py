@@ -1,0 +1,32 @@
+"""Positional schemes, selected by name. To add one: write a PositionScheme subclass in its own file and add
+one line to SCHEMES below (see base.py for the interface)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxjax.positions.alibi import Alibi, alibi_slopes
+from ctxjax.positions.base import PositionScheme
+from ctxjax.positions.learned import Learned, extend
+from ctxjax.positions.nope import NoPE
+from ctxjax.positions.rope import ROPE_TYPES, Rope
+from ctxjax.positions.sinusoidal import Sinusoidal
+
+SCHEMES: dict[str, type[PositionScheme]] = {
+    "rope": Rope,
+    "alibi": Alibi,
+    "learned": Learned,
+    "sinusoidal": Sinusoidal,
+    "none": NoPE,
+}
+
+
+def make(name: str, **params: Any) -> PositionScheme:
+    """Build a scheme by name, e.g. make('rope', rope_type='yarn', factor=4.0, original_max_position_embeddings=2048)."""
+    if name not in SCHEMES:
+        raise ValueError(f"unknown positional scheme {name!r}; choose one of {sorted(SCHEMES)}")
+    return SCHEMES[name]().replace(**params)
+
+
+__all__ = ["PositionScheme", "SCHEMES", "make", "Rope", "ROPE_TYPES", "Alibi", "alibi_slopes", "Learned",
+           "extend", "Sinusoidal", "NoPE"]

@@ -1,0 +1,83 @@
+"""Learned absolute position embeddings (GPT-2's `wpe`): a [max_seq_len, D] table added to token embeddings.
+
+The table is the hard limit of the context: a position outside it has no embedding. HF fails on such an
+index; here an out-of-range position yields NaN (visible at once in the loss), and a default-position
+input longer than the table is rejected before tracing. `extend` grows the table for a longer context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from ctxjax.positions.base import PositionScheme
+
+TABLE = ("pos_embed", "embedding")  # where the table lives in the model's params
+
+
+class LearnedTable(nn.Module):
+    num_positions: int
+    features: int
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, positions):
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "embed")),
+            (self.num_positions, self.features),
+            jnp.dtype(self.param_dtype),
+        )
+        vectors = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
+        return vectors.astype(self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Learned(PositionScheme):
+    name = "learned"
+    hf_families = ("gpt2",)
+
+    def embedding(self, cfg):
+        return LearnedTable(cfg.max_seq_len, cfg.d_model, cfg.dtype, cfg.param_dtype)
+
+    def to_hf(self, cfg):
+        return {"n_positions": cfg.max_seq_len}
+
+    @classmethod
+    def from_hf(cls, hf_config):
+        return cls()
+
+
+def extend(params, new_len: int, method: str = "interpolate"):
+    """Return `params` with the position table grown to `new_len` rows (set ModelConfig.max_seq_len to match).
+
+    interpolate: row p of the new table is the linear interpolation of the old table at p*(P-1)/(new_len-1),
+      so the new table spans the same trajectory at a finer step (Position Interpolation for learned tables).
+    copy: the old table is repeated (Longformer's initialisation), so local offsets keep their meaning.
+    """
+    if method not in ("interpolate", "copy"):
+        raise ValueError(f"extend method {method!r} is unknown; use 'interpolate' or 'copy'")
+    try:
+        table = params[TABLE[0]][TABLE[1]]
+    except KeyError:
+        raise ValueError("params have no learned position table (pos_embed/embedding); "
+                         "extend applies to models with position=Learned()") from None
+    old_len = table.shape[0]
+    if new_len < old_len:
+        raise ValueError(f"new_len={new_len} is shorter than the current table ({old_len} rows); extend only grows")
+    old = np.asarray(table, dtype=np.float32)
+    if method == "copy":
+        new = old[np.arange(new_len) % old_len]
+    else:
+        where = np.linspace(0.0, old_len - 1, new_len)
+        lo = np.floor(where).astype(int)
+        hi = np.minimum(lo + 1, old_len - 1)
+        frac = (where - lo)[:, None].astype(np.float32)
+        new = old[lo] * (1 - frac) + old[hi] * frac
+    out = dict(params)
+    out[TABLE[0]] = {**params[TABLE[0]], TABLE[1]: jnp.asarray(new, dtype=table.dtype)}
+    return out
