@@ -195,7 +195,7 @@ MODEL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp"
 def init_params(cfg: ModelConfig, rng, seq_len: int = 8):
     """Unboxed float parameters of a fresh model (logical-axis metadata stripped)."""
     tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
-    return nn.meta.unbox(Transformer(cfg).init(rng, tokens)["params"])
+    return nn.meta.unbox(jax.jit(Transformer(cfg).init)(rng, tokens)["params"])
 
 
 def param_logical_axes(cfg: ModelConfig):

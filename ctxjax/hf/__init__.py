@@ -19,7 +19,7 @@ import numpy as np
 
 from ctxjax.config import ModelConfig
 from ctxjax.hf.config import hf_config_from_model, model_config_from_hf
-from ctxjax.hf.io import CheckpointReader, write_checkpoint
+from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint
 from ctxjax.hf.tokenizer import write_tokenizer
 from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
 from ctxjax.model import Transformer
@@ -98,7 +98,8 @@ def load_pretrained(hf_dir: str, **overrides: Any):
     return cfg, params
 
 
-def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
+def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, overwrite: bool = False,
+                    max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
     """Write `out_dir` as a Hugging Face model directory (config.json, safetensors, tokenizer files) that
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits.
 
@@ -122,7 +123,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     try:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf, f, indent=2)
-        write_checkpoint(iter(tensors), tmp)
+        write_checkpoint(iter(tensors), tmp, max_shard_bytes)
         if tokenizer is not None:
             write_tokenizer(tokenizer, tmp)
         _replace_dir(tmp, out_dir)

@@ -19,13 +19,13 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
     """BLOOM's slopes as float32: 2^(-8h/c) for h = 1..c with c the largest power of two <= n_heads, then
     2^(-4j/c) for odd j when n_heads is not a power of two."""
     closest = 2 ** math.floor(math.log2(n_heads))
-    base = np.float32(2.0 ** (-(2.0 ** -(math.log2(closest) - 3))))
-    slopes = base ** np.arange(1, closest + 1, dtype=np.float32)
+    # Powers in float64, rounded once: this reproduces torch's float32 pow bit for bit where numpy's does not.
+    base = np.float64(np.float32(2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))))
+    slopes = base ** np.arange(1, closest + 1)
     if closest < n_heads:
-        extra_base = np.float32(2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3))))
+        extra_base = np.float64(np.float32(2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))))
         remaining = min(closest, n_heads - closest)
-        extra = extra_base ** np.arange(1, 2 * remaining, 2, dtype=np.float32)
-        slopes = np.concatenate([slopes, extra])
+        slopes = np.concatenate([slopes, extra_base ** np.arange(1, 2 * remaining, 2)])
     return slopes.astype(np.float32)
 
 

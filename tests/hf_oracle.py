@@ -1,0 +1,79 @@
+"""Tiny random Hugging Face models, the oracle for ctxjax numerics. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+# Small but not degenerate: GQA (4 query heads on 2 KV heads), head_dim 16 (8 frequencies).
+LLAMA = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
+L0 = 16  # original context for the scaled rope types: tests go below and above it
+
+ROPE_CASES = {
+    "default": None,
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 4.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0},
+    "yarn_deepseek": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0,
+                      "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 16, "beta_slow": 2},
+    "yarn_untruncated": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0,
+                         "truncate": False, "attention_factor": 1.2},
+    "llama3": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": L0},
+    "longrope": {"rope_type": "longrope", "original_max_position_embeddings": L0,
+                 "short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]},
+}
+
+
+def llama(rope_scaling=None, seed=0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    fields = {**LLAMA, **overrides}
+    if rope_scaling is not None:
+        fields["rope_scaling"] = rope_scaling
+    model = LlamaForCausalLM(LlamaConfig(**fields)).eval()
+    _randomize_norms(model)
+    return model
+
+
+def gpt2(seed=0, **overrides) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(GPT2Config(**{**fields, **overrides})).eval()
+    _randomize_norms(model)
+    return model
+
+
+def _randomize_norms(model) -> None:
+    """HF initialises norm weights to 1 and biases to 0; random values make a transposed or dropped norm
+    parameter visible in the logits."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name or name.startswith(("ln_f", "transformer.ln_f")):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def save(model, dtype=None, **kwargs) -> str:
+    out = tempfile.mkdtemp(prefix="hf-")
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(out, **kwargs)
+    return out
+
+
+def logits(model, tokens: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+    with torch.no_grad():
+        kwargs = {} if positions is None else {"position_ids": torch.tensor(positions)}
+        return model(torch.tensor(tokens), **kwargs).logits.float().numpy()
+
+
+def tokens(batch: int, length: int, vocab: int = 97, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randint(0, vocab, (batch, length)).astype(np.int64)
+
+
+def files(path: str) -> list[str]:
+    return sorted(os.listdir(path))

@@ -1,0 +1,151 @@
+"""ctxjax logits equal Hugging Face transformers' (PyTorch, float32) for every rope type, GPT-2, and the
+architecture variants of the Llama family; both directions of conversion reproduce the oracle."""
+
+import json
+
+import hf_oracle as oracle
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import run_model
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM
+
+from ctxjax import Transformer, positions
+from ctxjax.hf import load_pretrained, save_pretrained
+
+TOL = 1e-4
+
+
+
+def ctxjax_logits(cfg, params, tokens, pos=None):
+    return np.asarray(run_model.forward(cfg, params, jnp.asarray(tokens), None if pos is None else jnp.asarray(pos)))
+
+
+@pytest.mark.parametrize("case", sorted(oracle.ROPE_CASES))
+def test_every_rope_type_matches_transformers_below_and_above_original_context(case):
+    scaling = oracle.ROPE_CASES[case]
+    # 80 > max_position_embeddings (64): where HF's dynamic NTK starts rescaling.
+    for length in (5, oracle.L0, oracle.L0 + 1, 3 * oracle.L0, 80):
+        # A fresh HF model per length: dynamic and longrope keep state between forward calls.
+        model = oracle.llama(scaling)
+        cfg, params = load_pretrained(oracle.save(model))
+        toks = oracle.tokens(2, length)
+        diff = np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(model, toks)).max()
+        assert diff <= TOL, f"{case} at length {length}: max |diff| {diff}"
+
+
+@pytest.mark.parametrize("variant", [
+    dict(head_dim=32),  # head_dim override: q_proj has H*head_dim != hidden_size outputs
+    dict(tie_word_embeddings=True, num_key_value_heads=1),  # tied + multi-query
+    dict(attention_bias=True, mlp_bias=True),
+    dict(rope_theta=500000.0, num_key_value_heads=4),
+])
+def test_llama_variants_match(variant):
+    model = oracle.llama(**variant)
+    cfg, params = load_pretrained(oracle.save(model))
+    toks = oracle.tokens(2, 24)
+    assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(model, toks)).max() <= TOL
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_llama_family_relatives_load_and_match(arch):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    fields = {k: v for k, v in oracle.LLAMA.items()}
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**fields)).eval()
+    else:
+        model = MistralForCausalLM(MistralConfig(**fields, sliding_window=None)).eval()
+    cfg, params = load_pretrained(oracle.save(model))
+    assert cfg.use_qkv_bias == (arch == "qwen2") and not cfg.use_o_bias
+    toks = oracle.tokens(1, 20)
+    reference = oracle.logits(model, toks)
+    assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
+    exported = save_pretrained(cfg, params, oracle.save(model) + "/export")
+    reloaded = AutoModelForCausalLM.from_pretrained(exported)
+    assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
+
+
+def test_explicit_positions_match_transformers_position_ids():
+    model = oracle.llama(oracle.ROPE_CASES["yarn"])
+    cfg, params = load_pretrained(oracle.save(model))
+    toks = oracle.tokens(2, 12)
+    pos = np.stack([np.arange(12) + 7, np.arange(12) * 3])
+    diff = np.abs(ctxjax_logits(cfg, params, toks, pos) - oracle.logits(model, toks, pos)).max()
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_matches(tied):
+    model = oracle.gpt2(tie_word_embeddings=tied)
+    cfg, params = load_pretrained(oracle.save(model))
+    assert cfg.family == "gpt2" and cfg.position.name == "learned" and cfg.tied == tied
+    toks = oracle.tokens(2, 64)
+    assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(model, toks)).max() <= TOL
+
+
+@pytest.mark.parametrize("method", ["interpolate", "copy"])
+def test_gpt2_with_extended_position_table_exports_new_n_positions(method, tmp_path):
+    model = oracle.gpt2()
+    cfg, params = load_pretrained(oracle.save(model))
+    params = positions.extend(params, 256, method=method)
+    cfg = cfg.replace(max_seq_len=256)
+    toks = oracle.tokens(1, 200)
+    ours = ctxjax_logits(cfg, params, toks)
+    out = save_pretrained(cfg, params, str(tmp_path / "gpt2-256"))
+    assert json.load(open(f"{out}/config.json"))["n_positions"] == 256
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert np.abs(oracle.logits(reloaded, toks) - ours).max() <= TOL
+
+
+@pytest.mark.parametrize("make", [
+    lambda: oracle.llama(oracle.ROPE_CASES["llama3"], tie_word_embeddings=True),
+    lambda: oracle.llama(oracle.ROPE_CASES["longrope"], attention_bias=True),
+    lambda: oracle.llama(oracle.ROPE_CASES["dynamic"]),
+    lambda: oracle.gpt2(),
+], ids=["llama3-tied", "longrope-bias", "dynamic", "gpt2"])
+def test_round_trip_hf_to_ctxjax_to_hf_is_bit_identical_and_reproduces_logits(make, tmp_path):
+    model = make()
+    src = oracle.save(model)
+    cfg, params = load_pretrained(src)
+    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    before, after = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
+    before = {k.removeprefix("transformer."): v for k, v in before.items() if not k.endswith(".attn.bias")}
+    assert sorted(before) == sorted(after)
+    for name in before:
+        assert before[name].dtype == after[name].dtype and np.array_equal(before[name], after[name]), name
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    # dynamic/longrope: fresh models on both sides, one forward each, at a length past L0.
+    toks = oracle.tokens(2, 3 * oracle.L0)
+    assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
+
+
+def test_sharded_checkpoints_load_and_export(tmp_path):
+    model = oracle.llama()
+    src = oracle.save(model, max_shard_size="50KB")
+    assert any(f.endswith(".index.json") for f in oracle.files(src))
+    cfg, params = load_pretrained(src)
+    out = save_pretrained(cfg, params, str(tmp_path / "sharded"), max_shard_bytes=60_000)
+    assert "model.safetensors.index.json" in oracle.files(out)
+    toks = oracle.tokens(1, 10)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(model, toks)).max() <= TOL
+
+
+def test_bfloat16_checkpoint_round_trips_as_bfloat16(tmp_path):
+    import torch
+
+    model = oracle.llama()
+    src = oracle.save(model, dtype=torch.bfloat16)
+    cfg, params = load_pretrained(src)
+    assert cfg.param_dtype == "bfloat16" and params["embed"]["embedding"].dtype == jnp.bfloat16
+    out = save_pretrained(cfg, params, str(tmp_path / "bf16"))
+    tensors = load_file(f"{out}/model.safetensors")
+    assert all(str(t.dtype) == "bfloat16" for t in tensors.values())
+    assert json.load(open(f"{out}/config.json"))["torch_dtype"] == "bfloat16"
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert next(reloaded.parameters()).dtype == torch.bfloat16
