@@ -31,7 +31,7 @@ class DataConfig:
     # Use only the first N documents of the source (quick experiments and tests); None: all of them.
     max_documents: int | None = None
     # "" trains a SentencePiece model on the source (cached in WORKDIR/tokenizer and reused); a path to a
-    # SentencePiece `.model`, an HF `tokenizer.json` or a directory holding either; "bytes" for raw UTF-8 bytes.
+    # SentencePiece `.model`, an HF `tokenizer.json` or a directory holding either; "bytes" for UTF-8 bytes.
     tokenizer: str = ""
     # Vocabulary of a trained SentencePiece model (must not exceed the model's vocab_size).
     vocab_size: int = 4096
@@ -87,8 +87,8 @@ def as_data_config(config_like: Any = None, **overrides) -> DataConfig:
     elif isinstance(config_like, dict):
         values = dict(config_like)
     else:
-        raise DataError(f"cannot read a data config from {type(config_like).__name__}; pass a DataConfig, a dict "
-                        "or a ConfigDict")
+        raise DataError(f"cannot read a data config from {type(config_like).__name__}; pass a DataConfig, "
+                        "a dict or a ConfigDict")
     values.update(overrides)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:

@@ -1,0 +1,247 @@
+"""Document sources named by a string: random access to the text of document i.
+
+    stdlib[:train|eval|all]     the running Python's standard library (see stdlib_corpus.py)
+    text:GLOB                   one document per file
+    jsonl:GLOB[:FIELD]          one document per line, the text under FIELD (default "text")
+    tfds:NAME[/CONFIG][:SPLIT]  a prepared tensorflow-datasets data set (see tfds_source.py)
+
+Random access (rather than a stream) is what lets every process read only its own documents, lets the
+pipeline shuffle without a buffer, and lets a restored run seek straight to where it was.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import mmap
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ctxjax.data import stdlib_corpus
+from ctxjax.data.config import DataConfig, DataError
+
+
+class UndecodableDocument(Exception):
+    """Document i is not valid UTF-8 (or not valid JSON); the pipeline skips or fails by config."""
+
+
+def decode_utf8(raw: bytes | str, where: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UndecodableDocument(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+class DocumentSource:
+    """Base of all sources: `len(source)` documents, `source.text(i)` the text of one."""
+
+    spec: str = ""
+    local_files: bool = False  # True when tokenizing every document up front is cheap enough
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def text(self, i: int) -> str:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Changes whenever the documents may have changed; keys the token cache."""
+        raise NotImplementedError
+
+
+class ListSource(DocumentSource):
+    """Documents given as Python strings (or bytes), for notebooks and tests."""
+
+    def __init__(self, texts: Sequence[str | bytes], spec: str = "list"):
+        self._texts = list(texts)
+        self.spec = spec
+        self.local_files = True
+
+    def __len__(self):
+        return len(self._texts)
+
+    def text(self, i):
+        return decode_utf8(self._texts[i], f"{self.spec}[{i}]")
+
+    def fingerprint(self):
+        h = hashlib.sha1()
+        for t in self._texts:
+            h.update(t.encode("utf-8", "surrogatepass") if isinstance(t, str) else t)
+            h.update(b"\0")
+        return h.hexdigest()
+
+
+def _files_fingerprint(spec: str, paths: Sequence[str]) -> str:
+    h = hashlib.sha1(spec.encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
+def _glob_files(pattern: str, spec: str) -> list[str]:
+    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise DataError(f"data.source={spec!r}: the glob {pattern!r} matches no file; check the path (use ** "
+                        "with a recursive pattern, quote it so the shell does not expand it)")
+    return paths
+
+
+class FileSource(DocumentSource):
+    """One document per file."""
+
+    def __init__(self, paths: Sequence[str], spec: str):
+        self.paths = list(paths)
+        self.spec = spec
+        self.local_files = True
+
+    def __len__(self):
+        return len(self.paths)
+
+    def text(self, i):
+        with open(self.paths[i], "rb") as f:
+            return decode_utf8(f.read(), self.paths[i])
+
+    def fingerprint(self):
+        return _files_fingerprint(self.spec, self.paths)
+
+
+class JsonlSource(DocumentSource):
+    """One document per non-blank line of JSON-lines files; the text is under `field`.
+
+    Line boundaries are found once when the source opens (one pass over the bytes), so later reads seek.
+    """
+
+    def __init__(self, paths: Sequence[str], field: str, spec: str):
+        self.paths = list(paths)
+        self.field = field
+        self.spec = spec
+        self.local_files = True
+        file_ids, starts, ends = [], [], []
+        for fid, path in enumerate(self.paths):
+            s, e = _nonblank_line_spans(path)
+            file_ids.append(np.full(len(s), fid, np.int32))
+            starts.append(s)
+            ends.append(e)
+        self._file = np.concatenate(file_ids) if file_ids else np.zeros(0, np.int32)
+        self._start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        self._end = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+
+    def __len__(self):
+        return len(self._file)
+
+    def text(self, i):
+        path = self.paths[self._file[i]]
+        with open(path, "rb") as f:
+            f.seek(int(self._start[i]))
+            raw = f.read(int(self._end[i] - self._start[i]))
+        where = f"{path} line starting at byte {self._start[i]}"
+        try:
+            record = json.loads(decode_utf8(raw, where))
+        except json.JSONDecodeError as e:
+            raise UndecodableDocument(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(record, dict) or self.field not in record:
+            keys = sorted(record)[:10] if isinstance(record, dict) else "none"
+            raise DataError(f"{where} has no field {self.field!r}; name the text field as "
+                            f"'jsonl:GLOB:FIELD' (keys here: {keys})")
+        return str(record[self.field])
+
+    def fingerprint(self):
+        return _files_fingerprint(f"{self.spec}\0{self.field}", self.paths)
+
+
+def _nonblank_line_spans(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        data = np.frombuffer(m, np.uint8)
+        newlines = np.flatnonzero(data == ord("\n"))
+        starts = np.concatenate([[0], newlines + 1])
+        ends = np.concatenate([newlines, [len(data)]])
+        is_space = np.isin(data, np.frombuffer(b" \t\r\n", np.uint8))
+        # A line is blank when it holds only whitespace: compare non-space counts at its two ends.
+        nonspace_before = np.concatenate([[0], np.cumsum(~is_space)])
+        keep = nonspace_before[ends] > nonspace_before[starts]
+        del data, is_space  # release the views before the mmap closes
+        return starts[keep].astype(np.int64), ends[keep].astype(np.int64)
+
+
+def _open_stdlib(arg: str, config: DataConfig) -> DocumentSource:
+    split = arg or "train"
+    return FileSource(stdlib_corpus.stdlib_files(split), f"stdlib:{split}")
+
+
+def _open_text(arg: str, config: DataConfig) -> DocumentSource:
+    return FileSource(_glob_files(arg, f"text:{arg}"), f"text:{arg}")
+
+
+def _open_jsonl(arg: str, config: DataConfig) -> DocumentSource:
+    pattern, field = arg, config.text_field or "text"
+    head, sep, tail = arg.rpartition(":")
+    if sep and tail and "/" not in tail and "*" not in tail and "." not in tail:
+        pattern, field = head, tail
+    return JsonlSource(_glob_files(pattern, f"jsonl:{arg}"), field, f"jsonl:{arg}")
+
+
+def _open_tfds(arg: str, config: DataConfig) -> DocumentSource:
+    from ctxjax.data import tfds_source  # tensorflow_datasets is imported only when a tfds source is used
+    return tfds_source.open_tfds(arg, config)
+
+
+SOURCE_KINDS: dict[str, Callable[[str, DataConfig], DocumentSource]] = {
+    "stdlib": _open_stdlib, "text": _open_text, "jsonl": _open_jsonl, "tfds": _open_tfds,
+}
+
+
+class _Truncated(DocumentSource):
+    """The first n documents of another source (data.max_documents)."""
+
+    def __init__(self, inner: DocumentSource, n: int):
+        self.inner, self.n = inner, min(n, len(inner))
+        self.spec, self.local_files = inner.spec, inner.local_files
+
+    def __len__(self):
+        return self.n
+
+    def text(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.inner.text(i)
+
+    def fingerprint(self):
+        return hashlib.sha1(f"{self.inner.fingerprint()}:{self.n}".encode()).hexdigest()
+
+
+def open_source(spec: str | DocumentSource, config: DataConfig | None = None) -> DocumentSource:
+    """The source named by `spec` (or `spec` itself when it already is one), limited by max_documents."""
+    config = config or DataConfig()
+    if isinstance(spec, DocumentSource):
+        source = spec
+    else:
+        kind, _, arg = spec.partition(":")
+        if kind not in SOURCE_KINDS:
+            raise DataError(f"data.source={spec!r} has unknown kind {kind!r}; use one of "
+                            "stdlib[:SPLIT], text:GLOB, jsonl:GLOB[:FIELD], tfds:NAME[/CONFIG][:SPLIT]")
+        source = SOURCE_KINDS[kind](arg, config)
+    if config.max_documents is not None:
+        source = _Truncated(source, config.max_documents)
+    if len(source) == 0:
+        raise DataError(f"data.source={source.spec!r} holds no document; point it at non-empty data")
+    return source
+
+
+def eval_source_spec(config: DataConfig) -> str:
+    """The held-out counterpart of config.source: data.eval_source, or a derived one."""
+    if config.eval_source:
+        return config.eval_source
+    kind, _, arg = config.source.partition(":")
+    if kind == "stdlib":
+        return "stdlib:eval"
+    if kind == "tfds":
+        return f"tfds:{arg.partition(':')[0]}:validation"
+    raise DataError(f"no held-out split is known for data.source={config.source!r}; set data.eval_source")

@@ -1,0 +1,216 @@
+"""Tokenizers behind one small interface: SentencePiece models, HF `tokenizer.json` files, raw bytes.
+
+A tokenizer is saved as files in a directory (`tokenizer.model` for SentencePiece, `tokenizer.json` for
+HF, the names Hugging Face uses), so it travels with checkpoints and exports: `load_tokenizer(dir)` reads
+it back, and `ctxjax.hf.save_pretrained(..., tokenizer=dir)` copies it next to an exported model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Sequence
+
+
+from ctxjax.data.config import DataError
+
+SENTENCEPIECE_FILE = "tokenizer.model"
+HF_FILE = "tokenizer.json"
+BYTES_FILE = "bytes_tokenizer.json"
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Readers (other processes of a pod, a crashed run's successor) never see a half-written file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class Tokenizer:
+    """encode/decode text, with the ids the pipeline needs. Subclasses set the attributes below."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def save(self, directory: str) -> str:
+        """Write the tokenizer's file into `directory`; returns the file's path."""
+        raise NotImplementedError
+
+    def file_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(self.file_bytes()).hexdigest()
+
+
+class SentencePieceTokenizer(Tokenizer):
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self._proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self._sp.get_piece_size()
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else None
+
+    @classmethod
+    def from_file(cls, path: str) -> "SentencePieceTokenizer":
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def encode(self, text):
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts):
+        # SentencePiece encodes a list on several threads without the GIL.
+        return self._sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids):
+        return self._sp.decode([int(i) for i in ids])
+
+    def save(self, directory):
+        path = os.path.join(directory, SENTENCEPIECE_FILE)
+        write_atomically(path, self._proto)
+        return path
+
+    def file_bytes(self):
+        return self._proto
+
+
+def _special_token_id(tokenizer, config: dict, key: str, fallbacks: Sequence[str]) -> int | None:
+    value = config.get(key)
+    if isinstance(value, dict):  # tokenizer_config.json may store {"content": "<s>", ...}
+        value = value.get("content")
+    for token in ([value] if value else []) + list(fallbacks):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return None
+
+
+class HuggingFaceTokenizer(Tokenizer):
+    """An HF fast tokenizer (`tokenizer.json`, e.g. of an imported model) through the `tokenizers` library.
+
+    BOS/EOS come from a `tokenizer_config.json` beside it, else from the usual token spellings; a model with
+    only an end-of-text token (GPT-2) uses it for both.
+    """
+
+    def __init__(self, json_text: str, special_tokens: dict | None = None):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._json = json_text
+        self._tok = HFTokenizer.from_str(json_text)
+        self._special = dict(special_tokens or {})
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.bos_id = _special_token_id(self._tok, self._special, "bos_token",
+                                        ("<s>", "<|begin_of_text|>", "<bos>", "[BOS]"))
+        self.eos_id = _special_token_id(self._tok, self._special, "eos_token",
+                                        ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "[EOS]"))
+        if self.bos_id is None:
+            self.bos_id = self.eos_id
+
+    @classmethod
+    def from_file(cls, path: str) -> "HuggingFaceTokenizer":
+        with open(path, encoding="utf-8") as f:
+            json_text = f.read()
+        config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+        special = {}
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+            special = {k: config[k] for k in ("bos_token", "eos_token") if config.get(k)}
+        return cls(json_text, special)
+
+    def encode(self, text):
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids):
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, directory):
+        path = os.path.join(directory, HF_FILE)
+        write_atomically(path, self._json.encode("utf-8"))
+        if self._special:
+            write_atomically(os.path.join(directory, "tokenizer_config.json"),
+                             json.dumps(self._special, indent=2).encode())
+        return path
+
+    def file_bytes(self):
+        return self._json.encode("utf-8")
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as ids 0..255, BOS 256, EOS 257: no training, lossless; for tiny models and tests."""
+
+    vocab_size = 258
+    bos_id = 256
+    eos_id = 257
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(int(i) for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def save(self, directory):
+        path = os.path.join(directory, BYTES_FILE)
+        write_atomically(path, self.file_bytes())
+        return path
+
+    def file_bytes(self):
+        return json.dumps({"type": "bytes", "bos_id": 256, "eos_id": 257}).encode()
+
+
+def find_tokenizer_file(path: str) -> str | None:
+    """The tokenizer file at `path` (a file, or a directory holding one), or None."""
+    if os.path.isfile(path):
+        return path
+    for name in (SENTENCEPIECE_FILE, HF_FILE, BYTES_FILE):
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """A SentencePiece `.model`, an HF `tokenizer.json`, or a directory with one (e.g. WORKDIR/tokenizer)."""
+    if path == "bytes":
+        return ByteTokenizer()
+    found = find_tokenizer_file(os.path.expanduser(path))
+    if found is None:
+        raise DataError(f"data.tokenizer={path!r}: no {SENTENCEPIECE_FILE}, {HF_FILE} or .model file there; "
+                        "point it at a SentencePiece .model or an HF tokenizer.json, or leave it empty to "
+                        "train one")
+    if found.endswith(".json"):
+        if os.path.basename(found) == BYTES_FILE:
+            return ByteTokenizer()
+        return HuggingFaceTokenizer.from_file(found)
+    try:
+        return SentencePieceTokenizer.from_file(found)
+    except Exception as e:
+        raise DataError(f"data.tokenizer={path!r}: {found} is not a SentencePiece model ({e}); pass a "
+                        ".model file or a tokenizer.json") from None
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int | None) -> None:
+    if model_vocab_size is not None and tokenizer.vocab_size > model_vocab_size:
+        raise DataError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                        f"{model_vocab_size}; set model vocab_size >= {tokenizer.vocab_size} or use a "
+                        "smaller tokenizer (data.vocab_size)")

@@ -1,0 +1,164 @@
+"""Each source kind, and bad input: every problem is a one-line DataError naming the fix."""
+
+import json
+import os
+
+import pytest
+
+from ctxjax.data import DataConfig, DataError, eval_source_spec, make_pipeline, open_source
+from ctxjax.data import stdlib_corpus
+
+
+def one_line_error(fn, match):
+    with pytest.raises(DataError, match=match) as info:
+        fn()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def drain_tokens(source, **overrides):
+    """Every document token of one epoch, in order (bytes tokenizer: tokens are the UTF-8 bytes)."""
+    values = dict(tokenizer="bytes", add_bos=False, add_eos=False, shuffle=False, prefetch=0)
+    values.update(overrides)
+    pipe = make_pipeline(values, None, source=source, process_index=0, process_count=1, num_epochs=1)
+    batches = list(pipe.batches(1, 64))
+    return bytes(t for b in batches for t in b["tokens"][b["segment_ids"] > 0].tolist()), pipe
+
+
+# ---- text and jsonl ----
+def test_text_glob_is_one_document_per_file_sorted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("second")
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "sub" / "c.txt").write_text("third ✓")
+    source = open_source(f"text:{tmp_path}/**/*.txt")
+    assert [source.text(i) for i in range(len(source))] == ["first", "second", "third ✓"]
+    assert drain_tokens(f"text:{tmp_path}/**/*.txt")[0] == "firstsecondthird ✓".encode()
+
+
+def test_jsonl_reads_a_field_and_skips_blank_lines(tmp_path):
+    lines = [json.dumps({"body": "one", "id": 1}), "", "   ", json.dumps({"body": "two ✓"})]
+    (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
+    source = open_source(f"jsonl:{tmp_path}/*.jsonl:body")
+    assert [source.text(i) for i in range(len(source))] == ["one", "two ✓"]
+    (tmp_path / "y.jsonl").write_text(json.dumps({"text": "default field"}))
+    assert open_source(f"jsonl:{tmp_path}/y.jsonl").text(0) == "default field"
+    one_line_error(lambda: open_source(f"jsonl:{tmp_path}/y.jsonl:body").text(0), "jsonl:GLOB:FIELD")
+
+
+def test_glob_matching_nothing_is_an_error(tmp_path):
+    one_line_error(lambda: open_source(f"text:{tmp_path}/nothing/*.txt"), "matches no file")
+    one_line_error(lambda: open_source(f"jsonl:{tmp_path}/*.jsonl"), "matches no file")
+
+
+def test_unknown_source_kind_is_an_error():
+    one_line_error(lambda: open_source("s3:bucket/x"), "unknown kind 's3'")
+
+
+@pytest.fixture
+def mixed_encodings(tmp_path):
+    (tmp_path / "good.txt").write_text("valid text")
+    (tmp_path / "bad.txt").write_bytes(b"latin-1 caf\xe9")
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n{not json}\n')
+    return tmp_path
+
+
+def test_non_utf8_documents_are_skipped_and_counted(mixed_encodings):
+    tokens, pipe = drain_tokens(f"text:{mixed_encodings}/*.txt")
+    assert tokens == b"valid text" and pipe.stats()["skipped_undecodable"] == 1
+    tokens, pipe = drain_tokens(f"jsonl:{mixed_encodings}/*.jsonl", precompute_tokens=False)
+    assert tokens == b"ok" and pipe.stats()["skipped_undecodable"] == 2
+
+
+def test_non_utf8_documents_fail_when_configured(mixed_encodings):
+    message = one_line_error(lambda: drain_tokens(f"text:{mixed_encodings}/*.txt", on_decode_error="fail"),
+                             "not UTF-8")
+    assert "bad.txt" in message and "on_decode_error='skip'" in message
+
+
+# ---- the embedded stdlib corpus ----
+def test_stdlib_corpus_has_a_fixed_held_out_split_by_file():
+    train, held_out, everything = (stdlib_corpus.stdlib_files(s) for s in ("train", "eval", "all"))
+    assert not set(train) & set(held_out) and sorted(train + held_out) == everything
+    assert 0.01 < len(held_out) / len(everything) < 0.15 and len(train) > 100
+    root = stdlib_corpus.stdlib_root()
+    for path in everything:
+        parts = os.path.relpath(path, root).split(os.sep)
+        assert path.endswith(".py") and "site-packages" not in parts and "test" not in parts[:-1]
+    assert train == sorted(train) and stdlib_corpus.stdlib_files("eval") == held_out
+    assert open_source("stdlib").spec == "stdlib:train" and len(open_source("stdlib:eval")) == len(held_out)
+    assert eval_source_spec(DataConfig()) == "stdlib:eval"
+    one_line_error(lambda: open_source("stdlib:validation"), "stdlib split")
+
+
+def test_stdlib_documents_are_long():
+    source = open_source("stdlib", DataConfig(max_documents=50))
+    lengths = [len(source.text(i)) for i in range(len(source))]
+    assert len(lengths) == 50 and max(lengths) > 20_000
+
+
+# ---- tensorflow-datasets, without TensorFlow: a tiny local data set in the array_record format ----
+tfds = pytest.importorskip("tensorflow_datasets")
+TFDS_DOCS = {"train": [f"train document {i} " * (i + 1) for i in range(7)], "test": ["held out ✓"]}
+
+
+class CtxjaxTinyDocs(tfds.core.GeneratorBasedBuilder):
+    """Registered as 'ctxjax_tiny_docs'; like pg19 it has a title and a book_text feature."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"title": tfds.features.Text(), "book_text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split) for split in TFDS_DOCS}
+
+    def _generate_examples(self, split):
+        for i, text in enumerate(TFDS_DOCS[split]):
+            yield i, {"title": f"title {i}", "book_text": text}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    CtxjaxTinyDocs(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    return data_dir
+
+
+def test_tfds_array_record_source_reads_without_tensorflow(tfds_dir):
+    config = DataConfig(tfds_data_dir=tfds_dir)
+    source = open_source("tfds:ctxjax_tiny_docs", config)  # picks book_text over title
+    assert sorted(source.text(i) for i in range(len(source))) == sorted(TFDS_DOCS["train"])
+    held_out = open_source("tfds:ctxjax_tiny_docs:test", config)
+    assert [held_out.text(0)] == TFDS_DOCS["test"]
+    titles = open_source("tfds:ctxjax_tiny_docs", DataConfig(tfds_data_dir=tfds_dir, text_field="title"))
+    assert sorted(titles.text(i) for i in range(len(titles))) == [f"title {i}" for i in range(7)]
+    tokens, pipe = drain_tokens("tfds:ctxjax_tiny_docs:test", tfds_data_dir=tfds_dir)
+    assert tokens == "held out ✓".encode() and pipe.stats()["documents"] == 1
+
+
+def test_tfds_unknown_name_unknown_split_and_unprepared_data_set(tfds_dir, tmp_path):
+    def opener(spec, **config):
+        return lambda: open_source(spec, DataConfig(**{"tfds_data_dir": tfds_dir, **config}))
+
+    message = one_line_error(opener("tfds:no_such_dataset_xyz"), "no_such_dataset_xyz")
+    assert "tfds build" in message
+    one_line_error(opener("tfds:ctxjax_tiny_docs:validation"),
+                   r"no split 'validation'; use one of \['test', 'train'\]")
+    message = one_line_error(opener("tfds:ctxjax_tiny_docs", tfds_data_dir=str(tmp_path)), "is not prepared")
+    assert "tfds build ctxjax_tiny_docs --file_format=array_record" in message
+    one_line_error(opener("tfds:ctxjax_tiny_docs", text_field="body"), "no feature 'body'")
+
+
+def test_tfds_data_set_is_read_from_its_files_where_its_builder_code_is_unknown(tfds_dir):
+    """As on a user's machine reading a data set prepared elsewhere: no builder class, only the files."""
+    import subprocess
+    import sys
+
+    script = ("from ctxjax.data import open_source, DataConfig\n"
+              f"s = open_source('tfds:ctxjax_tiny_docs:test', DataConfig(tfds_data_dir={tfds_dir!r}))\n"
+              "print(repr(s.text(0)))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == repr(TFDS_DOCS["test"][0])
