@@ -1,0 +1,1 @@
+"""Subcommands of the `ctxjax` CLI, one module each (see ctxjax/cli.py)."""

@@ -1,0 +1,34 @@
+"""`ctxjax extend-hf HF_DIR --out DIR --rope-type yarn --factor 4`: a Hugging Face model with a longer
+context, zero-shot: RoPE scaling written into its config, or a GPT-2 position table grown by interpolation.
+The result loads in `transformers` and is the starting point for fine-tuning at the new length."""
+
+from __future__ import annotations
+
+import os
+
+from ctxjax import hf
+from ctxjax.commands.rope_args import add_rope_arguments, apply_rope_arguments
+from ctxjax.hf.tokenizer import TOKENIZER_FILES
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("extend-hf", help="rescale a Hugging Face model's positions for a longer context",
+                                   description=__doc__)
+    parser.add_argument("hf_dir", help="Hugging Face model directory (config.json + safetensors)")
+    parser.add_argument("--out", required=True, help="output directory (a new Hugging Face model directory)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    add_rope_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    cfg, params = hf.load_pretrained(args.hf_dir)
+    before = cfg
+    cfg, params = apply_rope_arguments(cfg, params, args)
+    has_tokenizer = any(os.path.exists(os.path.join(args.hf_dir, n)) for n in TOKENIZER_FILES)
+    out = hf.save_pretrained(cfg, params, args.out, tokenizer=args.hf_dir if has_tokenizer else None,
+                             overwrite=args.overwrite)
+    print(f"positions: {before.position} -> {cfg.position}")
+    print(f"context:   {before.max_seq_len} -> {cfg.max_seq_len} tokens")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,31 @@
+"""`ctxjax info HF_DIR`: what ctxjax reads from a Hugging Face model directory (architecture, sizes,
+positional scheme, parameter count), without loading the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from ctxjax import hf
+from ctxjax.hf.config import architecture, model_config_from_hf
+from ctxjax.model import init_params
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="show the ModelConfig ctxjax reads from a Hugging Face directory",
+                                   description=__doc__)
+    parser.add_argument("hf_dir")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config = hf.read_hf_config(args.hf_dir)
+    cfg = model_config_from_hf(config)
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0), seq_len=1))
+    n_params = sum(x.size for x in jax.tree.leaves(shapes))
+    print(f"architecture: {architecture(config)}")
+    for field in dataclasses.fields(cfg):
+        print(f"{field.name}: {getattr(cfg, field.name)}")
+    print(f"parameters: {n_params:,}")
+    return 0

@@ -1,0 +1,61 @@
+"""Command-line flags that change a model's positional scheme, shared by every command that loads a model
+(`extend-hf`, and later `import-hf` and `eval --hf`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ctxjax import positions
+from ctxjax.config import ModelConfig
+
+
+def add_rope_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("context extension (RoPE models)")
+    group.add_argument("--rope-type", choices=positions.ROPE_TYPES,
+                       help="new RoPE scaling; the model's current context becomes original_max_position_embeddings")
+    group.add_argument("--factor", type=float, help="extension ratio, e.g. 4 for 4x the original context")
+    group.add_argument("--theta", type=float, help="new RoPE base (base-frequency adjustment)")
+    group.add_argument("--original-max-position-embeddings", type=int,
+                       help="context the model was trained at (default: its max_position_embeddings)")
+    group.add_argument("--beta-fast", type=float, help="yarn: high-frequency boundary in rotations (default 32)")
+    group.add_argument("--beta-slow", type=float, help="yarn: low-frequency boundary in rotations (default 1)")
+    group.add_argument("--low-freq-factor", type=float, default=1.0, help="llama3 (default 1)")
+    group.add_argument("--high-freq-factor", type=float, default=4.0, help="llama3 (default 4)")
+    group.add_argument("--max-position-embeddings", type=int,
+                       help="new context length written to the config (default: factor x original)")
+    group = parser.add_argument_group("context extension (learned positions, GPT-2)")
+    group.add_argument("--positions", type=int, help="grow the learned position table to this many rows")
+    group.add_argument("--method", choices=("interpolate", "copy"), default="interpolate",
+                       help="how new rows of the position table are initialised")
+
+
+def apply_rope_arguments(cfg: ModelConfig, params, args: argparse.Namespace):
+    """(cfg, params) with the positional changes the flags ask for; unchanged when none is given."""
+    rope_flags = any(getattr(args, f) is not None for f in ("rope_type", "factor", "theta"))
+    if args.positions is not None:
+        if cfg.position.name != "learned":
+            raise ValueError("--positions grows a learned position table; for RoPE models use --rope-type/--factor")
+        params = positions.extend(params, args.positions, method=args.method)
+        cfg = cfg.replace(max_seq_len=args.positions)
+    if not rope_flags:
+        return cfg, params
+    if cfg.position.name != "rope":
+        raise ValueError(f"--rope-type/--factor/--theta apply to RoPE models, this one uses {cfg.position.name!r} "
+                         "positions (GPT-2: use --positions N)")
+    rope_type = args.rope_type or cfg.position.rope_type
+    original = args.original_max_position_embeddings or cfg.max_seq_len
+    changes = dict(rope_type=rope_type, original_max_position_embeddings=original)
+    if args.theta is not None:
+        changes["theta"] = args.theta
+    if args.factor is not None:
+        changes["factor"] = args.factor
+    if rope_type == "llama3":
+        changes.update(low_freq_factor=args.low_freq_factor, high_freq_factor=args.high_freq_factor)
+    if rope_type == "yarn":
+        changes.update(beta_fast=args.beta_fast, beta_slow=args.beta_slow)
+    if rope_type in ("default", "linear", "ntk"):
+        changes["original_max_position_embeddings"] = None
+    rope = cfg.position.replace(**changes)
+    factor = rope.factor or 1.0
+    new_len = args.max_position_embeddings or int(round(factor * original))
+    return cfg.replace(position=rope, max_seq_len=new_len), params
