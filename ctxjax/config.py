@@ -89,7 +89,25 @@ class ModelConfig:
         return self._family_default(self.tie_embeddings, True, False)
 
     def replace(self, **changes: Any) -> "ModelConfig":
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"ModelConfig has no field(s) {unknown}; valid fields: "
+                             f"{sorted(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (checkpoints, logs); `from_dict` inverts it exactly."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "position"}
+        position = {f.name: getattr(self.position, f.name) for f in dataclasses.fields(self.position)}
+        out["position"] = {"name": self.position.name,
+                           **{k: list(v) if isinstance(v, tuple) else v for k, v in position.items()}}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        position = dict(d.pop("position", {"name": "rope"}))
+        return cls(position=positions_lib.make(position.pop("name"), **position), **d)
 
     def validate(self) -> None:
         def fail(msg: str):

@@ -144,3 +144,13 @@ def test_learned_positions_beyond_the_table_are_refused_or_nan():
 def test_bad_model_configs_fail_at_construction(fields, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**fields)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_model_config_survives_json(name):
+    import json
+
+    cfg = tiny(SCHEMES[name], remat="dots")
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="no field"):
+        cfg.replace(n_head=3)
