@@ -1,0 +1,70 @@
+"""Params-only checkpoints in, params out: the step-0 checkpoint `ctxjax import-hf` writes, and the loader that
+`ctxjax export`, eval and generate use (no optimizer, no mesh, no train config needed)."""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+
+from ctxjax.checkpoint.manager import Checkpointer, checkpoint_dir, tokenizer_dir
+from ctxjax.checkpoint.meta import checkpoint_meta, model_config_of
+from ctxjax.config import ModelConfig
+from ctxjax.data.tokenizer import BYTES_FILE, Tokenizer, find_tokenizer_file
+from ctxjax.data.tokenizer_training import TRAINED_META_FILE, save_to_workdir
+from ctxjax.hf.tokenizer import TOKENIZER_FILES, write_tokenizer
+
+
+def ensure_no_checkpoints(workdir: str) -> None:
+    """Refuse (one line) a work directory that already holds checkpoints: they are never overwritten."""
+    directory = checkpoint_dir(workdir)
+    if os.path.isdir(directory):
+        steps = Checkpointer(workdir, read_only=True).all_steps()
+        if steps:
+            raise ValueError(f"{os.path.abspath(workdir)} already holds checkpoints (steps {steps}); "
+                             "choose a new --workdir")
+
+
+def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer=None,
+                            train_config: dict | None = None, **extra_meta) -> str:
+    """Write `params` as the step-0, params-only checkpoint of a new work directory; returns its path.
+
+    tokenizer: written to WORKDIR/tokenizer first (a path to HF tokenizer files or a directory of them, a
+    ctxjax.data.Tokenizer, or a tokenizers/transformers tokenizer), so that the checkpoint, which appears last
+    and atomically, never exists without it. Params may be numpy or jax arrays; they are stored as they are.
+    """
+    ensure_no_checkpoints(workdir)
+    if tokenizer is not None:
+        _replace_tokenizer(tokenizer, tokenizer_dir(workdir))
+    params = nn.meta.unbox(params)
+    meta = checkpoint_meta(cfg, train_config=train_config, stage=0, **extra_meta)
+    with Checkpointer(workdir, max_to_keep=None, async_save=False) as checkpointer:
+        checkpointer.save(0, {"params": params}, data_state={}, meta=meta, force=True, wait=True)
+    return os.path.join(checkpoint_dir(workdir), "0")
+
+
+def load_for_inference(workdir: str, step: int | None = None):
+    """(ModelConfig, params, tokenizer_dir or None) of checkpoint `step` (default: latest), full or params-only.
+
+    Params are host numpy arrays in their stored dtype, shaped as stored (a learned position table grown by a
+    later stage included); place them with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a
+    tokenizer (read it with ctxjax.data.load_tokenizer)."""
+    with Checkpointer(workdir, read_only=True) as checkpointer:
+        step = checkpointer.resolve_step(step)
+        abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
+        state, _, meta = checkpointer.restore(abstract, step)
+    tokenizer = tokenizer_dir(workdir)
+    return model_config_of(meta), state["params"], tokenizer if find_tokenizer_file(tokenizer) else None
+
+
+def _replace_tokenizer(tokenizer, directory: str) -> None:
+    """Make `tokenizer` the only one in `directory` (load_tokenizer must not find a stale one of another kind)."""
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(tokenizer, Tokenizer):
+        save_to_workdir(tokenizer, directory)
+        return
+    for name in (*TOKENIZER_FILES, BYTES_FILE, TRAINED_META_FILE):
+        if os.path.exists(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    write_tokenizer(tokenizer, directory)
+

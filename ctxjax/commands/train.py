@@ -1,0 +1,48 @@
+"""`ctxjax train --config configs/x.py[:variant] --workdir W [--config.FIELD=VALUE ...]`: run or resume a
+training (re-running the same command resumes from the latest checkpoint in W).
+
+Multi-host (TPU pods, or several processes on one machine): pass --coordinator-address HOST:PORT
+--num-processes N --process-id I on every process, or --distributed on Cloud TPU VMs, where JAX reads the
+coordinator from the environment. jax.distributed.initialize then runs before anything else touches JAX."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train through the config's stages of context growth",
+                                   description=__doc__)
+    parser.add_argument("--config", required=True, help="recipe file, e.g. configs/demo.py or configs/demo.py:tiny")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics, tokenizer and exports go here")
+    parser.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() with settings from the environment (Cloud TPU)")
+    parser.set_defaults(run=run, accepts_config_overrides=True)
+
+
+def initialize_distributed(args) -> None:
+    import jax
+
+    if args.coordinator_address:
+        if args.num_processes is None or args.process_id is None:
+            raise ValueError("--coordinator-address needs --num-processes and --process-id too")
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def run(args) -> int:
+    initialize_distributed(args)
+    from ctxjax.train import load_config, train_and_evaluate
+    from ctxjax.train.configs import apply_overrides
+
+    config = apply_overrides(load_config(args.config), args.config_overrides)
+    summary = train_and_evaluate(config, args.workdir)
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
