@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxjax.commands import extend_hf, info
+from ctxjax.commands import export, extend_hf, import_hf, info, train
 
-COMMANDS = [info, extend_hf]
+COMMANDS = [train, import_hf, export, info, extend_hf]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    # `--config.FIELD=VALUE` overrides of a training recipe; anything else unknown is an error.
+    overrides = [a[len("--config."):] for a in extra if a.startswith("--config.")]
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown or (overrides and not getattr(args, "accepts_config_overrides", False)):
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    args.config_overrides = overrides
     try:
         return args.run(args) or 0
     except ValueError as error:  # bad input: one line naming the fix, no traceback

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() with settings from the environment (Cloud TPU)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile every stage's step ahead of time, print its memory estimate, train nothing")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
@@ -40,8 +42,15 @@ def run(args) -> int:
     from ctxjax.train.configs import apply_overrides
 
     config = apply_overrides(load_config(args.config), args.config_overrides)
-    summary = train_and_evaluate(config, args.workdir)
     import jax
+
+    if args.compile_only:
+        from ctxjax.train.aot import compile_stages
+
+        for row in compile_stages(config):
+            print(json.dumps(row))
+        return 0
+    summary = train_and_evaluate(config, args.workdir)
 
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2, default=str))

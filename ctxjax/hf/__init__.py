@@ -37,8 +37,8 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
 
 def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     tokens = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens))
-    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(abstract["params"]))[0]
+    abstract = jax.eval_shape(lambda: nn.meta.unbox(Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]))
+    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
     return {tuple(k.key for k in path): leaf.shape for path, leaf in flat}
 
 

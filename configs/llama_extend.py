@@ -1,0 +1,40 @@
+"""Extend an imported Hugging Face Llama 4x (e.g. 4k -> 16k) with one field choosing the method:
+`rope_scaling` = "yarn" (default), "linear" (PI), "ntk", "llama3" or "dynamic".
+
+    ctxjax import-hf path/to/llama --workdir runs/llama-16k        # or --config.init_from_hf=path/to/llama
+    python train.py --config configs/llama_extend.py --workdir runs/llama-16k --config.rope_scaling=linear
+
+The model's own context (max_position_embeddings) is the original length; the 16k stage gets
+factor 4 and original_max_position_embeddings = the model's context. YaRN's paper fine-tunes ~400 steps.
+"""
+
+from ctxjax.train.defaults import default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    # Architecture fields are read from the imported checkpoint; these are the training-time choices.
+    c.model.update(attention="blockwise", remat="dots_no_batch", dtype="bfloat16", param_dtype="float32",
+                   max_seq_len=4096)
+    c.rope_scaling = "yarn"
+    c.data.update(source="tfds:pg19", min_doc_tokens=16385, mode="crop")
+    c.tokens_per_step = 65536
+    c.micro_batch_size = 1
+    c.loss_chunk = 2048
+    c.stages = [dict(steps=400, seq_len=16384, lr=2e-5, warmup_steps=20)]
+    c.optimizer.weight_decay = 0.0
+    c.export_dir = "hf"
+    c.checkpoint.every_steps = 100
+    if variant == "tiny":
+        c.model.update(vocab_size=258, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16,
+                       attention="xla", remat="none", dtype="float32")
+        c.data.update(source="stdlib", tokenizer="bytes", max_documents=40, min_doc_tokens=0, mode="pack",
+                      prefetch=0)
+        c.tokens_per_step = 512
+        c.micro_batch_size = 0
+        c.stages = [dict(steps=2, seq_len=64, lr=1e-3)]
+        c.checkpoint.update(every_steps=0, async_save=False)
+        c.peak_flops = 1e9
+    elif variant:
+        raise ValueError(f"configs/llama_extend.py has variants '' and 'tiny', not {variant!r}")
+    return c

@@ -1,0 +1,44 @@
+"""Model FLOPs per trained token and the machine's matmul peak, for an honest MFU.
+
+FLOPs per token of one forward+backward pass (backward = 2x forward):
+    6 * N_matmul                       weights used in matmuls (embedding lookups excluded, output projection in)
+  + 6 * n_layers * n_heads * head_dim * L   attention scores and weighted values, causal: each query sees on
+                                             average L/2 keys, so the full-attention 12*...*L is halved
+This is the PaLM/nanoGPT count with causal attention counted once (as MaxText does since 2025).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ctxjax.config import ModelConfig
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    d, h, g, dh, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.mlp_dim
+    attention = d * h * dh * 2 + d * g * dh * 2  # q, o and k, v
+    mlp = d * f * (2 if cfg.family == "gpt2" else 3)
+    return cfg.n_layers * (attention + mlp) + d * cfg.vocab_size
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    return 6.0 * matmul_params(cfg) + 6.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+
+
+@functools.cache
+def measured_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a float32 square matmul on the default device, best of `repeats`: the peak MFU is
+    measured against (on CPUs there is no datasheet number that the compiler can reach)."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best

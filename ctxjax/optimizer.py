@@ -1,0 +1,48 @@
+"""AdamW with the conventions long-context fine-tuning expects: no weight decay on norms, biases and
+embeddings; global-norm clipping; optionally only some parameter groups trainable (e.g. LongLoRA's
+embeddings + norms), selected by regular expressions over parameter paths like `layers/attn_norm/scale`."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import jax
+import optax
+
+
+def param_path(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def decay_mask(params):
+    """True where weight decay applies: matrix weights (`kernel`), not norms, biases or embedding tables."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: param_path(path).endswith("kernel"), params)
+
+
+def trainable_labels(params, patterns: str):
+    """'train' or 'freeze' per parameter; `patterns` is a comma-separated list of regexes (searched in the
+    path), empty meaning everything trains. A pattern that matches nothing is an error (a typo would
+    otherwise silently freeze the whole model)."""
+    if not patterns:
+        return jax.tree.map(lambda _: "train", params)
+    regexes = [re.compile(p.strip()) for p in patterns.split(",") if p.strip()]
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for regex in regexes:
+        if not any(regex.search(p) for p in paths):
+            raise ValueError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths look like "
+                             f"{paths[:4]}")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if any(r.search(param_path(path)) for r in regexes) else "freeze", params)
+
+
+def make_optimizer(opt, learning_rate: Callable[[int], float], params) -> optax.GradientTransformation:
+    """`opt`: b1, b2, eps, weight_decay, clip_norm, trainable (see the configs)."""
+    adamw = optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                        mask=decay_mask)
+    chain = optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw) if opt.clip_norm else adamw
+    if not opt.trainable:
+        return chain
+    # Frozen parameters get no optimizer state at all: that is the memory LongLoRA-style training saves.
+    return optax.multi_transform({"train": chain, "freeze": optax.set_to_zero()},
+                                 trainable_labels(params, opt.trainable))

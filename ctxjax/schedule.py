@@ -1,0 +1,115 @@
+"""Staged context growth: a list of stages, each with its steps, sequence length, learning rate, warm-up
+and positional-scheme overrides, turned into Optax schedules and per-step shapes.
+
+Tokens per step stay constant across stages (batch = tokens_per_step / seq_len) unless a stage sets its own
+batch size; the learning rate is one `optax.join_schedules` (warm-up then cosine decay within each stage);
+the sequence length per step is an `optax.piecewise_constant_schedule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optax
+
+from ctxjax.config import ModelConfig
+
+STAGE_FIELDS = {"steps", "seq_len", "lr", "warmup_steps", "position", "batch_size", "min_lr_ratio"}
+REQUIRED = ("steps", "seq_len", "lr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    index: int
+    start: int  # first global step of the stage
+    steps: int
+    seq_len: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    position: tuple[tuple[str, Any], ...]  # overrides of the base positional scheme's fields
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+
+def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) -> list[Stage]:
+    """Validate the config's stage list (one-line errors naming stage and field) and place it on the step axis."""
+    if not raw_stages:
+        raise ValueError("config.stages is empty; give at least one stage with steps, seq_len and lr")
+    stages, start = [], 0
+    for i, raw in enumerate(raw_stages):
+        raw = dict(raw)
+        unknown = sorted(set(raw) - STAGE_FIELDS)
+        if unknown:
+            raise ValueError(f"stage {i}: unknown field(s) {unknown}; stage fields are {sorted(STAGE_FIELDS)}")
+        missing = [f for f in REQUIRED if f not in raw or raw[f] is None]
+        if missing:
+            raise ValueError(f"stage {i}: missing field(s) {missing}; every stage needs {list(REQUIRED)}")
+        seq_len, steps = int(raw["seq_len"]), int(raw["steps"])
+        if steps < 1 or seq_len < 1:
+            raise ValueError(f"stage {i}: steps and seq_len must be positive, got {steps} and {seq_len}")
+        batch = raw.get("batch_size")
+        if batch is None:
+            if tokens_per_step % seq_len:
+                raise ValueError(f"stage {i}: tokens_per_step={tokens_per_step} is not divisible by seq_len="
+                                 f"{seq_len}; choose tokens_per_step as a multiple of every stage's seq_len")
+            batch = tokens_per_step // seq_len
+        warmup = int(raw.get("warmup_steps", 0) or 0)
+        if not 0 <= warmup <= steps:
+            raise ValueError(f"stage {i}: warmup_steps={warmup} must be between 0 and steps={steps}")
+        stages.append(Stage(i, start, steps, seq_len, int(batch), float(raw["lr"]), warmup,
+                            float(raw.get("min_lr_ratio", min_lr_ratio)),
+                            tuple(sorted(dict(raw.get("position") or {}).items()))))
+        start += steps
+    return stages
+
+
+def total_steps(stages: list[Stage]) -> int:
+    return stages[-1].end
+
+
+def stage_at(stages: list[Stage], step: int) -> Stage:
+    for stage in stages:
+        if step < stage.end:
+            return stage
+    return stages[-1]
+
+
+def learning_rate_schedule(stages: list[Stage]) -> optax.Schedule:
+    pieces = []
+    for s in stages:
+        decay = optax.cosine_decay_schedule(s.lr, max(s.steps - s.warmup_steps, 1), alpha=s.min_lr_ratio)
+        if s.warmup_steps:
+            decay = optax.join_schedules([optax.linear_schedule(0.0, s.lr, s.warmup_steps), decay], [s.warmup_steps])
+        pieces.append(decay)
+    return optax.join_schedules(pieces, [s.start for s in stages[1:]])
+
+
+def seq_len_schedule(stages: list[Stage]) -> optax.Schedule:
+    scales = {s.start: s.seq_len / prev.seq_len for prev, s in zip(stages, stages[1:])}
+    return optax.piecewise_constant_schedule(float(stages[0].seq_len), scales)
+
+
+def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "") -> ModelConfig:
+    """The model of one stage: the base positional scheme with the stage's overrides, and a context at least
+    the stage's sequence length (for learned positions, the size the table is grown to).
+
+    `rope_scaling` (a rope_type) fills in overrides for stages that give none and run past the base model's
+    context: factor = seq_len / context, original_max_position_embeddings = context. One field then
+    switches a whole recipe between PI, NTK, YaRN, Llama-3 and dynamic scaling."""
+    position = base.position
+    if stage.position:
+        position = position.replace(**dict(stage.position))
+    elif rope_scaling and position.name == "rope" and stage.seq_len > base.max_seq_len:
+        original = base.max_seq_len
+        fields = dict(rope_type=rope_scaling, factor=stage.seq_len / original, original_max_position_embeddings=original)
+        if rope_scaling == "llama3":
+            fields.update(low_freq_factor=1.0, high_freq_factor=4.0)
+        if rope_scaling in ("linear", "ntk"):
+            fields["original_max_position_embeddings"] = None
+        position = position.replace(**fields)
+    return base.replace(position=position, max_seq_len=max(base.max_seq_len, stage.seq_len))

@@ -1,0 +1,48 @@
+"""Ahead-of-time compilation of every stage's train step, with nothing materialised: no parameters, no
+data. It catches shape, sharding and out-of-memory problems of a long stage before a pod run starts
+(`ctxjax train --compile-only`), and is how the tests check that every recipe compiles."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ctxjax.optimizer import make_optimizer
+from ctxjax.schedule import learning_rate_schedule, model_config_for
+from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
+from ctxjax.train.configs import validate
+from ctxjax.train.state import abstract_params, state_shardings
+from ctxjax.train.step import jit_train_step
+
+BATCH_DTYPES = {"tokens": jnp.int32, "positions": jnp.int32, "segment_ids": jnp.int32, "targets": jnp.int32,
+                "weights": jnp.float32}
+
+
+def compile_stages(config, devices=None) -> list[dict]:
+    """One row per stage: shapes and XLA's memory estimate (bytes per device) of its compiled step."""
+    from ctxjax.train.loop import base_model_config, with_shardings
+
+    devices = list(devices if devices is not None else jax.devices())
+    _, stages, _ = validate(config, len(devices))
+    base = base_model_config(config, None, "")
+    mesh = make_mesh(dict(config.mesh), devices)
+    rows = []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        first = model_config_for(base, stages[0], config.rope_scaling)
+        tx = make_optimizer(config.optimizer, learning_rate_schedule(stages), abstract_params(first))
+        for stage in stages:
+            cfg = model_config_for(base, stage, config.rope_scaling)
+            abstract, shardings = state_shardings(cfg, tx, mesh)
+            batch = {k: jax.ShapeDtypeStruct((stage.batch_size, stage.seq_len), dtype, sharding=batch_sharding(mesh))
+                     for k, dtype in BATCH_DTYPES.items()}
+            step = jit_train_step(config, cfg, tx, stage, mesh, shardings)
+            compiled = step.lower(with_shardings(abstract, shardings), batch).compile()
+            memory = compiled.memory_analysis()
+            rows.append({
+                "stage": stage.index, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
+                "attention": cfg.attention, "position": cfg.position.name,
+                "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+                "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+            })
+    return rows

@@ -1,0 +1,51 @@
+"""The default training config every recipe in configs/ starts from; each field says what it does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from ctxjax.config import ModelConfig
+from ctxjax.data.config import DataConfig
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # ModelConfig fields; `position` is {"name": scheme, **fields} (see ctxjax.positions).
+    c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
+    # A Hugging Face directory to start from when the work directory has no checkpoint yet
+    # (same as running `ctxjax import-hf` first); "" trains from scratch.
+    c.init_from_hf = ""
+    c.data = ml_collections.ConfigDict({f.name: getattr(DataConfig(), f.name) for f in dataclasses.fields(DataConfig)})
+    # Stages of context growth: steps, seq_len, lr (peak), optional warmup_steps, min_lr_ratio, batch_size
+    # (default tokens_per_step // seq_len) and position (overrides of model.position fields, e.g.
+    # {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}).
+    c.stages = [dict(steps=100, seq_len=256, lr=1e-3, warmup_steps=10)]
+    # A rope_type ("linear", "ntk", "yarn", "llama3", "dynamic") applied to every stage longer than the base
+    # model's context that sets no position overrides of its own; "" applies none.
+    c.rope_scaling = ""
+    c.tokens_per_step = 8192
+    c.min_lr_ratio = 0.1  # cosine decay within each stage ends at lr * min_lr_ratio
+    # At most this many rows per forward/backward; larger batches accumulate gradients. 0: no limit.
+    c.micro_batch_size = 0
+    c.optimizer = ml_collections.ConfigDict(dict(
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+        clip_norm=1.0,  # global gradient-norm clipping; 0 disables
+        # Comma-separated regexes over parameter paths (e.g. "embed,norm" for LongLoRA's embeddings + norms);
+        # "" trains everything. Frozen parameters keep no optimizer state.
+        trainable="",
+    ))
+    c.loss_chunk = 1024  # the loss computes logits this many positions at a time
+    # Mesh axis sizes; one may be -1 (all remaining devices). fsdp shards parameters and optimizer state,
+    # tensor splits heads/MLP/vocabulary, sequence splits the length (ring attention).
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
+    c.learned_extend_method = "interpolate"  # how a learned position table grows at a stage boundary
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=3, async_save=True))
+    c.log_every = 10  # steps between metric syncs (the loop never waits for the device in between)
+    # A Hugging Face directory written after the last step (relative paths are inside the work directory);
+    # "" exports nothing.
+    c.export_dir = ""
+    c.peak_flops = 0.0  # FLOP/s of the accelerator for MFU; 0 measures a float32 matmul at start-up
+    return c

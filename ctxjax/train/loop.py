@@ -1,0 +1,236 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, resumable at any step.
+
+    validate config -> mesh -> (restore | import | init) state -> for each step:
+        stage boundary? (new shapes / positional overrides / learned table growth: new compiled step)
+        batch from the data pipeline -> jitted step (sharded, donated state)
+        every log_every: one host sync for metrics;  every checkpoint.every_steps, at stage ends, at the end
+        and on SIGTERM: an Orbax checkpoint with the data-iterator state and both configs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from ctxjax import flops, hf
+from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
+from ctxjax.config import ModelConfig
+from ctxjax.data import make_global_batch, make_pipeline
+from ctxjax.optimizer import make_optimizer
+from ctxjax.schedule import learning_rate_schedule, model_config_for, stage_at, total_steps
+from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
+from ctxjax.train.configs import model_config, validate
+from ctxjax.train.metrics import MetricsWriter
+from ctxjax.train.state import abstract_params, grow_learned_table, init_state, place_params, state_shardings
+from ctxjax.train.step import jit_train_step
+
+# ModelConfig fields a run may change between restarts without changing any parameter shape.
+RUNTIME_FIELDS = ("attention", "remat", "dtype")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or inf; raised at the next sync point, naming the step."""
+
+
+class _Preemption:
+    """SIGTERM (preemptible TPU VMs) sets a flag; the loop saves at the next step and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, as in notebooks
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
+    """The architecture of the run: the checkpoint's if the work directory has one (imported or resumed),
+    else the HF directory's (`init_from_hf`), else `config.model`; runtime fields always from config.
+    A resumed run whose config describes another architecture is refused, never overwritten."""
+    requested = model_config(config)
+    runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS}
+    if checkpoint_meta is not None:
+        saved = checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"]
+        if not checkpoint_meta.get("params_only") and not config.init_from_hf:
+            check_compatible({"model_config": saved, "step": checkpoint_meta.get("step")}, requested,
+                             workdir=workdir)
+        return ModelConfig.from_dict(saved).replace(**runtime)
+    if config.init_from_hf:
+        hf_config = hf.read_hf_config(config.init_from_hf)
+        return hf.model_config_from_hf(hf_config, param_dtype=requested.param_dtype, **runtime)
+    return requested
+
+
+def _tokenizer_file(workdir: str) -> str | None:
+    for name in ("tokenizer.model", "tokenizer.json"):
+        path = os.path.join(workdir, "tokenizer", name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | None = None) -> dict:
+    """Run (or resume) the training described by `config` in `workdir`; returns a summary dict.
+
+    devices: the devices of the mesh (default all); stop_after: save and stop once this global step is
+    done, as a preemption would (rerunning resumes)."""
+    os.makedirs(workdir, exist_ok=True)
+    devices = list(devices if devices is not None else jax.devices())
+    _, stages, _ = validate(config, len(devices))
+    checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                async_save=config.checkpoint.async_save)
+    latest = checkpointer.latest_step()
+    meta = checkpointer.restore_meta(latest) if latest is not None else None
+    base = base_model_config(config, meta, workdir)
+    mesh = make_mesh(dict(config.mesh), devices)
+    schedule = learning_rate_schedule(stages)
+    last_step = total_steps(stages)
+    start = latest or 0
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), _Preemption() as preemption:
+        stage = stage_at(stages, start)
+        cfg = model_config_for(base, stage, config.rope_scaling)
+        tx = make_optimizer(config.optimizer, schedule, abstract_params(cfg))
+        abstract, shardings = state_shardings(cfg, tx, mesh)
+        data_state = None
+        if meta is None:
+            if config.init_from_hf:
+                _, params = hf.load_pretrained(config.init_from_hf, **{f: getattr(base, f) for f in
+                                                                     ("param_dtype", *RUNTIME_FIELDS)})
+                state = place_params(_fit_learned_table(params, cfg, config), tx, shardings)
+            else:
+                state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings)
+        elif meta.get("params_only"):  # imported: fresh optimizer state around the stored params
+            restored, _, _ = checkpointer.restore({"params": checkpointer.saved_shapes(latest)["params"]}, latest)
+            state = place_params(_fit_learned_table(restored["params"], cfg, config), tx, shardings)
+        else:
+            state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), latest)
+
+        pipe = make_pipeline(config.data, workdir, model_vocab_size=cfg.vocab_size)
+        if data_state:
+            pipe.restore(data_state)
+        metrics = MetricsWriter(workdir, last_step, start)
+        peak = float(config.peak_flops) or flops.measured_peak_flops()
+        compiled = {}
+        pending, interval_start, interval_tokens = [], time.perf_counter(), 0
+        summary = {"workdir": workdir, "start_step": start, "last_step": last_step}
+        step = start
+
+        def save(step, force=False):
+            _raise_if_diverged(state, checkpointer)
+            checkpointer.save(step, state, data_state=pipe.global_state(), force=force,
+                              meta=checkpoint_meta(cfg, train_config=config.to_dict(), stage=stage.index,
+                                                   base_model_config=base.to_dict()))
+
+        try:
+            while step < last_step:
+                new_stage = stage_at(stages, step)
+                if new_stage.index != stage.index or not compiled:
+                    stage = new_stage
+                    new_cfg = model_config_for(base, stage, config.rope_scaling)
+                    if new_cfg.position.name == "learned" and new_cfg.max_seq_len > cfg.max_seq_len:
+                        state = grow_learned_table(state, new_cfg.max_seq_len, config.learned_extend_method)
+                    if new_cfg != cfg or not compiled:
+                        cfg = new_cfg
+                        _, shardings = state_shardings(cfg, tx, mesh)
+                        state = jax.device_put(state, shardings)
+                    compiled = {"fn": jit_train_step(config, cfg, tx, stage, mesh, shardings), "first": True}
+                local = pipe.next_batch(stage.batch_size, stage.seq_len)
+                batch = make_global_batch(local, mesh, batch_sharding(mesh))
+                state, step_metrics = compiled["fn"](state, batch)
+                step += 1
+                pending.append(step_metrics)
+                if compiled.pop("first", False):  # keep compilation out of tokens/s: one sync per new shape
+                    jax.block_until_ready(state["step"])
+                    interval_start, interval_tokens = time.perf_counter(), 0
+                else:
+                    interval_tokens += stage.batch_size * stage.seq_len
+
+                at_stage_end = step == stage.end
+                if step % int(config.log_every) == 0 or at_stage_end or step == last_step:
+                    values = jax.device_get(pending)
+                    _raise_if_diverged(state, checkpointer)
+                    elapsed = time.perf_counter() - interval_start
+                    record = {
+                        "loss": float(np.mean([m["loss"] for m in values])),
+                        "grad_norm": float(np.mean([m["grad_norm"] for m in values])),
+                        "lr": float(schedule(step - 1)), "seq_len": stage.seq_len, "batch_size": stage.batch_size,
+                        "stage": stage.index,
+                    }
+                    if interval_tokens:  # an interval holding only a freshly compiled step has no throughput
+                        record["tokens_per_s"] = interval_tokens / elapsed
+                        record["mfu"] = record["tokens_per_s"] * flops.flops_per_token(cfg, stage.seq_len) / peak
+                    metrics.write(step, record)
+                    metrics.progress(step, record)
+                    summary.update(record)
+                    pending, interval_start, interval_tokens = [], time.perf_counter(), 0
+                every = int(config.checkpoint.every_steps)
+                stopping = preemption.requested or step == stop_after
+                if at_stage_end or step == last_step or (every and step % every == 0) or stopping:
+                    save(step, force=True)
+                if stopping:
+                    summary["stopped_at"] = step
+                    break
+            checkpointer.wait()
+        finally:
+            metrics.close()
+            pipe.close()
+            checkpointer.close()
+
+        summary["final_step"] = step
+        if config.export_dir and step == last_step:
+            out = os.path.join(workdir, config.export_dir)  # an absolute export_dir stays as it is
+            summary["export_dir"] = export(cfg, state["params"], out, workdir)
+    return summary
+
+
+def export(cfg: ModelConfig, params, out_dir: str, workdir: str) -> str:
+    """Write the trained model as a Hugging Face directory (process 0; parameters gathered to the host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params)
+    if jax.process_index() != 0:
+        return out_dir
+    return hf.save_pretrained(cfg, jax.device_get(params), out_dir, tokenizer=_tokenizer_file(workdir),
+                              overwrite=True)
+
+
+def _raise_if_diverged(state, checkpointer) -> None:
+    bad = int(jax.device_get(state["first_bad_step"]))
+    if bad >= 0:
+        last_good = checkpointer.latest_step()
+        raise TrainingDiverged(
+            f"loss became NaN/inf at step {bad}; training stopped and the last good checkpoint (step {last_good}) "
+            "is kept: lower the learning rate or raise warmup_steps, then rerun to resume from it")
+
+
+def _fit_learned_table(params, cfg: ModelConfig, config):
+    """An imported GPT-2 table shorter than the stage's context grows before training starts."""
+    if cfg.position.name == "learned":
+        rows = params["pos_embed"]["embedding"].shape[0]
+        if rows < cfg.max_seq_len:
+            from ctxjax import positions
+
+            params = positions.extend(params, cfg.max_seq_len, method=config.learned_extend_method)
+    return params
+
+
+def with_shardings(abstract, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

@@ -1,0 +1,54 @@
+"""Where training numbers go: JSON lines (workdir/metrics.jsonl), TensorBoard event files
+(workdir/tensorboard, written by tensorboardX, no TensorFlow needed) and a progress bar, all on process 0."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from tqdm import tqdm
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(key, value, step)
+        self._tensorboard.flush()
+
+    def progress(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self._bar.n = step
+        shown = {k: metrics[k] for k in ("loss", "tokens_per_s", "seq_len", "stage", "lr", "mfu") if k in metrics}
+        self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()})
+
+    def close(self) -> None:
+        if self.enabled:
+            self._bar.close()
+            self._tensorboard.close()
+            self._jsonl.close()
+
+
+def _plain(value):
+    try:
+        value = value.item()
+    except AttributeError:
+        pass
+    return value

@@ -1,0 +1,89 @@
+"""The jitted train step: loss on final hidden states (chunked over the vocabulary), gradient accumulation
+over micro-batches, AdamW update, and a guard that refuses non-finite updates without a host sync."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ctxjax.config import ModelConfig
+from ctxjax.loss import cross_entropy_sum
+from ctxjax.model import Transformer
+
+
+def output_kernel(cfg: ModelConfig, params):
+    """[D, V] matrix that maps final hidden states to logits."""
+    if cfg.tied:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
+    """(sum of token losses, number of target tokens) of one batch."""
+    hidden = Transformer(cfg).apply({"params": params}, batch["tokens"], positions=batch["positions"],
+                                    segment_ids=batch["segment_ids"], return_hidden=True)
+    return cross_entropy_sum(hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"],
+                             batch["weights"], chunk=loss_chunk)
+
+
+def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro_batches: int = 1,
+                    loss_chunk: int = 1024):
+    """state = {step, params, opt_state, first_bad_step} -> (new state, metrics). Not jitted here: the
+    caller jits it with shardings and donation."""
+
+    def grads_of(params, batch):
+        def summed(p):
+            total, count = loss_sums(cfg, p, batch, loss_chunk)
+            return total, count
+
+        (total, count), grads = jax.value_and_grad(summed, has_aux=True)(params)
+        return total, count, grads
+
+    def accumulate(params, batch):
+        if micro_batches == 1:
+            return grads_of(params, batch)
+        split = jax.tree.map(lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+
+        def body(carry, micro):
+            total, count, grads = carry
+            t, c, g = grads_of(params, micro)
+            return (total + t, count + c, jax.tree.map(jnp.add, grads, g)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (total, count, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), split)
+        return total, count, grads
+
+    def train_step(state, batch):
+        total, count, grads = accumulate(state["params"], batch)
+        denominator = jnp.maximum(count, 1.0)
+        loss = total / denominator
+        grads = jax.tree.map(lambda g: (g / denominator).astype(g.dtype), grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # A NaN/inf step changes nothing; the loop sees first_bad_step at its next sync point and stops,
+        # so the state (and every checkpoint) stays the last good one.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        first_bad = jnp.where(~finite & (state["first_bad_step"] < 0), state["step"], state["first_bad_step"])
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "first_bad_step": first_bad,
+        }
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "target_tokens": count}
+
+    return train_step
+
+
+def jit_train_step(config, cfg: ModelConfig, tx, stage, mesh, shardings):
+    """The stage's train step jitted with the state's shardings, the batch sharding and a donated state
+    (updated in place: no second copy of parameters and optimizer state)."""
+    from ctxjax.sharding import batch_sharding
+
+    micro = int(config.micro_batch_size) or stage.batch_size
+    step = make_train_step(cfg, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk))
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
+                   donate_argnums=0)

@@ -1,0 +1,117 @@
+"""Training end to end at tiny size: every recipe compiles, staged growth runs and exports, a resumed run
+equals the uninterrupted one, sharded runs equal the single-device run, bad configs fail before compiling."""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ctxjax.train import TrainingDiverged, apply_overrides, load_config, train_and_evaluate
+from ctxjax.train.aot import compile_stages
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def tiny(name="demo", **overrides):
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py:tiny"))
+    config.log_every = 1
+    return apply_overrides(config, [f"{k}={v!r}" for k, v in overrides.items()])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
+def test_every_config_compiles_every_stage_at_tiny_size_on_8_devices(path):
+    rows = compile_stages(load_config(f"{path}:tiny"), jax.devices())
+    assert [r["stage"] for r in rows] == list(range(len(rows)))
+    assert all(r["temp_bytes"] is None or r["temp_bytes"] > 0 for r in rows)
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("one-device"))
+    summary = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1])
+    return workdir, summary
+
+
+def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
+    workdir, summary = one_device_run
+    assert summary["final_step"] == 7
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["seq_len"] for r in records] == [16, 16, 16, 32, 32, 64, 64]
+    assert [r["stage"] for r in records] == [0, 0, 0, 1, 1, 2, 2]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert any("tokens_per_s" in r and "mfu" in r for r in records)
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "5", "7"]  # every stage end
+    config = json.load(open(os.path.join(workdir, "hf", "config.json")))
+    # The last stage ran YaRN at 4x the base context of 16 tokens.
+    assert config["rope_scaling"]["rope_type"] == "yarn" and config["rope_scaling"]["factor"] == 4.0
+    assert config["max_position_embeddings"] == 64
+
+
+def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path):
+    reference, _ = one_device_run
+    workdir = str(tmp_path)
+    first = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1], stop_after=4)  # mid-stage 1
+    assert first["stopped_at"] == 4 and "4" in os.listdir(os.path.join(workdir, "checkpoints"))
+    second = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1])
+    assert second["start_step"] == 4 and second["final_step"] == 7
+    want, got = losses(reference), losses(workdir)
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)
+
+
+def test_data_fsdp_tensor_mesh_on_8_devices_matches_one_device(one_device_run, tmp_path):
+    reference, _ = one_device_run
+    config = tiny(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    # Stop in stage 1, then resume the 8-device checkpoint on a single device.
+    train_and_evaluate(config, str(tmp_path), stop_after=4)
+    train_and_evaluate(tiny(), str(tmp_path), devices=jax.devices()[:1])
+    want, got = losses(reference), losses(str(tmp_path))
+    np.testing.assert_allclose([got[s] for s in sorted(want)], [want[s] for s in sorted(want)], atol=1e-5)
+
+
+def test_learned_positions_grow_at_the_stage_boundary_and_export(tmp_path):
+    summary = train_and_evaluate(tiny("gpt2_extend"), str(tmp_path), devices=jax.devices()[:1])
+    config = json.load(open(os.path.join(summary["export_dir"], "config.json")))
+    assert config["n_positions"] == 128 and config["architectures"] == ["GPT2LMHeadModel"]
+
+
+def test_incompatible_work_directory_is_refused(one_device_run, tmp_path):
+    workdir, _ = one_device_run
+    with pytest.raises(ValueError, match="holds another model's checkpoint.*d_model 32 -> 64.*new --workdir"):
+        train_and_evaluate(tiny(**{"model.d_model": 64}), workdir, devices=jax.devices()[:1])
+
+
+def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_path):
+    config = tiny()
+    config.stages = [dict(steps=2, seq_len=16, lr=1e-3), dict(steps=2, seq_len=16, lr=float("inf"))]
+    with pytest.raises(TrainingDiverged, match="NaN/inf at step 2.*last good checkpoint \\(step 2\\)"):
+        train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert os.listdir(os.path.join(tmp_path, "checkpoints")) == ["2"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"mesh.data": 3}, "cannot fill 8 devices"),
+    ({"mesh.sequence": 2}, "set model.attention='ring'"),
+    ({"tokens_per_step": 500}, "tokens_per_step=500 is not divisible by seq_len=16"),
+    ({"stages": [dict(steps=2, lr=1e-3)]}, r"stage 0: missing field\(s\) \['seq_len'\]"),
+    ({"stages": [dict(steps=2, seq_len=16, lr=1e-3, position={"rope_tpye": "yarn"})]}, "no field"),
+    ({"rope_scaling": "xpos"}, "rope_scaling='xpos' is unknown"),
+])
+def test_bad_configs_fail_before_compiling(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(tiny(**overrides), str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_unknown_override_keys_are_refused():
+    with pytest.raises(ValueError, match="unknown config field 'model.d_modle'"):
+        tiny(**{"model.d_modle": 3})
