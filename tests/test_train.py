@@ -115,3 +115,26 @@ def test_bad_configs_fail_before_compiling(overrides, message, tmp_path):
 def test_unknown_override_keys_are_refused():
     with pytest.raises(ValueError, match="unknown config field 'model.d_modle'"):
         tiny(**{"model.d_modle": 3})
+
+
+def test_imported_hf_llama_trains_through_llama_extend_and_exports_what_transformers_reproduces(tmp_path):
+    import hf_oracle as oracle
+    import jax.numpy as jnp
+    import run_model
+    from transformers import AutoModelForCausalLM
+
+    from ctxjax import cli
+    from ctxjax.checkpoint import load_for_inference
+
+    model = oracle.llama(vocab_size=258, max_position_embeddings=16)
+    workdir = str(tmp_path / "run")
+    assert cli.main(["import-hf", oracle.save(model), "--workdir", workdir]) == 0
+    summary = train_and_evaluate(tiny("llama_extend"), workdir, devices=jax.devices()[:1])
+    assert summary["start_step"] == 0 and summary["final_step"] == 2
+    cfg, params, _ = load_for_inference(workdir)
+    assert cfg.d_model == 64 and cfg.position.rope_type == "yarn" and cfg.position.factor == 4.0
+    exported = AutoModelForCausalLM.from_pretrained(summary["export_dir"])
+    toks = oracle.tokens(1, 64, vocab=258)
+    ours = np.asarray(run_model.forward(cfg, params, jnp.asarray(toks)))
+    assert np.abs(oracle.logits(exported, toks) - ours).max() <= 1e-4
+    assert np.abs(oracle.logits(model, toks) - ours).max() > 1e-3  # it did train
