@@ -138,3 +138,11 @@ def test_imported_hf_llama_trains_through_llama_extend_and_exports_what_transfor
     ours = np.asarray(run_model.forward(cfg, params, jnp.asarray(toks)))
     assert np.abs(oracle.logits(exported, toks) - ours).max() <= 1e-4
     assert np.abs(oracle.logits(model, toks) - ours).max() > 1e-3  # it did train
+
+
+def test_sequence_axis_must_divide_every_stage_length():
+    from ctxjax.train.configs import validate
+
+    config = tiny(**{"mesh.sequence": 3, "mesh.fsdp": 1, "model.attention": "ring", "tokens_per_step": 768})
+    with pytest.raises(ValueError, match="stage 0: seq_len=16 is not divisible by the sequence mesh axis \\(3\\)"):
+        validate(config, 3)
