@@ -3,18 +3,27 @@
     model = Transformer(cfg)
     params = model.init(rng, tokens)["params"]
     logits = model.apply({"params": params}, tokens, positions=None, segment_ids=None)  # float32 [B, L, V]
+    logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache)  # decoding
 
 Layers are stacked with `nn.scan` (compile time does not grow with depth; every layer parameter has a
 leading `layers` axis) and optionally rematerialised (`ModelConfig.remat`). Parameters and activations
 carry logical axis names (batch, length, embed, heads, kv_heads, head_dim, mlp, vocab, layers); a table
 in the training config maps them to mesh axes, so nothing here names a device axis.
+
+KV-cache decoding (ctxjax.generate) passes a `KVCache` and gets the updated one back. The new tokens' keys
+are rotated with their own positions and written at slots [cache.length, cache.length + L); the kernel then
+sees every slot with its stored position and segment id, and empty slots and padding have segment id 0, so
+the kernel's ordinary rule (same segment, key position <= query position) is the whole decoding mask.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ctxjax import attention as attention_lib
 from ctxjax.config import ModelConfig
@@ -58,25 +67,66 @@ class Norm(nn.Module):
         return h
 
 
+class Dense(nn.Module):
+    """x[..., in_axes] @ kernel[in_axes, out_axes] (+ bias), the kernel stored in its full multi-axis shape
+    with logical names. (flax's DenseGeneral initialises a flattened kernel and reshapes it, which breaks
+    the logical sharding constraint under a mesh.)"""
+
+    cfg: ModelConfig
+    features: tuple[int, ...]
+    n_in: int  # how many trailing axes of x are contracted
+    kernel_axes: tuple[str, ...]
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        shape = (*x.shape[x.ndim - self.n_in:], *self.features)
+        kernel = self.param("kernel", _param(_INIT, self.kernel_axes), shape, jnp.dtype(cfg.param_dtype))
+        y = jnp.tensordot(x.astype(cfg.dtype), kernel.astype(cfg.dtype), axes=self.n_in)
+        if self.use_bias:
+            bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.n_in:]), self.features,
+                              jnp.dtype(cfg.param_dtype))
+            y = y + bias.astype(cfg.dtype)
+        return y
+
+
 def _dense(cfg: ModelConfig, features, axis, kernel_axes, use_bias, name):
-    out_axes = kernel_axes[len(kernel_axes) - (len(features) if isinstance(features, tuple) else 1):]
-    return nn.DenseGeneral(
-        features,
-        axis=axis,
-        use_bias=use_bias,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=_param(_INIT, kernel_axes),
-        bias_init=_param(nn.initializers.zeros, out_axes),
-        name=name,
-    )
+    features = features if isinstance(features, tuple) else (features,)
+    n_in = len(axis) if isinstance(axis, tuple) else 1
+    return Dense(cfg, features, n_in, tuple(kernel_axes), use_bias, name=name)
+
+
+class KVCache(NamedTuple):
+    """Every layer's keys (after rotation, as HF caches them) and values for `S` slots of each batch row.
+
+    Slot s of row b holds a token at `positions[b, s]` in segment `segment_ids[b, s]`; segment 0 marks an
+    empty slot or padding, which no query (segment >= 1) can see. `length` slots are filled in every row
+    (rows of different lengths are left-padded); the next call writes its tokens from slot `length` on.
+    """
+
+    k: jax.Array  # [n_layers, B, S, kv_heads, head_dim]
+    v: jax.Array  # [n_layers, B, S, kv_heads, head_dim]
+    positions: jax.Array  # [B, S] int32
+    segment_ids: jax.Array  # [B, S] int32
+    length: jax.Array  # [] int32
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
+    """An empty cache of `max_len` slots per row (in the activation dtype)."""
+    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    slots = jnp.zeros((batch, max_len), jnp.int32)
+    return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype), slots, slots, jnp.zeros((), jnp.int32))
 
 
 class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None):
+        """`cache_slots` (kv positions [B, S], kv segment ids [B, S], write index) and `layer_kv` (this
+        layer's cached k, v [B, S, G, Dh]) are given only when decoding; then the updated (k, v) is returned
+        as the second output."""
         cfg = self.cfg
         h, g, dh = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
         q = _dense(cfg, (h, dh), -1, ("embed", "heads", "head_dim"), cfg.use_qkv_bias, "q")(x)
@@ -86,15 +136,21 @@ class Attention(nn.Module):
         q = _constrain(q, ("batch", "length", "heads", "head_dim"))
         k = _constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        kv_positions, kv_segment_ids, new_kv = positions, segment_ids, None
+        if layer_kv is not None:
+            kv_positions, kv_segment_ids, index = cache_slots
+            k = lax.dynamic_update_slice_in_dim(layer_kv[0], k.astype(layer_kv[0].dtype), index, axis=1)
+            v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index, axis=1)
+            new_kv = (k, v)
         kernel = attention_lib.get_kernel(cfg.attention)
         out = kernel(
             q, k, v,
-            q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-            q_positions=positions, kv_positions=positions,
+            q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+            q_positions=positions, kv_positions=kv_positions,
             scale=dh**-0.5, alibi_slopes=cfg.position.alibi_slopes(h),
         )
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
-        return _dense(cfg, cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out)
+        return _dense(cfg, cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out), new_kv
 
 
 class Mlp(nn.Module):
@@ -116,15 +172,18 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block; shaped (carry, _) -> (carry, None) for nn.scan."""
+    """Pre-norm residual block; shaped (carry, layer_kv) -> (carry, new layer_kv) for nn.scan (layer_kv is
+    None outside decoding)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
-        x = x + Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x), positions, segment_ids)
+    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None):
+        attn_out, new_kv = Attention(self.cfg, name="attn")(
+            Norm(self.cfg, name="attn_norm")(x), positions, segment_ids, cache_slots, layer_kv)
+        x = x + attn_out
         x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x))
-        return _constrain(x, ("batch", "length", "embed")), None
+        return _constrain(x, ("batch", "length", "embed")), new_kv
 
 
 class Transformer(nn.Module):
@@ -145,7 +204,7 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),  # layer_kv: one slice per layer
             length=cfg.n_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
@@ -153,11 +212,15 @@ class Transformer(nn.Module):
         if not cfg.tied:
             self.lm_head = _dense(cfg, cfg.vocab_size, -1, ("embed", "vocab"), False, None)
 
-    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False):
+    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
+                 cache: KVCache | None = None):
         """tokens [B, L] int -> float32 logits [B, L, V]; with `return_hidden`, the final normalised hidden
-        states [B, L, D] instead, for losses that never materialise all logits (see `logits_from_hidden`)."""
+        states [B, L, D] instead, for losses that never materialise all logits (see `logits_from_hidden`).
+        With a `cache`, returns (output, updated cache); positions then default to the slots they fill."""
         cfg = self.config
         batch, length = tokens.shape
+        if positions is None and cache is not None:
+            positions = jnp.broadcast_to(cache.length + jnp.arange(length, dtype=jnp.int32), (batch, length))
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
             if cfg.position.name == "learned" and length > cfg.max_seq_len:
@@ -174,11 +237,17 @@ class Transformer(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = _constrain(x, ("batch", "length", "embed"))
-        x, _ = self.layers(x, positions, segment_ids)
+        if cache is None:
+            x, _ = self.layers(x, positions, segment_ids, None, None)
+        else:
+            slot_positions = lax.dynamic_update_slice_in_dim(cache.positions, positions, cache.length, axis=1)
+            slot_segments = lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.length, axis=1)
+            x, (k, v) = self.layers(x, positions, segment_ids, (slot_positions, slot_segments, cache.length),
+                                    (cache.k, cache.v))
+            cache = KVCache(k, v, slot_positions, slot_segments, cache.length + length)
         x = self.final_norm(x)
-        if return_hidden:
-            return x
-        return self.logits_from_hidden(x)
+        out = x if return_hidden else self.logits_from_hidden(x)
+        return out if cache is None else (out, cache)
 
     def logits_from_hidden(self, x):
         """Final hidden states [..., D] -> float32 logits [..., V] (tied: x @ embed^T; else lm_head)."""
@@ -195,7 +264,8 @@ MODEL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp"
 def init_params(cfg: ModelConfig, rng, seq_len: int = 8):
     """Unboxed float parameters of a fresh model (logical-axis metadata stripped)."""
     tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
-    return nn.meta.unbox(jax.jit(Transformer(cfg).init)(rng, tokens)["params"])
+    # Unboxed inside jit: under a mesh the boxes' sharding constraints only make sense in a trace.
+    return jax.jit(lambda r: nn.meta.unbox(Transformer(cfg).init(r, tokens)["params"]))(rng)
 
 
 def param_logical_axes(cfg: ModelConfig):

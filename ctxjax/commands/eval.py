@@ -1,0 +1,114 @@
+"""`ctxjax eval WORKDIR | --hf DIR [--rope-type yarn --factor 4] --tasks ppl,passkey,needle --lengths 512,1024`:
+perplexity by length (non-overlapping, sliding, fixed target set; loss by position), passkey retrieval and
+needle in a haystack, written as results.json, summary.md and PNG plots into --out.
+`ctxjax eval --compare OUT1 OUT2 ... --out DIR` overlays earlier evaluations in one set of plots."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ctxjax.commands.rope_args import add_rope_arguments, apply_rope_arguments
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the model comes from; shared with `ctxjax generate`."""
+    parser.add_argument("workdir", nargs="?", help="training work directory (its latest checkpoint, or --step)")
+    parser.add_argument("--hf", metavar="DIR", help="a Hugging Face model directory instead of a work directory")
+    parser.add_argument("--step", type=int, help="checkpoint step of WORKDIR (default: the latest)")
+    parser.add_argument("--tokenizer", help="tokenizer path or 'bytes' (default: the model's own)")
+    parser.add_argument("--attention", help="attention kernel (default: the model's; 'auto' replaces 'xla')")
+    add_rope_arguments(parser)
+
+
+def load_model_from_args(args):
+    """(ModelConfig, params, Tokenizer) as the model arguments ask, with the positional overrides applied."""
+    from ctxjax.evaluate.loading import load_model
+
+    cfg, params, tokenizer = load_model(args.workdir, args.hf, args.step, args.tokenizer)
+    cfg, params = apply_rope_arguments(cfg, params, args)
+    return cfg, params, tokenizer
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="perplexity by length, passkey and needle retrieval, plots",
+                                   description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--out", help="output directory (default: WORKDIR/eval/step_N, or eval_<name> for --hf)")
+    parser.add_argument("--name", help="run name in tables and plot legends (default: the directory's name)")
+    parser.add_argument("--compare", nargs="+", metavar="RUN", help="overlay these evaluation output directories")
+    parser.add_argument("--tasks", type=_names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,needle")
+    parser.add_argument("--lengths", type=_ints, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
+    parser.add_argument("--source", default="stdlib:eval", help="held-out documents (a ctxjax.data source spec)")
+    parser.add_argument("--max-documents", type=int, default=64, help="read at most this many documents")
+    parser.add_argument("--ppl-methods", type=_names, help="subset of nonoverlapping,sliding,fixed_target")
+    parser.add_argument("--stride", type=int, help="sliding-window stride (default: a quarter of each length)")
+    parser.add_argument("--target-tokens", type=int, help="fixed target set: last K tokens of each document")
+    parser.add_argument("--max-windows", type=int, help="windows scored per length and method (default 256)")
+    parser.add_argument("--batch-size", type=int, help="windows or prompts per forward pass (default 4)")
+    parser.add_argument("--depths", type=_floats, help="needle depths in [0, 1], comma-separated")
+    parser.add_argument("--trials", type=int, help="prompts per (length, depth) cell (default 5)")
+    parser.add_argument("--needle", help="needle sentence (needle task)")
+    parser.add_argument("--question", help="question asked after the haystack (needle task)")
+    parser.add_argument("--answer", help="text the reply must contain (needle task)")
+    parser.add_argument("--haystack", help="haystack source spec (default: --source)")
+    parser.add_argument("--seed", type=int, help="seed of keys and haystack offsets")
+    parser.set_defaults(run=run)
+
+
+def _eval_config(args):
+    from ctxjax.evaluate import as_eval_config
+
+    return as_eval_config(
+        tasks=args.tasks, lengths=args.lengths, source=args.source, max_documents=args.max_documents,
+        ppl_methods=args.ppl_methods, stride=args.stride, target_tokens=args.target_tokens,
+        max_windows=args.max_windows, batch_size=args.batch_size, attention=args.attention, depths=args.depths,
+        trials=args.trials, needle=args.needle, question=args.question, answer=args.answer,
+        haystack=args.haystack, seed=args.seed)
+
+
+def _default_out(args) -> str:
+    from ctxjax.evaluate.runner import workdir_eval_dir
+
+    if args.workdir:
+        return workdir_eval_dir(args.workdir, args.step)
+    return f"eval_{os.path.basename(os.path.normpath(args.hf))}"
+
+
+def run(args) -> int:
+    from ctxjax.evaluate import compare_runs, run_evaluation
+
+    if args.compare:
+        if not args.out:
+            raise ValueError("--compare needs --out DIR for the overlaid plots")
+        written = compare_runs(args.compare, args.out)
+        print("wrote " + ", ".join(written))
+        return 0
+    eval_config = _eval_config(args)  # bad flags fail before the model loads
+    cfg, params, tokenizer = load_model_from_args(args)
+    out = args.out or _default_out(args)
+    name = args.name or os.path.basename(os.path.normpath(args.workdir or args.hf))
+    metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=args.step, run_name=name,
+                             log=lambda message: print(message, flush=True))
+    for key, value in metrics.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"results, summary and plots in {os.path.abspath(out)} (summary.md, results.json, *.png)")
+    return 0

@@ -1,0 +1,57 @@
+"""`ctxjax generate WORKDIR | --hf DIR --prompt TEXT [--prompt TEXT ...] --max-new-tokens 64`: continue
+prompts with a KV cache (greedy by default; --temperature, --top-k, --top-p to sample), printing each
+continuation. Accepts the same positional overrides as `ctxjax eval` (e.g. --rope-type yarn --factor 4)."""
+
+from __future__ import annotations
+
+import sys
+
+from ctxjax.commands.eval import add_model_arguments, load_model_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("generate", help="continue prompts with the model (KV-cache decoding)",
+                                   description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
+    parser.add_argument("--prompt-file", help="a file whose whole text is one more prompt ('-': stdin)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: no cut)")
+    parser.add_argument("--stop", action="append", default=[],
+                        help="stop at this text's token (repeatable; the tokenizer's EOS always stops)")
+    parser.add_argument("--no-bos", action="store_true", help="do not start prompts with the BOS token")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+
+
+def _stop_tokens(tokenizer, texts) -> tuple[int, ...]:
+    stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if len(ids) != 1:
+            raise ValueError(f"--stop {text!r} is {len(ids)} tokens; a stop must be exactly one token")
+        stops += ids
+    return tuple(stops)
+
+
+def run(args) -> int:
+    from ctxjax.generate import Sampling, generate
+
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)  # bad values fail before the model loads
+    texts = list(args.prompt)
+    if args.prompt_file:
+        texts.append(sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file).read())
+    if not texts:
+        raise ValueError("give at least one --prompt TEXT or --prompt-file FILE")
+    cfg, params, tokenizer = load_model_from_args(args)
+    bos = [] if args.no_bos or tokenizer.bos_id is None else [tokenizer.bos_id]
+    prompts = [bos + tokenizer.encode(t) for t in texts]
+    stops = tuple(t for t in _stop_tokens(tokenizer, args.stop) if t < cfg.vocab_size)
+    out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops, seed=args.seed)
+    for text, ids in zip(texts, out.sequences):
+        if len(texts) > 1:
+            print(f"=== {text!r}")
+        print(text + tokenizer.decode(ids))
+    return 0

@@ -1,0 +1,105 @@
+"""EvalConfig: what `ctxjax eval` (and the evaluation at a training stage boundary) measures, one field each."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+TASKS = ("ppl", "passkey", "needle")
+PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
+
+# gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's recall).
+DEFAULT_NEEDLE = ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.")
+DEFAULT_QUESTION = "What is the best thing to do in San Francisco?"
+DEFAULT_ANSWER = "Dolores Park"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = ("ppl", "passkey")
+    # Context lengths in tokens; None: half, one and two times the model's max_seq_len.
+    lengths: tuple[int, ...] | None = None
+    # Held-out documents for perplexity (a ctxjax.data source spec, e.g. "stdlib:eval", "text:GLOB").
+    source: str = "stdlib:eval"
+    max_documents: int | None = 64  # read at most this many documents (None: all)
+    add_bos: bool = True  # start each document with the tokenizer's BOS, as the training pipeline does
+    # Perplexity.
+    ppl_methods: tuple[str, ...] = PPL_METHODS
+    stride: int | None = None  # sliding window stride; None: a quarter of each length (PI/YaRN use 256)
+    target_tokens: int = 128  # fixed target set: the last K tokens of each document
+    bucket_size: int | None = None  # per-position loss bucket width; None: the smallest length / 8
+    max_windows: int = 256  # per length and method: cap on windows scored (keeps CPU runs short)
+    batch_size: int = 4  # windows or prompts per forward pass
+    # Attention kernel for evaluation; None: the model's own unless that is "xla", then "auto" (xla for
+    # short lengths, the linear-memory blockwise kernel for long ones) when registered.
+    attention: str | None = None
+    # Passkey retrieval (Landmark / PI format).
+    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # where the key sits in the filler (0 = start)
+    trials: int = 5  # prompts per (length, depth) cell
+    key_digits: int = 5
+    answer_tokens: int | None = None  # tokens generated per prompt; None: enough for the key plus a few
+    # Needle in a haystack: the needle is a sentence inserted at `depths` into text from `haystack`.
+    needle: str = DEFAULT_NEEDLE
+    question: str = DEFAULT_QUESTION
+    answer: str = DEFAULT_ANSWER
+    haystack: str | None = None  # a source spec; None: the perplexity source
+    seed: int = 0
+
+    def __post_init__(self):
+        # Lists from the CLI, JSON or ml_collections become tuples, so the config stays hashable.
+        for name in ("tasks", "lengths", "ppl_methods", "depths"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(msg):
+            raise ValueError(f"eval config: {msg}")
+
+        for name, allowed in (("tasks", TASKS), ("ppl_methods", PPL_METHODS)):
+            unknown = [t for t in getattr(self, name) if t not in allowed]
+            if unknown or not getattr(self, name):
+                fail(f"{name}={list(getattr(self, name))} must be a non-empty subset of {list(allowed)}")
+        if self.lengths is not None and (not self.lengths or any(int(n) < 2 for n in self.lengths)):
+            fail(f"lengths={list(self.lengths)} must be integers >= 2 (e.g. --lengths 512,1024,2048)")
+        if any(not 0 <= d <= 1 for d in self.depths) or not self.depths:
+            fail(f"depths={list(self.depths)} must be fractions in [0, 1] (0 = key at the start of the filler)")
+        for name in ("target_tokens", "max_windows", "batch_size", "trials", "key_digits"):
+            if int(getattr(self, name)) < 1:
+                fail(f"{name}={getattr(self, name)} must be at least 1")
+        if self.stride is not None and self.stride < 1:
+            fail(f"stride={self.stride} must be at least 1")
+        if "needle" in self.tasks and not (self.needle.strip() and self.question.strip() and self.answer.strip()):
+            fail("the needle task needs a non-empty needle, question and answer")
+
+    def replace(self, **changes: Any) -> "EvalConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolved_lengths(self, max_seq_len: int) -> tuple[int, ...]:
+        if self.lengths is not None:
+            return tuple(sorted({int(n) for n in self.lengths}))
+        return (max(2, max_seq_len // 2), max_seq_len, 2 * max_seq_len)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig))
+
+
+def as_eval_config(config_like: Any = None, **overrides) -> EvalConfig:
+    """An EvalConfig from an EvalConfig, dict or ml_collections.ConfigDict (None: defaults), plus overrides."""
+    if config_like is None:
+        values = {}
+    elif isinstance(config_like, EvalConfig):
+        values = dataclasses.asdict(config_like)
+    elif hasattr(config_like, "to_dict"):
+        values = dict(config_like.to_dict())
+    elif isinstance(config_like, dict):
+        values = dict(config_like)
+    else:
+        raise ValueError(f"cannot read an eval config from {type(config_like).__name__}; pass an EvalConfig, "
+                         "a dict or a ConfigDict")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown eval config field(s) {unknown}; valid fields: {', '.join(FIELDS)}")
+    return EvalConfig(**values)

@@ -1,0 +1,141 @@
+"""One evaluation of one model: perplexity by length, passkey, needle, as asked by an EvalConfig.
+
+`run_evaluation` is the entry point for a training loop (at a stage boundary) and for the CLI: it measures,
+writes results.json, summary.md and the plots into `out_dir`, and returns flat metrics to log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctxjax.config import ModelConfig
+from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
+from ctxjax.evaluate import report
+from ctxjax.evaluate.config import EvalConfig, as_eval_config
+from ctxjax.evaluate.documents import load_documents
+from ctxjax.evaluate.needle import NeedleTask, needle_found
+from ctxjax.evaluate.passkey import PasskeyTask, passkey_correct
+from ctxjax.evaluate.perplexity import perplexity_by_length
+from ctxjax.evaluate.retrieval import Completer, run_grid
+from ctxjax.evaluate.scoring import evaluation_config, model_scorer
+from ctxjax.generate import generate
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def beyond_position_table(cfg: ModelConfig, lengths, extra: int = 0) -> dict[int, str]:
+    """Lengths a learned position table cannot hold (with `extra` generated tokens), with the reason."""
+    if cfg.position.name != "learned":
+        return {}
+    return {n: f"beyond the learned position table ({cfg.max_seq_len} rows); grow it with "
+               "`ctxjax extend-hf --positions N`" for n in lengths if n + extra > cfg.max_seq_len}
+
+
+def describe_position(scheme) -> str:
+    """A scheme with only the fields that differ from their defaults, e.g. Rope(rope_type='yarn', factor=4.0)."""
+    changed = [f"{f.name}={getattr(scheme, f.name)!r}" for f in dataclasses.fields(scheme)
+               if getattr(scheme, f.name) != f.default]
+    return f"{type(scheme).__name__}({', '.join(changed)})"
+
+
+def model_completer(cfg: ModelConfig, params, tokenizer: Tokenizer, batch_size: int) -> Completer:
+    """Greedy continuations decoded to text. Batches are filled up to `batch_size` with copies of the first
+    prompt, so every batch of one length has one shape (one compilation)."""
+    stops = (tokenizer.eos_id,) if tokenizer.eos_id is not None and tokenizer.eos_id < cfg.vocab_size else ()
+
+    def complete(prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        padded = prompts + [prompts[0]] * (-len(prompts) % batch_size)
+        out = generate(cfg, params, padded, max_new_tokens, stop_tokens=stops)
+        return [tokenizer.decode(ids) for ids in out.sequences[:len(prompts)]]
+
+    return complete
+
+
+def _on_device(params):
+    """Host arrays (e.g. from ctxjax.hf.load_pretrained) moved once; arrays already placed stay as they are."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
+
+
+def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_config=None, *,
+                   log: Log = _quiet) -> dict:
+    """The results dict (as in results.json, without plot names) for the tasks of `eval_config`."""
+    eval_config = as_eval_config(eval_config)
+    if isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer)
+    check_vocab_fits(tokenizer, cfg.vocab_size)
+    params = _on_device(params)
+    run_cfg = evaluation_config(cfg, eval_config.attention)
+    lengths = eval_config.resolved_lengths(cfg.max_seq_len)
+    n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    results: dict = {"model": {"position": describe_position(cfg.position), "max_seq_len": cfg.max_seq_len, "params": n_params,
+                               "attention": run_cfg.attention, "family": cfg.family},
+                     "eval_config": dataclasses.asdict(eval_config), "lengths": list(lengths)}
+    if "ppl" in eval_config.tasks:
+        log(f"perplexity at lengths {list(lengths)} on {eval_config.source}")
+        docs = load_documents(eval_config.source, tokenizer, eval_config.max_documents, eval_config.add_bos)
+        scorer = model_scorer(run_cfg, params, eval_config.batch_size)
+        results["ppl"] = perplexity_by_length(
+            docs, lengths, lambda n: scorer, methods=eval_config.ppl_methods, stride=eval_config.stride,
+            target_tokens=eval_config.target_tokens, bucket_size=eval_config.bucket_size,
+            max_windows=eval_config.max_windows, too_long=beyond_position_table(cfg, lengths))
+    complete = model_completer(run_cfg, params, tokenizer, eval_config.batch_size)
+    tasks = {}
+    if "passkey" in eval_config.tasks:
+        tasks["passkey"] = (PasskeyTask(tokenizer, eval_config.key_digits, eval_config.add_bos), passkey_correct)
+    if "needle" in eval_config.tasks:
+        task = NeedleTask(tokenizer, eval_config.needle, eval_config.question, eval_config.answer,
+                          eval_config.haystack or eval_config.source, eval_config.max_documents, max(lengths),
+                          eval_config.add_bos)
+        tasks["needle"] = (task, needle_found)
+    for name, (task, score) in tasks.items():
+        answer_tokens = eval_config.answer_tokens or task.answer_tokens()
+        log(f"{name}: lengths {list(lengths)} x depths {list(eval_config.depths)}, {eval_config.trials} trials each")
+        results[name] = run_grid(
+            task.make_trial, score, complete, lengths=lengths, depths=eval_config.depths,
+            trials=eval_config.trials, answer_tokens=answer_tokens, batch_size=eval_config.batch_size,
+            seed=eval_config.seed, skip=beyond_position_table(cfg, lengths, answer_tokens))
+    return results
+
+
+def run_evaluation(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_config: EvalConfig | dict | None,
+                   out_dir: str, step: int | None = None, run_name: str | None = None,
+                   log: Log = _quiet) -> dict[str, float]:
+    """Evaluate, write results.json / summary.md / PNG plots into `out_dir`, and return flat metrics
+    ({"eval/ppl/sliding/1024": ..., "eval/passkey/acc/1024": ..., ...}) for the training log.
+
+    `tokenizer`: a ctxjax.data Tokenizer or a path for `load_tokenizer` ("bytes", a directory, a file).
+    Call it under the training mesh to evaluate with the training sharding; params may be sharded arrays.
+    """
+    results = evaluate_model(cfg, params, tokenizer, eval_config, log=log)
+    results = {"run": run_name, "step": step, **results}
+    report.write_report(results, out_dir)
+    return report.flat_metrics(results)
+
+
+def workdir_eval_dir(workdir: str, step: int | None = None) -> str:
+    """Where a run's evaluation goes by default: WORKDIR/eval/step_N, or WORKDIR/eval/latest."""
+    return os.path.join(workdir, "eval", f"step_{step}" if step is not None else "latest")
+
+
+def evaluate_workdir(workdir: str, eval_config=None, out_dir: str | None = None, step: int | None = None,
+                     tokenizer: str | None = None, log: Log = print) -> tuple[dict[str, float], str]:
+    """Evaluate a training run's checkpoint (the end of `make demo`): (metrics, output directory), the
+    output defaulting to WORKDIR/eval/step_N (or latest)."""
+    from ctxjax.evaluate.loading import load_model
+
+    cfg, params, tok = load_model(workdir=workdir, step=step, tokenizer=tokenizer)
+    out_dir = out_dir or workdir_eval_dir(workdir, step)
+    metrics = run_evaluation(cfg, params, tok, eval_config, out_dir, step=step,
+                             run_name=os.path.basename(os.path.normpath(workdir)), log=log)
+    log(f"results, summary and plots in {os.path.abspath(out_dir)} (summary.md, results.json, *.png)")
+    return metrics, out_dir
