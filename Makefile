@@ -18,8 +18,19 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+DEMO_DIR ?= runs/demo
+
+# Train (or resume) the demo, evaluate the exported model at and past its training length, say where it all is.
 demo: install
-	$(PY) -m ctxjax.demo
+	$(PY) train.py --config configs/demo.py --workdir $(DEMO_DIR)
+	$(PY) -m ctxjax.cli eval $(DEMO_DIR) --tasks ppl,passkey --lengths 128,256,512,1024 \
+	    --max-documents 16 --max-windows 16 --trials 2 --out $(DEMO_DIR)/eval/final
+	@echo
+	@echo "demo finished:"
+	@echo "  Hugging Face model: $(DEMO_DIR)/hf  (transformers.AutoModelForCausalLM.from_pretrained)"
+	@echo "  evaluation:         $(DEMO_DIR)/eval/final/summary.md and its PNG plots"
+	@echo "  metrics:            $(DEMO_DIR)/metrics.jsonl, TensorBoard logs in $(DEMO_DIR)/tensorboard"
+	@echo "  checkpoints:        $(DEMO_DIR)/checkpoints (re-running 'make demo' resumes or re-exports)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,7 +7,7 @@ stage boundary (a plain max_length=4096 on GPT-2 indexes past its 1024-row table
 Stage 0 re-adapts at the original 1024 tokens; stage 1 trains at 4096 on documents long enough to fill a row.
 """
 
-from ctxjax.train.defaults import default_config
+from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 
 def get_config(variant=None):
@@ -26,13 +26,11 @@ def get_config(variant=None):
     ]
     c.export_dir = "hf"
     if variant == "tiny":
-        c.model.update(vocab_size=258, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, remat="none")
-        c.data.update(tokenizer="bytes", max_documents=40, min_doc_tokens=0, mode="pack", prefetch=0)
+        use_tiny_run_settings(c)
+        c.model.update(d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
+        c.data.mode = "pack"
         c.tokens_per_step = 1024
-        c.micro_batch_size = 0
         c.stages = [dict(steps=2, seq_len=32, lr=1e-3), dict(steps=2, seq_len=128, lr=1e-3)]
-        c.checkpoint.update(every_steps=0, async_save=False)
-        c.peak_flops = 1e9
     elif variant:
         raise ValueError(f"configs/gpt2_extend.py has variants '' and 'tiny', not {variant!r}")
     return c

@@ -8,7 +8,7 @@ The model's own context (max_position_embeddings) is the original length; the 16
 factor 4 and original_max_position_embeddings = the model's context. YaRN's paper fine-tunes ~400 steps.
 """
 
-from ctxjax.train.defaults import default_config
+from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 
 def get_config(variant=None):
@@ -26,15 +26,11 @@ def get_config(variant=None):
     c.export_dir = "hf"
     c.checkpoint.every_steps = 100
     if variant == "tiny":
-        c.model.update(vocab_size=258, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16,
-                       attention="xla", remat="none", dtype="float32")
-        c.data.update(source="stdlib", tokenizer="bytes", max_documents=40, min_doc_tokens=0, mode="pack",
-                      prefetch=0)
+        use_tiny_run_settings(c)
+        c.model.update(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
+        c.data.mode = "pack"
         c.tokens_per_step = 512
-        c.micro_batch_size = 0
         c.stages = [dict(steps=2, seq_len=64, lr=1e-3)]
-        c.checkpoint.update(every_steps=0, async_save=False)
-        c.peak_flops = 1e9
     elif variant:
         raise ValueError(f"configs/llama_extend.py has variants '' and 'tiny', not {variant!r}")
     return c

@@ -8,7 +8,7 @@ remaining chips, tensor parallelism over 4, sequence parallelism (ring attention
 bfloat16 compute with float32 params and optimizer state; activations rematerialised except weight matmuls.
 """
 
-from ctxjax.train.defaults import default_config
+from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 
 def get_config(variant=None):
@@ -30,17 +30,14 @@ def get_config(variant=None):
     c.optimizer.weight_decay = 0.0
     c.checkpoint.update(every_steps=50, max_to_keep=2)
     c.export_dir = "hf"
-    if variant == "tiny":  # the same layout on 8 simulated CPU devices: fsdp 1, tensor 4... scaled down
-        c.model.update(vocab_size=258, d_model=64, n_layers=2, n_heads=8, n_kv_heads=4, d_ff=128, max_seq_len=32,
-                       dtype="float32")
+    if variant == "tiny":  # the pod layout at toy size on 8 CPU devices: fsdp 2 x tensor 2 x sequence 2 (ring)
+        use_tiny_run_settings(c)
+        c.model.update(d_model=64, n_layers=2, n_heads=8, n_kv_heads=4, d_ff=128, max_seq_len=32, attention="ring")
         c.mesh.update(data=1, fsdp=-1, tensor=2, sequence=2)
-        c.data.update(source="stdlib", tokenizer="bytes", max_documents=40, prefetch=0)
         c.tokens_per_step = 512
         c.micro_batch_size = 4
         c.loss_chunk = 32
         c.stages = [dict(steps=2, seq_len=64, lr=1e-3), dict(steps=2, seq_len=128, lr=1e-3)]
-        c.checkpoint.update(every_steps=0, async_save=False)
-        c.peak_flops = 1e9
     elif variant:
         raise ValueError(f"configs/tpu_pod.py has variants '' and 'tiny', not {variant!r}")
     return c

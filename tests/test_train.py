@@ -17,7 +17,7 @@ CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "config
 
 def losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
 def tiny(name="demo", **overrides):
@@ -36,7 +36,8 @@ def test_every_config_compiles_every_stage_at_tiny_size_on_8_devices(path):
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("one-device"))
-    summary = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1])
+    config = tiny(**{"eval_at_stage_end": True, "eval.lengths": (16, 64), "eval.target_tokens": 8})
+    summary = train_and_evaluate(config, workdir, devices=jax.devices()[:1])
     return workdir, summary
 
 
@@ -44,10 +45,16 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
     workdir, summary = one_device_run
     assert summary["final_step"] == 7
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    evaluations = [r for r in records if "loss" not in r]
+    records = [r for r in records if "loss" in r]
     assert [r["seq_len"] for r in records] == [16, 16, 16, 32, 32, 64, 64]
     assert [r["stage"] for r in records] == [0, 0, 0, 1, 1, 2, 2]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert any("tokens_per_s" in r and "mfu" in r for r in records)
+    # Evaluation at every stage end: perplexity of the same targets with 16 and 64 tokens of context.
+    assert [r["step"] for r in evaluations] == [3, 5, 7]
+    assert all(np.isfinite(r["eval/ppl/fixed_target/64"]) for r in evaluations)
+    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == ["step_3", "step_5", "step_7"]
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "5", "7"]  # every stage end
     config = json.load(open(os.path.join(workdir, "hf", "config.json")))

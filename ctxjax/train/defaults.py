@@ -8,6 +8,7 @@ import ml_collections
 
 from ctxjax.config import ModelConfig
 from ctxjax.data.config import DataConfig
+from ctxjax.evaluate.config import EvalConfig
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,5 +48,24 @@ def default_config() -> ml_collections.ConfigDict:
     # A Hugging Face directory written after the last step (relative paths are inside the work directory);
     # "" exports nothing.
     c.export_dir = ""
+    # Evaluation at the end of every stage (perplexity by length, passkey...; see docs/evaluation.md),
+    # written to WORKDIR/eval/step_N and logged with the metrics. `eval` holds EvalConfig fields; its
+    # source defaults to the held-out split of data.source.
+    c.eval_at_stage_end = False
+    c.eval = ml_collections.ConfigDict({f.name: getattr(EvalConfig(), f.name) for f in dataclasses.fields(EvalConfig)})
+    c.eval.update(tasks=("ppl",), ppl_methods=("fixed_target",), source="", max_documents=16, max_windows=16)
     c.peak_flops = 0.0  # FLOP/s of the accelerator for MFU; 0 measures a float32 matmul at start-up
+    return c
+
+
+def use_tiny_run_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What every recipe's `:tiny` variant shares, so tests compile and run it in seconds: the byte
+    tokenizer (nothing to train), 40 documents, no prefetch thread, synchronous checkpoints at stage ends
+    only, and a fixed peak FLOP/s (no start-up matmul benchmark)."""
+    c.data.update(source="stdlib", tokenizer="bytes", max_documents=40, prefetch=0, min_doc_tokens=0)
+    c.model.update(vocab_size=258, attention="xla", remat="none", dtype="float32")
+    c.checkpoint.update(every_steps=0, async_save=False)
+    c.micro_batch_size = 0
+    c.log_every = 2
+    c.peak_flops = 1e9
     return c

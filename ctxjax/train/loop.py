@@ -184,6 +184,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                 stopping = preemption.requested or step == stop_after
                 if at_stage_end or step == last_step or (every and step % every == 0) or stopping:
                     save(step, force=True)
+                if at_stage_end and config.eval_at_stage_end:
+                    results = evaluate_stage(config, cfg, state["params"], pipe.tokenizer, workdir, step)
+                    metrics.write(step, results)
+                    summary.update(results)
                 if stopping:
                     summary["stopped_at"] = step
                     break
@@ -210,6 +214,18 @@ def export(cfg: ModelConfig, params, out_dir: str, workdir: str) -> str:
         return out_dir
     return hf.save_pretrained(cfg, jax.device_get(params), out_dir, tokenizer=_tokenizer_file(workdir),
                               overwrite=True)
+
+
+def evaluate_stage(config, cfg: ModelConfig, params, tokenizer, workdir: str, step: int) -> dict:
+    """Evaluate the model as it leaves a stage, with the training sharding (params stay where they are)."""
+    from ctxjax.data.config import as_data_config
+    from ctxjax.data.sources import eval_source_spec
+    from ctxjax.evaluate import run_evaluation
+
+    eval_config = dict(config.eval)
+    eval_config["source"] = eval_config.get("source") or eval_source_spec(as_data_config(config.data))
+    out_dir = os.path.join(workdir, "eval", f"step_{step}")
+    return run_evaluation(cfg, params, tokenizer, eval_config, out_dir, step=step, run_name=f"step {step}")
 
 
 def _raise_if_diverged(state, checkpointer) -> None:
