@@ -20,7 +20,7 @@ import numpy as np
 from ctxjax import flops, hf
 from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from ctxjax.config import ModelConfig
-from ctxjax.data import make_global_batch, make_pipeline
+from ctxjax.data import as_data_config, make_global_batch, make_pipeline
 from ctxjax.optimizer import make_optimizer
 from ctxjax.schedule import learning_rate_schedule, model_config_for, stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
@@ -122,7 +122,12 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
         else:
             state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), latest)
 
-        pipe = make_pipeline(config.data, workdir, model_vocab_size=cfg.vocab_size)
+        # A model taken from an HF directory keeps that directory's tokenizer (import-hf has already copied
+        # it into WORKDIR/tokenizer, where the pipeline looks first).
+        data_config = as_data_config(config.data)
+        if meta is None and config.init_from_hf and not data_config.tokenizer:
+            data_config = as_data_config(data_config, tokenizer=config.init_from_hf)
+        pipe = make_pipeline(data_config, workdir, model_vocab_size=cfg.vocab_size)
         if data_state:
             pipe.restore(data_state)
         metrics = MetricsWriter(workdir, last_step, start)
