@@ -10,15 +10,33 @@ and returns the weighted sum of v. Shapes: q [B, Lq, H, Dh]; k, v [B, Lk, G, Dh]
 int32; `alibi_slopes` [H] float or None. Causality is by *position* within a segment, so packed rows,
 PoSE-shifted positions, ring shards and KV caches (empty slots get segment id 0) all use the same rule.
 `xla` is the reference; every other kernel is tested equal to it.
+
+Kernels:
+- `xla`: full [Lq, Lk] scores; quadratic memory, fastest for short sequences.
+- `blockwise`: online softmax over blocks with a custom VJP; linear memory; skips hidden blocks.
+- `ring`: sequence parallel over the `sequence` mesh axis (needs `jax.set_mesh`), blockwise inside.
+- `cudnn` (GPU) and `splash` (TPU): fused kernels for the layouts they support, blockwise otherwise.
+- `auto`: the best of these for the platform, the mesh and the length.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from ctxjax.attention.auto import auto_attention
+from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.fused import cudnn_attention, splash_attention
+from ctxjax.attention.ring import ring_attention
 from ctxjax.attention.xla import xla_attention
 
-KERNELS: dict[str, Callable] = {"xla": xla_attention}
+KERNELS: dict[str, Callable] = {
+    "xla": xla_attention,
+    "blockwise": blockwise_attention,
+    "ring": ring_attention,
+    "cudnn": cudnn_attention,
+    "splash": splash_attention,
+    "auto": auto_attention,
+}
 
 
 def get_kernel(name: str) -> Callable:

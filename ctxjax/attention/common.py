@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # Padded keys get this position: no real query position (< 2**31 - 1) reaches it, so they are never visible.
 KEY_PAD_POSITION = jnp.iinfo(jnp.int32).max
@@ -70,6 +71,20 @@ def _pad_length(x, length, value):
     if value == "edge":
         return jnp.pad(x, widths, mode="edge")
     return jnp.pad(x, widths, constant_values=value)
+
+
+def repeat(n, body, init):
+    """`for i in range(n): carry = body(i, carry)` as a `lax.while_loop`.
+
+    Not `lax.fori_loop`: with static bounds that becomes a scan, and inside the model's scan over layers
+    XLA then planned superlinear memory for the block loops (1.6 GiB instead of 0.26 GiB for four layers
+    at 8k tokens). The kernels differentiate through their own VJPs, so they need no scan.
+    """
+    def step(carry):
+        i, value = carry
+        return i + 1, body(i, value)
+
+    return lax.while_loop(lambda carry: carry[0] < n, step, (jnp.int32(0), init))[1]
 
 
 def round_up(length: int, block: int) -> int:

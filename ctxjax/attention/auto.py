@@ -1,0 +1,33 @@
+"""`auto`: the best kernel for the platform, the active mesh and the length, decided at trace time."""
+
+from __future__ import annotations
+
+import jax
+
+from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.fused import cudnn_attention, splash_attention
+from ctxjax.attention.ring import SEQUENCE_AXIS, ring_attention
+from ctxjax.attention.xla import xla_attention
+
+# Up to this many scores per head the whole matrix is small and one einsum beats the block loops (on the
+# 2-core CPU of docs/benchmarks.md, blockwise is already 15x faster at 4k x 4k); decoding stays on xla.
+XLA_MAX_SCORES = 1024 * 1024
+
+
+def choose_kernel(q_length: int, kv_length: int, backend: str | None = None):
+    """The kernel `auto` uses for these lengths on `backend` (default: jax's) under the active mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if (not mesh.empty and SEQUENCE_AXIS in mesh.axis_names and mesh.shape[SEQUENCE_AXIS] > 1
+            and q_length == kv_length):
+        return ring_attention
+    backend = backend or jax.default_backend()
+    if backend == "gpu":
+        return cudnn_attention
+    if backend == "tpu":
+        return splash_attention
+    return xla_attention if q_length * kv_length <= XLA_MAX_SCORES else blockwise_attention
+
+
+def auto_attention(q, k, v, **kwargs):
+    """The kernel contract of `ctxjax.attention`, run by `choose_kernel(...)`."""
+    return choose_kernel(q.shape[1], k.shape[1])(q, k, v, **kwargs)

@@ -1,0 +1,103 @@
+"""Fused vendor kernels: cuDNN flash attention on GPU, Pallas splash attention on TPU.
+
+Both mask causally by *index*, not position, and neither takes ALiBi slopes without an L x L bias. They equal
+the contract when positions grow with the index inside each segment and every segment is one contiguous run
+(`index_order_is_position_order`): true of ordinary and packed training batches, false of e.g. a KV cache
+or shuffled (zig-zag) rows. That is data, so it is checked at run time on O(L) ints, and a `lax.cond` runs
+the fused kernel when it holds and `blockwise` otherwise. Shapes, dtypes or platforms the fused kernel cannot
+take at all (checked at trace time) go straight to `blockwise`. Off their platform both kernels are
+`blockwise`, so a config naming them still runs on CPU.
+
+cuDNN is reached through `jax.nn.dot_product_attention(implementation='cudnn')`, which has no segment ids:
+its fast path also needs one segment per row. Splash takes segment ids natively.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.common import check_inputs
+
+SPLASH_BLOCK = 128  # splash's default tile; lengths must be multiples of it
+
+
+def index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions):
+    """True (traced bool) iff causal-by-position within segments equals causal-by-index within segments.
+
+    Needs self-attention (same ids and positions on both sides), positions strictly increasing inside each
+    segment, and segment ids increasing from one run to the next (so a segment never comes back).
+    """
+    if q_positions.shape != kv_positions.shape:
+        return jnp.asarray(False)
+    same_side = jnp.all(q_segment_ids == kv_segment_ids) & jnp.all(q_positions == kv_positions)
+    seg_next, seg_prev = q_segment_ids[:, 1:], q_segment_ids[:, :-1]
+    increasing = jnp.where(seg_next == seg_prev, q_positions[:, 1:] > q_positions[:, :-1], seg_next > seg_prev)
+    return same_side & jnp.all(increasing)
+
+
+def _one_segment_per_row(segment_ids):
+    return jnp.all(segment_ids == segment_ids[:, :1])
+
+
+def _with_fallback(fast_ok, fused, q, k, v, kwargs):
+    """Run `fused(q, k, v)` when `fast_ok` holds at run time, blockwise attention otherwise."""
+    return lax.cond(fast_ok, lambda q, k, v: fused(q, k, v), lambda q, k, v: blockwise_attention(q, k, v, **kwargs),
+                    q, k, v)
+
+
+def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
+                    alibi_slopes=None):
+    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi); blockwise otherwise."""
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
+    kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes)
+    usable = (jax.default_backend() == "gpu" and alibi_slopes is None and q.shape[1] == k.shape[1]
+              and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
+    if not usable:
+        return blockwise_attention(q, k, v, **kwargs)
+    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=True, implementation="cudnn")
+    fast_ok = (index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+               & _one_segment_per_row(q_segment_ids))
+    return _with_fallback(fast_ok, fused, q, k, v, kwargs)
+
+
+def splash_fused(q, k, v, segment_ids, scale, interpret=False):
+    """Splash attention with causal-by-index and segment masks; `interpret=True` runs it on CPU for tests."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module; import lazily
+
+    batch, length, n_heads, head_dim = q.shape
+    n_kv = k.shape[2]
+    group = n_heads // n_kv
+    mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * group)
+    kernel = splash.make_splash_mqa_single_device(mask=mask, interpret=interpret)
+    # One multi-query kernel per (batch row, K/V head): its query heads share that K/V head, uncopied.
+    qg = (q * jnp.asarray(scale, q.dtype)).reshape(batch, length, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
+    kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def per_row(qr, kr, vr, seg):
+        ids = splash.SegmentIds(seg, seg)
+        return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(qr, kr, vr)
+
+    out = jax.vmap(per_row)(qg, kg, vg, segment_ids)  # [B, G, R, L, Dh]
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim)
+
+
+def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
+                     alibi_slopes=None):
+    """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
+    kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes)
+    length = q.shape[1]
+    usable = (jax.default_backend() == "tpu" and alibi_slopes is None and k.shape[1] == length
+              and length % SPLASH_BLOCK == 0)
+    if not usable:
+        return blockwise_attention(q, k, v, **kwargs)
+    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale)
+    fast_ok = index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    return _with_fallback(fast_ok, fused, q, k, v, kwargs)

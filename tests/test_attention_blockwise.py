@@ -1,0 +1,102 @@
+"""The blockwise kernel equals the xla reference, values and gradients, on every part of the contract."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctxjax.attention import get_kernel
+from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.testing import cache_case, random_case
+from ctxjax.attention.xla import xla_attention
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def outputs_and_grads(kernel, case):
+    """Output and gradients w.r.t. q, k, v (and ALiBi slopes) of <output, fixed random cotangent>."""
+    cotangent = np.random.default_rng(1).standard_normal(case.q.shape).astype(np.float32)
+    kwargs = case.kwargs()
+    slopes = kwargs.pop("alibi_slopes")
+
+    def loss(q, k, v, slopes):
+        out = kernel(q, k, v, alibi_slopes=slopes, **kwargs)
+        return jnp.sum(out * cotangent), out
+
+    argnums = (0, 1, 2) if slopes is None else (0, 1, 2, 3)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums, has_aux=True))(case.q, case.k, case.v, slopes)
+    return out, grads
+
+
+def assert_same_as_xla(kernel, case):
+    out, grads = outputs_and_grads(kernel, case)
+    want_out, want_grads = outputs_and_grads(xla_attention, case)
+    np.testing.assert_allclose(out, want_out, **TOL)
+    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+
+
+@pytest.mark.parametrize("block_q, block_k", [(32, 32), (16, 48), (40, 24), (512, 512)],
+                         ids=["square", "wide-keys", "not-multiples", "larger-than-length"])
+def test_packed_gqa_alibi_rope(block_q, block_k):
+    kernel = functools.partial(blockwise_attention, block_q=block_q, block_k=block_k)
+    assert_same_as_xla(kernel, random_case(length=96, n_heads=4, n_kv_heads=2))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        random_case(seed=2, length=70, n_heads=4, n_kv_heads=1, alibi=False),  # multi-query, no ALiBi
+        random_case(seed=3, length=64, n_heads=2, n_kv_heads=2, n_segments=1, max_gap=3),  # PoSE-style gaps
+        cache_case(),  # decoding: few queries against a partly empty cache
+    ],
+    ids=["mqa-no-alibi", "pose-gaps", "kv-cache"],
+)
+def test_other_layouts(case):
+    assert_same_as_xla(functools.partial(blockwise_attention, block_q=16, block_k=16), case)
+
+
+def test_registered_default_blocks():
+    assert get_kernel("blockwise") is blockwise_attention
+    case = random_case(seed=4, batch=1, length=40)
+    np.testing.assert_allclose(blockwise_attention(case.q, case.k, case.v, **case.kwargs()),
+                               xla_attention(case.q, case.k, case.v, **case.kwargs()), **TOL)
+
+
+def test_hidden_key_blocks_are_skipped():
+    """Keys after every query of a block are never touched: NaNs there do not reach those queries."""
+    case = random_case(seed=5, batch=1, length=128, n_segments=1)
+    poisoned_k, poisoned_v = case.k.copy(), case.v.copy()
+    poisoned_k[:, 64:] = np.nan
+    poisoned_v[:, 64:] = np.nan
+    out = blockwise_attention(case.q, poisoned_k, poisoned_v, **case.kwargs(), block_q=32, block_k=32)
+    want = xla_attention(case.q, case.k, case.v, **case.kwargs())
+    np.testing.assert_allclose(out[:, :64], want[:, :64], **TOL)
+
+
+def test_bfloat16_runs_close_to_reference():
+    case = random_case(seed=6, batch=1, length=64, alibi=False)
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in (case.q, case.k, case.v))
+    out = blockwise_attention(q, k, v, **case.kwargs(), block_q=16, block_k=16)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(np.float32), xla_attention(q, k, v, **case.kwargs()).astype(np.float32),
+                               atol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(k=np.zeros((2, 96, 3, 16), np.float32), v=np.zeros((2, 96, 3, 16), np.float32)), "multiple of"),
+        (dict(q_positions=np.zeros((2, 95), np.int32)), "q_positions must be"),
+        (dict(alibi_slopes=np.zeros((2,), np.float32)), "alibi_slopes must be"),
+        (dict(block_q=0), "block sizes"),
+    ],
+)
+def test_bad_inputs_name_the_fix(change, message):
+    case = random_case(length=96)
+    args = dict(q=case.q, k=case.k, v=case.v, **case.kwargs())
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        blockwise_attention(**args)

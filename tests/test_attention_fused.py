@@ -1,0 +1,68 @@
+"""Fused kernels (cudnn, splash) and `auto`: the fast-path check, the fallback, and splash itself (interpreted)."""
+
+import jax
+import numpy as np
+import pytest
+
+from ctxjax.attention import KERNELS, get_kernel
+from ctxjax.attention.auto import choose_kernel
+from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.fused import index_order_is_position_order, splash_fused
+from ctxjax.attention.ring import ring_attention
+from ctxjax.attention.testing import cache_case, random_case
+from ctxjax.attention.xla import xla_attention
+from test_attention_blockwise import assert_same_as_xla, outputs_and_grads
+from test_attention_ring import make_mesh
+
+
+def ids_and_positions(case):
+    return case.q_segment_ids, case.kv_segment_ids, case.q_positions, case.kv_positions
+
+
+def test_fast_path_check():
+    packed = random_case(length=64)
+    assert index_order_is_position_order(*ids_and_positions(packed))
+    assert not index_order_is_position_order(*ids_and_positions(cache_case()))  # queries are not the keys
+    pose = random_case(length=64, max_gap=3)  # gaps keep positions increasing: still index order
+    assert index_order_is_position_order(*ids_and_positions(pose))
+    seg, pos = packed.q_segment_ids, packed.q_positions
+    swapped = pos.copy()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    assert not index_order_is_position_order(seg, seg, swapped, swapped)
+    returning = seg.copy()
+    returning[:, -1] = 1  # segment 1 comes back after later segments
+    assert not index_order_is_position_order(returning, returning, pos, pos)
+
+
+@pytest.mark.parametrize("name", ["cudnn", "splash", "auto"])
+def test_off_platform_kernels_equal_xla(name):
+    """On CPU the fused kernels are blockwise; every registered name satisfies the contract."""
+    assert_same_as_xla(get_kernel(name), random_case(seed=8, length=48))
+
+
+def test_splash_interpreted_equals_xla():
+    case = random_case(seed=9, batch=1, length=128, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False)
+
+    def splash(q, k, v, *, q_segment_ids, scale, **_):
+        return splash_fused(q, k, v, q_segment_ids, scale, interpret=True)
+
+    out, grads = outputs_and_grads(splash, case)
+    want_out, want_grads = outputs_and_grads(xla_attention, case)
+    np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_auto_choice():
+    assert choose_kernel(512, 512, "cpu") is xla_attention
+    assert choose_kernel(8192, 8192, "cpu") is blockwise_attention
+    assert choose_kernel(8192, 8192, "gpu") is KERNELS["cudnn"]
+    assert choose_kernel(8192, 8192, "tpu") is KERNELS["splash"]
+    with jax.set_mesh(make_mesh(data=2, sequence=4)):
+        assert choose_kernel(8192, 8192, "cpu") is ring_attention
+        assert choose_kernel(1, 8192, "cpu") is xla_attention  # decoding: one query row, not sharded
+
+
+def test_unknown_kernel_lists_the_names():
+    with pytest.raises(ValueError, match="choose one of"):
+        get_kernel("flash")

@@ -1,0 +1,64 @@
+"""The whole model gives the same logits and gradients with the blockwise and ring kernels as with xla."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctxjax import ModelConfig, Transformer, init_params
+from ctxjax.attention import testing
+from ctxjax.loss import chunked_cross_entropy
+from ctxjax.positions import Alibi, Rope
+from test_attention_ring import make_mesh
+
+LENGTH = 64
+
+
+def packed_batch(seed=0, batch=2, vocab=97):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, (batch, LENGTH)).astype(np.int32)
+    segment_ids = np.sort(rng.integers(1, 4, (batch, LENGTH)), axis=1).astype(np.int32)
+    return tokens, testing.packed_positions(segment_ids), segment_ids
+
+
+def logits_and_grads(cfg, params, tokens, positions, segment_ids):
+    model = Transformer(cfg)
+
+    def loss(params):
+        logits = model.apply({"params": params}, tokens, positions=positions, segment_ids=segment_ids)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, grads
+
+
+@pytest.mark.parametrize("position", [Rope(), Alibi()], ids=["rope", "alibi"])
+def test_blockwise_model_equals_xla_model(position):
+    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, position=position)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    batch = packed_batch()
+    want_logits, want_grads = logits_and_grads(cfg, params, *batch)
+    for kernel, mesh in (("blockwise", None), ("ring", make_mesh(data=2, sequence=4))):
+        blocked = ModelConfig(**{**cfg.__dict__, "attention": kernel})
+        if mesh is None:
+            logits, grads = logits_and_grads(blocked, params, *batch)
+        else:
+            with jax.set_mesh(mesh):
+                logits, grads = logits_and_grads(blocked, params, *batch)
+        np.testing.assert_allclose(logits, want_logits, atol=1e-5, rtol=1e-5, err_msg=kernel)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4, err_msg=kernel)
+
+
+def test_chunked_loss_from_hidden_equals_loss_from_logits():
+    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=1, n_heads=4, attention="blockwise")
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    tokens, positions, segment_ids = packed_batch(seed=1)
+    targets = np.roll(tokens, -1, axis=1)
+    model = Transformer(cfg)
+    hidden = model.apply({"params": params}, tokens, positions=positions, segment_ids=segment_ids,
+                         return_hidden=True)
+    logits = model.apply({"params": params}, tokens, positions=positions, segment_ids=segment_ids)
+    want = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0])
+    got = chunked_cross_entropy(hidden, params["lm_head"]["kernel"], targets, chunk=24)
+    np.testing.assert_allclose(got, want, rtol=1e-5)

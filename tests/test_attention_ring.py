@@ -1,0 +1,68 @@
+"""Ring attention on 8 simulated CPU devices equals the single-device reference, values and gradients."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+from ctxjax.attention.ring import ring_attention, zigzag_order
+from ctxjax.attention.testing import random_case
+from ctxjax.attention.xla import xla_attention
+from test_attention_blockwise import TOL, outputs_and_grads
+
+ring = functools.partial(ring_attention, block_q=8, block_k=8)
+
+
+def make_mesh(**axes):
+    return jax.make_mesh(tuple(axes.values()), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
+
+
+@pytest.fixture(scope="module")
+def case_and_reference():
+    case = random_case(seed=7, batch=2, length=128, n_heads=4, n_kv_heads=2)
+    return case, outputs_and_grads(xla_attention, case)
+
+
+@pytest.mark.parametrize(
+    "axes",
+    [dict(sequence=4), dict(sequence=8), dict(data=2, sequence=4), dict(data=2, tensor=2, sequence=2)],
+    ids=["seq4", "seq8", "data2-seq4", "data2-tensor2-seq2"],
+)
+def test_ring_equals_single_device(axes, case_and_reference):
+    case, (want_out, want_grads) = case_and_reference
+    with jax.set_mesh(make_mesh(**axes)):
+        out, grads = outputs_and_grads(ring, case)
+    np.testing.assert_allclose(out, want_out, **TOL)
+    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+
+
+def test_zigzag_order_gives_the_same_attention(case_and_reference):
+    """Tokens reordered so each shard holds an early and a late chunk: same result, reordered."""
+    case, (want_out, _) = case_and_reference
+    order = zigzag_order(case.q.shape[1], 4)
+    shuffled = case._replace(**{f: getattr(case, f)[:, order] for f in
+                                ("q", "k", "v", "q_segment_ids", "kv_segment_ids", "q_positions", "kv_positions")})
+    with jax.set_mesh(make_mesh(sequence=4)):
+        out, _ = outputs_and_grads(ring, shuffled)
+    undo = np.argsort(order)
+    # The test cotangent is drawn per index, not per token, so only the forward is comparable here.
+    np.testing.assert_allclose(np.asarray(out)[:, undo], want_out, **TOL)
+    assert sorted(order.tolist()) == list(range(case.q.shape[1]))
+    np.testing.assert_array_equal(order[:32], np.r_[0:16, 112:128])
+
+
+def test_needs_a_sequence_mesh():
+    case = random_case(length=32)
+    with pytest.raises(ValueError, match="jax.set_mesh"):
+        ring_attention(case.q, case.k, case.v, **case.kwargs())
+    with jax.set_mesh(make_mesh(data=8)), pytest.raises(ValueError, match="'sequence' axis"):
+        ring_attention(case.q, case.k, case.v, **case.kwargs())
+
+
+def test_length_must_divide_over_shards():
+    case = random_case(length=30)
+    with jax.set_mesh(make_mesh(sequence=4)), pytest.raises(ValueError, match="multiple of the 'sequence' axis"):
+        ring_attention(case.q, case.k, case.v, **case.kwargs())

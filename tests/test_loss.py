@@ -1,0 +1,69 @@
+"""Chunked cross-entropy equals the loss from full logits, values and gradients, for any chunk size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctxjax.loss import chunked_cross_entropy, cross_entropy_from_logits, cross_entropy_sum
+
+
+def problem(seed=0, batch=2, length=50, dim=16, vocab=37):
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((batch, length, dim)).astype(np.float32)
+    kernel = rng.standard_normal((dim, vocab)).astype(np.float32) * 0.3
+    bias = rng.standard_normal((vocab,)).astype(np.float32)
+    targets = rng.integers(0, vocab, (batch, length)).astype(np.int32)
+    weights = (rng.random((batch, length)) > 0.2).astype(np.float32)
+    return hidden, kernel, bias, targets, weights
+
+
+def dense_loss(hidden, kernel, bias, targets, weights):
+    return cross_entropy_from_logits(hidden @ kernel + bias, targets, weights)
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 50, 64], ids=["one", "not-a-divisor", "whole", "larger"])
+def test_chunked_equals_dense(chunk):
+    hidden, kernel, bias, targets, weights = problem()
+    grad = jax.value_and_grad(dense_loss, argnums=(0, 1, 2))
+    want, want_grads = grad(hidden, kernel, bias, targets, weights)
+
+    def chunked(hidden, kernel, bias):
+        return chunked_cross_entropy(hidden, kernel, targets, weights, bias=bias, chunk=chunk)
+
+    got, got_grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2)))(hidden, kernel, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name, g, w in zip(("d_hidden", "d_kernel", "d_bias"), got_grads, want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5, err_msg=name)
+
+
+def test_sum_and_count_for_accumulation():
+    hidden, kernel, _, targets, weights = problem(seed=1)
+    total, count = cross_entropy_sum(hidden, kernel, targets, weights, chunk=8)
+    assert float(count) == weights.sum()
+    np.testing.assert_allclose(total / count, cross_entropy_from_logits(hidden @ kernel, targets, weights), rtol=1e-5)
+    # Default weights count every token.
+    _, all_count = cross_entropy_sum(hidden, kernel, targets, chunk=8)
+    assert float(all_count) == targets.size
+
+
+def test_logits_are_never_materialised_whole():
+    """The largest float32 value in the compiled step is one chunk of logits, not [B, L, V]."""
+    hidden, kernel, _, targets, weights = problem(batch=1, length=256, vocab=1000)
+    loss = lambda h, k: chunked_cross_entropy(h, k, targets, weights, chunk=32)  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(hidden, kernel)
+    sizes = [np.prod(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.outvars if hasattr(v.aval, "shape")]
+    assert max(sizes) < 256 * 1000
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(dict(kernel=np.zeros((37, 16), np.float32)), "embedding.T"), (dict(targets=np.zeros((2, 49), np.int32)), "targets"),
+     (dict(chunk=0), "chunk")],
+)
+def test_bad_inputs_name_the_fix(change, message):
+    hidden, kernel, _, targets, weights = problem()
+    args = dict(hidden=hidden, kernel=kernel, targets=targets, weights=weights)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        chunked_cross_entropy(**args)
