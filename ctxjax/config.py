@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ctxjax import attention as attention_lib
 from ctxjax import positions as positions_lib
 
 FAMILIES = ("llama", "gpt2")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see ctxjax.model.REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,10 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 fail(f"{name}={getattr(self, name)!r} is unknown; use one of {DTYPES}")
+        if self.attention not in attention_lib.KERNELS:
+            fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
+        if self.remat not in REMAT_POLICIES:
+            fail(f"remat={self.remat!r} is unknown; use one of {REMAT_POLICIES}")
         if not isinstance(self.position, positions_lib.PositionScheme):
             fail(f"position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got {self.position!r}")
         self.position.validate(self)

@@ -15,18 +15,20 @@ from jax import lax
 DEFAULT_CHUNK = 1024
 
 
-def _chunk_loss(kernel, bias, hidden, targets, weights):
-    """Weighted sum of -log p(target) over one chunk: hidden [B, c, D], targets and weights [B, c]."""
+def _chunk_sums(kernel, bias, hidden, targets, weights):
+    """[weighted sum of -log p(target), weighted sum of log(Z)^2] over one chunk: hidden [B, c, D],
+    targets and weights [B, c]. log(Z)^2 is PaLM's z-loss term, which keeps the softmax normaliser near 1."""
     logits = jnp.einsum("bcd,dv->bcv", hidden, kernel, preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum((log_z - target_logit) * weights)
+    return jnp.stack([jnp.sum((log_z - target_logit) * weights), jnp.sum(log_z * log_z * weights)])
 
 
-def cross_entropy_sum(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):
-    """(sum of weighted token losses, sum of weights), so callers can average over several micro-batches.
+def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):
+    """(sum of weighted token losses, sum of weighted log(Z)^2 for a z-loss, sum of weights), so callers can
+    average over several micro-batches.
 
     hidden [B, L, D] (after the final norm), kernel [D, V] (the output projection; pass `embedding.T` for
     tied embeddings), targets [B, L] int, weights [B, L] (1 = counted, 0 = padding; default all ones),
@@ -49,14 +51,20 @@ def cross_entropy_sum(hidden, kernel, targets, weights=None, *, bias=None, chunk
         x = jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
         return x.reshape(batch, n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
 
-    chunk_loss = jax.checkpoint(_chunk_loss)
+    chunk_sums = jax.checkpoint(_chunk_sums)
 
     def step(total, xs):
-        return total + chunk_loss(kernel, bias, *xs), None
+        return total + chunk_sums(kernel, bias, *xs), None
 
-    total, _ = lax.scan(step, jnp.zeros((), jnp.float32),
-                        (chunked(hidden), chunked(targets.astype(jnp.int32)), chunked(weights)))
-    return total, jnp.sum(weights)
+    (total, z_total), _ = lax.scan(step, jnp.zeros((2,), jnp.float32),
+                                   (chunked(hidden), chunked(targets.astype(jnp.int32)), chunked(weights)))
+    return total, z_total, jnp.sum(weights)
+
+
+def cross_entropy_sum(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):
+    """(sum of weighted token losses, sum of weights); see `loss_sums`."""
+    total, _, count = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk)
+    return total, count
 
 
 def chunked_cross_entropy(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):

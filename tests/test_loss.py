@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctxjax.loss import chunked_cross_entropy, cross_entropy_from_logits, cross_entropy_sum
+from ctxjax.loss import chunked_cross_entropy, cross_entropy_from_logits, cross_entropy_sum, loss_sums
 
 
 def problem(seed=0, batch=2, length=50, dim=16, vocab=37):
@@ -45,6 +45,13 @@ def test_sum_and_count_for_accumulation():
     # Default weights count every token.
     _, all_count = cross_entropy_sum(hidden, kernel, targets, chunk=8)
     assert float(all_count) == targets.size
+
+
+def test_z_loss_sum_is_the_weighted_sum_of_squared_log_normalisers():
+    hidden, kernel, bias, targets, weights = problem(seed=2)
+    _, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=16)
+    log_z = jax.nn.logsumexp(hidden @ kernel + bias, axis=-1)
+    np.testing.assert_allclose(z_total, np.sum(np.asarray(log_z) ** 2 * weights), rtol=1e-5)
 
 
 def test_logits_are_never_materialised_whole():

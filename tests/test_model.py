@@ -140,6 +140,8 @@ def test_learned_positions_beyond_the_table_are_refused_or_nan():
     (dict(d_model=30, n_heads=4), "not divisible by n_heads"),
     (dict(dtype="float8"), "dtype='float8' is unknown"),
     (dict(position="rope"), "position must be a ctxjax.positions scheme"),
+    (dict(attention="flash"), "attention='flash' is unknown"),
+    (dict(remat="some"), "remat='some' is unknown"),
 ])
 def test_bad_model_configs_fail_at_construction(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -46,6 +46,21 @@ def test_gradient_accumulation_equals_the_full_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated["params"], full["params"])
 
 
+def test_z_loss_pulls_the_softmax_normaliser_towards_one():
+    tx = optax.sgd(0.5)
+    plain, metrics = jax.jit(make_train_step(CFG, tx))(fresh_state(tx), batch())
+    with_z, z_metrics = jax.jit(make_train_step(CFG, tx, z_loss=1.0))(fresh_state(tx), batch())
+    np.testing.assert_allclose(z_metrics["loss"], metrics["loss"], rtol=1e-6)  # the reported loss is the CE
+
+    def mean_log_z(params):
+        from ctxjax.train.step import loss_sums
+
+        _, z_total, count = loss_sums(CFG, params, batch(), 1024)
+        return float(z_total / count)
+
+    assert mean_log_z(with_z["params"]) < mean_log_z(plain["params"])
+
+
 def test_only_trainable_groups_change_and_frozen_ones_keep_no_optimizer_state():
     tx = optimizer(trainable="embed,norm")
     before = fresh_state(tx)

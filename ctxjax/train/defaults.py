@@ -39,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
         trainable="",
     ))
     c.loss_chunk = 1024  # the loss computes logits this many positions at a time
+    c.z_loss = 0.0  # weight of PaLM's z-loss, mean log(Z)^2 of the softmax normaliser; 0 disables
     # Mesh axis sizes; one may be -1 (all remaining devices). fsdp shards parameters and optimizer state,
     # tensor splits heads/MLP/vocabulary, sequence splits the length (ring attention).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))

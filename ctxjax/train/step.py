@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from ctxjax.config import ModelConfig
-from ctxjax.loss import cross_entropy_sum
+from ctxjax.loss import loss_sums as chunked_loss_sums
 from ctxjax.model import Transformer
 
 
@@ -20,24 +20,24 @@ def output_kernel(cfg: ModelConfig, params):
 
 
 def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
-    """(sum of token losses, number of target tokens) of one batch."""
+    """(sum of token losses, sum of log(Z)^2, number of target tokens) of one batch."""
     hidden = Transformer(cfg).apply({"params": params}, batch["tokens"], positions=batch["positions"],
                                     segment_ids=batch["segment_ids"], return_hidden=True)
-    return cross_entropy_sum(hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"],
+    return chunked_loss_sums(hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"],
                              batch["weights"], chunk=loss_chunk)
 
 
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro_batches: int = 1,
-                    loss_chunk: int = 1024):
+                    loss_chunk: int = 1024, z_loss: float = 0.0):
     """state = {step, params, opt_state, first_bad_step} -> (new state, metrics). Not jitted here: the
-    caller jits it with shardings and donation."""
+    caller jits it with shardings and donation. The objective is cross-entropy + z_loss * mean log(Z)^2."""
 
     def grads_of(params, batch):
-        def summed(p):
-            total, count = loss_sums(cfg, p, batch, loss_chunk)
-            return total, count
+        def objective(p):
+            total, z_total, count = loss_sums(cfg, p, batch, loss_chunk)
+            return total + z_loss * z_total, (total, count)
 
-        (total, count), grads = jax.value_and_grad(summed, has_aux=True)(params)
+        (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return total, count, grads
 
     def accumulate(params, batch):
@@ -84,6 +84,7 @@ def jit_train_step(config, cfg: ModelConfig, tx, stage, mesh, shardings):
     from ctxjax.sharding import batch_sharding
 
     micro = int(config.micro_batch_size) or stage.batch_size
-    step = make_train_step(cfg, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk))
+    step = make_train_step(cfg, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk),
+                           z_loss=float(config.z_loss))
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)
