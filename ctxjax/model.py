@@ -18,6 +18,7 @@ the kernel's ordinary rule (same segment, key position <= query position) is the
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -83,7 +84,11 @@ class Dense(nn.Module):
         cfg = self.cfg
         shape = (*x.shape[x.ndim - self.n_in:], *self.features)
         kernel = self.param("kernel", _param(_INIT, self.kernel_axes), shape, jnp.dtype(cfg.param_dtype))
-        y = jnp.tensordot(x.astype(cfg.dtype), kernel.astype(cfg.dtype), axes=self.n_in)
+        # One 2-D matmul over all leading axes: XLA:CPU runs the weight gradient of a [B, L, D] contraction
+        # 2-4x slower than the same product on [B*L, D].
+        lead, n_in = x.shape[:x.ndim - self.n_in], math.prod(shape[:self.n_in])
+        y = x.astype(cfg.dtype).reshape(-1, n_in) @ kernel.astype(cfg.dtype).reshape(n_in, -1)
+        y = y.reshape(*lead, *self.features)
         if self.use_bias:
             bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.n_in:]), self.features,
                               jnp.dtype(cfg.param_dtype))
@@ -255,7 +260,8 @@ class Transformer(nn.Module):
             logits = self.embed.attend(x.astype(self.config.dtype))
         else:
             logits = self.lm_head(x)
-        return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        # [B, L, D] in training; [B, D] when generation asks for the last position only.
+        return _constrain(logits.astype(jnp.float32), ("batch", "length")[:logits.ndim - 1] + ("vocab",))
 
 
 MODEL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")

@@ -34,8 +34,10 @@ def assert_same_as_xla(kernel, case):
     out, grads = outputs_and_grads(kernel, case)
     want_out, want_grads = outputs_and_grads(xla_attention, case)
     np.testing.assert_allclose(out, want_out, **TOL)
-    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
+    for name, got, want in zip(("dq", "dk", "dv"), grads, want_grads):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+    if len(grads) == 4:  # one float32 sum over every (query, key) pair, terms scaled by distances up to L
+        np.testing.assert_allclose(grads[3], want_grads[3], err_msg="d_slopes", rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("block_q, block_k", [(32, 32), (16, 48), (40, 24), (512, 512)],

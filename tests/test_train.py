@@ -167,3 +167,15 @@ def test_init_from_hf_starts_from_the_hf_weights_and_keeps_its_tokenizer(tmp_pat
     assert summary["final_step"] == 2
     assert load_tokenizer(str(tmp_path / "tokenizer")).encode("w3 w5") == [3, 5]
     assert json.load(open(os.path.join(summary["export_dir"], "config.json")))["hidden_size"] == 64
+
+
+def test_mixed_precision_and_remat_train(tmp_path):
+    """bfloat16 compute with float32 parameters and optimizer state, blocks rematerialised."""
+    config = tiny(**{"model.dtype": "bfloat16", "model.remat": "dots_no_batch", "export_dir": "",
+                     "stages": [dict(steps=2, seq_len=16, lr=3e-3)]})
+    summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert np.isfinite(summary["loss"]) and summary["final_step"] == 2
+    from ctxjax.checkpoint import load_for_inference
+
+    _, params, _ = load_for_inference(str(tmp_path))
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))

@@ -18,17 +18,23 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions):
 
 def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes=None):
     batch, q_len, n_heads, head_dim = q.shape
-    n_kv = k.shape[2]
+    kv_len, n_kv = k.shape[1], k.shape[2]
     group = n_heads // n_kv
-    # Query heads of one group share a K/V head: split H into (G, group) instead of repeating K and V.
-    qg = q.reshape(batch, q_len, n_kv, group, head_dim)
-    scores = jnp.einsum("bqgrd,bkgd->bgrqk", qg, k, preferred_element_type=jnp.float32) * scale
+    # Query heads of one group share a K/V head: the group's queries become extra rows of one matmul against
+    # that K/V head ([B*G, group*Lq, Dh] x [B*G, Dh, Lk]), never a repeated K or V. Plain batched matmuls
+    # also run faster on XLA:CPU than the equivalent 5-D einsums, forward and backward.
+    qg = q.reshape(batch, q_len, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
+    qg = qg.reshape(batch * n_kv, group * q_len, head_dim)
+    kg = k.transpose(0, 2, 3, 1).reshape(batch * n_kv, head_dim, kv_len)
+    vg = v.transpose(0, 2, 1, 3).reshape(batch * n_kv, kv_len, head_dim)
+    scores = jnp.matmul(qg, kg, preferred_element_type=jnp.float32) * scale
+    scores = scores.reshape(batch, n_kv, group, q_len, kv_len)
     if alibi_slopes is not None:
         distance = (q_positions[:, :, None] - kv_positions[:, None, :]).astype(jnp.float32)  # [B, Lq, Lk]
         slopes = jnp.asarray(alibi_slopes, jnp.float32).reshape(n_kv, group)
         scores = scores - slopes[None, :, :, None, None] * distance[:, None, None]
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
     scores = jnp.where(mask, scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v)
-    return out.reshape(batch, q_len, n_heads, head_dim)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch * n_kv, group * q_len, kv_len)
+    out = jnp.matmul(probs, vg).reshape(batch, n_kv, group, q_len, head_dim)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, n_heads, head_dim)

@@ -39,6 +39,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_rope_arguments(parser)
 
 
+def mesh_sizes(text: str) -> dict[str, int]:
+    """'fsdp=-1,tensor=2' -> {'fsdp': -1, 'tensor': 2}."""
+    try:
+        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mesh {text!r} must look like fsdp=-1,tensor=2") from None
+
+
 def load_model_from_args(args):
     """(ModelConfig, params, Tokenizer) as the model arguments ask, with the positional overrides applied."""
     from ctxjax.evaluate.loading import load_model
@@ -55,6 +63,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="output directory (default: WORKDIR/eval/step_N, or eval_<name> for --hf)")
     parser.add_argument("--name", help="run name in tables and plot legends (default: the directory's name)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="overlay these evaluation output directories")
+    parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
+                        help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
     parser.add_argument("--tasks", type=_names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,needle")
     parser.add_argument("--lengths", type=_ints, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval", help="held-out documents (a ctxjax.data source spec)")
@@ -94,7 +104,12 @@ def _default_out(args) -> str:
 
 
 def run(args) -> int:
+    import flax.linen as nn
+    import jax
+
     from ctxjax.evaluate import compare_runs, run_evaluation
+    from ctxjax.sharding import LOGICAL_RULES, make_mesh
+    from ctxjax.train.state import param_shardings
 
     if args.compare:
         if not args.out:
@@ -106,8 +121,12 @@ def run(args) -> int:
     cfg, params, tokenizer = load_model_from_args(args)
     out = args.out or _default_out(args)
     name = args.name or os.path.basename(os.path.normpath(args.workdir or args.hf))
-    metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=args.step, run_name=name,
-                             log=lambda message: print(message, flush=True))
+    # Parameters sharded over all devices as in training (FSDP by default), so what trains also evaluates.
+    mesh = make_mesh(args.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        params = jax.device_put(params, param_shardings(cfg, mesh))
+        metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=args.step, run_name=name,
+                                 log=lambda message: print(message, flush=True))
     for key, value in metrics.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"results, summary and plots in {os.path.abspath(out)} (summary.md, results.json, *.png)")

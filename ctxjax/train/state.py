@@ -30,19 +30,23 @@ def abstract_params(cfg: ModelConfig):
     return strip_boxes(jax.eval_shape(lambda: _boxed_params(cfg, jax.random.PRNGKey(0))))
 
 
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=LOGICAL_RULES):
+    """NamedShardings of the model's parameters, from their logical axis names."""
+    return logical_shardings(jax.eval_shape(lambda: _boxed_params(cfg, jax.random.PRNGKey(0))), mesh, rules)
+
+
 def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules=LOGICAL_RULES):
     """(abstract state, shardings) for the whole state: parameters by their logical axes, optimizer moments
     like the parameter they belong to, everything else replicated."""
-    boxed = jax.eval_shape(lambda: _boxed_params(cfg, jax.random.PRNGKey(0)))
-    param_shardings = logical_shardings(boxed, mesh, rules)
-    abstract = jax.eval_shape(lambda: state_from_params(strip_boxes(boxed), tx))
+    params = param_shardings(cfg, mesh, rules)
+    abstract = jax.eval_shape(lambda: state_from_params(abstract_params(cfg), tx))
     replicated = NamedSharding(mesh, PartitionSpec())
     # Frozen parameters (multi_transform) hold an empty MaskedNode instead of moments: it stays as it is.
     opt_shardings = optax.tree_map_params(
         tx, lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
-        abstract["opt_state"], param_shardings, transform_non_params=lambda _: replicated,
+        abstract["opt_state"], params, transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-    shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
+    shardings = {"step": replicated, "params": params, "opt_state": opt_shardings,
                  "first_bad_step": replicated}
     return abstract, shardings
 
