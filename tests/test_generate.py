@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 import run_model
 import torch
+from test_model import SCHEMES
 
 from ctxjax import ModelConfig, init_params, positions
 from ctxjax.generate import Sampling, generate, left_pad, sample_next
 from ctxjax.hf import load_pretrained
 
-SCHEMES = {
-    "rope": positions.Rope(),
-    "rope-yarn": positions.Rope("yarn", factor=4.0, original_max_position_embeddings=8),
-    "alibi": positions.Alibi(),
-    "learned": positions.Learned(),
-    "sinusoidal": positions.Sinusoidal(),
-    "none": positions.NoPE(),
-}
 RNG = np.random.RandomState(0)
 PROMPTS = [RNG.randint(0, 61, n).tolist() for n in (9, 3, 14)]  # different lengths: left padding in play
 

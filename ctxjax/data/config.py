@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ctxjax.dataclass_config import dataclass_from
+
 MODES = ("pack", "crop")
 DECODE_ERROR_POLICIES = ("skip", "fail")
 
@@ -73,24 +75,8 @@ class DataConfig:
             raise DataError("data.num_shards must be at least 1 (or None for one per process)")
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))
 
 
 def as_data_config(config_like: Any = None, **overrides) -> DataConfig:
     """A DataConfig from a DataConfig, dict, ConfigDict (or None for defaults), with `overrides` applied."""
-    if config_like is None:
-        values = {}
-    elif isinstance(config_like, DataConfig):
-        values = dataclasses.asdict(config_like)
-    elif hasattr(config_like, "to_dict"):  # ml_collections.ConfigDict
-        values = dict(config_like.to_dict())
-    elif isinstance(config_like, dict):
-        values = dict(config_like)
-    else:
-        raise DataError(f"cannot read a data config from {type(config_like).__name__}; pass a DataConfig, "
-                        "a dict or a ConfigDict")
-    values.update(overrides)
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise DataError(f"unknown data config field(s) {unknown}; valid fields: {', '.join(FIELDS)}")
-    return DataConfig(**values)
+    return dataclass_from(DataConfig, config_like, overrides, what="data", error=DataError)

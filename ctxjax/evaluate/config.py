@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ctxjax.dataclass_config import dataclass_from
+
 TASKS = ("ppl", "passkey", "needle")
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
 
@@ -82,24 +84,10 @@ class EvalConfig:
         return (max(2, max_seq_len // 2), max_seq_len, 2 * max_seq_len)
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 
 
 def as_eval_config(config_like: Any = None, **overrides) -> EvalConfig:
-    """An EvalConfig from an EvalConfig, dict or ml_collections.ConfigDict (None: defaults), plus overrides."""
-    if config_like is None:
-        values = {}
-    elif isinstance(config_like, EvalConfig):
-        values = dataclasses.asdict(config_like)
-    elif hasattr(config_like, "to_dict"):
-        values = dict(config_like.to_dict())
-    elif isinstance(config_like, dict):
-        values = dict(config_like)
-    else:
-        raise ValueError(f"cannot read an eval config from {type(config_like).__name__}; pass an EvalConfig, "
-                         "a dict or a ConfigDict")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown eval config field(s) {unknown}; valid fields: {', '.join(FIELDS)}")
-    return EvalConfig(**values)
+    """An EvalConfig from an EvalConfig, dict or ml_collections.ConfigDict (None: defaults), plus the
+    overrides that are set (the CLI passes None for flags not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclass_from(EvalConfig, config_like, given, what="eval")

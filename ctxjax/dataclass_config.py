@@ -1,0 +1,29 @@
+"""Frozen config dataclasses (DataConfig, EvalConfig) built from whatever a caller holds: an instance, a
+plain dict, an ml_collections.ConfigDict from a recipe, or nothing (the defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def dataclass_from(cls, config_like: Any, overrides: dict[str, Any], *, what: str, error=ValueError):
+    """`cls(**fields)` from `config_like` with `overrides` applied; unknown fields are one error naming
+    the valid ones (a typo must never be dropped silently)."""
+    if config_like is None:
+        values = {}
+    elif isinstance(config_like, cls):
+        values = dataclasses.asdict(config_like)
+    elif hasattr(config_like, "to_dict"):  # ml_collections.ConfigDict
+        values = dict(config_like.to_dict())
+    elif isinstance(config_like, dict):
+        values = dict(config_like)
+    else:
+        raise error(f"cannot read a {what} config from {type(config_like).__name__}; pass a {cls.__name__}, "
+                    "a dict or a ConfigDict")
+    values.update(overrides)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise error(f"unknown {what} config field(s) {unknown}; valid fields: {', '.join(fields)}")
+    return cls(**values)
