@@ -136,7 +136,7 @@ def test_imported_hf_llama_trains_through_llama_extend_and_exports_what_transfor
     model = oracle.llama(vocab_size=258, max_position_embeddings=16)
     workdir = str(tmp_path / "run")
     assert cli.main(["import-hf", oracle.save(model), "--workdir", workdir]) == 0
-    summary = train_and_evaluate(tiny("llama_extend"), workdir, devices=jax.devices()[:1])
+    summary = train_and_evaluate(tiny("llama_extend"), workdir)  # restored straight into an 8-way FSDP layout
     assert summary["start_step"] == 0 and summary["final_step"] == 2
     cfg, params, _ = load_for_inference(workdir)
     assert cfg.d_model == 64 and cfg.position.rope_type == "yarn" and cfg.position.factor == 4.0

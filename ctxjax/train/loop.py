@@ -26,7 +26,8 @@ from ctxjax.schedule import learning_rate_schedule, model_config_for, stage_at, 
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train.configs import model_config, validate
 from ctxjax.train.metrics import MetricsWriter
-from ctxjax.train.state import abstract_params, grow_learned_table, init_state, place_params, state_shardings
+from ctxjax.train.state import (abstract_params, grow_learned_table, init_state, param_shardings, place_params,
+                                state_shardings)
 from ctxjax.train.step import jit_train_step
 
 # ModelConfig fields a run may change between restarts without changing any parameter shape.
@@ -117,7 +118,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             else:
                 state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings)
         elif meta.get("params_only"):  # imported: fresh optimizer state around the stored params
-            restored, _, _ = checkpointer.restore({"params": checkpointer.saved_shapes(latest)["params"]}, latest)
+            # Read straight into the layout of the stored (base) model, never whole on one host.
+            stored = with_shardings(checkpointer.saved_shapes(latest)["params"], param_shardings(base, mesh))
+            restored, _, _ = checkpointer.restore({"params": stored}, latest)
             state = place_params(_fit_learned_table(restored["params"], cfg, config), tx, shardings)
         else:
             state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), latest)
