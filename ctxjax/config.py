@@ -12,12 +12,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from ctxjax import attention as attention_lib
 from ctxjax import positions as positions_lib
 
 FAMILIES = ("llama", "gpt2")
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")  # see ctxjax.model.REMAT_POLICIES
+# Rematerialisation of each block: what the backward pass keeps instead of recomputing.
+REMAT_POLICIES = {
+    "none": None,  # keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the cheap rest
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +49,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"
     attention: str = "xla"  # kernel name in ctxjax.attention
-    remat: str = "none"  # rematerialisation policy of each block, see ctxjax.model.REMAT_POLICIES
+    remat: str = "none"  # rematerialisation policy of each block, one of REMAT_POLICIES
 
     def __post_init__(self):
         self.validate()
@@ -130,7 +138,7 @@ class ModelConfig:
         if self.attention not in attention_lib.KERNELS:
             fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
         if self.remat not in REMAT_POLICIES:
-            fail(f"remat={self.remat!r} is unknown; use one of {REMAT_POLICIES}")
+            fail(f"remat={self.remat!r} is unknown; use one of {tuple(REMAT_POLICIES)}")
         if not isinstance(self.position, positions_lib.PositionScheme):
             fail(f"position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got {self.position!r}")
         self.position.validate(self)

@@ -27,14 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ctxjax import attention as attention_lib
-from ctxjax.config import ModelConfig
+from ctxjax.config import REMAT_POLICIES, ModelConfig
 
-REMAT_POLICIES = {
-    "none": None,  # keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the cheap rest
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
-}
 
 _INIT = nn.initializers.normal(stddev=0.02)
 

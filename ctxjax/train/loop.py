@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ctxjax import flops, hf
+from ctxjax import flops, hf, positions
 from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, make_global_batch, make_pipeline
@@ -135,7 +135,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             pipe.restore(data_state)
         metrics = MetricsWriter(workdir, last_step, start)
         peak = float(config.peak_flops) or flops.measured_peak_flops()
-        compiled = {}
+        train_step, fresh_compile = None, False
         pending, interval_start, interval_tokens = [], time.perf_counter(), 0
         summary = {"workdir": workdir, "start_step": start, "last_step": last_step}
         step = start
@@ -149,22 +149,23 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
         try:
             while step < last_step:
                 new_stage = stage_at(stages, step)
-                if new_stage.index != stage.index or not compiled:
+                if new_stage.index != stage.index or train_step is None:
                     stage = new_stage
                     new_cfg = model_config_for(base, stage, config.rope_scaling)
                     if new_cfg.position.name == "learned" and new_cfg.max_seq_len > cfg.max_seq_len:
                         state = grow_learned_table(state, new_cfg.max_seq_len, config.learned_extend_method)
-                    if new_cfg != cfg or not compiled:
+                    if new_cfg != cfg or train_step is None:
                         cfg = new_cfg
                         _, shardings = state_shardings(cfg, tx, mesh)
                         state = jax.device_put(state, shardings)
-                    compiled = {"fn": jit_train_step(config, cfg, tx, stage, mesh, shardings), "first": True}
+                    train_step, fresh_compile = jit_train_step(config, cfg, tx, stage, mesh, shardings), True
                 local = pipe.next_batch(stage.batch_size, stage.seq_len)
                 batch = make_global_batch(local, mesh, batch_sharding(mesh))
-                state, step_metrics = compiled["fn"](state, batch)
+                state, step_metrics = train_step(state, batch)
                 step += 1
                 pending.append(step_metrics)
-                if compiled.pop("first", False):  # keep compilation out of tokens/s: one sync per new shape
+                if fresh_compile:  # keep compilation out of tokens/s: one sync per new shape
+                    fresh_compile = False
                     jax.block_until_ready(state["step"])
                     interval_start, interval_tokens = time.perf_counter(), 0
                 else:
@@ -250,8 +251,6 @@ def _fit_learned_table(params, cfg: ModelConfig, config):
     if cfg.position.name == "learned":
         rows = params["pos_embed"]["embedding"].shape[0]
         if rows < cfg.max_seq_len:
-            from ctxjax import positions
-
             params = positions.extend(params, cfg.max_seq_len, method=config.learned_extend_method)
     return params
 
