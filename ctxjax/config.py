@@ -49,6 +49,10 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"
     attention: str = "xla"  # kernel name in ctxjax.attention
+    # Tile of the block-based kernels (blockwise, ring, and the fused kernels' fallback): queries x keys per
+    # step of the online softmax. Larger tiles mean fewer, bigger matmuls; the default was fastest on CPU.
+    attention_block_q: int = 512
+    attention_block_k: int = 512
     remat: str = "none"  # rematerialisation policy of each block, one of REMAT_POLICIES
 
     def __post_init__(self):
@@ -135,6 +139,9 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 fail(f"{name}={getattr(self, name)!r} is unknown; use one of {DTYPES}")
+        for name in ("attention_block_q", "attention_block_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(f"{name}={getattr(self, name)!r} must be a positive integer (tokens per attention tile)")
         if self.attention not in attention_lib.KERNELS:
             fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
         if self.remat not in REMAT_POLICIES:

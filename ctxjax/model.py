@@ -147,6 +147,7 @@ class Attention(nn.Module):
             q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
             q_positions=positions, kv_positions=kv_positions,
             scale=dh**-0.5, alibi_slopes=cfg.position.alibi_slopes(h),
+            block_q=cfg.attention_block_q, block_k=cfg.attention_block_k,
         )
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         return _dense(cfg, cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out), new_kv

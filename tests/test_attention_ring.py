@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
-from ctxjax.attention.ring import ring_attention, zigzag_order
+from ctxjax.attention.ring import ring_attention, zigzag_batch, zigzag_order
 from ctxjax.attention.testing import random_case
 from ctxjax.attention.xla import xla_attention
 from test_attention_blockwise import TOL, outputs_and_grads
@@ -52,6 +52,15 @@ def test_zigzag_order_gives_the_same_attention(case_and_reference):
     np.testing.assert_allclose(np.asarray(out)[:, undo], want_out, **TOL)
     assert sorted(order.tolist()) == list(range(case.q.shape[1]))
     np.testing.assert_array_equal(order[:32], np.r_[0:16, 112:128])
+
+
+def test_zigzag_batch_moves_every_field_together():
+    tokens = np.arange(2 * 16).reshape(2, 16)
+    batch = {"tokens": tokens, "targets": tokens + 1, "positions": tokens % 16}
+    shuffled = zigzag_batch(batch, 2)
+    np.testing.assert_array_equal(shuffled["tokens"][0], np.r_[0:4, 12:16, 4:8, 8:12])
+    np.testing.assert_array_equal(shuffled["targets"], shuffled["tokens"] + 1)
+    np.testing.assert_array_equal(shuffled["positions"], shuffled["tokens"] % 16)
 
 
 def test_needs_a_sequence_mesh():

@@ -85,6 +85,15 @@ def test_data_fsdp_tensor_mesh_on_8_devices_matches_one_device(one_device_run, t
     np.testing.assert_allclose([got[s] for s in sorted(want)], [want[s] for s in sorted(want)], atol=1e-5)
 
 
+def test_ring_attention_over_a_sequence_axis_in_zigzag_order_matches_one_device(one_device_run, tmp_path):
+    reference, _ = one_device_run
+    config = tiny(**{"mesh.data": 2, "mesh.fsdp": 1, "mesh.sequence": 4, "model.attention": "ring",
+                     "model.attention_block_k": 4})
+    train_and_evaluate(config, str(tmp_path), stop_after=4)
+    want, got = losses(reference), losses(str(tmp_path))
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], atol=1e-5)
+
+
 def test_learned_positions_grow_at_the_stage_boundary_and_export(tmp_path):
     summary = train_and_evaluate(tiny("gpt2_extend"), str(tmp_path), devices=jax.devices()[:1])
     config = json.load(open(os.path.join(summary["export_dir"], "config.json")))
@@ -153,6 +162,10 @@ def test_sequence_axis_must_divide_every_stage_length():
     config = tiny(**{"mesh.sequence": 3, "mesh.fsdp": 1, "model.attention": "ring", "tokens_per_step": 768})
     with pytest.raises(ValueError, match="stage 0: seq_len=16 is not divisible by the sequence mesh axis \\(3\\)"):
         validate(config, 3)
+    config = tiny(**{"mesh.sequence": 16, "mesh.fsdp": 1, "model.attention": "ring", "tokens_per_step": 1024})
+    with pytest.raises(ValueError, match="stage 0: seq_len=16 is not a multiple of 2 x sequence = 32.*ring_zigzag"):
+        validate(config, 16)
+    validate(apply_overrides(config, ["ring_zigzag=False"]), 16)
 
 
 def test_init_from_hf_starts_from_the_hf_weights_and_keeps_its_tokenizer(tmp_path):

@@ -7,8 +7,10 @@ Every kernel computes, for each query token i and key token j of the same batch 
 
 and returns the weighted sum of v. Shapes: q [B, Lq, H, Dh]; k, v [B, Lk, G, Dh] with H a multiple of G
 (query head h reads key/value head h // (H // G), never a copied K/V); segment ids and positions [B, L]
-int32; `alibi_slopes` [H] float or None. Causality is by *position* within a segment, so packed rows,
-PoSE-shifted positions, ring shards and KV caches (empty slots get segment id 0) all use the same rule.
+int32; `alibi_slopes` [H] float or None; `block_q`, `block_k` the tile of the block-based kernels (the model
+passes `ModelConfig.attention_block_q/_k`; `xla` has no tiles and ignores them). Causality is by *position*
+within a segment, so packed rows, PoSE-shifted positions, ring shards and KV caches (empty slots get segment
+id 0) all use the same rule.
 `xla` is the reference; every other kernel is tested equal to it.
 
 Kernels:

@@ -95,10 +95,10 @@ def forward_pass(state, g, block_q, block_k):
 
         def key_block(j, carry):
             ks = j * block_k
-            kb, vb = _slice(g.k, ks, block_k), _slice(g.v, ks, block_k)
 
-            def attend(carry):
+            def attend(carry):  # slices inside the branch: a skipped block copies nothing
                 acc, m, l = carry
+                kb, vb = _slice(g.k, ks, block_k), _slice(g.v, ks, block_k)
                 logits, _ = _block_logits(qb, kb, q_seg, _slice(g.kv_segment_ids, ks, block_k, 1), q_pos,
                                           _slice(g.kv_positions, ks, block_k, 1), g.slopes)
                 m_new = jnp.maximum(m, logits.max(-1))
@@ -148,9 +148,9 @@ def backward_pass(g, lse, delta, d_out, block_q, block_k):
         def query_block(i, inner):
             dq, dkb, dvb, d_slopes = inner
             qs = i * block_q
-            qb, dob = _slice(g.q, qs, block_q), _slice(d_out, qs, block_q)
 
             def attend(dkb, dvb, d_slopes):
+                qb, dob = _slice(g.q, qs, block_q), _slice(d_out, qs, block_q)
                 logits, distance = _block_logits(qb, kb, _slice(g.q_segment_ids, qs, block_q, 1), kv_seg,
                                                  _slice(g.q_positions, qs, block_q, 1), kv_pos, g.slopes,
                                                  keys_first=True)
@@ -167,7 +167,7 @@ def backward_pass(g, lse, delta, d_out, block_q, block_k):
                 return dq_block, dkb, dvb, d_slopes
 
             def skip(dkb, dvb, d_slopes):
-                return jnp.zeros(qb.shape, F32), dkb, dvb, d_slopes
+                return jnp.zeros(g.q.shape[:2] + (block_q,) + g.q.shape[3:], F32), dkb, dvb, d_slopes
 
             # Only block-sized values pass through the cond: the full dq buffer is updated in place outside it.
             dq_block, dkb, dvb, d_slopes = lax.cond(_may_interact(q_bounds, i, kv_bounds, j), attend, skip,

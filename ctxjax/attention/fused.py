@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
 from ctxjax.attention.common import check_inputs
 
 SPLASH_BLOCK = 128  # splash's default tile; lengths must be multiples of it
@@ -51,11 +51,12 @@ def _with_fallback(fast_ok, fused, q, k, v, kwargs):
 
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                    alibi_slopes=None):
+                    alibi_slopes=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
     """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi); blockwise otherwise."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
     kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes)
+                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, block_q=block_q,
+                  block_k=block_k)
     usable = (jax.default_backend() == "gpu" and alibi_slopes is None and q.shape[1] == k.shape[1]
               and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
     if not usable:
@@ -88,11 +89,12 @@ def splash_fused(q, k, v, segment_ids, scale, interpret=False):
 
 
 def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                     alibi_slopes=None):
+                     alibi_slopes=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
     """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
     kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes)
+                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, block_q=block_q,
+                  block_k=block_k)
     length = q.shape[1]
     usable = (jax.default_backend() == "tpu" and alibi_slopes is None and k.shape[1] == length
               and length % SPLASH_BLOCK == 0)

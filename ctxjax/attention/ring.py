@@ -13,8 +13,9 @@ divide the shapes; length over `sequence`.
 Load balance. Causality is by position, so the kernel does not care in which order tokens sit along the
 length: a hidden key block is skipped wherever it lives. With plain order the last shard does S times the
 work of the first. `zigzag_order` gives the order in which shard i holds chunks i and 2S-1-i of the sequence
-(equal causal work per shard); permute tokens, positions, segment ids, targets and weights with it once when
-the batch is made (not in every layer), and the model computes the same loss.
+(equal causal work per shard); `zigzag_batch` permutes tokens, positions, segment ids, targets and weights with
+it once when the batch is made (not in every layer), and the model computes the same loss. The trainer does so
+whenever the mesh has a sequence axis (`ring_zigzag`).
 """
 
 from __future__ import annotations
@@ -152,3 +153,10 @@ def zigzag_order(length: int, n_shards: int) -> np.ndarray:
         raise ValueError(f"zig-zag order needs a length that is a multiple of 2 * {n_shards}; got {length}")
     chunks = np.arange(length).reshape(2 * n_shards, length // (2 * n_shards))
     return np.concatenate([np.concatenate([chunks[i], chunks[2 * n_shards - 1 - i]]) for i in range(n_shards)])
+
+
+def zigzag_batch(batch: dict, n_shards: int) -> dict:
+    """Every [B, L] field of a batch in `zigzag_order`: tokens, positions, segment ids, targets and weights move
+    together, and the loss (a weighted sum over tokens) is unchanged."""
+    order = zigzag_order(next(iter(batch.values())).shape[1], n_shards)
+    return {key: value[:, order] for key, value in batch.items()}

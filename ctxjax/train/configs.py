@@ -71,6 +71,10 @@ def validate(config, n_devices: int):
         if s.seq_len % sizes["sequence"]:
             raise ValueError(f"stage {s.index}: seq_len={s.seq_len} is not divisible by the sequence mesh axis "
                              f"({sizes['sequence']})")
+        if sizes["sequence"] > 1 and config.ring_zigzag and s.seq_len % (2 * sizes["sequence"]):
+            raise ValueError(f"stage {s.index}: seq_len={s.seq_len} is not a multiple of 2 x sequence = "
+                             f"{2 * sizes['sequence']}, which zig-zag order needs; change seq_len or set "
+                             "ring_zigzag=False")
         if s.batch_size % batch_ways:
             raise ValueError(f"stage {s.index}: batch size {s.batch_size} is not divisible by data x fsdp = "
                              f"{batch_ways}; raise tokens_per_step or change the mesh")

@@ -22,6 +22,7 @@ from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, make_global_batch, make_pipeline
 from ctxjax.optimizer import make_optimizer
+from ctxjax.attention.ring import zigzag_batch
 from ctxjax.schedule import learning_rate_schedule, model_config_for, stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train.configs import model_config, validate
@@ -31,7 +32,7 @@ from ctxjax.train.state import (abstract_params, grow_learned_table, init_state,
 from ctxjax.train.step import jit_train_step
 
 # ModelConfig fields a run may change between restarts without changing any parameter shape.
-RUNTIME_FIELDS = ("attention", "remat", "dtype")
+RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "dtype")
 
 
 class TrainingDiverged(ValueError):
@@ -100,6 +101,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     meta = checkpointer.restore_meta(latest) if latest is not None else None
     base = base_model_config(config, meta, workdir)
     mesh = make_mesh(dict(config.mesh), devices)
+    # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
+    zigzag_shards = mesh.shape["sequence"] if config.ring_zigzag and mesh.shape["sequence"] > 1 else 0
     schedule = learning_rate_schedule(stages)
     last_step = total_steps(stages)
     start = latest or 0
@@ -160,6 +163,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                         state = jax.device_put(state, shardings)
                     train_step, fresh_compile = jit_train_step(config, cfg, tx, stage, mesh, shardings), True
                 local = pipe.next_batch(stage.batch_size, stage.seq_len)
+                if zigzag_shards:
+                    local = zigzag_batch(local, zigzag_shards)
                 batch = make_global_batch(local, mesh, batch_sharding(mesh))
                 state, step_metrics = train_step(state, batch)
                 step += 1
