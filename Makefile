@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+VENV_TF := .venv-tf
 
-.PHONY: install test demo clean
+.PHONY: install install-tf test demo clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-test: install
+# A second venv with TensorFlow (the `tf` extra) for tfds' tf.data path, run by tests/test_data_tfdata.py.
+# The main venv stays without TensorFlow, so the rest of the suite reads tfds as a user without it does.
+# No torch: ctxjax.data does not need it. pytest: the test file runs there as a script, and imports it.
+install-tf: $(VENV_TF)/.installed
+
+$(VENV_TF)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TF)
+	$(VENV_TF)/bin/pip install -q tensorflow-cpu==2.21.0 -e '.[tf]' pytest
+	touch $@
+
+test: install install-tf
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 DEMO_DIR ?= runs/demo
@@ -33,4 +44,4 @@ demo: install
 	@echo "  checkpoints:        $(DEMO_DIR)/checkpoints (re-running 'make demo' resumes or re-exports)"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV_TF) build *.egg-info
