@@ -49,6 +49,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"
     attention: str = "xla"  # kernel name in ctxjax.attention
+    # Mistral's sliding window: each token attends to itself and the W - 1 positions before it; 0 = no window.
+    sliding_window: int = 0
     # Tile of the block-based kernels (blockwise, ring, and the fused kernels' fallback): queries x keys per
     # step of the online softmax. Larger tiles mean fewer, bigger matmuls; the default was fastest on CPU.
     attention_block_q: int = 512
@@ -139,6 +141,8 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 fail(f"{name}={getattr(self, name)!r} is unknown; use one of {DTYPES}")
+        if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
+            fail(f"sliding_window={self.sliding_window!r} must be an int >= 0 (0: attend to the whole context)")
         for name in ("attention_block_q", "attention_block_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)!r} must be a positive integer (tokens per attention tile)")

@@ -2,8 +2,9 @@
 
 FLOPs per token of one forward+backward pass (backward = 2x forward):
     6 * N_matmul                       weights used in matmuls (embedding lookups excluded, output projection in)
-  + 6 * n_layers * n_heads * head_dim * L   attention scores and weighted values, causal: each query sees on
-                                             average L/2 keys, so the full-attention 12*...*L is halved
+  + 12 * n_layers * n_heads * head_dim * K  attention scores and weighted values, K the keys a query sees on
+                                             average: L/2 causally (half of full attention's L), less with a
+                                             sliding window
 This is the PaLM/nanoGPT count with causal attention counted once (as MaxText does since 2025).
 """
 
@@ -25,8 +26,18 @@ def matmul_params(cfg: ModelConfig) -> int:
     return cfg.n_layers * (attention + mlp) + d * cfg.vocab_size
 
 
+def attended_keys(cfg: ModelConfig, seq_len: int) -> float:
+    """Keys a query sees on average: L/2 causally; with a window W < L, W - W^2 / (2L) (the first W queries
+    see 1..W keys, the rest W each)."""
+    window = cfg.sliding_window
+    if not window or window >= seq_len:
+        return seq_len / 2
+    return window - window * window / (2 * seq_len)
+
+
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    return 6.0 * matmul_params(cfg) + 6.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    attention = 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * attended_keys(cfg, seq_len)
+    return 6.0 * matmul_params(cfg) + attention
 
 
 @functools.cache

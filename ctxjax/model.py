@@ -146,7 +146,7 @@ class Attention(nn.Module):
             q, k, v,
             q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
             q_positions=positions, kv_positions=kv_positions,
-            scale=dh**-0.5, alibi_slopes=cfg.position.alibi_slopes(h),
+            scale=dh**-0.5, alibi_slopes=cfg.position.alibi_slopes(h), sliding_window=cfg.sliding_window,
             block_q=cfg.attention_block_q, block_k=cfg.attention_block_k,
         )
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))

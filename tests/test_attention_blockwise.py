@@ -53,8 +53,11 @@ def test_packed_gqa_alibi_rope(block_q, block_k):
         random_case(seed=2, length=70, n_heads=4, n_kv_heads=1, alibi=False),  # multi-query, no ALiBi
         random_case(seed=3, length=64, n_heads=2, n_kv_heads=2, n_segments=1, max_gap=3),  # PoSE-style gaps
         cache_case(),  # decoding: few queries against a partly empty cache
+        random_case(seed=7, length=96, sliding_window=13),  # Mistral's window, not a multiple of the block
+        random_case(seed=8, length=64, n_segments=1, max_gap=2, sliding_window=20),  # window over PoSE gaps
+        cache_case(sliding_window=7),
     ],
-    ids=["mqa-no-alibi", "pose-gaps", "kv-cache"],
+    ids=["mqa-no-alibi", "pose-gaps", "kv-cache", "window", "window-pose", "window-kv-cache"],
 )
 def test_other_layouts(case):
     assert_same_as_xla(functools.partial(blockwise_attention, block_q=16, block_k=16), case)
@@ -78,6 +81,29 @@ def test_hidden_key_blocks_are_skipped():
     np.testing.assert_allclose(out[:, :64], want[:, :64], **TOL)
 
 
+def test_key_blocks_before_the_window_are_skipped():
+    """With a window of 16, queries 96.. see no key before 81: NaNs in keys 0..63 do not reach them."""
+    case = random_case(seed=5, batch=1, length=128, n_segments=1, sliding_window=16)
+    poisoned_k, poisoned_v = case.k.copy(), case.v.copy()
+    poisoned_k[:, :64] = np.nan
+    poisoned_v[:, :64] = np.nan
+    out = blockwise_attention(case.q, poisoned_k, poisoned_v, **case.kwargs(), block_q=32, block_k=32)
+    want = xla_attention(case.q, case.k, case.v, **case.kwargs())
+    np.testing.assert_allclose(out[:, 96:], want[:, 96:], **TOL)
+    assert np.isnan(np.asarray(out[:, 64:96])).any()  # ... while block 64..95 does reach back into them
+
+
+def test_xla_window_mask_is_mistrals():
+    """Query i sees keys i - W + 1 .. i of its own document (transformers' sliding_window_overlay)."""
+    from ctxjax.attention.xla import attention_mask
+
+    positions = np.arange(10)[None]
+    segments = np.ones((1, 10), np.int32)
+    mask = np.asarray(attention_mask(segments, segments, positions, positions, sliding_window=3))[0, 0, 0]
+    want = np.array([[0 <= i - j < 3 for j in range(10)] for i in range(10)])
+    np.testing.assert_array_equal(mask, want)
+
+
 def test_bfloat16_runs_close_to_reference():
     case = random_case(seed=6, batch=1, length=64, alibi=False)
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in (case.q, case.k, case.v))
@@ -94,6 +120,7 @@ def test_bfloat16_runs_close_to_reference():
         (dict(q_positions=np.zeros((2, 95), np.int32)), "q_positions must be"),
         (dict(alibi_slopes=np.zeros((2,), np.float32)), "alibi_slopes must be"),
         (dict(block_q=0), "block sizes"),
+        (dict(sliding_window=-1), "sliding_window must be"),
     ],
 )
 def test_bad_inputs_name_the_fix(change, message):

@@ -53,6 +53,29 @@ def test_splash_interpreted_equals_xla():
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
+def test_windowed_fast_path_needs_consecutive_positions():
+    from ctxjax.attention.fused import _index_order_fits
+
+    packed, pose = random_case(length=64), random_case(length=64, max_gap=3)
+    assert _index_order_fits(*ids_and_positions(packed), sliding_window=8)
+    assert _index_order_fits(*ids_and_positions(pose), sliding_window=0)
+    assert not _index_order_fits(*ids_and_positions(pose), sliding_window=8)  # 8 indices span > 8 positions
+
+
+def test_splash_interpreted_with_a_sliding_window_equals_xla():
+    case = random_case(seed=10, batch=1, length=128, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
+                       sliding_window=40)
+
+    def splash(q, k, v, *, q_segment_ids, scale, sliding_window, **_):
+        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, interpret=True)
+
+    out, grads = outputs_and_grads(splash, case)
+    want_out, want_grads = outputs_and_grads(xla_attention, case)
+    np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
 def test_auto_choice():
     assert choose_kernel(512, 512, "cpu") is xla_attention
     assert choose_kernel(8192, 8192, "cpu") is blockwise_attention

@@ -32,9 +32,11 @@ def logits_and_grads(cfg, params, tokens, positions, segment_ids):
     return logits, grads
 
 
-@pytest.mark.parametrize("position", [Rope(), Alibi()], ids=["rope", "alibi"])
-def test_blockwise_model_equals_xla_model(position):
-    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, position=position)
+@pytest.mark.parametrize("position, window", [(Rope(), 0), (Alibi(), 0), (Rope(), 10)],
+                         ids=["rope", "alibi", "rope-window"])
+def test_blockwise_model_equals_xla_model(position, window):
+    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, position=position,
+                      sliding_window=window)
     params = init_params(cfg, jax.random.PRNGKey(0))
     batch = packed_batch()
     want_logits, want_grads = logits_and_grads(cfg, params, *batch)

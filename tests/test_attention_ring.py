@@ -39,6 +39,16 @@ def test_ring_equals_single_device(axes, case_and_reference):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL)
 
 
+def test_ring_with_a_sliding_window_equals_single_device():
+    case = random_case(seed=11, batch=1, length=128, n_heads=4, n_kv_heads=2, sliding_window=21)
+    want_out, want_grads = outputs_and_grads(xla_attention, case)
+    with jax.set_mesh(make_mesh(sequence=4)):
+        out, grads = outputs_and_grads(ring, case)
+    np.testing.assert_allclose(out, want_out, **TOL)
+    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+
+
 def test_zigzag_order_gives_the_same_attention(case_and_reference):
     """Tokens reordered so each shard holds an early and a late chunk: same result, reordered."""
     case, (want_out, _) = case_and_reference

@@ -66,6 +66,22 @@ def test_greedy_tokens_and_logits_equal_transformers_generate(case):
         np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4, err_msg=case)
 
 
+def test_greedy_tokens_and_logits_equal_transformers_generate_for_a_sliding_window():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def mistral():
+        torch.manual_seed(3)
+        return MistralForCausalLM(MistralConfig(**oracle.LLAMA, sliding_window=5)).eval()
+
+    cfg, params = load_pretrained(oracle.save(mistral()))
+    assert cfg.sliding_window == 5
+    prompts = [np.random.RandomState(4).randint(3, 97, n).tolist() for n in (11, 4)]
+    ours = generate(cfg, params, prompts, 10, return_logits=True, pad_to_multiple=8)
+    theirs, their_logits = _hf_generate(mistral(), prompts, 10)
+    assert ours.sequences == theirs
+    np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
+
+
 def test_greedy_tokens_equal_transformers_generate_for_gpt2():
     model = oracle.gpt2()
     cfg, params = load_pretrained(oracle.save(model))

@@ -49,24 +49,31 @@ def test_llama_variants_match(variant):
     assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(model, toks)).max() <= TOL
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
-def test_llama_family_relatives_load_and_match(arch):
+@pytest.mark.parametrize("arch, window", [("qwen2", 0), ("mistral", 0), ("qwen2", 7), ("mistral", 7)],
+                         ids=["qwen2", "mistral", "qwen2-window", "mistral-window"])
+def test_llama_family_relatives_load_and_match(arch, window):
+    """Windowed models attend to the last 7 positions only: 20 tokens make the window matter, and the export
+    must bring it back (as Mistral, or Qwen2 with every layer windowed)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     fields = {k: v for k, v in oracle.LLAMA.items()}
     if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**fields)).eval()
+        model = Qwen2ForCausalLM(Qwen2Config(**fields, use_sliding_window=bool(window), sliding_window=window or None,
+                                             max_window_layers=0)).eval()
     else:
-        model = MistralForCausalLM(MistralConfig(**fields, sliding_window=None)).eval()
+        model = MistralForCausalLM(MistralConfig(**fields, sliding_window=window or None)).eval()
     cfg, params = load_pretrained(oracle.save(model))
-    assert cfg.use_qkv_bias == (arch == "qwen2") and not cfg.use_o_bias
+    assert cfg.use_qkv_bias == (arch == "qwen2") and not cfg.use_o_bias and cfg.sliding_window == window
     toks = oracle.tokens(1, 20)
     reference = oracle.logits(model, toks)
     assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
+    if window:  # the window does change the result
+        assert np.abs(ctxjax_logits(cfg.replace(sliding_window=0), params, toks) - reference).max() > 1e-3
     exported = save_pretrained(cfg, params, oracle.save(model) + "/export")
     reloaded = AutoModelForCausalLM.from_pretrained(exported)
+    assert type(reloaded).__name__ == (type(model).__name__ if window or arch == "qwen2" else "LlamaForCausalLM")
     assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
 
 

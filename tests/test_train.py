@@ -94,6 +94,17 @@ def test_ring_attention_over_a_sequence_axis_in_zigzag_order_matches_one_device(
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], atol=1e-5)
 
 
+def test_an_imported_sliding_window_is_kept_unless_the_config_sets_one():
+    from ctxjax import ModelConfig
+    from ctxjax.train.loop import base_model_config
+
+    imported = ModelConfig(sliding_window=7, d_model=32)
+    meta = {"model_config": imported.to_dict(), "params_only": True, "step": 0}
+    assert base_model_config(tiny(), meta, "w").sliding_window == 7
+    widened = base_model_config(tiny(**{"model.sliding_window": 64}), meta, "w")
+    assert widened.sliding_window == 64 and widened.d_model == 32
+
+
 def test_learned_positions_grow_at_the_stage_boundary_and_export(tmp_path):
     summary = train_and_evaluate(tiny("gpt2_extend"), str(tmp_path), devices=jax.devices()[:1])
     config = json.load(open(os.path.join(summary["export_dir"], "config.json")))

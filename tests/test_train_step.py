@@ -122,6 +122,10 @@ def test_flops_per_token_counts_causal_attention_once():
     matmul = 2 * (64 * 64 * 4 + 64 * 128 * 3) + 64 * 100
     assert flops.matmul_params(cfg) == matmul
     assert flops.flops_per_token(cfg, 1000) == 6 * matmul + 6 * 2 * 4 * 16 * 1000
+    # A window of 100: the first 100 queries see 1..100 keys (50.5 on average, counted as 50), the rest 100.
+    windowed = cfg.replace(sliding_window=100)
+    assert flops.flops_per_token(windowed, 1000) == 6 * matmul + 12 * 2 * 4 * 16 * (100 * 50 + 900 * 100) / 1000
+    assert flops.flops_per_token(windowed, 100) == flops.flops_per_token(cfg, 100)
     assert flops.measured_peak_flops(size=256, repeats=2) > 0
 
 

@@ -7,11 +7,12 @@ Peak extra memory is one [B, H, block_q, block_k] score block plus O(L) vectors.
 
 Skipping hidden blocks. Causality is by position, not index, so which blocks are hidden is data, not shape.
 Before the loops we take, per block and batch row, the smallest/largest position and segment id; a key block
-can be visible to a query block only if its smallest position is <= the query block's largest and their
-segment-id ranges overlap (in some batch row). A `lax.cond` runs the block only then. With ordinary
-increasing positions this skips the upper triangle (about half the work); with packed rows it also skips
-blocks between different documents; with any other layout (PoSE, ring shards, zig-zag order) it stays exact
-and skips what the bounds prove hidden.
+can be visible to a query block only if its smallest position is <= the query block's largest, their
+segment-id ranges overlap, and (with a sliding window W) its largest position is > the query block's smallest
+minus W, in some batch row. A `lax.cond` runs the block only then. With ordinary increasing positions this
+skips the upper triangle (about half the work), and with a window all but a band of width W (work linear in
+L); with packed rows it also skips blocks between different documents; with any other layout (PoSE, ring
+shards, zig-zag order) it stays exact and skips what the bounds prove hidden.
 
 `forward_pass` and `backward_pass` work on one chunk of keys at a time and carry their state, so the ring
 kernel reuses them for the key/value shard it currently holds.
@@ -41,14 +42,17 @@ def _block_bounds(segment_ids, positions, block):
     return pos.min(-1), pos.max(-1), seg.min(-1), seg.max(-1)
 
 
-def _may_interact(q_bounds, i, kv_bounds, j):
+def _may_interact(q_bounds, i, kv_bounds, j, window):
     """False only if no query of block i can see any key of block j in any batch row."""
-    _, q_pos_max, q_seg_min, q_seg_max = (b[:, i] for b in q_bounds)
-    kv_pos_min, _, kv_seg_min, kv_seg_max = (b[:, j] for b in kv_bounds)
-    return jnp.any((kv_pos_min <= q_pos_max) & (kv_seg_min <= q_seg_max) & (q_seg_min <= kv_seg_max))
+    q_pos_min, q_pos_max, q_seg_min, q_seg_max = (b[:, i] for b in q_bounds)
+    kv_pos_min, kv_pos_max, kv_seg_min, kv_seg_max = (b[:, j] for b in kv_bounds)
+    may = (kv_pos_min <= q_pos_max) & (kv_seg_min <= q_seg_max) & (q_seg_min <= kv_seg_max)
+    if window:  # the closest pair is still window or more positions apart: every key is out of the window
+        may &= q_pos_min - kv_pos_max < window
+    return jnp.any(may)
 
 
-def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, keys_first=False):
+def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, window, keys_first=False):
     """Float32 logits of one block pair, -inf where hidden, and the position distance q_pos - kv_pos.
 
     Queries first (forward): logits [B, G, bq, R, bk], distance [B, bq, bk]; P @ V then contracts the last
@@ -65,7 +69,10 @@ def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, keys_first=False
         per_pair, per_head = (lambda x: x[:, None, :, None, :]), (lambda s: s[None, :, None, :, None])
     if slopes is not None:
         logits = logits - per_head(slopes) * per_pair(distance.astype(F32))
-    return jnp.where(per_pair(same_segment & (distance >= 0)), logits, -jnp.inf), distance
+    visible = same_segment & (distance >= 0)
+    if window:
+        visible &= distance < window
+    return jnp.where(per_pair(visible), logits, -jnp.inf), distance
 
 
 def _slice(x, start, size, axis=2):
@@ -82,7 +89,7 @@ def init_state(g):
     return jnp.zeros(g.q.shape, F32), jnp.full(shape, -jnp.inf, F32), jnp.zeros(shape, F32)
 
 
-def forward_pass(state, g, block_q, block_k):
+def forward_pass(state, g, block_q, block_k, window=0):
     """Continue every query's online softmax `state` over all key blocks of `g`."""
     n_q, n_kv = g.q.shape[2] // block_q, g.k.shape[2] // block_k
     q_bounds = _block_bounds(g.q_segment_ids, g.q_positions, block_q)
@@ -100,7 +107,7 @@ def forward_pass(state, g, block_q, block_k):
                 acc, m, l = carry
                 kb, vb = _slice(g.k, ks, block_k), _slice(g.v, ks, block_k)
                 logits, _ = _block_logits(qb, kb, q_seg, _slice(g.kv_segment_ids, ks, block_k, 1), q_pos,
-                                          _slice(g.kv_positions, ks, block_k, 1), g.slopes)
+                                          _slice(g.kv_positions, ks, block_k, 1), g.slopes, window)
                 m_new = jnp.maximum(m, logits.max(-1))
                 # A row with nothing visible yet keeps max -inf; shift by 0 then so exp gives 0, not NaN.
                 m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -109,7 +116,7 @@ def forward_pass(state, g, block_q, block_k):
                 pv = jnp.einsum("bgqrk,bgkd->bgqrd", p.astype(vb.dtype), vb, preferred_element_type=F32)
                 return acc * correction[..., None] + pv, m_new, l * correction + p.sum(-1)
 
-            return lax.cond(_may_interact(q_bounds, i, kv_bounds, j), attend, lambda c: c, carry)
+            return lax.cond(_may_interact(q_bounds, i, kv_bounds, j, window), attend, lambda c: c, carry)
 
         block_state = tuple(_slice(s, qs, block_q) for s in state)
         block_state = repeat(n_kv, key_block, block_state)
@@ -127,7 +134,7 @@ def finish(state, dtype):
     return out.astype(dtype), lse
 
 
-def backward_pass(g, lse, delta, d_out, block_q, block_k):
+def backward_pass(g, lse, delta, d_out, block_q, block_k, window=0):
     """Gradients of the loss w.r.t. g.q, g.k, g.v (float32) and g.slopes, for the keys of `g` only.
 
     `lse` is each query's final log-sum-exp over *all* keys and `delta` = rowsum(d_out * out), so the
@@ -153,7 +160,7 @@ def backward_pass(g, lse, delta, d_out, block_q, block_k):
                 qb, dob = _slice(g.q, qs, block_q), _slice(d_out, qs, block_q)
                 logits, distance = _block_logits(qb, kb, _slice(g.q_segment_ids, qs, block_q, 1), kv_seg,
                                                  _slice(g.q_positions, qs, block_q, 1), kv_pos, g.slopes,
-                                                 keys_first=True)
+                                                 window, keys_first=True)
                 p = jnp.exp(logits - _slice(lse, qs, block_q)[:, :, None])  # [B, G, bk, bq, R]
                 dvb = dvb + jnp.einsum("bgkqr,bgqrd->bgkd", p.astype(dob.dtype), dob, preferred_element_type=F32)
                 dp = jnp.einsum("bgkd,bgqrd->bgkqr", vb, dob, preferred_element_type=F32)
@@ -170,7 +177,7 @@ def backward_pass(g, lse, delta, d_out, block_q, block_k):
                 return jnp.zeros(g.q.shape[:2] + (block_q,) + g.q.shape[3:], F32), dkb, dvb, d_slopes
 
             # Only block-sized values pass through the cond: the full dq buffer is updated in place outside it.
-            dq_block, dkb, dvb, d_slopes = lax.cond(_may_interact(q_bounds, i, kv_bounds, j), attend, skip,
+            dq_block, dkb, dvb, d_slopes = lax.cond(_may_interact(q_bounds, i, kv_bounds, j, window), attend, skip,
                                                     dkb, dvb, d_slopes)
             return _update(dq, _slice(dq, qs, block_q) + dq_block, qs), dkb, dvb, d_slopes
 
@@ -187,20 +194,20 @@ def row_delta(out, d_out):
     return jnp.sum(out.astype(F32) * d_out.astype(F32), axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _grouped_attention(g, block_q, block_k):
-    out, _ = finish(forward_pass(init_state(g), g, block_q, block_k), g.q.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _grouped_attention(g, block_q, block_k, window):
+    out, _ = finish(forward_pass(init_state(g), g, block_q, block_k, window), g.q.dtype)
     return out
 
 
-def _grouped_attention_fwd(g, block_q, block_k):
-    out, lse = finish(forward_pass(init_state(g), g, block_q, block_k), g.q.dtype)
+def _grouped_attention_fwd(g, block_q, block_k, window):
+    out, lse = finish(forward_pass(init_state(g), g, block_q, block_k, window), g.q.dtype)
     return out, (g, out, lse)
 
 
-def _grouped_attention_bwd(block_q, block_k, residuals, d_out):
+def _grouped_attention_bwd(block_q, block_k, window, residuals, d_out):
     g, out, lse = residuals
-    dq, dk, dv, d_slopes = backward_pass(g, lse, row_delta(out, d_out), d_out, block_q, block_k)
+    dq, dk, dv, d_slopes = backward_pass(g, lse, row_delta(out, d_out), d_out, block_q, block_k, window)
     return (g._replace(q=dq.astype(g.q.dtype), k=dk.astype(g.k.dtype), v=dv.astype(g.v.dtype),
                        q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,
                        slopes=d_slopes),)
@@ -210,13 +217,13 @@ _grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 def blockwise_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                        alibi_slopes=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+                        alibi_slopes=None, sliding_window=0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
     """The kernel contract of `ctxjax.attention`, in blocks of `block_q` queries by `block_k` keys.
 
     Lengths need not be multiples of the blocks: they are padded (padded keys are never visible, padded
     query rows are dropped). A block larger than the length shrinks to the length.
     """
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
     bq, bk = block_size(block_q, q.shape[1]), block_size(block_k, k.shape[1])
     g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes, bq, bk)
-    return from_grouped(_grouped_attention(g, bq, bk), q.shape[1])
+    return from_grouped(_grouped_attention(g, bq, bk, sliding_window), q.shape[1])

@@ -14,7 +14,8 @@ KEY_PAD_POSITION = jnp.iinfo(jnp.int32).max
 QUERY_PAD_POSITION = -1
 
 
-def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes):
+def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
+                 sliding_window=0):
     """Raise a one-line ValueError naming the fix when shapes break the kernel contract."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}")
@@ -32,6 +33,8 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
     ):
         if x.shape != (batch, length):
             raise ValueError(f"{name} must be [{batch}, {length}]; got {x.shape}")
+    if not isinstance(sliding_window, int) or sliding_window < 0:
+        raise ValueError(f"sliding_window must be an int >= 0 (0: no window); got {sliding_window!r}")
     if alibi_slopes is not None and jnp.shape(alibi_slopes) != (n_heads,):
         raise ValueError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
 

@@ -44,6 +44,23 @@ def _one_segment_per_row(segment_ids):
     return jnp.all(segment_ids == segment_ids[:, :1])
 
 
+def _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window):
+    """`index_order_is_position_order`, and with a window also no position gaps inside a segment (PoSE), so
+    that a window of W indices is a window of W positions."""
+    fits = index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    if sliding_window:
+        same = q_segment_ids[:, 1:] == q_segment_ids[:, :-1]
+        fits &= jnp.all(~same | (q_positions[:, 1:] == q_positions[:, :-1] + 1))
+    return fits
+
+
+def _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+                     sliding_window, block_q, block_k):
+    return dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+                kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
+                block_q=block_q, block_k=block_k)
+
+
 def _with_fallback(fast_ok, fused, q, k, v, kwargs):
     """Run `fused(q, k, v)` when `fast_ok` holds at run time, blockwise attention otherwise."""
     return lax.cond(fast_ok, lambda q, k, v: fused(q, k, v), lambda q, k, v: blockwise_attention(q, k, v, **kwargs),
@@ -51,30 +68,37 @@ def _with_fallback(fast_ok, fused, q, k, v, kwargs):
 
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                    alibi_slopes=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+                    alibi_slopes=None, sliding_window=0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
     """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi); blockwise otherwise."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
-    kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, block_q=block_q,
-                  block_k=block_k)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
+    kwargs = _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+                              sliding_window, block_q, block_k)
     usable = (jax.default_backend() == "gpu" and alibi_slopes is None and q.shape[1] == k.shape[1]
               and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
-    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=True, implementation="cudnn")
-    fast_ok = (index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    # (W - 1, 0): each query sees itself and the W - 1 tokens before it.
+    window = (sliding_window - 1, 0) if sliding_window else None
+    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=True, local_window_size=window,
+                              implementation="cudnn")
+    fast_ok = (_index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
                & _one_segment_per_row(q_segment_ids))
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)
 
 
-def splash_fused(q, k, v, segment_ids, scale, interpret=False):
-    """Splash attention with causal-by-index and segment masks; `interpret=True` runs it on CPU for tests."""
+def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, interpret=False):
+    """Splash attention with causal-by-index (and sliding-window) and segment masks; `interpret=True` runs it on
+    CPU for tests."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module; import lazily
 
     batch, length, n_heads, head_dim = q.shape
     n_kv = k.shape[2]
     group = n_heads // n_kv
-    mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * group)
+    if sliding_window:
+        head_mask = splash.LocalMask((length, length), window_size=(sliding_window - 1, 0), offset=0)
+    else:
+        head_mask = splash.CausalMask((length, length))
+    mask = splash.MultiHeadMask([head_mask] * group)
     kernel = splash.make_splash_mqa_single_device(mask=mask, interpret=interpret)
     # One multi-query kernel per (batch row, K/V head): its query heads share that K/V head, uncopied.
     qg = (q * jnp.asarray(scale, q.dtype)).reshape(batch, length, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
@@ -89,17 +113,16 @@ def splash_fused(q, k, v, segment_ids, scale, interpret=False):
 
 
 def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                     alibi_slopes=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+                     alibi_slopes=None, sliding_window=0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
     """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
-    kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-                  kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, block_q=block_q,
-                  block_k=block_k)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
+    kwargs = _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+                              sliding_window, block_q, block_k)
     length = q.shape[1]
     usable = (jax.default_backend() == "tpu" and alibi_slopes is None and k.shape[1] == length
               and length % SPLASH_BLOCK == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
-    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale)
-    fast_ok = index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale, sliding_window=sliding_window)
+    fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)

@@ -22,12 +22,13 @@ class Case(NamedTuple):
     kv_positions: np.ndarray
     alibi_slopes: np.ndarray | None
     scale: float
+    sliding_window: int = 0
 
     def kwargs(self):
         """Keyword arguments of a kernel call (everything but q, k, v)."""
         return dict(q_segment_ids=self.q_segment_ids, kv_segment_ids=self.kv_segment_ids,
                     q_positions=self.q_positions, kv_positions=self.kv_positions, scale=self.scale,
-                    alibi_slopes=self.alibi_slopes)
+                    alibi_slopes=self.alibi_slopes, sliding_window=self.sliding_window)
 
 
 def packed_positions(segment_ids, rng=None, max_gap=0):
@@ -52,7 +53,7 @@ def rotate(x, positions, theta=10000.0):
 
 
 def random_case(seed=0, batch=2, length=96, n_heads=4, n_kv_heads=2, head_dim=16, n_segments=3, max_gap=0,
-                alibi=True, rope=True) -> Case:
+                alibi=True, rope=True, sliding_window=0) -> Case:
     """Self-attention over packed rows: `n_segments` documents of random lengths per row."""
     rng = np.random.default_rng(seed)
     segment_ids = np.sort(rng.integers(1, n_segments + 1, (batch, length)), axis=1).astype(np.int32)
@@ -64,10 +65,11 @@ def random_case(seed=0, batch=2, length=96, n_heads=4, n_kv_heads=2, head_dim=16
         q, k = rotate(q, positions), rotate(k, positions)
     slopes = 2.0 ** (-8.0 * np.arange(1, n_heads + 1) / n_heads) if alibi else None
     return Case(q, k, v, segment_ids, segment_ids, positions, positions,
-                None if slopes is None else slopes.astype(np.float32), head_dim ** -0.5)
+                None if slopes is None else slopes.astype(np.float32), head_dim ** -0.5, sliding_window)
 
 
-def cache_case(seed=0, batch=2, q_len=5, cache_len=40, filled=30, n_heads=4, n_kv_heads=1, head_dim=16) -> Case:
+def cache_case(seed=0, batch=2, q_len=5, cache_len=40, filled=30, n_heads=4, n_kv_heads=1, head_dim=16,
+               sliding_window=0) -> Case:
     """Decoding against a KV cache: the last `q_len` of `filled` tokens query a cache whose tail is empty
     (segment id 0), as a model's generate loop would call a kernel."""
     rng = np.random.default_rng(seed)
@@ -79,4 +81,4 @@ def cache_case(seed=0, batch=2, q_len=5, cache_len=40, filled=30, n_heads=4, n_k
     k = rng.standard_normal((batch, cache_len, n_kv_heads, head_dim)).astype(np.float32)
     v = rng.standard_normal((batch, cache_len, n_kv_heads, head_dim)).astype(np.float32)
     return Case(q, k, v, np.ones((batch, q_len), np.int32), kv_segment_ids, q_positions, kv_positions,
-                np.linspace(0.05, 0.5, n_heads).astype(np.float32), head_dim ** -0.5)
+                np.linspace(0.05, 0.5, n_heads).astype(np.float32), head_dim ** -0.5, sliding_window)

@@ -9,15 +9,19 @@ import jax.numpy as jnp
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions):
-    """[B, 1, 1, Lq, Lk] boolean: same segment and key position not after the query position."""
+def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window=0):
+    """[B, 1, 1, Lq, Lk] boolean: same segment, key position not after the query position and, with a
+    sliding window W > 0, fewer than W positions before it."""
     same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
-    return (same_segment & causal)[:, None, None]
+    distance = q_positions[:, :, None] - kv_positions[:, None, :]
+    visible = same_segment & (distance >= 0)
+    if sliding_window:
+        visible &= distance < sliding_window
+    return visible[:, None, None]
 
 
 def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes=None,
-                  block_q=None, block_k=None):
+                  sliding_window=0, block_q=None, block_k=None):
     del block_q, block_k  # one block: the whole score matrix
     batch, q_len, n_heads, head_dim = q.shape
     kv_len, n_kv = k.shape[1], k.shape[2]
@@ -35,7 +39,7 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
         distance = (q_positions[:, :, None] - kv_positions[:, None, :]).astype(jnp.float32)  # [B, Lq, Lk]
         slopes = jnp.asarray(alibi_slopes, jnp.float32).reshape(n_kv, group)
         scores = scores - slopes[None, :, :, None, None] * distance[:, None, None]
-    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
     scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch * n_kv, group * q_len, kv_len)
     out = jnp.matmul(probs, vg).reshape(batch, n_kv, group, q_len, head_dim)

@@ -57,14 +57,7 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"hidden_act={act!r} is not supported for the Llama family; ctxjax implements SwiGLU (silu)")
-    window = hf.get("sliding_window")
-    if model_type == "qwen2" and not hf.get("use_sliding_window", False):
-        window = None
     max_pos = int(hf.get("max_position_embeddings", 2048))
-    if window is not None and window < max_pos:
-        raise ValueError(f"config.json sets sliding_window={window} < max_position_embeddings={max_pos}; ctxjax "
-                         "attends over the full context: set sliding_window to null in config.json to load it "
-                         f"(results change only for sequences longer than {window} tokens)")
     bias = bool(hf.get("attention_bias", False))
     return dict(
         family="llama",
@@ -82,7 +75,26 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         mlp_bias=bool(hf.get("mlp_bias", False)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         position=positions.Rope.from_hf(hf),
+        sliding_window=_sliding_window(hf, model_type),
     )
+
+
+def _sliding_window(hf: dict[str, Any], model_type: str) -> int:
+    """The window every layer applies, as transformers reads config.json (0: none): Mistral's sliding_window
+    (4096 when the key is absent), Qwen2's when use_sliding_window is on; Llama has none."""
+    if model_type == "mistral":
+        return int(hf.get("sliding_window", 4096) or 0)
+    if model_type != "qwen2" or not hf.get("use_sliding_window", False) or not hf.get("sliding_window"):
+        return 0
+    n_layers = int(hf["num_hidden_layers"])
+    first_windowed = int(hf.get("max_window_layers", 28))
+    types = hf.get("layer_types") or ["sliding_attention" if i >= first_windowed else "full_attention"
+                                      for i in range(n_layers)]
+    if len(set(types)) > 1:
+        raise ValueError(f"config.json gives {types.count('sliding_attention')} of {n_layers} layers a sliding "
+                         "window and the rest full attention; ctxjax applies one window to every layer: set "
+                         "max_window_layers to 0 (all windowed) or use_sliding_window to false (none)")
+    return int(hf["sliding_window"]) if types[0] == "sliding_attention" else 0
 
 
 def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -125,9 +137,15 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.use_o_bias and not cfg.use_qkv_bias:
         raise ValueError("an output-projection bias without q/k/v biases has no Hugging Face Llama-family "
                          "equivalent; set qkv_bias=True or o_bias=False")
+    # transformers' Llama has no sliding window and Mistral no biases: a windowed bias-free model is a Mistral.
+    mistral = bool(cfg.sliding_window) and not qwen2
+    if mistral and (cfg.use_qkv_bias or cfg.use_mlp_bias):
+        raise ValueError("a sliding window with Llama-style biases has no Hugging Face equivalent (Mistral has "
+                         "no biases); set sliding_window=0 or drop the biases")
+    model_type = "qwen2" if qwen2 else "mistral" if mistral else "llama"
     out = dict(
-        architectures=["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
-        model_type="qwen2" if qwen2 else "llama",
+        architectures=[next(a for a, t in LLAMA_ARCHITECTURES.items() if t == model_type)],
+        model_type=model_type,
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         intermediate_size=cfg.mlp_dim,
@@ -141,8 +159,12 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
         tie_word_embeddings=cfg.tied,
         mlp_bias=cfg.use_mlp_bias,
     )
-    if qwen2:
-        out.update(use_sliding_window=False, sliding_window=None)
+    window = cfg.sliding_window or None
+    if qwen2:  # max_window_layers=0: the window (if any) applies to every layer, as in ctxjax
+        out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=0)
+    elif mistral:
+        out.update(sliding_window=window)
+        del out["mlp_bias"]
     else:
         out.update(attention_bias=cfg.use_qkv_bias)
     return out

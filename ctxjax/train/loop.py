@@ -63,10 +63,13 @@ class _Preemption:
 
 def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
     """The architecture of the run: the checkpoint's if the work directory has one (imported or resumed),
-    else the HF directory's (`init_from_hf`), else `config.model`; runtime fields always from config.
+    else the HF directory's (`init_from_hf`), else `config.model`; runtime fields always from config, and the
+    sliding window from config when it sets one (0 keeps the base model's).
     A resumed run whose config describes another architecture is refused, never overwritten."""
     requested = model_config(config)
     runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS}
+    if requested.sliding_window:  # set in the config: replaces the base model's window (e.g. widened)
+        runtime["sliding_window"] = requested.sliding_window
     if checkpoint_meta is not None:
         saved = checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"]
         if not checkpoint_meta.get("params_only") and not config.init_from_hf:
