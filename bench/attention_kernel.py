@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/attention_kernel.py                       # 16k tokens, 4 heads of 64, batch 1
     .venv/bin/python bench/attention_kernel.py --length 4096 --tiles 512x512,1024x512
+    .venv/bin/python bench/attention_kernel.py --window 4096     # Mistral-style sliding window, both sides
 
 The attention layer of bench/attention_memory.py's model on its own (causal, float32, random q, k, v), so
 tile sizes and kernel changes can be compared in seconds rather than whole train steps. Each measurement runs
@@ -37,17 +38,25 @@ def best_of(fn, repeats=3):
     return min(times)
 
 
-def measure_torch(length):
+def measure_torch(length, window):
     import torch
 
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(3))
+    # sdpa has no window argument: a windowed causal mask is an explicit [L, L] boolean (as transformers does).
+    mask = None
+    if window:
+        distance = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+        mask = (distance >= 0) & (distance < window)
+
+    def attention():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
 
     def forward():
         with torch.no_grad():
-            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            attention()
 
     def forward_backward():
-        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+        attention().sum().backward()
 
     return dict(forward_s=best_of(forward), forward_backward_s=best_of(forward_backward))
 
@@ -75,7 +84,7 @@ def _dot_share(run):
     return dict(dots_s=seconds["dots"], other_ops_s=seconds["other"])
 
 
-def measure_jax(length, tile):
+def measure_jax(length, tile, window):
     import jax
     import jax.numpy as jnp
 
@@ -89,7 +98,7 @@ def measure_jax(length, tile):
     def attention_sum(q, k, v):
         return blockwise_attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments,
                                    q_positions=positions, kv_positions=positions, scale=HEAD_DIM**-0.5,
-                                   block_q=block_q, block_k=block_k).sum()
+                                   sliding_window=window, block_q=block_q, block_k=block_k).sum()
 
     forward = jax.jit(attention_sum)
     forward_backward = jax.jit(jax.grad(attention_sum, argnums=(0, 1, 2)))
@@ -102,29 +111,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--tiles", default="512x512,1024x512", help="comma-separated QxK tile sizes")
+    parser.add_argument("--window", type=int, default=0, help="sliding window (0: plain causal attention)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure_torch(args.length) if args.child == "torch" else measure_jax(args.length, args.child)
+        if args.child == "torch":
+            result = measure_torch(args.length, args.window)
+        else:
+            result = measure_jax(args.length, args.child, args.window)
         print("RESULT " + json.dumps(result))
         return
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    print("| implementation | length | forward (s) | forward+backward (s) | profiled dots (s) | profiled other (s) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| implementation | length | window | forward (s) | forward+backward (s) | profiled dots (s) | "
+          "profiled other (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for child in ["torch"] + args.tiles.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", child, "--length", str(args.length)],
+        out = subprocess.run([sys.executable, __file__, "--child", child, "--length", str(args.length),
+                              "--window", str(args.window)],
                              capture_output=True, text=True, env=env)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:
-            print(f"| {child} | {args.length} | failed: {(out.stderr.strip().splitlines() or ['?'])[-1]} |")
+            print(f"| {child} | {args.length} | {args.window} | failed: "
+                  f"{(out.stderr.strip().splitlines() or ['?'])[-1]} |")
             continue
         r = json.loads(lines[-1][len("RESULT "):])
         name = "torch sdpa" if child == "torch" else f"blockwise {child}"
         dots = f"{r['dots_s']:.2f}" if "dots_s" in r else "—"
         other = f"{r['other_ops_s']:.2f}" if "other_ops_s" in r else "—"
-        print(f"| {name} | {args.length} | {r['forward_s']:.2f} | {r['forward_backward_s']:.2f} | {dots} | {other} |",
-              flush=True)
+        print(f"| {name} | {args.length} | {args.window or '—'} | {r['forward_s']:.2f} | "
+              f"{r['forward_backward_s']:.2f} | {dots} | {other} |", flush=True)
 
 
 if __name__ == "__main__":
