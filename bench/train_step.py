@@ -1,6 +1,6 @@
 """Training throughput of one step, ctxjax vs the same Llama in Hugging Face transformers (PyTorch), side by side.
 
-    python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5]
+    python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise]
 
 Same architecture (the demo model by default: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512,
 vocabulary 2048), same batch of tokens per step, float32, one forward + backward + AdamW update; each
@@ -19,7 +19,7 @@ import time
 MODEL = dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512)
 
 
-def measure_ctxjax(length: int, batch: int, repeats: int) -> float:
+def measure_ctxjax(length: int, batch: int, repeats: int, kernel: str = "xla") -> float:
     import jax
     import numpy as np
     import optax
@@ -29,7 +29,7 @@ def measure_ctxjax(length: int, batch: int, repeats: int) -> float:
     from ctxjax.train.state import state_from_params
     from ctxjax.train.step import make_train_step
 
-    cfg = ModelConfig(**MODEL, max_seq_len=length)
+    cfg = ModelConfig(**MODEL, max_seq_len=length, attention=kernel)
     tx = optax.adamw(1e-3)
     state = state_from_params(init_params(cfg, jax.random.PRNGKey(0)), tx)
     tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, length)).astype(np.int32)
@@ -45,7 +45,7 @@ def measure_ctxjax(length: int, batch: int, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def measure_torch(length: int, batch: int, repeats: int) -> float:
+def measure_torch(length: int, batch: int, repeats: int, kernel: str = "sdpa") -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -75,23 +75,26 @@ def main() -> None:
     parser.add_argument("--lengths", default="128,512")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch = tokens / length)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--kernels", default="xla,blockwise", help="ctxjax attention kernels to measure")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one measurement, in this process
-        name, length = args.child.split(":")
+        name, kernel, length = args.child.split(":")
         measure = measure_ctxjax if name == "ctxjax" else measure_torch
-        print(json.dumps({"seconds": measure(int(length), args.tokens // int(length), args.repeats)}))
+        print(json.dumps({"seconds": measure(int(length), args.tokens // int(length), args.repeats, kernel)}))
         return
-    print("| implementation | length | batch | step (s) | tokens/s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| implementation | attention | length | batch | step (s) | tokens/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    runs = [("ctxjax", kernel) for kernel in args.kernels.split(",")] + [("torch", "sdpa")]
     for length in map(int, args.lengths.split(",")):
-        for name in ("ctxjax", "torch"):
-            out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{length}", "--tokens",
+        for name, kernel in runs:
+            out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{kernel}:{length}", "--tokens",
                                   str(args.tokens), "--repeats", str(args.repeats)],
                                  capture_output=True, text=True, check=True).stdout
             seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
             batch = args.tokens // length
-            print(f"| {name} | {length} | {batch} | {seconds:.3f} | {batch * length / seconds:.0f} |", flush=True)
+            print(f"| {name} | {kernel} | {length} | {batch} | {seconds:.3f} | {batch * length / seconds:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
