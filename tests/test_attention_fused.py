@@ -7,7 +7,7 @@ import pytest
 from ctxjax.attention import KERNELS, get_kernel
 from ctxjax.attention.auto import choose_kernel
 from ctxjax.attention.blockwise import blockwise_attention
-from ctxjax.attention.fused import index_order_is_position_order, splash_fused
+from ctxjax.attention.fused import index_order_is_position_order, splash_fused, splash_tile
 from ctxjax.attention.ring import ring_attention
 from ctxjax.attention.testing import cache_case, random_case
 from ctxjax.attention.xla import xla_attention
@@ -62,12 +62,18 @@ def test_windowed_fast_path_needs_consecutive_positions():
     assert not _index_order_fits(*ids_and_positions(pose), sliding_window=8)  # 8 indices span > 8 positions
 
 
-def test_splash_interpreted_with_a_sliding_window_equals_xla():
-    case = random_case(seed=10, batch=1, length=128, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
+def test_splash_tiles_divide_the_length():
+    assert [splash_tile(b, 1024) for b in (512, 384, 100, 4096)] == [512, 256, 128, 1024]
+    assert splash_tile(512, 384) == 384 and splash_tile(256, 384) == 128
+
+
+def test_splash_interpreted_with_a_sliding_window_and_larger_tiles_equals_xla():
+    case = random_case(seed=10, batch=1, length=256, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
                        sliding_window=40)
 
     def splash(q, k, v, *, q_segment_ids, scale, sliding_window, **_):
-        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, interpret=True)
+        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, block_q=256,
+                            block_k=128, interpret=True)
 
     out, grads = outputs_and_grads(splash, case)
     want_out, want_grads = outputs_and_grads(xla_attention, case)

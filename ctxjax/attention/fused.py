@@ -86,9 +86,19 @@ def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_p
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)
 
 
-def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, interpret=False):
-    """Splash attention with causal-by-index (and sliding-window) and segment masks; `interpret=True` runs it on
-    CPU for tests."""
+def splash_tile(requested: int, length: int) -> int:
+    """The tile splash uses for a requested size: a multiple of 128 (TPU lanes) that divides `length` (a multiple
+    of 128 itself), as close to `requested` from below as there is."""
+    tile = max(SPLASH_BLOCK, min(requested, length) // SPLASH_BLOCK * SPLASH_BLOCK)
+    while length % tile:
+        tile -= SPLASH_BLOCK
+    return tile
+
+
+def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, block_q=SPLASH_BLOCK, block_k=SPLASH_BLOCK,
+                 interpret=False):
+    """Splash attention with causal-by-index (and sliding-window) and segment masks, in tiles of about
+    `block_q` x `block_k` (`splash_tile`); `interpret=True` runs it on CPU for tests."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module; import lazily
 
     batch, length, n_heads, head_dim = q.shape
@@ -99,7 +109,12 @@ def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, interpret=False)
     else:
         head_mask = splash.CausalMask((length, length))
     mask = splash.MultiHeadMask([head_mask] * group)
-    kernel = splash.make_splash_mqa_single_device(mask=mask, interpret=interpret)
+    bq, bk = splash_tile(block_q, length), splash_tile(block_k, length)
+    # Forward, dK/dV and (fused into the latter) dQ all in the same tiles; larger tiles than splash's default
+    # 128 keep the TPU's matrix units busy at long lengths.
+    tiles = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
+                              block_kv_dkv_compute=bk, use_fused_bwd_kernel=True)
+    kernel = splash.make_splash_mqa_single_device(mask=mask, block_sizes=tiles, interpret=interpret)
     # One multi-query kernel per (batch row, K/V head): its query heads share that K/V head, uncopied.
     qg = (q * jnp.asarray(scale, q.dtype)).reshape(batch, length, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
     kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
@@ -123,6 +138,7 @@ def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_
               and length % SPLASH_BLOCK == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
-    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale, sliding_window=sliding_window)
+    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale, sliding_window=sliding_window,
+                              block_q=block_q, block_k=block_k)
     fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)
