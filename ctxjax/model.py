@@ -206,6 +206,7 @@ class Transformer(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),  # layer_kv: one slice per layer
             length=cfg.n_layers,
+            unroll=min(cfg.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
         self.final_norm = Norm(cfg)

@@ -83,7 +83,8 @@ def test_splash_interpreted_with_a_sliding_window_and_larger_tiles_equals_xla():
 
 
 def test_auto_choice():
-    assert choose_kernel(512, 512, "cpu") is xla_attention
+    assert choose_kernel(256, 256, "cpu") is xla_attention
+    assert choose_kernel(512, 512, "cpu") is blockwise_attention
     assert choose_kernel(8192, 8192, "cpu") is blockwise_attention
     assert choose_kernel(8192, 8192, "gpu") is KERNELS["cudnn"]
     assert choose_kernel(8192, 8192, "tpu") is KERNELS["splash"]

@@ -36,6 +36,15 @@ def test_cached_decoding_gives_the_logits_of_recomputing_the_whole_sequence(name
         np.testing.assert_allclose(out.logits[row], recomputed, atol=2e-5, err_msg=f"{name} row {row}")
 
 
+def test_unrolled_layers_decode_the_same():
+    cfg = tiny(positions.Rope())
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    rolled = generate(cfg, params, PROMPTS, 4, return_logits=True)
+    unrolled = generate(cfg.replace(scan_unroll=2), params, PROMPTS, 4, return_logits=True)
+    assert unrolled.sequences == rolled.sequences
+    np.testing.assert_allclose(np.asarray(unrolled.logits), np.asarray(rolled.logits), atol=1e-5)
+
+
 def _hf_generate(model, prompts, max_new_tokens):
     """transformers' greedy generate on the same left-padded batch: (new tokens, logits per step)."""
     model.generation_config.eos_token_id = None  # run all steps, as ctxjax does without stop tokens

@@ -93,17 +93,18 @@ def test_bfloat16_forward_runs_and_stays_close_to_float32():
     assert np.abs(mixed - reference).max() < 0.05 * np.abs(reference).max()
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
-def test_remat_policies_change_memory_not_results(policy):
-    cfg = tiny()
+@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="dots"), dict(remat="dots_no_batch"),
+                                    dict(scan_unroll=2), dict(scan_unroll=3, remat="full")])
+def test_remat_policies_and_unrolling_change_speed_and_memory_not_results(change):
+    cfg = tiny().replace(n_layers=3)  # unroll 2 leaves a remainder layer
     params = init_params(cfg, jax.random.PRNGKey(6))
 
     def loss(p, c):
         return jnp.mean(Transformer(c).apply({"params": p}, TOKENS) ** 2)
 
     plain = jax.grad(loss)(params, cfg)
-    remat = jax.grad(loss)(params, cfg.replace(remat=policy))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, remat)
+    changed = jax.grad(loss)(params, cfg.replace(**change))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, changed)
 
 
 def test_hidden_states_and_logits_from_hidden_compose_to_logits():

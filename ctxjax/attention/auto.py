@@ -9,9 +9,10 @@ from ctxjax.attention.fused import cudnn_attention, splash_attention
 from ctxjax.attention.ring import SEQUENCE_AXIS, ring_attention
 from ctxjax.attention.xla import xla_attention
 
-# Up to this many scores per head the whole matrix is small and one einsum beats the block loops (on the
-# 2-core CPU of docs/benchmarks.md, blockwise is already 15x faster at 4k x 4k); decoding stays on xla.
-XLA_MAX_SCORES = 1024 * 1024
+# Up to this many scores per head the whole matrix is small and one einsum beats the block loops. On the 2-core
+# CPU of docs/benchmarks.md the demo model's train step is faster with xla at 128 tokens and with blockwise
+# at 512 (`bench/train_step.py`); at 4k blockwise is 15x faster. Decoding (one query row) stays on xla.
+XLA_MAX_SCORES = 256 * 256
 
 
 def choose_kernel(q_length: int, kv_length: int, backend: str | None = None):

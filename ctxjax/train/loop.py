@@ -32,7 +32,7 @@ from ctxjax.train.state import (abstract_params, grow_learned_table, init_state,
 from ctxjax.train.step import jit_train_step
 
 # ModelConfig fields a run may change between restarts without changing any parameter shape.
-RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "dtype")
+RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype")
 
 
 class TrainingDiverged(ValueError):
