@@ -31,6 +31,25 @@ def test_extend_hf_writes_yarn_scaling_that_transformers_reproduces(tmp_path, ca
     assert np.abs(ours - theirs).max() <= 1e-4
 
 
+def test_extend_hf_widens_a_sliding_window(tmp_path):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    src = oracle.save(MistralForCausalLM(MistralConfig(**oracle.LLAMA, sliding_window=7)).eval())
+    out = tmp_path / "wide"
+    assert cli.main(["extend-hf", src, "--out", str(out), "--rope-type", "linear", "--factor", "2",
+                     "--sliding-window", "128"]) == 0
+    config = json.load(open(out / "config.json"))
+    assert config["architectures"] == ["MistralForCausalLM"] and config["sliding_window"] == 128
+    cfg, params = load_pretrained(str(out))
+    toks = oracle.tokens(1, 40)
+    ours = np.asarray(run_model.forward(cfg, params, jnp.asarray(toks)))
+    assert np.abs(ours - oracle.logits(AutoModelForCausalLM.from_pretrained(out), toks)).max() <= 1e-4
+    narrow = np.asarray(run_model.forward(cfg.replace(sliding_window=7), params, jnp.asarray(toks)))
+    assert np.abs(ours - narrow).max() > 1e-3  # the wider window is what the export computes
+
+
 def test_extend_hf_grows_a_gpt2_position_table(tmp_path):
     src = oracle.save(oracle.gpt2())
     out = tmp_path / "gpt2"

@@ -23,6 +23,8 @@ def add_rope_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--high-freq-factor", type=float, default=4.0, help="llama3 (default 4)")
     group.add_argument("--max-position-embeddings", type=int,
                        help="new context length written to the config (default: factor x original)")
+    group.add_argument("--sliding-window", type=int,
+                       help="new attention window in tokens (Mistral-style; 0 removes it), e.g. the new context")
     group = parser.add_argument_group("context extension (learned positions, GPT-2)")
     group.add_argument("--positions", type=int, help="grow the learned position table to this many rows")
     group.add_argument("--method", choices=("interpolate", "copy"), default="interpolate",
@@ -31,6 +33,10 @@ def add_rope_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apply_rope_arguments(cfg: ModelConfig, params, args: argparse.Namespace):
     """(cfg, params) with the positional changes the flags ask for; unchanged when none is given."""
+    if args.sliding_window is not None:
+        if args.sliding_window < 0:
+            raise ValueError(f"--sliding-window {args.sliding_window} must be >= 0 (0: attend to the whole context)")
+        cfg = cfg.replace(sliding_window=args.sliding_window)
     rope_flags = any(getattr(args, f) is not None for f in ("rope_type", "factor", "theta"))
     if args.positions is not None:
         if cfg.position.name != "learned":
