@@ -6,6 +6,8 @@
 
 The model's own context (max_position_embeddings) is the original length; the 16k stage gets
 factor 4 and original_max_position_embeddings = the model's context. YaRN's paper fine-tunes ~400 steps.
+Mistral and Qwen2 imports work the same; a Mistral keeps its sliding window unless the run widens it
+(`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did).
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings

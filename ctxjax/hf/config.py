@@ -171,8 +171,8 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:
-    if not (cfg.use_qkv_bias and cfg.use_o_bias and cfg.use_mlp_bias) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads) \
-            or cfg.kv_heads != cfg.n_heads:
+    plain_heads = cfg.head_dim in (None, cfg.d_model // cfg.n_heads) and cfg.kv_heads == cfg.n_heads
+    if not (cfg.use_qkv_bias and cfg.use_o_bias and cfg.use_mlp_bias and plain_heads):
         raise ValueError("Hugging Face GPT-2 needs biases everywhere, head_dim = d_model / n_heads and no "
                          "grouped-query attention; keep the gpt2 family defaults")
     return dict(
