@@ -129,3 +129,16 @@ def test_schemes_without_a_hf_equivalent_are_refused_at_export(scheme, tmp_path)
         save_pretrained(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "x"))
     _one_line(e)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(family="gpt2", position=positions.Learned(), n_kv_heads=1), "GPT-2 needs biases everywhere"),
+    (dict(family="gpt2", position=positions.Learned(), mlp_bias=False), "GPT-2 needs biases everywhere"),
+    (dict(sliding_window=8, qkv_bias=True, o_bias=True), "sliding window with Llama-style biases"),
+])
+def test_layouts_without_a_hf_equivalent_are_refused_at_export(fields, message, tmp_path):
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, **fields)
+    with pytest.raises(ValueError, match=message) as e:
+        save_pretrained(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "x"))
+    _one_line(e)
+    assert os.listdir(tmp_path) == []
