@@ -40,11 +40,15 @@ def test_off_platform_kernels_equal_xla(name):
     assert_same_as_xla(get_kernel(name), random_case(seed=8, length=48))
 
 
-def test_splash_interpreted_equals_xla():
-    case = random_case(seed=9, batch=1, length=128, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False)
+@pytest.mark.parametrize("length, window, tiles", [(128, 0, (128, 128)), (256, 40, (256, 128))],
+                         ids=["causal", "window-larger-tiles"])
+def test_splash_interpreted_equals_xla(length, window, tiles):
+    case = random_case(seed=9, batch=1, length=length, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
+                       sliding_window=window)
 
-    def splash(q, k, v, *, q_segment_ids, scale, **_):
-        return splash_fused(q, k, v, q_segment_ids, scale, interpret=True)
+    def splash(q, k, v, *, q_segment_ids, scale, sliding_window, **_):
+        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, block_q=tiles[0],
+                            block_k=tiles[1], interpret=True)
 
     out, grads = outputs_and_grads(splash, case)
     want_out, want_grads = outputs_and_grads(xla_attention, case)
@@ -65,21 +69,6 @@ def test_windowed_fast_path_needs_consecutive_positions():
 def test_splash_tiles_divide_the_length():
     assert [splash_tile(b, 1024) for b in (512, 384, 100, 4096)] == [512, 256, 128, 1024]
     assert splash_tile(512, 384) == 384 and splash_tile(256, 384) == 128
-
-
-def test_splash_interpreted_with_a_sliding_window_and_larger_tiles_equals_xla():
-    case = random_case(seed=10, batch=1, length=256, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
-                       sliding_window=40)
-
-    def splash(q, k, v, *, q_segment_ids, scale, sliding_window, **_):
-        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, block_q=256,
-                            block_k=128, interpret=True)
-
-    out, grads = outputs_and_grads(splash, case)
-    want_out, want_grads = outputs_and_grads(xla_attention, case)
-    np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads, want_grads):
-        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
 def test_auto_choice():
