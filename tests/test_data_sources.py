@@ -99,24 +99,12 @@ def test_stdlib_documents_are_long():
 
 # ---- tensorflow-datasets, without TensorFlow: a tiny local data set in the array_record format ----
 tfds = pytest.importorskip("tensorflow_datasets")
+from tfds_docs import docs_builder  # noqa: E402  (needs tensorflow_datasets)
 TFDS_DOCS = {"train": [f"train document {i} " * (i + 1) for i in range(7)], "test": ["held out ✓"]}
 
 
-class CtxjaxTinyDocs(tfds.core.GeneratorBasedBuilder):
-    """Registered as 'ctxjax_tiny_docs'; like pg19 it has a title and a book_text feature."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-            {"title": tfds.features.Text(), "book_text": tfds.features.Text()}))
-
-    def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split) for split in TFDS_DOCS}
-
-    def _generate_examples(self, split):
-        for i, text in enumerate(TFDS_DOCS[split]):
-            yield i, {"title": f"title {i}", "book_text": text}
+# Registered as 'ctxjax_tiny_docs'.
+CtxjaxTinyDocs = docs_builder("CtxjaxTinyDocs", TFDS_DOCS)
 
 
 @pytest.fixture(scope="module")

@@ -36,22 +36,11 @@ STEPS, SAVED_AT = 2 * EPOCH_BATCHES, EPOCH_BATCHES - 3  # into the second epoch;
 def prepare(data_dir: str) -> None:
     import tensorflow_datasets as tfds
 
-    class CtxjaxTfdataDocs(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
+    from tfds_docs import docs_builder
 
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"title": tfds.features.Text(), "book_text": tfds.features.Text()}))
-
-        def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(split) for split in DOCS}
-
-        def _generate_examples(self, split):
-            for i, text in enumerate(DOCS[split]):
-                yield i, {"title": f"title {i}", "book_text": text}
-
+    builder = docs_builder("CtxjaxTfdataDocs", DOCS)
     for file_format in FORMATS:
-        CtxjaxTfdataDocs(data_dir=os.path.join(data_dir, file_format), file_format=file_format) \
+        builder(data_dir=os.path.join(data_dir, file_format), file_format=file_format) \
             .download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=NUM_FILES))
 
 
