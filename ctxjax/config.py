@@ -59,8 +59,16 @@ class ModelConfig:
     # Layers per iteration of the scan over layers. Unrolling drops the scan's stacked per-layer buffers (on a
     # 2-core CPU a 4-layer model trains ~15-20% faster fully unrolled); compile time grows with it.
     scan_unroll: int = 1
+    # LoRA adapters (Hu et al. 2021; LongLoRA trains them with embeddings and norms): each projection named
+    # in lora_targets gets x @ A @ B * lora_alpha / lora_rank added, B starting at zero. 0 = no adapters.
+    # Only adapters (and optimizer.trainable groups) train; export merges them into the weights.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
 
     def __post_init__(self):
+        if isinstance(self.lora_targets, list):  # from JSON (checkpoint metadata): hashable again
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         self.validate()
 
     # ---- derived values (properties, so that a config never stores two copies of a fact) ----
@@ -107,6 +115,11 @@ class ModelConfig:
     def tied(self) -> bool:
         return self._family_default(self.tie_embeddings, True, False)
 
+    @property
+    def projections(self) -> tuple[str, ...]:
+        """Names of the per-layer projections (what lora_targets may name)."""
+        return ("q", "k", "v", "o", "up", "down") + (() if self.family == "gpt2" else ("gate",))
+
     def replace(self, **changes: Any) -> "ModelConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
@@ -117,6 +130,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (checkpoints, logs); `from_dict` inverts it exactly."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "position"}
+        out["lora_targets"] = list(self.lora_targets)  # as JSON gives it back
         position = {f.name: getattr(self.position, f.name) for f in dataclasses.fields(self.position)}
         out["position"] = {"name": self.position.name,
                            **{k: list(v) if isinstance(v, tuple) else v for k, v in position.items()}}
@@ -149,6 +163,17 @@ class ModelConfig:
         for name in ("attention_block_q", "attention_block_k", "scan_unroll"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            fail(f"lora_rank={self.lora_rank!r} must be an int >= 0 (0: no adapters; LongLoRA uses 8)")
+        if self.lora_rank and not float(self.lora_alpha) > 0:
+            fail(f"lora_alpha={self.lora_alpha!r} must be > 0 (adapters are scaled by lora_alpha / lora_rank)")
+        if not isinstance(self.lora_targets, tuple):
+            fail(f"lora_targets={self.lora_targets!r} must be a tuple of projection names, e.g. ('q', 'v')")
+        projections = self.projections
+        unknown = [t for t in self.lora_targets if t not in projections]
+        if self.lora_rank and (unknown or not self.lora_targets):
+            fail(f"lora_targets={self.lora_targets!r} names {unknown or 'no projection'}; choose from the "
+                 f"projections of a {self.family} model: {projections}")
         if self.attention not in attention_lib.KERNELS:
             fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
         if self.remat not in REMAT_POLICIES:

@@ -83,11 +83,27 @@ class Dense(nn.Module):
         lead, n_in = x.shape[:x.ndim - self.n_in], math.prod(shape[:self.n_in])
         y = x.astype(cfg.dtype).reshape(-1, n_in) @ kernel.astype(cfg.dtype).reshape(n_in, -1)
         y = y.reshape(*lead, *self.features)
+        if cfg.lora_rank and self.name in cfg.lora_targets:
+            y = y + self._adapter(x.astype(cfg.dtype).reshape(-1, n_in), shape).reshape(y.shape)
         if self.use_bias:
             bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.n_in:]), self.features,
                               jnp.dtype(cfg.param_dtype))
             y = y + bias.astype(cfg.dtype)
         return y
+
+
+    def _adapter(self, x2d, shape):
+        """LoRA: (x @ A) @ B * alpha / rank. A starts uniform in +-1/sqrt(fan_in) (as PEFT's Kaiming init), B at
+        zero, so a fresh adapter changes nothing. The rank axis is never sharded."""
+        cfg, (n_in, rank) = self.cfg, (math.prod(shape[:self.n_in]), self.cfg.lora_rank)
+        bound = n_in ** -0.5
+        a_init = lambda key, s, dtype: jax.random.uniform(key, s, dtype, -bound, bound)  # noqa: E731
+        a = self.param("lora_a", _param(a_init, (*self.kernel_axes[:self.n_in], None)),
+                       (*shape[:self.n_in], rank), jnp.dtype(cfg.param_dtype))
+        b = self.param("lora_b", _param(nn.initializers.zeros, (None, *self.kernel_axes[self.n_in:])),
+                       (rank, *shape[self.n_in:]), jnp.dtype(cfg.param_dtype))
+        scale = float(cfg.lora_alpha) / rank
+        return (x2d @ a.astype(cfg.dtype).reshape(n_in, rank)) @ (b.astype(cfg.dtype).reshape(rank, -1) * scale)
 
 
 def _dense(cfg: ModelConfig, features, axis, kernel_axes, use_bias, name):

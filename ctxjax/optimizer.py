@@ -1,6 +1,7 @@
 """AdamW with the conventions long-context fine-tuning expects: no weight decay on norms, biases and
-embeddings; global-norm clipping; optionally only some parameter groups trainable (e.g. LongLoRA's
-embeddings + norms), selected by regular expressions over parameter paths like `layers/attn_norm/scale`."""
+embeddings; global-norm clipping; optionally only some parameter groups trainable (LoRA adapters, and e.g.
+LongLoRA's embeddings + norms), selected by regular expressions over parameter paths like
+`layers/attn_norm/scale`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Callable
 
 import jax
 import optax
+
+from ctxjax.lora import ADAPTER_NAMES
 
 
 def param_path(path) -> str:
@@ -22,18 +25,25 @@ def decay_mask(params):
 
 def trainable_labels(params, patterns: str):
     """'train' or 'freeze' per parameter; `patterns` is a comma-separated list of regexes (searched in the
-    path), empty meaning everything trains. A pattern that matches nothing is an error (a typo would
-    otherwise silently freeze the whole model)."""
-    if not patterns:
+    path). LoRA adapters always train, and when a model has them everything else is frozen unless a pattern
+    names it (LongLoRA: "embed,norm"); without adapters, empty patterns mean everything trains. A pattern that
+    matches nothing is an error (a typo would otherwise silently freeze the whole model)."""
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    has_adapters = any(_is_adapter(p) for p in paths)
+    if not patterns and not has_adapters:
         return jax.tree.map(lambda _: "train", params)
     regexes = [re.compile(p.strip()) for p in patterns.split(",") if p.strip()]
-    paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for regex in regexes:
         if not any(regex.search(p) for p in paths):
             raise ValueError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths look like "
                              f"{paths[:4]}")
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if any(r.search(param_path(path)) for r in regexes) else "freeze", params)
+        lambda path, _: "train" if _is_adapter(param_path(path)) or any(r.search(param_path(path)) for r in regexes)
+        else "freeze", params)
+
+
+def _is_adapter(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] in ADAPTER_NAMES
 
 
 def make_optimizer(opt, learning_rate: Callable[[int], float], params) -> optax.GradientTransformation:
@@ -41,8 +51,8 @@ def make_optimizer(opt, learning_rate: Callable[[int], float], params) -> optax.
     adamw = optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
                         mask=decay_mask)
     chain = optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw) if opt.clip_norm else adamw
-    if not opt.trainable:
+    labels = trainable_labels(params, opt.trainable)
+    if all(label == "train" for label in jax.tree.leaves(labels)):
         return chain
     # Frozen parameters get no optimizer state at all: that is the memory LongLoRA-style training saves.
-    return optax.multi_transform({"train": chain, "freeze": optax.set_to_zero()},
-                                 trainable_labels(params, opt.trainable))
+    return optax.multi_transform({"train": chain, "freeze": optax.set_to_zero()}, labels)

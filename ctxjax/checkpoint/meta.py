@@ -28,7 +28,8 @@ def _shape_fields(cfg: ModelConfig) -> dict[str, Any]:
     return {"family": cfg.family, "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
             "n_heads": cfg.n_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "d_ff": cfg.mlp_dim,
             "qkv_bias": cfg.use_qkv_bias, "o_bias": cfg.use_o_bias, "mlp_bias": cfg.use_mlp_bias,
-            "tie_embeddings": cfg.tied, "learned_positions": cfg.position.name == "learned"}
+            "tie_embeddings": cfg.tied, "learned_positions": cfg.position.name == "learned",
+            "lora_rank": cfg.lora_rank, "lora_targets": cfg.lora_targets if cfg.lora_rank else ()}
 
 
 def shape_differences(saved: ModelConfig | dict, wanted: ModelConfig | dict) -> list[str]:

@@ -13,6 +13,7 @@ from ctxjax.config import ModelConfig
 from ctxjax.data.tokenizer import BYTES_FILE, Tokenizer, find_tokenizer_file
 from ctxjax.data.tokenizer_training import TRAINED_META_FILE, save_to_workdir
 from ctxjax.hf.tokenizer import TOKENIZER_FILES, write_tokenizer
+from ctxjax.lora import merge_adapters
 
 
 def ensure_no_checkpoints(workdir: str) -> None:
@@ -47,14 +48,15 @@ def load_for_inference(workdir: str, step: int | None = None):
     """(ModelConfig, params, tokenizer_dir or None) of checkpoint `step` (default: latest), full or params-only.
 
     Params are host numpy arrays in their stored dtype, shaped as stored (a learned position table grown by a
-    later stage included); place them with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a
+    later stage included), LoRA adapters merged into their weights; place them with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a
     tokenizer (read it with ctxjax.data.load_tokenizer)."""
     with Checkpointer(workdir, read_only=True) as checkpointer:
         step = checkpointer.resolve_step(step)
         abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
         state, _, meta = checkpointer.restore(abstract, step)
     tokenizer = tokenizer_dir(workdir)
-    return model_config_of(meta), state["params"], tokenizer if find_tokenizer_file(tokenizer) else None
+    cfg, params = merge_adapters(model_config_of(meta), state["params"])
+    return cfg, params, tokenizer if find_tokenizer_file(tokenizer) else None
 
 
 def _replace_tokenizer(tokenizer, directory: str) -> None:

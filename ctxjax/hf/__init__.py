@@ -22,6 +22,7 @@ from ctxjax.hf.config import hf_config_from_model, model_config_from_hf
 from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint
 from ctxjax.hf.tokenizer import write_tokenizer
 from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
+from ctxjax.lora import merge_adapters
 from ctxjax.model import Transformer
 
 __all__ = ["load_pretrained", "save_pretrained", "read_hf_config"]
@@ -106,7 +107,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     Everything is written to a temporary sibling directory first and renamed into place at the end, so a
     failure leaves no half-written export; an existing non-empty `out_dir` is replaced only with overwrite=True.
     """
-    params = jax.device_get(nn.meta.unbox(params))
+    config, params = merge_adapters(config, jax.device_get(nn.meta.unbox(params)))  # LoRA folds into the weights
     if config.position.name == "learned":  # the table, possibly extended, is the truth about n_positions
         config = config.replace(max_seq_len=int(params["pos_embed"]["embedding"].shape[0]))
     hf = hf_config_from_model(config)

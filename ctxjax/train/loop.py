@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ctxjax import flops, hf, positions
+from ctxjax import flops, hf, lora, positions
 from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, make_global_batch, make_pipeline
@@ -33,6 +33,8 @@ from ctxjax.train.step import jit_train_step
 
 # ModelConfig fields a run may change between restarts without changing any parameter shape.
 RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype")
+# What training adds to an imported model: LoRA adapters (a resumed run must keep them as they were).
+ADAPTER_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 class TrainingDiverged(ValueError):
@@ -67,7 +69,7 @@ def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
     sliding window from config when it sets one (0 keeps the base model's).
     A resumed run whose config describes another architecture is refused, never overwritten."""
     requested = model_config(config)
-    runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS}
+    runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS + ADAPTER_FIELDS}
     if requested.sliding_window:  # set in the config: replaces the base model's window (e.g. widened)
         runtime["sliding_window"] = requested.sliding_window
     if checkpoint_meta is not None:
@@ -120,14 +122,15 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             if config.init_from_hf:
                 _, params = hf.load_pretrained(config.init_from_hf, **{f: getattr(base, f) for f in
                                                                      ("param_dtype", *RUNTIME_FIELDS)})
-                state = place_params(_fit_learned_table(params, cfg, config), tx, shardings)
+                state = place_params(_prepare_imported(params, cfg, config), tx, shardings)
             else:
                 state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings)
         elif meta.get("params_only"):  # imported: fresh optimizer state around the stored params
             # Read straight into the layout of the stored (base) model, never whole on one host.
-            stored = with_shardings(checkpointer.saved_shapes(latest)["params"], param_shardings(base, mesh))
+            stored = with_shardings(checkpointer.saved_shapes(latest)["params"],
+                                    param_shardings(base.replace(lora_rank=0), mesh))
             restored, _, _ = checkpointer.restore({"params": stored}, latest)
-            state = place_params(_fit_learned_table(restored["params"], cfg, config), tx, shardings)
+            state = place_params(_prepare_imported(restored["params"], cfg, config), tx, shardings)
         else:
             state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), latest)
 
@@ -254,8 +257,10 @@ def _raise_if_diverged(state, checkpointer) -> None:
             "is kept: lower the learning rate or raise warmup_steps, then rerun to resume from it")
 
 
-def _fit_learned_table(params, cfg: ModelConfig, config):
-    """An imported GPT-2 table shorter than the stage's context grows before training starts."""
+def _prepare_imported(params, cfg: ModelConfig, config):
+    """Imported weights made ready to train: a GPT-2 table shorter than the stage's context grows, and LoRA
+    adapters are added (starting as no change) when the config asks for them."""
+    params = lora.add_adapters(params, cfg, jax.random.PRNGKey(config.seed))
     if cfg.position.name == "learned":
         rows = params["pos_embed"]["embedding"].shape[0]
         if rows < cfg.max_seq_len:

@@ -27,17 +27,32 @@ def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
                              batch["weights"], chunk=loss_chunk)
 
 
+def _is_none(x) -> bool:
+    return x is None
+
+
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro_batches: int = 1,
-                    loss_chunk: int = 1024, z_loss: float = 0.0):
+                    loss_chunk: int = 1024, z_loss: float = 0.0, labels=None):
     """state = {step, params, opt_state, first_bad_step} -> (new state, metrics). Not jitted here: the
-    caller jits it with shardings and donation. The objective is cross-entropy + z_loss * mean log(Z)^2."""
+    caller jits it with shardings and donation. The objective is cross-entropy + z_loss * mean log(Z)^2.
+
+    `labels` ('train'/'freeze' per parameter, `optimizer.trainable_labels`): the loss is differentiated with
+    respect to the trainable parameters only, so frozen weights cost no weight-gradient matmuls (LoRA's saving)."""
+
+    def trainable_part(params):
+        if labels is None:
+            return params
+        return jax.tree.map(lambda p, label: p if label == "train" else None, params, labels)
+
+    def with_frozen(trainable, params):
+        return jax.tree.map(lambda t, p: p if t is None else t, trainable, params, is_leaf=_is_none)
 
     def grads_of(params, batch):
-        def objective(p):
-            total, z_total, count = loss_sums(cfg, p, batch, loss_chunk)
+        def objective(trainable):
+            total, z_total, count = loss_sums(cfg, with_frozen(trainable, params), batch, loss_chunk)
             return total + z_loss * z_total, (total, count)
 
-        (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(trainable_part(params))
         return total, count, grads
 
     def accumulate(params, batch):
@@ -50,7 +65,7 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro
             t, c, g = grads_of(params, micro)
             return (total + t, count + c, jax.tree.map(jnp.add, grads, g)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(jnp.zeros_like, trainable_part(params))
         (total, count, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), split)
         return total, count, grads
 
@@ -60,6 +75,9 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro
         loss = total / denominator
         grads = jax.tree.map(lambda g: (g / denominator).astype(g.dtype), grads)
         grad_norm = optax.global_norm(grads)
+        # Frozen parameters' gradients are zeros the optimizer ignores (multi_transform's set_to_zero).
+        grads = jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None else g, grads, state["params"],
+                             is_leaf=_is_none)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         # A NaN/inf step changes nothing; the loop sees first_bad_step at its next sync point and stops,
@@ -83,8 +101,12 @@ def jit_train_step(config, cfg: ModelConfig, tx, stage, mesh, shardings):
     (updated in place: no second copy of parameters and optimizer state)."""
     from ctxjax.sharding import batch_sharding
 
+    from ctxjax.optimizer import trainable_labels
+    from ctxjax.train.state import abstract_params
+
     micro = int(config.micro_batch_size) or stage.batch_size
     step = make_train_step(cfg, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk),
-                           z_loss=float(config.z_loss))
+                           z_loss=float(config.z_loss),
+                           labels=trainable_labels(abstract_params(cfg), config.optimizer.trainable))
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)

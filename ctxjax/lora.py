@@ -1,0 +1,70 @@
+"""LoRA adapters outside the model: giving imported weights fresh adapters, and merging trained ones back.
+
+The adapters themselves live in `model.Dense` (`lora_a`, `lora_b` next to a projection's `kernel`, switched on by
+`ModelConfig.lora_rank`). A model imported from Hugging Face has none, so training adds fresh ones
+(`add_adapters`: B = 0, the model's output is unchanged); export and inference merge them
+(`merge_adapters`: kernel += A @ B * alpha / rank), so what leaves ctxjax is a plain model of the same architecture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctxjax.config import ModelConfig
+
+ADAPTER_NAMES = ("lora_a", "lora_b")
+
+
+def _is_adapter(path: tuple) -> bool:
+    return path[-1] in ADAPTER_NAMES
+
+
+def fresh_adapters(cfg: ModelConfig, rng) -> dict:
+    """The adapter parameters of a newly initialised `cfg` model, as a flat {path tuple: array} dict. Inside jit
+    everything else the init computes is dead code, so no full-size weight is ever made."""
+    from ctxjax.model import Transformer
+
+    tokens = jnp.zeros((1, min(8, cfg.max_seq_len)), jnp.int32)
+
+    def init(key):
+        params = nn.meta.unbox(Transformer(cfg).init(key, tokens)["params"])
+        return {k: v for k, v in flax.traverse_util.flatten_dict(params).items() if _is_adapter(k)}
+
+    return jax.jit(init)(rng)
+
+
+def add_adapters(params, cfg: ModelConfig, rng):
+    """`params` (e.g. imported) with fresh adapters wherever `cfg` wants one and `params` has none."""
+    if not cfg.lora_rank:
+        return params
+    flat = flax.traverse_util.flatten_dict(params)
+    flat.update({k: v for k, v in fresh_adapters(cfg, rng).items() if k not in flat})
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def merge_adapters(cfg: ModelConfig, params):
+    """(cfg without adapters, params with every adapter folded into its kernel). Host (numpy) params stay numpy;
+    the sum is formed in float32 and stored in the kernel's dtype. Without adapters, both come back as they are."""
+    flat = flax.traverse_util.flatten_dict(params)
+    if not any(_is_adapter(k) for k in flat):
+        return cfg.replace(lora_rank=0), params
+    xp = np if all(isinstance(v, np.ndarray) for v in flat.values()) else jnp
+    scale = float(cfg.lora_alpha) / cfg.lora_rank
+    merged = {k: v for k, v in flat.items() if not _is_adapter(k)}
+    for path in [k for k in flat if k[-1] == "lora_a"]:
+        module = path[:-1]
+        a, b, kernel = flat[path], flat[(*module, "lora_b")], flat[(*module, "kernel")]
+        # Stacked layers: a [layers, *in, rank], b [layers, rank, *out], kernel [layers, *in, *out].
+        layers, rank = a.shape[0], a.shape[-1]
+        n_in = math.prod(a.shape[1:-1])
+        delta = xp.matmul(xp.asarray(a, xp.float32).reshape(layers, n_in, rank),
+                          xp.asarray(b, xp.float32).reshape(layers, rank, -1))
+        merged[(*module, "kernel")] = (xp.asarray(kernel, xp.float32) + scale * delta.reshape(kernel.shape)).astype(
+            kernel.dtype)
+    return cfg.replace(lora_rank=0), flax.traverse_util.unflatten_dict(merged)

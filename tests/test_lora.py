@@ -1,0 +1,139 @@
+"""LoRA adapters: fresh ones change nothing, trained ones merge exactly, only adapters (and the named groups) train,
+frozen weights cost no weight gradients, and a LoRA run from a Hugging Face model exports a plain model that
+transformers loads with the trained model's logits."""
+
+import json
+import os
+import re
+
+import hf_oracle as oracle
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_train import tiny
+from test_train_step import batch
+from transformers import AutoModelForCausalLM
+
+from ctxjax import ModelConfig
+from ctxjax.checkpoint import Checkpointer, shape_differences
+from ctxjax.hf import load_pretrained
+from ctxjax.lora import add_adapters, merge_adapters
+from ctxjax.model import Transformer, init_params
+from ctxjax.optimizer import trainable_labels
+from ctxjax.train import train_and_evaluate
+from ctxjax.train.state import abstract_params, init_state, state_shardings
+from ctxjax.sharding import make_mesh
+from ctxjax.train.step import make_train_step
+
+CFG = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, lora_rank=4,
+                  lora_targets=("q", "v", "o", "gate", "down"))
+TOKENS = jnp.asarray(np.random.RandomState(0).randint(0, 50, (2, 16)))
+
+
+def logits(cfg, params):
+    return np.asarray(Transformer(cfg).apply({"params": params}, TOKENS))
+
+
+def with_random_b(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: 0.1 * jax.random.normal(jax.random.PRNGKey(len(str(path))), x.shape)
+        if path[-1].key == "lora_b" else x, params)
+
+
+def test_fresh_adapters_change_nothing_and_trained_ones_merge_into_the_kernels():
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    assert params["layers"]["attn"]["o"]["lora_a"].shape == (2, 4, 8, 4)  # o contracts (heads, head_dim)
+    assert "lora_a" not in params["layers"]["attn"]["k"] and "lora_a" not in params["layers"]["mlp"]["up"]
+    base_cfg, base = merge_adapters(CFG, params)
+    assert base_cfg.lora_rank == 0 and "lora_a" not in base["layers"]["attn"]["q"]
+    np.testing.assert_array_equal(logits(CFG, params), logits(base_cfg, base))
+
+    trained = with_random_b(params)
+    assert np.abs(logits(CFG, trained) - logits(CFG, params)).max() > 0.1
+    for host in (False, True):  # jax arrays, and numpy arrays as checkpoints and export give them
+        merged_cfg, merged = merge_adapters(CFG, jax.device_get(trained) if host else trained)
+        assert isinstance(merged["layers"]["attn"]["q"]["kernel"], np.ndarray) == host
+        np.testing.assert_allclose(logits(merged_cfg, merged), logits(CFG, trained), atol=1e-5)
+
+    # Imported weights get fresh adapters where the config wants them: the same tree, the same outputs.
+    imported = add_adapters(base, CFG, jax.random.PRNGKey(1))
+    assert jax.tree.structure(imported) == jax.tree.structure(params)
+    np.testing.assert_array_equal(logits(CFG, imported), logits(base_cfg, base))
+
+
+def _fresh_state(tx):
+    _, shardings = state_shardings(CFG, tx, make_mesh({}, jax.devices()[:1]))
+    return init_state(CFG, tx, jax.random.PRNGKey(0), shardings)
+
+
+def test_only_adapters_and_named_groups_train_and_frozen_weights_get_no_weight_gradient():
+    labels = trainable_labels(abstract_params(CFG), "final_norm")
+    assert labels["layers"]["attn"]["q"] == {"kernel": "freeze", "lora_a": "train", "lora_b": "train"}
+    assert labels["final_norm"]["scale"] == "train" and labels["embed"]["embedding"] == "freeze"
+    tx = optax.multi_transform({"train": optax.adam(1e-2), "freeze": optax.set_to_zero()}, labels)
+    before = _fresh_state(tx)
+    before["params"] = with_random_b(before["params"])  # else A's first gradient is 0 (B = 0), as in any LoRA
+    with_labels = jax.jit(make_train_step(CFG, tx, labels=labels))
+    after, metrics = with_labels(jax.tree.map(jnp.copy, before), batch(length=16))
+    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before["params"], after["params"])
+    assert jax.tree.map(lambda label, did: did == (label == "train"), labels, changed) == jax.tree.map(
+        lambda _: True, labels)
+
+    # Differentiating only the trainable leaves gives the same step as zeroing the others' updates...
+    plain, _ = jax.jit(make_train_step(CFG, tx))(jax.tree.map(jnp.copy, before), batch(length=16))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain["params"], after["params"])
+    # ...without computing the frozen weights' gradients: the compiled step does fewer FLOPs.
+    flops = [f.lower(before, batch(length=16)).compile().cost_analysis()["flops"]
+             for f in (with_labels, jax.jit(make_train_step(CFG, tx)))]
+    assert flops[0] < 0.9 * flops[1], flops
+
+
+def test_lora_fine_tune_of_an_hf_model_exports_a_plain_model_with_its_logits(tmp_path):
+    src = oracle.save(oracle.llama(vocab_size=258, max_position_embeddings=16))
+    config = tiny("llama_extend", init_from_hf=src, **{"model.lora_rank": 4, "model.lora_targets": ["q", "v"],
+                                                       "optimizer.trainable": "norm"})
+    summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    with Checkpointer(str(tmp_path), read_only=True) as checkpointer:
+        state, _, meta = checkpointer.restore(checkpointer.saved_shapes(), summary["final_step"])
+    assert meta["model_config"]["lora_rank"] == 4
+    params, (_, imported) = state["params"], load_pretrained(src, param_dtype="float32")
+    for frozen in (("embed", "embedding"), ("layers", "attn", "q", "kernel"), ("layers", "mlp", "up", "kernel")):
+        np.testing.assert_array_equal(_at(params, frozen), _at(imported, frozen))
+    assert np.abs(params["layers"]["attn"]["v"]["lora_b"]).max() > 0
+    assert np.any(params["layers"]["attn_norm"]["scale"] != imported["layers"]["attn_norm"]["scale"])
+    # Adam keeps moments for the adapters and norms only: far fewer numbers than the model has.
+    moments = sum(x.size for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "ndim", 0) > 0)
+    assert moments < 0.2 * sum(x.size for x in jax.tree.leaves(params))
+
+    hf_dir = summary["export_dir"]
+    assert json.load(open(os.path.join(hf_dir, "config.json")))["architectures"] == ["LlamaForCausalLM"]
+    exported = AutoModelForCausalLM.from_pretrained(hf_dir)
+    toks = oracle.tokens(2, 24, vocab=258)
+    trained_cfg = ModelConfig.from_dict(meta["model_config"])
+    ours = np.asarray(Transformer(trained_cfg).apply({"params": params}, jnp.asarray(toks)))
+    np.testing.assert_allclose(oracle.logits(exported, toks), ours, atol=1e-4)
+
+    # Resuming with other adapters would need other parameter shapes: refused, naming both.
+    assert shape_differences(meta["model_config"], trained_cfg.replace(lora_rank=8)) == ["lora_rank 4 -> 8"]
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(lora_rank=-1), "lora_rank=-1 must be an int >= 0"),
+    (dict(lora_rank=4, lora_targets=("q", "x")), "names ['x']; choose from"),
+    (dict(lora_rank=4, family="gpt2", lora_targets=("gate",)), "gpt2 model: ('q', 'k', 'v', 'o', 'up', 'down')"),
+    (dict(lora_rank=4, lora_targets="qv"), "must be a tuple of projection names"),
+    (dict(lora_rank=4, lora_alpha=0.0), "lora_alpha=0.0 must be > 0"),
+])
+def test_bad_lora_settings_are_one_line_errors(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        ModelConfig(**fields)
+    assert str(error.value).startswith("ModelConfig: ") and "\n" not in str(error.value)
