@@ -35,7 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
         clip_norm=1.0,  # global gradient-norm clipping; 0 disables
         # Comma-separated regexes over parameter paths (e.g. "embed,norm" for LongLoRA's embeddings + norms);
-        # "" trains everything. Frozen parameters keep no optimizer state.
+        # "" trains everything, or only the adapters when model.lora_rank > 0 (adapters always train).
+        # Frozen parameters keep no optimizer state and get no gradients.
         trainable="",
     ))
     c.loss_chunk = 1024  # the loss computes logits this many positions at a time
