@@ -59,6 +59,10 @@ class ModelConfig:
     # Layers per iteration of the scan over layers. Unrolling drops the scan's stacked per-layer buffers (on a
     # 2-core CPU a 4-layer model trains ~15-20% faster fully unrolled); compile time grows with it.
     scan_unroll: int = 1
+    # LongLoRA's shifted sparse attention (S²-Attn) in training: tokens attend within groups of this many
+    # positions, half the heads in groups shifted by half a group (ctxjax.attention.shifted). 0 = full
+    # attention. Training only: evaluation, generation and export always attend to the whole context.
+    shifted_sparse_group: int = 0
     # LoRA adapters (Hu et al. 2021; LongLoRA trains them with embeddings and norms): each projection named
     # in lora_targets gets x @ A @ B * lora_alpha / lora_rank added, B starting at zero. 0 = no adapters.
     # Only adapters (and optimizer.trainable groups) train; export merges them into the weights.
@@ -163,6 +167,13 @@ class ModelConfig:
         for name in ("attention_block_q", "attention_block_k", "scan_unroll"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)!r} must be a positive integer")
+        group = self.shifted_sparse_group
+        if not isinstance(group, int) or group < 0 or group % 2:
+            fail(f"shifted_sparse_group={group!r} must be an even int >= 0 (0: full attention; LongLoRA uses 1/4 "
+                 "of the training length)")
+        if group and (self.n_heads % 2 or (self.kv_heads % 2 and self.kv_heads > 1)):
+            fail(f"shifted_sparse_group splits the heads in two halves; n_heads={self.n_heads} and "
+                 f"n_kv_heads={self.kv_heads} must be even (or n_kv_heads 1)")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             fail(f"lora_rank={self.lora_rank!r} must be an int >= 0 (0: no adapters; LongLoRA uses 8)")
         if self.lora_rank and not float(self.lora_alpha) > 0:

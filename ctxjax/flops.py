@@ -4,7 +4,7 @@ FLOPs per token of one forward+backward pass (backward = 2x forward):
     6 * N_matmul                       weights used in matmuls (embedding lookups excluded, output projection in)
   + 12 * n_layers * n_heads * head_dim * K  attention scores and weighted values, K the keys a query sees on
                                              average: L/2 causally (half of full attention's L), less with a
-                                             sliding window
+                                             sliding window or S²-Attn groups
 This is the PaLM/nanoGPT count with causal attention counted once (as MaxText does since 2025).
 """
 
@@ -28,7 +28,9 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 def attended_keys(cfg: ModelConfig, seq_len: int) -> float:
     """Keys a query sees on average: L/2 causally; with a window W < L, W - W^2 / (2L) (the first W queries
-    see 1..W keys, the rest W each)."""
+    see 1..W keys, the rest W each). With S²-Attn groups of G < L positions, each group is a sequence of G."""
+    if cfg.shifted_sparse_group:
+        seq_len = min(seq_len, cfg.shifted_sparse_group)
     window = cfg.sliding_window
     if not window or window >= seq_len:
         return seq_len / 2

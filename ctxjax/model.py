@@ -18,6 +18,7 @@ the kernel's ordinary rule (same segment, key position <= query position) is the
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ctxjax import attention as attention_lib
+from ctxjax.attention.shifted import shifted_sparse_attention
 from ctxjax.config import REMAT_POLICIES, ModelConfig
 
 
@@ -158,6 +160,8 @@ class Attention(nn.Module):
             v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index, axis=1)
             new_kv = (k, v)
         kernel = attention_lib.get_kernel(cfg.attention)
+        if cfg.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding always sees everything
+            kernel = functools.partial(shifted_sparse_attention, kernel, group=cfg.shifted_sparse_group)
         out = kernel(
             q, k, v,
             q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,

@@ -1,6 +1,6 @@
 """LoRA adapters: fresh ones change nothing, trained ones merge exactly, only adapters (and the named groups) train,
-frozen weights cost no weight gradients, and a LoRA run from a Hugging Face model exports a plain model that
-transformers loads with the trained model's logits."""
+frozen weights cost no weight gradients, and a LongLoRA run (adapters + norms + S²-Attn) from a Hugging Face
+model exports a plain model that transformers loads with the trained model's full-attention logits."""
 
 import json
 import os
@@ -17,7 +17,7 @@ from test_train_step import batch
 from transformers import AutoModelForCausalLM
 
 from ctxjax import ModelConfig
-from ctxjax.checkpoint import Checkpointer, shape_differences
+from ctxjax.checkpoint import Checkpointer, load_for_inference, shape_differences
 from ctxjax.hf import load_pretrained
 from ctxjax.lora import add_adapters, merge_adapters
 from ctxjax.model import Transformer, init_params
@@ -93,12 +93,15 @@ def test_only_adapters_and_named_groups_train_and_frozen_weights_get_no_weight_g
 
 def test_lora_fine_tune_of_an_hf_model_exports_a_plain_model_with_its_logits(tmp_path):
     src = oracle.save(oracle.llama(vocab_size=258, max_position_embeddings=16))
+    # LongLoRA's recipe at toy size: adapters, trainable norms, and S²-Attn in groups of 8 positions.
     config = tiny("llama_extend", init_from_hf=src, **{"model.lora_rank": 4, "model.lora_targets": ["q", "v"],
-                                                       "optimizer.trainable": "norm"})
+                                                       "optimizer.trainable": "norm", "model.shifted_sparse_group": 8})
     summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     with Checkpointer(str(tmp_path), read_only=True) as checkpointer:
         state, _, meta = checkpointer.restore(checkpointer.saved_shapes(), summary["final_step"])
-    assert meta["model_config"]["lora_rank"] == 4
+    assert meta["model_config"]["lora_rank"] == 4 and meta["model_config"]["shifted_sparse_group"] == 8
+    inference_cfg, _, _ = load_for_inference(str(tmp_path))  # adapters merged, full attention
+    assert inference_cfg.lora_rank == 0 and inference_cfg.shifted_sparse_group == 0
     params, (_, imported) = state["params"], load_pretrained(src, param_dtype="float32")
     for frozen in (("embed", "embedding"), ("layers", "attn", "q", "kernel"), ("layers", "mlp", "up", "kernel")):
         np.testing.assert_array_equal(_at(params, frozen), _at(imported, frozen))
@@ -113,7 +116,8 @@ def test_lora_fine_tune_of_an_hf_model_exports_a_plain_model_with_its_logits(tmp
     exported = AutoModelForCausalLM.from_pretrained(hf_dir)
     toks = oracle.tokens(2, 24, vocab=258)
     trained_cfg = ModelConfig.from_dict(meta["model_config"])
-    ours = np.asarray(Transformer(trained_cfg).apply({"params": params}, jnp.asarray(toks)))
+    full_attention = trained_cfg.replace(shifted_sparse_group=0)
+    ours = np.asarray(Transformer(full_attention).apply({"params": params}, jnp.asarray(toks)))
     np.testing.assert_allclose(oracle.logits(exported, toks), ours, atol=1e-4)
 
     # Resuming with other adapters would need other parameter shapes: refused, naming both.

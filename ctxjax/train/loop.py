@@ -32,7 +32,8 @@ from ctxjax.train.state import (abstract_params, grow_learned_table, init_state,
 from ctxjax.train.step import jit_train_step
 
 # ModelConfig fields a run may change between restarts without changing any parameter shape.
-RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype")
+RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype",
+                  "shifted_sparse_group")
 # What training adds to an imported model: LoRA adapters (a resumed run must keep them as they were).
 ADAPTER_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 
@@ -245,7 +246,9 @@ def evaluate_stage(config, cfg: ModelConfig, params, tokenizer, workdir: str, st
     eval_config = dict(config.eval)
     eval_config["source"] = eval_config.get("source") or eval_source_spec(as_data_config(config.data))
     out_dir = os.path.join(workdir, "eval", f"step_{step}")
-    return run_evaluation(cfg, params, tokenizer, eval_config, out_dir, step=step, run_name=f"step {step}")
+    # Always with full attention: S²-Attn only approximates it for training (LongLoRA evaluates that way too).
+    return run_evaluation(cfg.replace(shifted_sparse_group=0), params, tokenizer, eval_config, out_dir, step=step,
+                          run_name=f"step {step}")
 
 
 def _raise_if_diverged(state, checkpointer) -> None:
