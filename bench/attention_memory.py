@@ -35,6 +35,8 @@ RUNS = {
     "xla": ("jax", "xla", "none", (4096, 8192, 16384)),
     "blockwise": ("jax", "blockwise", "none", (4096, 8192, 16384, 32768)),
     "blockwise+remat": ("jax", "blockwise", "full", (4096, 8192, 16384, 32768, 65536)),
+    # LongLoRA's S²-Attn (training only), in groups of a quarter of the length as the paper trains.
+    "blockwise+s2": ("jax", "blockwise", "none", (4096, 8192, 16384, 32768)),
     "torch-sdpa": ("torch", "sdpa", "none", (4096, 8192, 16384, 32768)),
 }
 
@@ -54,7 +56,7 @@ def _peak_rss_bytes():
 # ---------------------------------------------------------------- children: one measurement each
 
 
-def measure_jax(kernel, remat, length, cap_bytes, steps):
+def measure_jax(kernel, remat, length, cap_bytes, steps, s2_group=0):
     import jax
     import jax.numpy as jnp
     import optax
@@ -64,7 +66,7 @@ def measure_jax(kernel, remat, length, cap_bytes, steps):
 
     cfg = ModelConfig(vocab_size=MODEL["vocab"], d_model=MODEL["d_model"], n_layers=MODEL["n_layers"],
                       n_heads=MODEL["n_heads"], d_ff=MODEL["d_ff"], family="llama", max_seq_len=length,
-                      attention=kernel, remat=remat)
+                      attention=kernel, remat=remat, shifted_sparse_group=s2_group)
     model = Transformer(cfg)
     params = init_params(cfg, jax.random.PRNGKey(0))
     optimizer = optax.adamw(1e-4)
@@ -124,7 +126,8 @@ def measure_torch(length, steps):
 def child(args):
     framework, kernel, remat, _ = RUNS[args.child]
     if framework == "jax":
-        result = measure_jax(kernel, remat, args.length, args.cap_gib * GIB, args.steps)
+        s2_group = args.length // 4 if args.child.endswith("+s2") else 0
+        result = measure_jax(kernel, remat, args.length, args.cap_gib * GIB, args.steps, s2_group)
     else:
         result = measure_torch(args.length, args.steps)
     result.update(name=args.child, length=args.length, peak_rss_gib=_peak_rss_bytes() / GIB)
@@ -200,7 +203,8 @@ def write_report(results, out_md, out_png, command):
                f"    {command}\n\n"
                f"Model: Llama-style, d_model={MODEL['d_model']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} "
                f"heads of 64, SwiGLU {MODEL['d_ff']}, vocab {MODEL['vocab']}, float32, batch 1; AdamW. "
-               f"Each row is its own process. `+remat` = `ModelConfig(remat='full')`.\n\n"
+               f"Each row is its own process. `+remat` = `ModelConfig(remat='full')`; `+s2` = LongLoRA's "
+               f"S²-Attn in groups of L/4 (`ModelConfig(shifted_sparse_group=L // 4)`, training only).\n\n"
                + "\n".join(rows) + f"\n\n![memory and time vs length]({out_png.name})\n")
     marker = "## Attention memory: one train step vs length"
     if marker in text:

@@ -206,6 +206,24 @@ class Block(nn.Module):
         return _constrain(x, ("batch", "length", "embed")), new_kv
 
 
+def _remat_policy(cfg: ModelConfig):
+    """The configured policy, except that a LoRA adapter's output (x A) B is recomputed from the small x A: a
+    policy that keeps matmul outputs would otherwise keep it beside x W, as much memory again per adapted
+    projection. (Adapter products are the matmuls that contract over exactly lora_rank.)"""
+    policy = REMAT_POLICIES[cfg.remat]
+    if not cfg.lora_rank or policy is None:
+        return policy
+
+    def policy_with_adapters(prim, *args, **params):
+        if prim is lax.dot_general_p:
+            (contracting, _), _ = params["dimension_numbers"]
+            if [args[0].shape[d] for d in contracting] == [cfg.lora_rank]:
+                return False
+        return policy(prim, *args, **params)
+
+    return policy_with_adapters
+
+
 class Transformer(nn.Module):
     config: ModelConfig
 
@@ -219,7 +237,7 @@ class Transformer(nn.Module):
         self.pos_embed = cfg.position.embedding(cfg)
         block = Block
         if cfg.remat != "none":
-            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            block = nn.remat(Block, policy=_remat_policy(cfg), prevent_cse=False)
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},

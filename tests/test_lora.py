@@ -2,6 +2,9 @@
 frozen weights cost no weight gradients, and a LongLoRA run (adapters + norms + S²-Attn) from a Hugging Face
 model exports a plain model that transformers loads with the trained model's full-attention logits."""
 
+import collections
+import contextlib
+import io
 import json
 import os
 import re
@@ -12,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 from test_train import tiny
 from test_train_step import batch
 from transformers import AutoModelForCausalLM
@@ -61,6 +65,25 @@ def test_fresh_adapters_change_nothing_and_trained_ones_merge_into_the_kernels()
     imported = add_adapters(base, CFG, jax.random.PRNGKey(1))
     assert jax.tree.structure(imported) == jax.tree.structure(params)
     np.testing.assert_array_equal(logits(CFG, imported), logits(base_cfg, base))
+
+
+def saved_activations(cfg):
+    """Shapes of the activations the backward pass keeps from the forward (e.g. 'f32[2,16,32]'), as a Counter."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(lambda p: Transformer(cfg).apply({"params": p}, TOKENS, return_hidden=True).sum(),
+                              init_params(cfg, jax.random.PRNGKey(0)))
+    return collections.Counter(line.split()[0] for line in out.getvalue().splitlines() if " output of " in line)
+
+
+@pytest.mark.parametrize("remat", ["dots_no_batch", "dots"])
+def test_remat_policies_recompute_adapter_outputs_instead_of_keeping_them(remat):
+    """Matmul-keeping policies would keep each adapter's (x A) B beside x W; only the rank-wide x A is kept."""
+    base = CFG.replace(lora_rank=0, remat=remat)
+    with_adapters, without = saved_activations(CFG.replace(remat=remat)), saved_activations(base)
+    extra = with_adapters - without
+    # Only x A of the 5 targets, [layers, batch x length, rank]: no (x A) B of [.., d_out].
+    assert not without - with_adapters and extra == {"f32[2,32,4]": 5}, extra
 
 
 def _fresh_state(tx):

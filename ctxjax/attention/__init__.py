@@ -20,6 +20,8 @@ Kernels:
 - `ring`: sequence parallel over the `sequence` mesh axis (needs `jax.set_mesh`), blockwise inside.
 - `cudnn` (GPU) and `splash` (TPU): fused kernels for the layouts they support, blockwise otherwise.
 - `auto`: the best of these for the platform, the mesh and the length.
+
+`shifted.shifted_sparse_attention` wraps any of them into LongLoRA's S²-Attn (`ModelConfig.shifted_sparse_group`).
 """
 
 from __future__ import annotations
