@@ -6,6 +6,9 @@
 
 The model's own context (max_position_embeddings) is the original length; the 16k stage gets
 factor 4 and original_max_position_embeddings = the model's context. YaRN's paper fine-tunes ~400 steps.
+LongLoRA's recipe (adapters + trainable embeddings and norms + S²-Attn in quarter-length groups) is three
+overrides: `--config.model.lora_rank=8 --config.optimizer.trainable=embed,norm
+--config.model.shifted_sparse_group=4096`.
 Mistral and Qwen2 imports work the same; a Mistral keeps its sliding window unless the run widens it
 (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did).
 """
