@@ -5,6 +5,7 @@ FLOPs per token of one forward+backward pass (backward = 2x forward):
   + 12 * n_layers * n_heads * head_dim * K  attention scores and weighted values, K the keys a query sees on
                                              average: L/2 causally (half of full attention's L), less with a
                                              sliding window or S²-Attn groups
+  - 2 * frozen matmul weights          no weight gradient for them (LoRA, optimizer.trainable)
 This is the PaLM/nanoGPT count with causal attention counted once (as MaxText does since 2025).
 """
 
@@ -37,9 +38,24 @@ def attended_keys(cfg: ModelConfig, seq_len: int) -> float:
     return window - window * window / (2 * seq_len)
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def frozen_matmul_params(cfg: ModelConfig, params, labels) -> int:
+    """Matmul weights labelled 'freeze' by `optimizer.trainable_labels` (the step computes no weight gradient
+    for them): every kernel, and a tied embedding table, which is also the output projection."""
+    def is_matmul_weight(path) -> bool:
+        names = [str(getattr(k, "key", k)) for k in path]
+        return names[-1] == "kernel" or (cfg.tied and names == ["embed", "embedding"])
+
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return sum(leaf.size for (path, leaf), label in zip(leaves, jax.tree.leaves(labels))
+               if label == "freeze" and is_matmul_weight(path))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, frozen_params: int = 0) -> float:
+    """`frozen_params`: matmul weights without a weight gradient (LoRA, `trainable`): 4 FLOPs per token, not 6.
+    LoRA adapters themselves (rank x (in + out) per projection, ~1% of a 4096-wide weight at rank 8) are not
+    counted."""
     attention = 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * attended_keys(cfg, seq_len)
-    return 6.0 * matmul_params(cfg) + attention
+    return 6.0 * matmul_params(cfg) - 2.0 * frozen_params + attention
 
 
 @functools.cache

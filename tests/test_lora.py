@@ -21,6 +21,7 @@ from test_train_step import batch
 from transformers import AutoModelForCausalLM
 
 from ctxjax import ModelConfig
+from ctxjax.flops import flops_per_token, frozen_matmul_params, matmul_params
 from ctxjax.checkpoint import Checkpointer, load_for_inference, shape_differences
 from ctxjax.hf import load_pretrained
 from ctxjax.lora import add_adapters, merge_adapters
@@ -112,6 +113,12 @@ def test_only_adapters_and_named_groups_train_and_frozen_weights_get_no_weight_g
     flops = [f.lower(before, batch(length=16)).compile().cost_analysis()["flops"]
              for f in (with_labels, jax.jit(make_train_step(CFG, tx)))]
     assert flops[0] < 0.9 * flops[1], flops
+    # MFU counts 4 FLOPs per token for each frozen matmul weight (forward + input gradient), not 6.
+    for cfg in (CFG, CFG.replace(tie_embeddings=True)):  # tied: the frozen embedding is the output projection
+        shapes = abstract_params(cfg)
+        frozen = frozen_matmul_params(cfg, shapes, trainable_labels(shapes, "final_norm"))
+        assert frozen == matmul_params(cfg)  # every matmul weight but the adapters is frozen
+    assert flops_per_token(CFG, 16, frozen) == flops_per_token(CFG, 16) - 2 * matmul_params(CFG)
 
 
 def test_lora_fine_tune_of_an_hf_model_exports_a_plain_model_with_its_logits(tmp_path):

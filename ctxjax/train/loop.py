@@ -21,7 +21,7 @@ from ctxjax import flops, hf, lora, positions
 from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, make_global_batch, make_pipeline
-from ctxjax.optimizer import make_optimizer
+from ctxjax.optimizer import make_optimizer, trainable_labels
 from ctxjax.attention.ring import zigzag_batch
 from ctxjax.schedule import learning_rate_schedule, model_config_for, stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
@@ -169,6 +169,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                         _, shardings = state_shardings(cfg, tx, mesh)
                         state = jax.device_put(state, shardings)
                     train_step, fresh_compile = jit_train_step(config, cfg, tx, stage, mesh, shardings), True
+                    # MFU counts no weight gradient for frozen matmul weights (LoRA, optimizer.trainable).
+                    shapes = abstract_params(cfg)
+                    labels = trainable_labels(shapes, config.optimizer.trainable)
+                    frozen = flops.frozen_matmul_params(cfg, shapes, labels)
                 local = pipe.next_batch(stage.batch_size, stage.seq_len)
                 if zigzag_shards:
                     local = zigzag_batch(local, zigzag_shards)
@@ -196,7 +200,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                     }
                     if interval_tokens:  # an interval holding only a freshly compiled step has no throughput
                         record["tokens_per_s"] = interval_tokens / elapsed
-                        record["mfu"] = record["tokens_per_s"] * flops.flops_per_token(cfg, stage.seq_len) / peak
+                        step_flops = flops.flops_per_token(cfg, stage.seq_len, frozen)
+                        record["mfu"] = record["tokens_per_s"] * step_flops / peak
                     metrics.write(step, record)
                     metrics.progress(step, record)
                     summary.update(record)
