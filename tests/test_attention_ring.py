@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import AxisType
 
 from ctxjax.attention.ring import ring_attention, zigzag_batch, zigzag_order
+from ctxjax.attention.shifted import shifted_sparse_attention
 from ctxjax.attention.testing import random_case
 from ctxjax.attention.xla import xla_attention
 from test_attention_blockwise import TOL, outputs_and_grads
@@ -39,11 +40,17 @@ def test_ring_equals_single_device(axes, case_and_reference):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL)
 
 
-def test_ring_with_a_sliding_window_equals_single_device():
+@pytest.mark.parametrize("s2_group", [0, 16], ids=["window", "window+s2"])
+def test_ring_with_a_sliding_window_equals_single_device(s2_group):
+    """Also under LongLoRA's S²-Attn, which the ring kernel sees as stretched positions and a window."""
     case = random_case(seed=11, batch=1, length=128, n_heads=4, n_kv_heads=2, sliding_window=21)
-    want_out, want_grads = outputs_and_grads(xla_attention, case)
+
+    def wrap(kernel):
+        return functools.partial(shifted_sparse_attention, kernel, group=s2_group) if s2_group else kernel
+
+    want_out, want_grads = outputs_and_grads(wrap(xla_attention), case)
     with jax.set_mesh(make_mesh(sequence=4)):
-        out, grads = outputs_and_grads(ring, case)
+        out, grads = outputs_and_grads(wrap(ring), case)
     np.testing.assert_allclose(out, want_out, **TOL)
     for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL)
