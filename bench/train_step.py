@@ -1,10 +1,13 @@
 """Training throughput of one step, ctxjax vs the same Llama in Hugging Face transformers (PyTorch), side by side.
 
     python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise]
+    python bench/train_step.py --model medium --lora 8 --lengths 1024 --tokens 2048   # LoRA vs PEFT (pip install peft)
 
-Same architecture (the demo model by default: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512,
-vocabulary 2048), same batch of tokens per step, float32, one forward + backward + AdamW update; each
-measurement runs in its own process after one warm-up step. PyTorch uses sdpa attention and all CPU threads.
+Same architecture (`--model demo`: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512, vocabulary 2048;
+`--model medium`: 155M parameters), same batch of tokens per step, float32, one forward + backward + AdamW update;
+each measurement runs in its own process after one warm-up step and reports its peak RSS too. PyTorch uses sdpa
+attention and all CPU threads. With `--lora R` both sides train only rank-R adapters on q, k, v, o (ctxjax:
+`ModelConfig.lora_rank`; PyTorch: PEFT's `LoraConfig`), everything else frozen.
 """
 
 from __future__ import annotations
@@ -12,31 +15,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 
-MODEL = dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512)
+MODELS = {
+    "demo": dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512),
+    "medium": dict(vocab_size=32000, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, d_ff=2816),
+}
 UNROLL = 4  # ctxjax only: configs/demo.py's scan_unroll
+LORA_ALPHA = 16.0
 
 
-def measure_ctxjax(length: int, batch: int, repeats: int, kernel: str = "xla") -> float:
+def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: str = "xla", lora: int = 0) -> float:
     import jax
     import numpy as np
     import optax
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from ctxjax import ModelConfig, init_params
+    from ctxjax.optimizer import trainable_labels
     from ctxjax.train.state import state_from_params
     from ctxjax.train.step import make_train_step
 
-    cfg = ModelConfig(**MODEL, max_seq_len=length, attention=kernel, scan_unroll=UNROLL)
+    cfg = ModelConfig(**model, max_seq_len=length, attention=kernel, scan_unroll=UNROLL, lora_rank=lora,
+                      lora_alpha=LORA_ALPHA)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    labels = trainable_labels(params, "") if lora else None  # with adapters: only they train
     tx = optax.adamw(1e-3)
-    state = state_from_params(init_params(cfg, jax.random.PRNGKey(0)), tx)
+    if lora:
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    state = state_from_params(params, tx)
     tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, length)).astype(np.int32)
     data = dict(tokens=tokens, positions=np.tile(np.arange(length, dtype=np.int32), (batch, 1)),
                 segment_ids=np.ones_like(tokens), targets=tokens, weights=np.ones(tokens.shape, np.float32))
-    step = jax.jit(make_train_step(cfg, tx), donate_argnums=0)
+    step = jax.jit(make_train_step(cfg, tx, labels=labels), donate_argnums=0)
     state, _ = step(state, data)
     jax.block_until_ready(state)
     start = time.perf_counter()
@@ -46,21 +60,26 @@ def measure_ctxjax(length: int, batch: int, repeats: int, kernel: str = "xla") -
     return (time.perf_counter() - start) / repeats
 
 
-def measure_torch(length: int, batch: int, repeats: int, kernel: str = "sdpa") -> float:
+def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: str = "sdpa", lora: int = 0) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=MODEL["vocab_size"], hidden_size=MODEL["d_model"],
-                         intermediate_size=MODEL["d_ff"], num_hidden_layers=MODEL["n_layers"],
-                         num_attention_heads=MODEL["n_heads"], num_key_value_heads=MODEL["n_kv_heads"],
+    config = LlamaConfig(vocab_size=model["vocab_size"], hidden_size=model["d_model"],
+                         intermediate_size=model["d_ff"], num_hidden_layers=model["n_layers"],
+                         num_attention_heads=model["n_heads"], num_key_value_heads=model["n_kv_heads"],
                          max_position_embeddings=length, attn_implementation="sdpa")
-    model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, MODEL["vocab_size"], (batch, length))
+    net = LlamaForCausalLM(config)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        net = get_peft_model(net, LoraConfig(r=lora, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    tokens = torch.randint(0, model["vocab_size"], (batch, length))
 
     def step():
-        model(tokens, labels=tokens).loss.backward()
+        net(input_ids=tokens, labels=tokens).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
@@ -77,25 +96,32 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch = tokens / length)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kernels", default="xla,blockwise", help="ctxjax attention kernels to measure")
+    parser.add_argument("--model", default="demo", choices=sorted(MODELS))
+    parser.add_argument("--lora", type=int, default=0, help="train rank-R adapters only, beside full training")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    model = MODELS[args.model]
     if args.child:  # one measurement, in this process
-        name, kernel, length = args.child.split(":")
+        name, kernel, length, lora = args.child.split(":")
         measure = measure_ctxjax if name == "ctxjax" else measure_torch
-        print(json.dumps({"seconds": measure(int(length), args.tokens // int(length), args.repeats, kernel)}))
+        seconds = measure(model, int(length), args.tokens // int(length), args.repeats, kernel, int(lora))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
+        print(json.dumps({"seconds": seconds, "peak_rss_gib": peak}))
         return
-    print("| implementation | attention | length | batch | step (s) | tokens/s |")
-    print("|---|---|---:|---:|---:|---:|")
-    runs = [("ctxjax", kernel) for kernel in args.kernels.split(",")] + [("torch", "sdpa")]
+    print("| implementation | attention | trains | length | batch | step (s) | tokens/s | peak RSS (GiB) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    ranks = [0, args.lora] if args.lora else [0]
+    runs = [(name, kernel, rank) for rank in ranks
+            for name, kernel in [("ctxjax", k) for k in args.kernels.split(",")] + [("torch", "sdpa")]]
     for length in map(int, args.lengths.split(",")):
-        for name, kernel in runs:
-            out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{kernel}:{length}", "--tokens",
-                                  str(args.tokens), "--repeats", str(args.repeats)],
+        for name, kernel, rank in runs:
+            out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{kernel}:{length}:{rank}",
+                                  "--tokens", str(args.tokens), "--repeats", str(args.repeats), "--model", args.model],
                                  capture_output=True, text=True, check=True).stdout
-            seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
-            batch = args.tokens // length
-            print(f"| {name} | {kernel} | {length} | {batch} | {seconds:.3f} | {batch * length / seconds:.0f} |",
-                  flush=True)
+            result = json.loads(out.strip().splitlines()[-1])
+            batch, trains = args.tokens // length, f"LoRA r={rank}" if rank else "everything"
+            print(f"| {name} | {kernel} | {trains} | {length} | {batch} | {result['seconds']:.3f} | "
+                  f"{batch * length / result['seconds']:.0f} | {result['peak_rss_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
