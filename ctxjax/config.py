@@ -182,7 +182,7 @@ class ModelConfig:
             fail(f"lora_targets={self.lora_targets!r} must be a tuple of projection names, e.g. ('q', 'v')")
         projections = self.projections
         unknown = [t for t in self.lora_targets if t not in projections]
-        if self.lora_rank and (unknown or not self.lora_targets):
+        if unknown or (self.lora_rank and not self.lora_targets):
             fail(f"lora_targets={self.lora_targets!r} names {unknown or 'no projection'}; choose from the "
                  f"projections of a {self.family} model: {projections}")
         if self.attention not in attention_lib.KERNELS:

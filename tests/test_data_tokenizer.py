@@ -97,6 +97,18 @@ def test_hf_tokenizer_json_loads_and_feeds_the_pipeline(corpus, tmp_path):
     assert load_tokenizer(str(workdir / "tokenizer")).fingerprint() == tokenizer.fingerprint()
 
 
+def test_a_replaced_tokenizer_leaves_none_of_its_files_behind(corpus, tmp_path):
+    """An imported model's tokenizer (tokenizer.json + companions) replaced by the run's: export must not find
+    the old tokenizer_config.json and ship it as if it described the new one."""
+    directory = tmp_path / "work" / "tokenizer"
+    directory.mkdir(parents=True)
+    make_hf_tokenizer_json(str(directory))
+    (directory / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    make_pipeline(dict(source=corpus, tokenizer="bytes", prefetch=0), str(tmp_path / "work"), process_index=0,
+                  process_count=1)
+    assert os.listdir(directory) == ["bytes_tokenizer.json"]
+
+
 def test_tokenizer_larger_than_the_model_vocabulary_is_an_error(trained, corpus):
     tokenizer, workdir = trained
     with pytest.raises(DataError, match="model's vocab_size is 300") as info:

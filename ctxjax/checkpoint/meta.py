@@ -53,8 +53,8 @@ def check_compatible(meta: dict, model_config: ModelConfig | dict, *, workdir: s
     diffs = shape_differences(meta["model_config"], model_config)
     if diffs:
         raise ValueError(f"{workdir} holds another model's checkpoint (step {meta.get('step')}; checkpoint -> "
-                         f"config: {'; '.join(diffs)}); choose a new --workdir (checkpoints are never "
-                         "overwritten)")
+                         f"config: {'; '.join(diffs)}); to resume it, set the checkpoint's values, or choose a new "
+                         "--workdir (checkpoints are never overwritten)")
 
 
 def _as_dict(model_config: ModelConfig | dict) -> dict:

@@ -17,8 +17,8 @@ from typing import Iterator
 from ctxjax.data.config import DataConfig, DataError
 from ctxjax.data.shuffle import IndexShuffle
 from ctxjax.data.sources import DocumentSource, UndecodableDocument, open_source
-from ctxjax.data.tokenizer import (BYTES_FILE, HF_FILE, SENTENCEPIECE_FILE, SentencePieceTokenizer, Tokenizer,
-                                   find_tokenizer_file, load_tokenizer, write_atomically)
+from ctxjax.data.tokenizer import (SentencePieceTokenizer, Tokenizer, find_tokenizer_file, load_tokenizer,
+                                   write_atomically)
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,15 @@ def _read_json(path: str) -> dict | None:
 
 
 def save_to_workdir(tokenizer: Tokenizer, directory: str, trained_with: dict | None = None) -> None:
-    """Make `tokenizer` the one in `directory`, removing other tokenizer files so it is unambiguous."""
+    """Make `tokenizer` the one in `directory`, removing every other file there (the directory holds only the
+    run's tokenizer): a replaced imported tokenizer's companions (tokenizer_config.json, vocab.json, ...) would
+    otherwise be exported as if they still described it."""
     if find_tokenizer_file(directory) and _fingerprint_at(directory) == tokenizer.fingerprint():
         return
-    for name in (SENTENCEPIECE_FILE, HF_FILE, BYTES_FILE, TRAINED_META_FILE):
-        if os.path.exists(os.path.join(directory, name)):
-            os.remove(os.path.join(directory, name))
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if os.path.isfile(os.path.join(directory, name)):
+                os.remove(os.path.join(directory, name))
     tokenizer.save(directory)
     if trained_with is not None:
         write_atomically(os.path.join(directory, TRAINED_META_FILE), json.dumps(trained_with).encode())

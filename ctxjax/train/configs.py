@@ -31,7 +31,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
     """Each override is `FIELD.PATH=VALUE` (the `--config.` prefix already stripped); VALUE is a Python
-    literal or else a string. Unknown fields are an error, never silently added."""
+    literal or else a string, and `a,b` for a list field means ['a', 'b']. Unknown fields are an error, never
+    silently added."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -50,8 +51,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             parent[int(name)] = value
             continue
         if not isinstance(parent, (ml_collections.ConfigDict, dict)) or name not in parent:
-            raise ValueError(f"unknown config field {key!r}; see the config file for valid fields")
-        parent[name] = value
+            raise ValueError(f"unknown config field {key!r}; valid fields are in the config file and "
+                             "ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
+        if isinstance(parent[name], (list, tuple)) and isinstance(value, str):  # a,b,c for a list field
+            value = type(parent[name])(part.strip() for part in value.split(",") if part.strip())
+        try:
+            parent[name] = value
+        except TypeError:
+            raise ValueError(f"--config.{key}={raw} does not fit the field's type "
+                             f"({type(parent[name]).__name__}, now {parent[name]!r})") from None
     return config
 
 

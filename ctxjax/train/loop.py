@@ -64,21 +64,35 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def architecture_imported(config, checkpoint_meta) -> bool:
+    """Whether the run's architecture came from a Hugging Face model (import-hf, init_from_hf) rather than from
+    `config.model`; training checkpoints record it (older ones did not: then init_from_hf decides)."""
+    if checkpoint_meta is None:
+        return bool(config.init_from_hf)
+    if checkpoint_meta.get("params_only"):
+        return True
+    return checkpoint_meta.get("imported", bool(config.init_from_hf))
+
+
 def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
     """The architecture of the run: the checkpoint's if the work directory has one (imported or resumed),
-    else the HF directory's (`init_from_hf`), else `config.model`; runtime fields always from config, and the
-    sliding window from config when it sets one (0 keeps the base model's).
-    A resumed run whose config describes another architecture is refused, never overwritten."""
+    else the HF directory's (`init_from_hf`), else `config.model`; runtime and adapter fields always from config,
+    and the sliding window from config when it sets one (0 keeps the base model's).
+    A resumed run whose config asks for other parameter shapes is refused, never overwritten: for a model built
+    from `config.model` any architecture field counts; for an imported one (whose shapes the recipe does not
+    describe) only the LoRA adapters that training added."""
     requested = model_config(config)
     runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS + ADAPTER_FIELDS}
     if requested.sliding_window:  # set in the config: replaces the base model's window (e.g. widened)
         runtime["sliding_window"] = requested.sliding_window
     if checkpoint_meta is not None:
-        saved = checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"]
-        if not checkpoint_meta.get("params_only") and not config.init_from_hf:
-            check_compatible({"model_config": saved, "step": checkpoint_meta.get("step")}, requested,
+        saved = ModelConfig.from_dict(checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"])
+        if not checkpoint_meta.get("params_only"):
+            imported = architecture_imported(config, checkpoint_meta)
+            wanted = saved.replace(**{f: runtime[f] for f in ADAPTER_FIELDS}) if imported else requested
+            check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")}, wanted,
                              workdir=workdir)
-        return ModelConfig.from_dict(saved).replace(**runtime)
+        return saved.replace(**runtime)
     if config.init_from_hf:
         hf_config = hf.read_hf_config(config.init_from_hf)
         return hf.model_config_from_hf(hf_config, param_dtype=requested.param_dtype, **runtime)
@@ -106,6 +120,11 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     latest = checkpointer.latest_step()
     meta = checkpointer.restore_meta(latest) if latest is not None else None
     base = base_model_config(config, meta, workdir)
+    imported = architecture_imported(config, meta)
+    if base.lora_rank and not imported:
+        raise ValueError(f"model.lora_rank={base.lora_rank} trains adapters on a pretrained model, but {workdir} "
+                         "holds none: run `ctxjax import-hf HF_DIR --workdir` on it first or set "
+                         "--config.init_from_hf=HF_DIR")
     mesh = make_mesh(dict(config.mesh), devices)
     # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
     zigzag_shards = mesh.shape["sequence"] if config.ring_zigzag and mesh.shape["sequence"] > 1 else 0
@@ -154,7 +173,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             _raise_if_diverged(state, checkpointer)
             checkpointer.save(step, state, data_state=pipe.global_state(), force=force,
                               meta=checkpoint_meta(cfg, train_config=config.to_dict(), stage=stage.index,
-                                                   base_model_config=base.to_dict()))
+                                                   base_model_config=base.to_dict(), imported=imported))
 
         try:
             while step < last_step:
