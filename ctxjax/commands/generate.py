@@ -15,14 +15,14 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     parser.add_argument("--prompt-file", help="a file whose whole text is one more prompt ('-': stdin)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: no cut)")
     parser.add_argument("--stop", action="append", default=[],
                         help="stop at this text's token (repeatable; the tokenizer's EOS always stops)")
     parser.add_argument("--no-bos", action="store_true", help="do not start prompts with the BOS token")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.set_defaults(run=run)
 
 

@@ -1,6 +1,7 @@
 """`ctxjax import-hf HF_DIR --workdir W [--rope-type yarn --factor 4 | --positions N]`: start a work directory
 from a Hugging Face model. Writes a step-0 params-only checkpoint (float32 master weights by default) and the
-model's tokenizer files into W/tokenizer; `ctxjax train --workdir W` then fine-tunes it at the new length."""
+model's tokenizer files into W/tokenizer; `ctxjax train --config configs/llama_extend.py --workdir W`
+then fine-tunes it at the new length."""
 
 from __future__ import annotations
 

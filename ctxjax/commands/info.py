@@ -15,7 +15,7 @@ from ctxjax.model import init_params
 def register(subparsers) -> None:
     parser = subparsers.add_parser("info", help="show the ModelConfig ctxjax reads from a Hugging Face directory",
                                    description=__doc__)
-    parser.add_argument("hf_dir")
+    parser.add_argument("hf_dir", help="a Hugging Face model directory (config.json + weights)")
     parser.set_defaults(run=run)
 
 
