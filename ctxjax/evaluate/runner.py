@@ -41,13 +41,6 @@ def beyond_position_table(cfg: ModelConfig, lengths, extra: int = 0) -> dict[int
                "`ctxjax extend-hf --positions N`" for n in lengths if n + extra > cfg.max_seq_len}
 
 
-def describe_position(scheme) -> str:
-    """A scheme with only the fields that differ from their defaults, e.g. Rope(rope_type='yarn', factor=4.0)."""
-    changed = [f"{f.name}={getattr(scheme, f.name)!r}" for f in dataclasses.fields(scheme)
-               if getattr(scheme, f.name) != f.default]
-    return f"{type(scheme).__name__}({', '.join(changed)})"
-
-
 def model_completer(cfg: ModelConfig, params, tokenizer: Tokenizer, batch_size: int) -> Completer:
     """Greedy continuations decoded to text. Batches are filled up to `batch_size` with copies of the first
     prompt, so every batch of one length has one shape (one compilation)."""
@@ -77,7 +70,7 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     run_cfg = evaluation_config(cfg, eval_config.attention)
     lengths = eval_config.resolved_lengths(cfg.max_seq_len)
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-    results: dict = {"model": {"position": describe_position(cfg.position), "max_seq_len": cfg.max_seq_len, "params": n_params,
+    results: dict = {"model": {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len, "params": n_params,
                                "attention": run_cfg.attention, "family": cfg.family},
                      "eval_config": dataclasses.asdict(eval_config), "lengths": list(lengths)}
     if "ppl" in eval_config.tasks:

@@ -28,6 +28,12 @@ class PositionScheme:
     # Hugging Face model families this scheme can be exported to (see ctxjax.hf).
     hf_families: ClassVar[tuple[str, ...]] = ()
 
+    def __str__(self) -> str:
+        """Only the fields that differ from their defaults, e.g. Rope(rope_type='yarn', factor=4.0)."""
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != f.default]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
     def validate(self, cfg: "ModelConfig") -> None:
         """Raise ValueError naming the bad field and the fix."""
 
