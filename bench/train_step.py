@@ -24,7 +24,6 @@ MODELS = {
     "demo": dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512),
     "medium": dict(vocab_size=32000, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, d_ff=2816),
 }
-UNROLL = 4  # ctxjax only: configs/demo.py's scan_unroll
 LORA_ALPHA = 16.0
 
 
@@ -39,7 +38,9 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     from ctxjax.train.state import state_from_params
     from ctxjax.train.step import make_train_step
 
-    cfg = ModelConfig(**model, max_seq_len=length, attention=kernel, scan_unroll=UNROLL, lora_rank=lora,
+    # Every layer unrolled (configs/demo.py's scan_unroll=4 of 4 layers): on CPU a rolled scan copies each layer's
+    # weights out of the stacked parameters and its gradients back in, every step.
+    cfg = ModelConfig(**model, max_seq_len=length, attention=kernel, scan_unroll=model["n_layers"], lora_rank=lora,
                       lora_alpha=LORA_ALPHA)
     params = init_params(cfg, jax.random.PRNGKey(0))
     labels = trainable_labels(params, "") if lora else None  # with adapters: only they train
