@@ -160,11 +160,13 @@ def test_lora_fine_tune_of_an_imported_model_resumes_and_exports_a_plain_model_w
     np.testing.assert_allclose(oracle.logits(exported, toks), ours, atol=1e-4)
 
 
-def test_lora_needs_a_pretrained_model_and_mistyped_overrides_are_one_line_errors(tmp_path):
+def test_lora_needs_a_pretrained_model_and_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="lora_rank=4 trains adapters on a pretrained model.*ctxjax import-hf"):
         train_and_evaluate(tiny("demo", **{"model.lora_rank": 4}), str(tmp_path))
     with pytest.raises(ValueError, match=r"--config.model.lora_rank=four does not fit the field's type \(int"):
         apply_overrides(tiny("demo"), ["model.lora_rank=four"])
+    with pytest.raises(ValueError, match="stage 0: seq_len=16 is not longer than model.shifted_sparse_group=16"):
+        train_and_evaluate(tiny("demo", **{"model.shifted_sparse_group": 16}), str(tmp_path))
 
 
 def _at(tree, path):

@@ -90,6 +90,10 @@ def validate(config, n_devices: int):
         if micro and (s.batch_size % micro or micro % batch_ways):
             raise ValueError(f"stage {s.index}: micro_batch_size={micro} must divide the batch size "
                              f"{s.batch_size} and be divisible by data x fsdp = {batch_ways}")
+        if cfg.shifted_sparse_group and s.seq_len <= cfg.shifted_sparse_group:
+            raise ValueError(f"stage {s.index}: seq_len={s.seq_len} is not longer than model.shifted_sparse_group="
+                             f"{cfg.shifted_sparse_group}; S²-Attn groups are a fraction of the length (LongLoRA: a "
+                             "quarter), so lower it or set it to 0 for full attention")
         if s.position:
             cfg.position.replace(**dict(s.position))  # unknown override keys fail here
         if cfg.position.name == "learned" and config.learned_extend_method not in ("interpolate", "copy"):
