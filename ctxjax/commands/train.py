@@ -11,8 +11,12 @@ import json
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train through the config's stages of context growth",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "train", help="train through the config's stages of context growth", description=__doc__,
+        epilog="--config.FIELD=VALUE overrides any field of the recipe: VALUE is a Python literal, else a string, "
+               "and a,b for a list (e.g. --config.tokens_per_step=4096 --config.model.lora_rank=8 "
+               "--config.model.lora_targets=q,v). The fields and what they do: the recipe file, "
+               "ctxjax/train/defaults.py and, for model.*, ctxjax/config.py.")
     parser.add_argument("--config", required=True, help="recipe file, e.g. configs/demo.py or configs/demo.py:tiny")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics, tokenizer and exports go here")
     parser.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0")
