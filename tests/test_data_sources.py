@@ -7,6 +7,7 @@ import pytest
 
 from ctxjax.data import DataConfig, DataError, eval_source_spec, make_pipeline, open_source
 from ctxjax.data import stdlib_corpus
+from ctxjax.data.sources import ListSource, MixtureSource
 
 
 def one_line_error(fn, match):
@@ -150,3 +151,41 @@ def test_tfds_data_set_is_read_from_its_files_where_its_builder_code_is_unknown(
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == repr(TFDS_DOCS["test"][0])
+
+
+# ---- mixtures ----
+def test_mixture_repeats_and_thins_each_source_by_its_weight(tmp_path):
+    for name, n in (("a", 3), ("b", 4)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            (tmp_path / name / f"{i}.txt").write_text(f"{name}{i}")
+    spec = f"mix:2*text:{tmp_path}/a/*.txt; 0.5*text:{tmp_path}/b/*.txt"
+    source = open_source(spec)
+    assert [source.text(i) for i in range(len(source))] == ["a0", "a0", "a1", "a1", "a2", "a2", "b0", "b2"]
+    assert source.local_files and source.fingerprint() != open_source(spec.replace("2*", "3*")).fingerprint()
+    # max_documents limits every part (each keeps its share), not the first N of the whole.
+    limited = open_source(spec, DataConfig(max_documents=2))
+    assert [limited.text(i) for i in range(len(limited))] == ["a0", "a0", "a1", "a1", "b0"]
+    # Through the pipeline: one epoch holds every repeat, in the shuffled order.
+    tokens, _ = drain_tokens(source, shuffle=True)
+    assert sorted(tokens.decode()[i:i + 2] for i in range(0, 16, 2)) == ["a0", "a0", "a1", "a1", "a2", "a2", "b0",
+                                                                         "b2"]
+    assert eval_source_spec(DataConfig(source="mix:3*stdlib;1*stdlib:train")) == "mix:3*stdlib:eval;1*stdlib:eval"
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("mix:", "names no source"),
+    ("mix:two*stdlib", "'two\\*stdlib' is not WEIGHT\\*SPEC"),
+    ("mix:0*stdlib", "is not WEIGHT\\*SPEC with a weight > 0"),
+    ("mix:stdlib", "is not WEIGHT\\*SPEC"),
+    ("mix:1*mix:1*stdlib", "other than mix"),
+    ("mix:0.0001*stdlib", "leaves none; raise the weight"),
+])
+def test_bad_mixtures_are_one_line_errors(spec, match):
+    one_line_error(lambda: open_source(spec), match)
+
+
+def test_a_mixture_refuses_a_source_read_only_in_order():
+    stream = ListSource(["x"], spec="tfds:pg19")
+    stream.sequential = True  # as a tfrecord-prepared tfds split read through tf.data
+    one_line_error(lambda: MixtureSource([stream], [1.0], "mix:1*tfds:pg19"), "read only in order")

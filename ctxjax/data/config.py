@@ -22,7 +22,7 @@ class DataError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     # Where documents come from (see docs/data.md): "stdlib[:train|eval]", "text:GLOB", "jsonl:GLOB[:FIELD]",
-    # "tfds:NAME[/CONFIG][:SPLIT]".
+    # "tfds:NAME[/CONFIG][:SPLIT]", or a weighted mixture of them "mix:3*tfds:pg19;1*text:/data/*.txt".
     source: str = "stdlib"
     # Held-out documents for evaluation; None derives one from `source` (see sources.eval_source_spec).
     eval_source: str | None = None

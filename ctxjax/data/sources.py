@@ -4,6 +4,8 @@
     text:GLOB                   one document per file
     jsonl:GLOB[:FIELD]          one document per line, the text under FIELD (default "text")
     tfds:NAME[/CONFIG][:SPLIT]  a prepared tensorflow-datasets data set (see tfds_source.py)
+    mix:W*SPEC;W*SPEC...        several sources in one, each's documents repeated W times per epoch
+                                (W < 1: an evenly spaced W-fraction of them), e.g. mix:3*tfds:pg19;1*stdlib
 
 Random access (rather than a stream) is what lets every process read only its own documents, lets the
 pipeline shuffle without a buffer, and lets a restored run seek straight to where it was.
@@ -11,6 +13,7 @@ pipeline shuffle without a buffer, and lets a restored run seek straight to wher
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -193,8 +196,69 @@ def _open_tfds(arg: str, config: DataConfig) -> DocumentSource:
     return tfds_source.open_tfds(arg, config)
 
 
+class MixtureSource(DocumentSource):
+    """Sources one after another, source k's documents repeated `weights[k]` times (a fraction: every 1/w-th
+    document). Still random access with a fixed length, so shuffling, sharding and resuming work unchanged;
+    the pipeline's shuffle spreads the repeats over the epoch."""
+
+    def __init__(self, sources: Sequence[DocumentSource], weights: Sequence[float], spec: str):
+        self.sources, self.spec = list(sources), spec
+        for src in self.sources:
+            if getattr(src, "sequential", False):
+                raise DataError(f"data.source={spec!r}: {src.spec!r} is prepared as tfrecord, read only in order, "
+                                "which a mixture cannot interleave; prepare it with tfds build "
+                                "--file_format=array_record")
+        self.counts = [round(w * len(src)) for src, w in zip(self.sources, weights)]
+        for src, w, count in zip(self.sources, weights, self.counts):
+            if count < 1:
+                raise DataError(f"data.source={spec!r}: weight {w:g} x {len(src)} documents of {src.spec!r} "
+                                "leaves none; raise the weight")
+        self.starts = np.cumsum([0, *self.counts])
+        self.local_files = all(src.local_files for src in self.sources)
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def text(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        source, count = self.sources[k], self.counts[k]
+        return source.text((i - int(self.starts[k])) * len(source) // count)
+
+    def fingerprint(self):
+        parts = [f"{src.fingerprint()}*{count}" for src, count in zip(self.sources, self.counts)]
+        return hashlib.sha1(("mix:" + ";".join(parts)).encode()).hexdigest()
+
+
+MIX_EXAMPLE = "mix:3*tfds:pg19;1*text:/data/*.txt"
+
+
+def mixture_parts(arg: str, spec: str) -> list[tuple[float, str]]:
+    """'3*tfds:pg19;0.5*stdlib' -> [(3.0, 'tfds:pg19'), (0.5, 'stdlib')]."""
+    parts = []
+    for item in filter(None, (x.strip() for x in arg.split(";"))):
+        weight, sep, inner = item.partition("*")
+        try:
+            value = float(weight) if sep else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or not inner or inner.startswith("mix:"):
+            raise DataError(f"data.source={spec!r}: {item!r} is not WEIGHT*SPEC with a weight > 0 and a source "
+                            f"other than mix; write e.g. {MIX_EXAMPLE}")
+        parts.append((value, inner))
+    if not parts:
+        raise DataError(f"data.source={spec!r} names no source; write e.g. {MIX_EXAMPLE}")
+    return parts
+
+
+def _open_mix(arg: str, config: DataConfig) -> DocumentSource:
+    parts = mixture_parts(arg, f"mix:{arg}")
+    return MixtureSource([open_source(inner, config) for _, inner in parts], [w for w, _ in parts], f"mix:{arg}")
+
+
 SOURCE_KINDS: dict[str, Callable[[str, DataConfig], DocumentSource]] = {
-    "stdlib": _open_stdlib, "text": _open_text, "jsonl": _open_jsonl, "tfds": _open_tfds,
+    "stdlib": _open_stdlib, "text": _open_text, "jsonl": _open_jsonl, "tfds": _open_tfds, "mix": _open_mix,
 }
 
 
@@ -226,9 +290,11 @@ def open_source(spec: str | DocumentSource, config: DataConfig | None = None) ->
         kind, _, arg = spec.partition(":")
         if kind not in SOURCE_KINDS:
             raise DataError(f"data.source={spec!r} has unknown kind {kind!r}; use one of "
-                            "stdlib[:SPLIT], text:GLOB, jsonl:GLOB[:FIELD], tfds:NAME[/CONFIG][:SPLIT]")
+                            "stdlib[:SPLIT], text:GLOB, jsonl:GLOB[:FIELD], tfds:NAME[/CONFIG][:SPLIT], "
+                            "mix:W*SPEC;W*SPEC")
         source = SOURCE_KINDS[kind](arg, config)
-    if config.max_documents is not None:
+    # A mixture's parts are limited one by one (as opened above), so that each keeps its share.
+    if config.max_documents is not None and not isinstance(source, MixtureSource):
         source = _Truncated(source, config.max_documents)
     if len(source) == 0:
         raise DataError(f"data.source={source.spec!r} holds no document; point it at non-empty data")
@@ -240,6 +306,9 @@ def eval_source_spec(config: DataConfig) -> str:
     if config.eval_source:
         return config.eval_source
     kind, _, arg = config.source.partition(":")
+    if kind == "mix":  # each part's held-out split, in the same proportions
+        return "mix:" + ";".join(f"{w:g}*{eval_source_spec(dataclasses.replace(config, source=inner))}"
+                                 for w, inner in mixture_parts(arg, config.source))
     if kind == "stdlib":
         return "stdlib:eval"
     if kind == "tfds":
