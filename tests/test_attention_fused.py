@@ -1,5 +1,7 @@
 """Fused kernels (cudnn, splash) and `auto`: the fast-path check, the fallback, and splash itself (interpreted)."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from ctxjax.attention.auto import choose_kernel
 from ctxjax.attention.blockwise import blockwise_attention
 from ctxjax.attention.fused import index_order_is_position_order, splash_fused, splash_tile
 from ctxjax.attention.ring import ring_attention
+from ctxjax.attention.shifted import group_segments, shifted_sparse_attention
 from ctxjax.attention.testing import cache_case, random_case
 from ctxjax.attention.xla import xla_attention
 from test_attention_blockwise import assert_same_as_xla, outputs_and_grads
@@ -32,6 +35,10 @@ def test_fast_path_check():
     returning = seg.copy()
     returning[:, -1] = 1  # segment 1 comes back after later segments
     assert not index_order_is_position_order(returning, returning, pos, pos)
+    # S²-Attn's (segment, group) ids keep an ordinary batch on the fused kernels' fast path.
+    for shift in (0, 8):
+        groups = group_segments(seg, pos, 16, shift)
+        assert index_order_is_position_order(groups, groups, pos, pos) and groups.max() > seg.max()
 
 
 @pytest.mark.parametrize("name", ["cudnn", "splash", "auto"])
@@ -40,9 +47,10 @@ def test_off_platform_kernels_equal_xla(name):
     assert_same_as_xla(get_kernel(name), random_case(seed=8, length=48))
 
 
-@pytest.mark.parametrize("length, window, tiles", [(128, 0, (128, 128)), (256, 40, (256, 128))],
-                         ids=["causal", "window-larger-tiles"])
-def test_splash_interpreted_equals_xla(length, window, tiles):
+@pytest.mark.parametrize("length, window, tiles, s2_group",
+                         [(128, 0, (128, 128), 0), (256, 40, (256, 128), 0), (128, 0, (128, 128), 32)],
+                         ids=["causal", "window-larger-tiles", "s2-groups"])
+def test_splash_interpreted_equals_xla(length, window, tiles, s2_group):
     case = random_case(seed=9, batch=1, length=length, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
                        sliding_window=window)
 
@@ -50,8 +58,11 @@ def test_splash_interpreted_equals_xla(length, window, tiles):
         return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, block_q=tiles[0],
                             block_k=tiles[1], interpret=True)
 
-    out, grads = outputs_and_grads(splash, case)
-    want_out, want_grads = outputs_and_grads(xla_attention, case)
+    def reference(kernel):  # LongLoRA's S²-Attn reaches splash as segment ids, which splash takes natively
+        return functools.partial(shifted_sparse_attention, kernel, group=s2_group) if s2_group else kernel
+
+    out, grads = outputs_and_grads(reference(splash), case)
+    want_out, want_grads = outputs_and_grads(reference(xla_attention), case)
     np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
     for got, want in zip(grads, want_grads):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
