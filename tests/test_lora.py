@@ -186,3 +186,15 @@ def test_bad_lora_settings_are_one_line_errors(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)) as error:
         ModelConfig(**fields)
     assert str(error.value).startswith("ModelConfig: ") and "\n" not in str(error.value)
+
+
+def test_longlora_compiles_on_the_pod_layout_of_8_devices():
+    """Adapters sharded like their projections (fsdp x tensor) and S²-Attn on the ring kernel (sequence 2)."""
+    from ctxjax.train import load_config
+    from ctxjax.train.aot import compile_stages
+
+    pod = os.path.join(os.path.dirname(__file__), "..", "configs", "tpu_pod.py:tiny")
+    config = apply_overrides(load_config(pod), ["model.lora_rank=4", "optimizer.trainable=embed,norm",
+                                                "model.shifted_sparse_group=16"])
+    rows = compile_stages(config, jax.devices())
+    assert [(r["seq_len"], r["attention"]) for r in rows] == [(64, "ring"), (128, "ring")]
