@@ -8,8 +8,6 @@ The adapters themselves live in `model.Dense` (`lora_a`, `lora_b` next to a proj
 
 from __future__ import annotations
 
-import math
-
 import flax
 import flax.linen as nn
 import jax
@@ -48,23 +46,29 @@ def add_adapters(params, cfg: ModelConfig, rng):
     return flax.traverse_util.unflatten_dict(flat)
 
 
+def split_adapters(params):
+    """(params without adapters, {module path: (lora_a, lora_b)}), e.g. {('layers', 'attn', 'q'): (a, b)}."""
+    flat = flax.traverse_util.flatten_dict(params)
+    adapters = {k[:-1]: (flat[k], flat[(*k[:-1], "lora_b")]) for k in flat if k[-1] == "lora_a"}
+    base = {k: v for k, v in flat.items() if not _is_adapter(k)}
+    return flax.traverse_util.unflatten_dict(base), adapters
+
+
 def merge_adapters(cfg: ModelConfig, params):
     """(cfg without adapters, params with every adapter folded into its kernel). Host (numpy) params stay numpy;
     the sum is formed in float32 and stored in the kernel's dtype. Without adapters, both come back as they are."""
-    flat = flax.traverse_util.flatten_dict(params)
-    if not any(_is_adapter(k) for k in flat):
+    base, adapters = split_adapters(params)
+    if not adapters:
         return cfg.replace(lora_rank=0), params
-    xp = np if all(isinstance(v, np.ndarray) for v in flat.values()) else jnp
+    xp = np if all(isinstance(v, np.ndarray) for v in jax.tree.leaves(params)) else jnp
     scale = float(cfg.lora_alpha) / cfg.lora_rank
-    merged = {k: v for k, v in flat.items() if not _is_adapter(k)}
-    for path in [k for k in flat if k[-1] == "lora_a"]:
-        module = path[:-1]
-        a, b, kernel = flat[path], flat[(*module, "lora_b")], flat[(*module, "kernel")]
+    flat = flax.traverse_util.flatten_dict(base)
+    for module, (a, b) in adapters.items():
+        kernel = flat[(*module, "kernel")]
         # Stacked layers: a [layers, *in, rank], b [layers, rank, *out], kernel [layers, *in, *out].
         layers, rank = a.shape[0], a.shape[-1]
-        n_in = math.prod(a.shape[1:-1])
-        delta = xp.matmul(xp.asarray(a, xp.float32).reshape(layers, n_in, rank),
+        delta = xp.matmul(xp.asarray(a, xp.float32).reshape(layers, -1, rank),
                           xp.asarray(b, xp.float32).reshape(layers, rank, -1))
-        merged[(*module, "kernel")] = (xp.asarray(kernel, xp.float32) + scale * delta.reshape(kernel.shape)).astype(
+        flat[(*module, "kernel")] = (xp.asarray(kernel, xp.float32) + scale * delta.reshape(kernel.shape)).astype(
             kernel.dtype)
-    return cfg.replace(lora_rank=0), flax.traverse_util.unflatten_dict(merged)
+    return cfg.replace(lora_rank=0), flax.traverse_util.unflatten_dict(flat)

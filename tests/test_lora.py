@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
+from peft import PeftModel
 from test_train import tiny
 from test_train_step import batch
 from transformers import AutoModelForCausalLM
@@ -25,6 +26,7 @@ from ctxjax.flops import flops_per_token, frozen_matmul_params, matmul_params
 from ctxjax import cli
 from ctxjax.checkpoint import Checkpointer, load_for_inference
 from ctxjax.hf import load_pretrained
+from ctxjax.hf.peft import save_peft_adapter
 from ctxjax.lora import add_adapters, merge_adapters
 from ctxjax.model import Transformer, init_params
 from ctxjax.optimizer import trainable_labels
@@ -158,6 +160,24 @@ def test_lora_fine_tune_of_an_imported_model_resumes_and_exports_a_plain_model_w
     full_attention = trained_cfg.replace(shifted_sparse_group=0)
     ours = np.asarray(Transformer(full_attention).apply({"params": params}, jnp.asarray(toks)))
     np.testing.assert_allclose(oracle.logits(exported, toks), ours, atol=1e-4)
+
+    # Or the adapters apart, as PEFT loads them on top of the rest (here with the trained norms).
+    base_dir, adapter_dir = str(tmp_path / "base"), str(tmp_path / "adapter")
+    assert cli.main(["export", "--workdir", work, "--out", base_dir, "--peft-adapter", adapter_dir]) == 0
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    np.testing.assert_allclose(oracle.logits(with_adapter, toks), ours, atol=1e-4)
+    assert json.load(open(os.path.join(adapter_dir, "adapter_config.json")))["target_modules"] == ["q_proj", "v_proj"]
+    # The imported step-0 checkpoint has no adapters: refused in one line, nothing written.
+    assert cli.main(["export", "--workdir", work, "--step", "0", "--out", str(tmp_path / "x"),
+                     "--peft-adapter", str(tmp_path / "y")]) == 2
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def test_peft_export_refuses_gpt2s_fused_projections(tmp_path):
+    cfg = ModelConfig(family="gpt2", vocab_size=50, d_model=32, n_layers=1, n_heads=4, lora_rank=2)
+    with pytest.raises(ValueError, match="Llama-family models only.*export the merged model"):
+        save_peft_adapter(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "a"), str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a")
 
 
 def test_lora_needs_a_pretrained_model_and_bad_settings_are_one_line_errors(tmp_path):

@@ -44,19 +44,21 @@ def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer
     return os.path.join(checkpoint_dir(workdir), "0")
 
 
-def load_for_inference(workdir: str, step: int | None = None):
+def load_for_inference(workdir: str, step: int | None = None, merge_lora: bool = True):
     """(ModelConfig, params, tokenizer_dir or None) of checkpoint `step` (default: latest), full or params-only.
 
     Params are host numpy arrays in their stored dtype, shaped as stored (a learned position table grown by a
-    later stage included), LoRA adapters merged into their weights; the config attends to the whole context (no
-    S²-Attn). Place params with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a tokenizer
+    later stage included), LoRA adapters merged into their weights (unless `merge_lora=False`); the config
+    attends to the whole context (no S²-Attn). Place params with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a tokenizer
     (read it with ctxjax.data.load_tokenizer)."""
     with Checkpointer(workdir, read_only=True) as checkpointer:
         step = checkpointer.resolve_step(step)
         abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
         state, _, meta = checkpointer.restore(abstract, step)
     tokenizer = tokenizer_dir(workdir)
-    cfg, params = merge_adapters(model_config_of(meta), state["params"])
+    cfg, params = model_config_of(meta), state["params"]
+    if merge_lora:
+        cfg, params = merge_adapters(cfg, params)
     cfg = cfg.replace(shifted_sparse_group=0)  # S²-Attn is for training; a trained model sees its whole context
     return cfg, params, tokenizer if find_tokenizer_file(tokenizer) else None
 

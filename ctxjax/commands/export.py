@@ -1,6 +1,8 @@
-"""`ctxjax export --workdir W [--step N] --out DIR`: a checkpoint of a work directory (latest, or step N; a
-training checkpoint or an imported params-only one) as a Hugging Face model directory that `transformers`
-loads, with the work directory's tokenizer when it has a Hugging Face form."""
+"""`ctxjax export --workdir W [--step N] --out DIR [--peft-adapter ADAPTER_DIR]`: a checkpoint of a work directory
+(latest, or step N; a training checkpoint or an imported params-only one) as a Hugging Face model directory that
+`transformers` loads, with the work directory's tokenizer when it has a Hugging Face form. LoRA adapters are
+merged into the weights, or with --peft-adapter written apart as a PEFT adapter for the model in DIR (which then
+holds everything else the run trained, e.g. embeddings and norms)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import os
 from ctxjax import hf
 from ctxjax.checkpoint import load_for_inference
 from ctxjax.data.tokenizer import SENTENCEPIECE_FILE
+from ctxjax.hf.peft import save_peft_adapter
 from ctxjax.hf.tokenizer import TOKENIZER_FILES
+from ctxjax.lora import split_adapters
 
 
 def register(subparsers) -> None:
@@ -18,21 +22,29 @@ def register(subparsers) -> None:
     parser.add_argument("--workdir", required=True, help="work directory of a training run or of import-hf")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", required=True, help="output directory (a new Hugging Face model directory)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--peft-adapter", metavar="ADAPTER_DIR",
+                        help="keep LoRA adapters apart: write them here as a PEFT adapter of the model in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace non-empty output directories")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     out = os.path.abspath(args.out)
-    # save_pretrained refuses this too, but only after the (possibly large) checkpoint was read.
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite or choose a new --out")
-    cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step)
+    adapter = os.path.abspath(args.peft_adapter) if args.peft_adapter else None
+    # The writers refuse this too, but only after the (possibly large) checkpoint was read.
+    for directory, flag in ((out, "--out"), (adapter, "--peft-adapter")):
+        if directory and os.path.isdir(directory) and os.listdir(directory) and not args.overwrite:
+            raise ValueError(f"{directory} is not empty; pass --overwrite or choose a new {flag}")
+    cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step, merge_lora=adapter is None)
     tokenizer = hf_tokenizer(tokenizer_dir)
+    if adapter:  # a model either output would refuse writes neither
+        hf.hf_config_from_model(cfg)
+        save_peft_adapter(cfg, params, adapter, base_model=out, overwrite=args.overwrite)
+        cfg, params = cfg.replace(lora_rank=0), split_adapters(params)[0]
     hf.save_pretrained(cfg, params, out, tokenizer=tokenizer, overwrite=args.overwrite)
     print(f"model:     {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.position}")
     print(f"tokenizer: {tokenizer or 'none (the work directory has no Hugging Face tokenizer)'}")
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and the PEFT adapter {adapter}" if adapter else ""))
     return 0
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -19,7 +17,7 @@ import numpy as np
 
 from ctxjax.config import ModelConfig
 from ctxjax.hf.config import hf_config_from_model, model_config_from_hf
-from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint
+from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint, write_directory
 from ctxjax.hf.tokenizer import write_tokenizer
 from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
 from ctxjax.lora import merge_adapters
@@ -111,27 +109,16 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     if config.position.name == "learned":  # the table, possibly extended, is the truth about n_positions
         config = config.replace(max_seq_len=int(params["pos_embed"]["embedding"].shape[0]))
     hf = hf_config_from_model(config)
-    out_dir = os.path.abspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise ValueError(f"{out_dir} is not empty; pass overwrite=True (CLI: --overwrite) or choose a new directory")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"{out_dir} exists and is not a directory; choose another output path")
     tensors = list(_hf_tensors(config, params))  # converts (and checks) everything before touching the disk
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
+    def fill(directory):
+        with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(hf, f, indent=2)
-        write_checkpoint(iter(tensors), tmp, max_shard_bytes)
+        write_checkpoint(iter(tensors), directory, max_shard_bytes)
         if tokenizer is not None:
-            write_tokenizer(tokenizer, tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+            write_tokenizer(tokenizer, directory)
+
+    return write_directory(out_dir, overwrite, fill)
 
 
 def _hf_tensors(cfg: ModelConfig, params):
@@ -154,16 +141,6 @@ def _hf_tensors(cfg: ModelConfig, params):
                 yield name, t.to_hf(cfg, [v[i] for v in values])
         else:
             yield t.hf_name, t.to_hf(cfg, values)
-
-
-def _replace_dir(new: str, target: str) -> None:
-    if not os.path.exists(target):
-        os.rename(new, target)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
-    os.rename(target, os.path.join(old, "previous"))
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _get(tree, path):

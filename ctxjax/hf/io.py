@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+import shutil
+import tempfile
+from typing import Callable, Iterator
 
 import numpy as np
 from safetensors import safe_open
@@ -74,3 +76,33 @@ def write_checkpoint(tensors: Iterator[tuple[str, np.ndarray]], out_dir: str,
             total += array.nbytes
     with open(os.path.join(out_dir, INDEX), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def write_directory(out_dir: str, overwrite: bool, fill: Callable[[str], None]) -> str:
+    """Create `out_dir` by `fill(tmp)` on a temporary sibling directory that is renamed into place at the end,
+    so a failure leaves no half-written directory; a non-empty `out_dir` is replaced only with `overwrite`."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise ValueError(f"{out_dir} is not empty; pass overwrite=True (CLI: --overwrite) or choose a new directory")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a directory; choose another output path")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        fill(tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace_dir(new: str, target: str) -> None:
+    if not os.path.exists(target):
+        os.rename(new, target)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
+    os.rename(target, os.path.join(old, "previous"))
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
