@@ -173,7 +173,8 @@ class ModelConfig:
                  "of the training length)")
         if group and (self.n_heads % 2 or (self.kv_heads % 2 and self.kv_heads > 1)):
             fail(f"shifted_sparse_group splits the heads in two halves; n_heads={self.n_heads} and "
-                 f"n_kv_heads={self.kv_heads} must be even (or n_kv_heads 1)")
+                 f"n_kv_heads={self.kv_heads} must be even (or n_kv_heads 1): this model cannot use S²-Attn, set "
+                 "shifted_sparse_group=0")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             fail(f"lora_rank={self.lora_rank!r} must be an int >= 0 (0: no adapters; LongLoRA uses 8)")
         if self.lora_rank and not float(self.lora_alpha) > 0:

@@ -159,10 +159,10 @@ def test_mixture_repeats_and_thins_each_source_by_its_weight(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(n):
             (tmp_path / name / f"{i}.txt").write_text(f"{name}{i}")
-    spec = f"mix:2*text:{tmp_path}/a/*.txt; 0.5*text:{tmp_path}/b/*.txt"
+    spec = f"mix:2 * text:{tmp_path}/a/*.txt; 0.5*text:{tmp_path}/b/*.txt"  # spaces are fine
     source = open_source(spec)
     assert [source.text(i) for i in range(len(source))] == ["a0", "a0", "a1", "a1", "a2", "a2", "b0", "b2"]
-    assert source.local_files and source.fingerprint() != open_source(spec.replace("2*", "3*")).fingerprint()
+    assert source.local_files and source.fingerprint() != open_source(spec.replace("2 *", "3 *")).fingerprint()
     # max_documents limits every part (each keeps its share), not the first N of the whole.
     limited = open_source(spec, DataConfig(max_documents=2))
     assert [limited.text(i) for i in range(len(limited))] == ["a0", "a0", "a1", "a1", "b0"]
@@ -170,16 +170,19 @@ def test_mixture_repeats_and_thins_each_source_by_its_weight(tmp_path):
     tokens, _ = drain_tokens(source, shuffle=True)
     assert sorted(tokens.decode()[i:i + 2] for i in range(0, 16, 2)) == ["a0", "a0", "a1", "a1", "a2", "a2", "b0",
                                                                          "b2"]
-    assert eval_source_spec(DataConfig(source="mix:3*stdlib;1*stdlib:train")) == "mix:3*stdlib:eval;1*stdlib:eval"
+    # Evaluation reads each part's held-out documents once (repeats would only score them again).
+    assert eval_source_spec(DataConfig(source="mix:3*stdlib;1*stdlib:train")) == "mix:1*stdlib:eval;1*stdlib:eval"
 
 
 @pytest.mark.parametrize("spec, match", [
     ("mix:", "names no source"),
     ("mix:two*stdlib", "'two\\*stdlib' is not WEIGHT\\*SPEC"),
-    ("mix:0*stdlib", "is not WEIGHT\\*SPEC with a weight > 0"),
+    ("mix:0*stdlib", "is not WEIGHT\\*SPEC with a finite weight > 0"),
     ("mix:stdlib", "is not WEIGHT\\*SPEC"),
     ("mix:1*mix:1*stdlib", "other than mix"),
-    ("mix:0.0001*stdlib", "leaves none; raise the weight"),
+    ("mix:0.0001*stdlib", "makes 0 per epoch; choose a weight between"),
+    ("mix:1e300*stdlib", "per epoch; choose a weight between"),
+    ("mix:inf*stdlib", "finite weight > 0"),
 ])
 def test_bad_mixtures_are_one_line_errors(spec, match):
     one_line_error(lambda: open_source(spec), match)

@@ -135,6 +135,11 @@ def test_lora_fine_tune_of_an_imported_model_resumes_and_exports_a_plain_model_w
     assert train_and_evaluate(config, work, devices=jax.devices()[:1], stop_after=1)["stopped_at"] == 1
     with pytest.raises(ValueError, match="lora_rank 4 -> 8.*to resume it, set the checkpoint's values"):
         train_and_evaluate(apply_overrides(tiny("llama_extend"), [*overrides, "model.lora_rank=8"]), work)
+    # Same shapes, but other trained groups (the optimizer state holds exactly theirs) or another adapter scale.
+    for change, named in (("optimizer.trainable=embed,norm", "optimizer.trainable='norm'"),
+                          ("model.lora_alpha=32.0", "model.lora_alpha=16.0")):
+        with pytest.raises(ValueError, match=re.escape(f"was trained with {named}; resume with the same")):
+            train_and_evaluate(apply_overrides(tiny("llama_extend"), [*overrides, change]), work)
     summary = train_and_evaluate(config, work, devices=jax.devices()[:1])  # the same command resumes
     assert (summary["start_step"], summary["final_step"]) == (1, 2)
 

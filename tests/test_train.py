@@ -92,6 +92,15 @@ def test_ring_attention_over_a_sequence_axis_in_zigzag_order_matches_one_device(
     train_and_evaluate(config, str(tmp_path), stop_after=4)
     want, got = losses(reference), losses(str(tmp_path))
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], atol=1e-5)
+    # A ring-trained checkpoint exports, under the training mesh (as at the end of a run) and without one.
+    from ctxjax import cli, hf
+    from ctxjax.checkpoint import load_for_inference
+
+    cfg, params, _ = load_for_inference(str(tmp_path))
+    assert cfg.attention == "auto"  # ring needs a sequence mesh; auto still picks it under one
+    with jax.set_mesh(jax.make_mesh((2, 4), ("data", "sequence"))):
+        hf.save_pretrained(cfg.replace(attention="ring"), params, str(tmp_path / "under-mesh"))
+    assert cli.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "exported")]) == 0
 
 
 def test_an_imported_sliding_window_is_kept_unless_the_config_sets_one():
@@ -132,6 +141,8 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_path):
     ({"stages": [dict(steps=2, lr=1e-3)]}, r"stage 0: missing field\(s\) \['seq_len'\]"),
     ({"stages": [dict(steps=2, seq_len=16, lr=1e-3, position={"rope_tpye": "yarn"})]}, "no field"),
     ({"rope_scaling": "xpos"}, "rope_scaling='xpos' is unknown"),
+    ({"eval_at_stage_end": True, "data.source": "mix:1*stdlib;1*text:/docs/*.txt"},
+     "no held-out split is known for data.source='text:/docs/\\*.txt'; set data.eval_source"),
 ])
 def test_bad_configs_fail_before_compiling(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):

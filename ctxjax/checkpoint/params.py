@@ -49,8 +49,9 @@ def load_for_inference(workdir: str, step: int | None = None, merge_lora: bool =
 
     Params are host numpy arrays in their stored dtype, shaped as stored (a learned position table grown by a
     later stage included), LoRA adapters merged into their weights (unless `merge_lora=False`); the config
-    attends to the whole context (no S²-Attn). Place params with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a tokenizer
-    (read it with ctxjax.data.load_tokenizer)."""
+    attends to the whole context (no S²-Attn) with a kernel that needs no mesh (`auto` for `ring`). Place
+    params with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a tokenizer (read it with
+    ctxjax.data.load_tokenizer)."""
     with Checkpointer(workdir, read_only=True) as checkpointer:
         step = checkpointer.resolve_step(step)
         abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
@@ -60,6 +61,8 @@ def load_for_inference(workdir: str, step: int | None = None, merge_lora: bool =
     if merge_lora:
         cfg, params = merge_adapters(cfg, params)
     cfg = cfg.replace(shifted_sparse_group=0)  # S²-Attn is for training; a trained model sees its whole context
+    if cfg.attention == "ring":  # needs a sequence mesh; `auto` still picks ring under one
+        cfg = cfg.replace(attention="auto")
     return cfg, params, tokenizer if find_tokenizer_file(tokenizer) else None
 
 

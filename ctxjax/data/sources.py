@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import math
 import json
 import mmap
 import os
@@ -210,9 +211,9 @@ class MixtureSource(DocumentSource):
                                 "--file_format=array_record")
         self.counts = [round(w * len(src)) for src, w in zip(self.sources, weights)]
         for src, w, count in zip(self.sources, weights, self.counts):
-            if count < 1:
+            if not 1 <= count < 2**31:
                 raise DataError(f"data.source={spec!r}: weight {w:g} x {len(src)} documents of {src.spec!r} "
-                                "leaves none; raise the weight")
+                                f"makes {count:g} per epoch; choose a weight between {1 / len(src):.3g} and {2**31 / len(src):.3g}")
         self.starts = np.cumsum([0, *self.counts])
         self.local_files = all(src.local_files for src in self.sources)
 
@@ -238,14 +239,14 @@ def mixture_parts(arg: str, spec: str) -> list[tuple[float, str]]:
     """'3*tfds:pg19;0.5*stdlib' -> [(3.0, 'tfds:pg19'), (0.5, 'stdlib')]."""
     parts = []
     for item in filter(None, (x.strip() for x in arg.split(";"))):
-        weight, sep, inner = item.partition("*")
+        weight, sep, inner = (x.strip() for x in item.partition("*"))
         try:
             value = float(weight) if sep else float("nan")
         except ValueError:
             value = float("nan")
-        if not value > 0 or not inner or inner.startswith("mix:"):
-            raise DataError(f"data.source={spec!r}: {item!r} is not WEIGHT*SPEC with a weight > 0 and a source "
-                            f"other than mix; write e.g. {MIX_EXAMPLE}")
+        if not (math.isfinite(value) and value > 0) or not inner or inner.startswith("mix:"):
+            raise DataError(f"data.source={spec!r}: {item!r} is not WEIGHT*SPEC with a finite weight > 0 and a "
+                            f"source other than mix; write e.g. {MIX_EXAMPLE} (a glob may not hold ';')")
         parts.append((value, inner))
     if not parts:
         raise DataError(f"data.source={spec!r} names no source; write e.g. {MIX_EXAMPLE}")
@@ -306,9 +307,9 @@ def eval_source_spec(config: DataConfig) -> str:
     if config.eval_source:
         return config.eval_source
     kind, _, arg = config.source.partition(":")
-    if kind == "mix":  # each part's held-out split, in the same proportions
-        return "mix:" + ";".join(f"{w:g}*{eval_source_spec(dataclasses.replace(config, source=inner))}"
-                                 for w, inner in mixture_parts(arg, config.source))
+    if kind == "mix":  # each part's held-out split once: repeats would only score the same documents again
+        return "mix:" + ";".join(f"1*{eval_source_spec(dataclasses.replace(config, source=inner))}"
+                                 for _, inner in mixture_parts(arg, config.source))
     if kind == "stdlib":
         return "stdlib:eval"
     if kind == "tfds":

@@ -35,6 +35,8 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
 
 
 def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    # Traced with the reference kernel: shapes do not depend on it, and ring attention needs a sequence mesh.
+    cfg = cfg.replace(attention="xla", shifted_sparse_group=0)
     tokens = jnp.zeros((1, 1), jnp.int32)
     abstract = jax.eval_shape(lambda: nn.meta.unbox(Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]))
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]

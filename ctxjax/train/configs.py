@@ -12,6 +12,7 @@ import ml_collections
 from ctxjax.config import ModelConfig
 from ctxjax.positions import ROPE_TYPES
 from ctxjax.data.config import as_data_config
+from ctxjax.data.sources import eval_source_spec
 from ctxjax.schedule import build_stages
 from ctxjax.sharding import mesh_shape
 
@@ -53,13 +54,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         if not isinstance(parent, (ml_collections.ConfigDict, dict)) or name not in parent:
             raise ValueError(f"unknown config field {key!r}; valid fields are in the config file and "
                              "ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
-        if isinstance(parent[name], (list, tuple)) and isinstance(value, str):  # a,b,c for a list field
-            value = type(parent[name])(part.strip() for part in value.split(",") if part.strip())
+        current = parent[name]
+        if isinstance(current, (list, tuple)) and isinstance(value, str) and all(isinstance(x, str) for x in current):
+            # a,b,c for a list of names
+            value = type(current)(part.strip() for part in value.split(",") if part.strip())
         try:
             parent[name] = value
         except TypeError:
-            raise ValueError(f"--config.{key}={raw} does not fit the field's type "
-                             f"({type(parent[name]).__name__}, now {parent[name]!r})") from None
+            now = repr(current) if len(repr(current)) <= 80 else repr(current)[:77] + "..."
+            raise ValueError(f"--config.{key}={raw} does not fit the field's type ({type(current).__name__}); "
+                             f"write a Python literal like its value now, {now}") from None
     return config
 
 
@@ -98,6 +102,8 @@ def validate(config, n_devices: int):
             cfg.position.replace(**dict(s.position))  # unknown override keys fail here
         if cfg.position.name == "learned" and config.learned_extend_method not in ("interpolate", "copy"):
             raise ValueError("learned_extend_method must be 'interpolate' or 'copy'")
+    if config.eval_at_stage_end and not config.eval.source:  # fail now, not after the first stage has trained
+        eval_source_spec(as_data_config(config.data))
     if config.rope_scaling and config.rope_scaling not in ROPE_TYPES:
         raise ValueError(f"rope_scaling={config.rope_scaling!r} is unknown; use one of {ROPE_TYPES} or ''")
     if sizes["sequence"] > 1 and cfg.attention != "ring":

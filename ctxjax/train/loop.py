@@ -92,11 +92,26 @@ def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
             wanted = saved.replace(**{f: runtime[f] for f in ADAPTER_FIELDS}) if imported else requested
             check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")}, wanted,
                              workdir=workdir)
+            _check_same_training(config, checkpoint_meta, saved, wanted, workdir)
         return saved.replace(**runtime)
     if config.init_from_hf:
         hf_config = hf.read_hf_config(config.init_from_hf)
         return hf.model_config_from_hf(hf_config, param_dtype=requested.param_dtype, **runtime)
     return requested
+
+
+def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: ModelConfig, workdir: str) -> None:
+    """What a resumed run cannot change although no shape changes: which parameters train (the optimizer state
+    holds moments for exactly those) and the adapters' scale (the stored adapters were trained with it)."""
+    changes = []
+    saved_groups = checkpoint_meta.get("train_config", {}).get("optimizer", {}).get("trainable")
+    if saved_groups is not None and saved_groups != config.optimizer.trainable:
+        changes.append(f"optimizer.trainable={saved_groups!r}")
+    if saved.lora_rank and float(saved.lora_alpha) != float(wanted.lora_alpha):
+        changes.append(f"model.lora_alpha={saved.lora_alpha!r}")
+    if changes:
+        raise ValueError(f"{workdir} was trained with {' and '.join(changes)}; resume with the same "
+                         "(--config.FIELD=VALUE) or choose a new --workdir")
 
 
 def _tokenizer_file(workdir: str) -> str | None:
