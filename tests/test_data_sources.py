@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from ctxjax.data import DataConfig, DataError, eval_source_spec, make_pipeline, open_source
@@ -186,6 +187,20 @@ def test_mixture_repeats_and_thins_each_source_by_its_weight(tmp_path):
 ])
 def test_bad_mixtures_are_one_line_errors(spec, match):
     one_line_error(lambda: open_source(spec), match)
+
+
+def test_a_mixtures_repeats_are_tokenized_and_cached_once(tmp_path):
+    from ctxjax.data.documents import DocumentTokenizer, PrecomputedDocuments
+    from ctxjax.data.tokenizer import load_tokenizer
+
+    source = MixtureSource([ListSource(["ab", "cde"]), ListSource(["f"])], [3.0, 1.0], "mix:3*a;1*b")
+    tokenizer = DocumentTokenizer(source, load_tokenizer("bytes"), add_bos=False, add_eos=False,
+                                  on_decode_error="fail")
+    order = np.array([6, 0, 4, 1, 3])  # a shard's documents: f, ab, cde, ab, cde
+    for _ in range(2):  # tokenized, then read back from the cache
+        docs = PrecomputedDocuments(tokenizer, order, str(tmp_path))
+        assert [bytes(docs.tokens(j).tolist()) for j in range(len(docs))] == [b"f", b"ab", b"cde", b"ab", b"cde"]
+        assert docs.lengths().tolist() == [1, 2, 3, 2, 3] and len(docs._flat) == 6  # each text stored once
 
 
 def test_a_mixture_refuses_a_source_read_only_in_order():

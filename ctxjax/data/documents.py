@@ -69,7 +69,8 @@ class DocumentTokenizer:
 
 
 class PrecomputedDocuments:
-    """All of a shard's documents tokenized once, kept as one flat array plus offsets."""
+    """All of a shard's documents tokenized once, kept as one flat array plus offsets. A document that a mixture
+    repeats (`source.base_id`) is tokenized and stored once; `rows` maps each shard document to its tokens."""
 
     def __init__(self, doc_tokenizer: DocumentTokenizer, doc_ids: np.ndarray, cache_dir: str | None = None):
         path = os.path.join(cache_dir, doc_tokenizer.cache_key(doc_ids) + ".npz") if cache_dir else None
@@ -77,29 +78,36 @@ class PrecomputedDocuments:
             with np.load(path) as cached:
                 self._flat, self._offsets = cached["flat"], cached["offsets"]
                 self.skipped = int(cached["skipped"])
+                # Caches written before repeats were stored once hold one piece per document, in order.
+                self._rows = cached["rows"] if "rows" in cached else np.arange(len(self._offsets) - 1)
             return
+        base_id = getattr(doc_tokenizer.source, "base_id", None)
+        keys = np.asarray([base_id(int(i)) for i in doc_ids] if base_id else doc_ids, np.int64)
+        _, first, self._rows = np.unique(keys, return_index=True, return_inverse=True)
+        unique_ids = np.asarray(doc_ids)[first]
         pieces = []
-        for start in range(0, len(doc_ids), _ENCODE_BATCH):
-            pieces.extend(doc_tokenizer.tokenize(doc_ids[start:start + _ENCODE_BATCH]))
+        for start in range(0, len(unique_ids), _ENCODE_BATCH):
+            pieces.extend(doc_tokenizer.tokenize(unique_ids[start:start + _ENCODE_BATCH]))
         self.skipped = len(doc_tokenizer.skipped)
         if self.skipped:
-            log.warning("skipped %d of %d documents of %s: not UTF-8", self.skipped, len(doc_ids),
+            log.warning("skipped %d of %d documents of %s: not UTF-8", self.skipped, len(unique_ids),
                         doc_tokenizer.source.spec)
         self._offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
         self._flat = np.concatenate(pieces) if pieces else _EMPTY
         if path:
             buffer = io.BytesIO()
-            np.savez(buffer, flat=self._flat, offsets=self._offsets, skipped=self.skipped)
+            np.savez(buffer, flat=self._flat, offsets=self._offsets, rows=self._rows, skipped=self.skipped)
             write_atomically(path, buffer.getvalue())
 
     def __len__(self):
-        return len(self._offsets) - 1
+        return len(self._rows)
 
     def tokens(self, j: int) -> np.ndarray:
-        return self._flat[self._offsets[j]:self._offsets[j + 1]]
+        row = self._rows[j]
+        return self._flat[self._offsets[row]:self._offsets[row + 1]]
 
     def lengths(self) -> np.ndarray:
-        return np.diff(self._offsets)
+        return np.diff(self._offsets)[self._rows]
 
 
 class LazyDocuments:

@@ -215,17 +215,27 @@ class MixtureSource(DocumentSource):
                 raise DataError(f"data.source={spec!r}: weight {w:g} x {len(src)} documents of {src.spec!r} "
                                 f"makes {count:g} per epoch; choose a weight between {1 / len(src):.3g} and {2**31 / len(src):.3g}")
         self.starts = np.cumsum([0, *self.counts])
+        self.base_starts = [int(x) for x in np.cumsum([0, *(len(src) for src in self.sources)])]
         self.local_files = all(src.local_files for src in self.sources)
 
     def __len__(self):
         return int(self.starts[-1])
 
-    def text(self, i):
+    def _locate(self, i: int) -> tuple[int, int]:
+        """Mixture index -> (part k, document j of part k)."""
         if not 0 <= i < len(self):
             raise IndexError(i)
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
-        source, count = self.sources[k], self.counts[k]
-        return source.text((i - int(self.starts[k])) * len(source) // count)
+        return k, (i - int(self.starts[k])) * len(self.sources[k]) // self.counts[k]
+
+    def text(self, i):
+        k, j = self._locate(i)
+        return self.sources[k].text(j)
+
+    def base_id(self, i: int) -> int:
+        """One number per distinct underlying document: repeats of a document share it (tokenized once)."""
+        k, j = self._locate(i)
+        return self.base_starts[k] + j
 
     def fingerprint(self):
         parts = [f"{src.fingerprint()}*{count}" for src, count in zip(self.sources, self.counts)]
