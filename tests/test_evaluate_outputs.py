@@ -100,7 +100,7 @@ def test_eval_and_generate_on_a_work_directory(llama_dir, corpus, tmp_path, caps
     assert cli.main(["import-hf", llama_dir, "--workdir", str(workdir)]) == 0
     assert cli.main(["eval", str(workdir), "--tokenizer", "bytes", "--tasks", "ppl", "--lengths", "32",
                      "--source", corpus]) == 0
-    assert (workdir / "eval" / "latest" / "results.json").exists()
+    assert json.load(open(workdir / "eval" / "latest" / "results.json"))["step"] == 0  # the latest, named
     assert "eval/ppl/nonoverlapping/32" in capsys.readouterr().out
     # The Python entry point of `make demo` gives the same numbers.
     metrics, out = evaluate_workdir(str(workdir), {"tasks": ["ppl"], "lengths": [32], "source": corpus},

@@ -56,6 +56,16 @@ def load_model_from_args(args):
     return cfg, params, tokenizer
 
 
+def _evaluated_step(args) -> int | None:
+    """The checkpoint step evaluated (the latest when --step is not given); None for an HF directory."""
+    if args.step is not None or not args.workdir:
+        return args.step
+    from ctxjax.checkpoint import Checkpointer
+
+    with Checkpointer(args.workdir, read_only=True) as checkpointer:
+        return checkpointer.latest_step()
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="perplexity by length, passkey and needle retrieval, plots",
                                    description=__doc__)
@@ -126,8 +136,8 @@ def run(args) -> int:
     mesh = make_mesh(args.mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         params = jax.device_put(params, param_shardings(cfg, mesh))
-        metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=args.step, run_name=name,
-                                 log=lambda message: print(message, flush=True))
+        metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=_evaluated_step(args),
+                                 run_name=name, log=lambda message: print(message, flush=True))
     for key, value in metrics.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"results, summary and plots in {os.path.abspath(out)} (summary.md, results.json, *.png)")
