@@ -92,6 +92,10 @@ def test_state_of_another_configuration_is_refused(corpus):
     with make_pipeline(config(corpus, seed=5), None, process_index=0, process_count=1) as other:
         with pytest.raises(DataError, match="data.seed"):
             other.restore(saved)
+    # The same source spec over fewer documents: the cursors would point into another order.
+    with make_pipeline(config(corpus, max_documents=3), None, process_index=0, process_count=1) as other:
+        with pytest.raises(DataError, match="saved over .* documents.*restore data.max_documents"):
+            other.restore(saved)
 
 
 def test_batch_size_must_divide_among_shards(corpus):

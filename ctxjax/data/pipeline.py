@@ -50,7 +50,7 @@ class Pipeline:
     # ---- producing batches ----
     def _snapshot(self) -> dict:
         return {"format": STATE_FORMAT, "source": self.source.spec, "seed": self.config.seed,
-                "num_shards": self.num_shards,
+                "num_shards": self.num_shards, "documents": len(self.source),
                 "shards": {str(s): stream.cursor.to_dict() for s, stream in self._streams.items()}}
 
     def _produce(self, batch_size: int, seq_len: int):
@@ -158,6 +158,12 @@ class Pipeline:
             if state.get(key) != have:
                 raise DataError(f"data iterator state was saved with {key}={state.get(key)!r}, this run has "
                                 f"{have!r}; set data.{key} to {state.get(key)!r} to resume")
+        # The same spec over other documents (data.max_documents changed, files added): the cursors would point
+        # into another order. States written before this check have no count.
+        if state.get("documents", len(self.source)) != len(self.source):
+            raise DataError(f"data iterator state was saved over {state['documents']} documents, "
+                            f"data.source={self.source.spec!r} now gives {len(self.source)}; restore "
+                            "data.max_documents (or the source's files) as they were to resume")
         missing = [s for s in self._streams if str(s) not in state["shards"]]
         if missing:
             raise DataError(f"data iterator state lacks shards {missing}; restore from the state of the "
