@@ -19,7 +19,8 @@ from ctxjax.config import ModelConfig
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
 
-def _is_adapter(path: tuple) -> bool:
+def is_adapter(path: tuple[str, ...]) -> bool:
+    """Whether a parameter path (names, e.g. ('layers', 'attn', 'q', 'lora_a')) is a LoRA adapter's."""
     return path[-1] in ADAPTER_NAMES
 
 
@@ -32,7 +33,7 @@ def fresh_adapters(cfg: ModelConfig, rng) -> dict:
 
     def init(key):
         params = nn.meta.unbox(Transformer(cfg).init(key, tokens)["params"])
-        return {k: v for k, v in flax.traverse_util.flatten_dict(params).items() if _is_adapter(k)}
+        return {k: v for k, v in flax.traverse_util.flatten_dict(params).items() if is_adapter(k)}
 
     return jax.jit(init)(rng)
 
@@ -50,7 +51,7 @@ def split_adapters(params):
     """(params without adapters, {module path: (lora_a, lora_b)}), e.g. {('layers', 'attn', 'q'): (a, b)}."""
     flat = flax.traverse_util.flatten_dict(params)
     adapters = {k[:-1]: (flat[k], flat[(*k[:-1], "lora_b")]) for k in flat if k[-1] == "lora_a"}
-    base = {k: v for k, v in flat.items() if not _is_adapter(k)}
+    base = {k: v for k, v in flat.items() if not is_adapter(k)}
     return flax.traverse_util.unflatten_dict(base), adapters
 
 

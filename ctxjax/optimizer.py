@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import optax
 
-from ctxjax.lora import ADAPTER_NAMES
+from ctxjax.lora import is_adapter
 
 
 def param_path(path) -> str:
@@ -29,7 +29,7 @@ def trainable_labels(params, patterns: str):
     names it (LongLoRA: "embed,norm"); without adapters, empty patterns mean everything trains. A pattern that
     matches nothing is an error (a typo would otherwise silently freeze the whole model)."""
     paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    has_adapters = any(_is_adapter(p) for p in paths)
+    has_adapters = any(is_adapter(p.split("/")) for p in paths)
     if not patterns and not has_adapters:
         return jax.tree.map(lambda _: "train", params)
     regexes = [re.compile(p.strip()) for p in patterns.split(",") if p.strip()]
@@ -38,12 +38,8 @@ def trainable_labels(params, patterns: str):
             raise ValueError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths look like "
                              f"{paths[:4]}")
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if _is_adapter(param_path(path)) or any(r.search(param_path(path)) for r in regexes)
-        else "freeze", params)
-
-
-def _is_adapter(path: str) -> bool:
-    return path.rsplit("/", 1)[-1] in ADAPTER_NAMES
+        lambda path, _: "train" if is_adapter(param_path(path).split("/")) or any(
+            r.search(param_path(path)) for r in regexes) else "freeze", params)
 
 
 def make_optimizer(opt, learning_rate: Callable[[int], float], params) -> optax.GradientTransformation:

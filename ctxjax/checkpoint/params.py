@@ -10,9 +10,9 @@ import flax.linen as nn
 from ctxjax.checkpoint.manager import Checkpointer, checkpoint_dir, tokenizer_dir
 from ctxjax.checkpoint.meta import checkpoint_meta, model_config_of
 from ctxjax.config import ModelConfig
-from ctxjax.data.tokenizer import BYTES_FILE, Tokenizer, find_tokenizer_file
-from ctxjax.data.tokenizer_training import TRAINED_META_FILE, save_to_workdir
-from ctxjax.hf.tokenizer import TOKENIZER_FILES, write_tokenizer
+from ctxjax.data.tokenizer import Tokenizer, find_tokenizer_file
+from ctxjax.data.tokenizer_training import clear_tokenizer_dir, save_to_workdir
+from ctxjax.hf.tokenizer import write_tokenizer
 from ctxjax.lora import merge_adapters
 
 
@@ -72,8 +72,6 @@ def _replace_tokenizer(tokenizer, directory: str) -> None:
     if isinstance(tokenizer, Tokenizer):
         save_to_workdir(tokenizer, directory)
         return
-    for name in (*TOKENIZER_FILES, BYTES_FILE, TRAINED_META_FILE):
-        if os.path.exists(os.path.join(directory, name)):
-            os.remove(os.path.join(directory, name))
+    clear_tokenizer_dir(directory)
     write_tokenizer(tokenizer, directory)
 

@@ -81,16 +81,21 @@ def _read_json(path: str) -> dict | None:
         return json.load(f)
 
 
+def clear_tokenizer_dir(directory: str) -> None:
+    """Remove every file of WORKDIR/tokenizer, which holds only the run's tokenizer, before another is written."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if os.path.isfile(os.path.join(directory, name)):
+                os.remove(os.path.join(directory, name))
+
+
 def save_to_workdir(tokenizer: Tokenizer, directory: str, trained_with: dict | None = None) -> None:
     """Make `tokenizer` the one in `directory`, removing every other file there (the directory holds only the
     run's tokenizer): a replaced imported tokenizer's companions (tokenizer_config.json, vocab.json, ...) would
     otherwise be exported as if they still described it."""
     if find_tokenizer_file(directory) and _fingerprint_at(directory) == tokenizer.fingerprint():
         return
-    if os.path.isdir(directory):
-        for name in os.listdir(directory):
-            if os.path.isfile(os.path.join(directory, name)):
-                os.remove(os.path.join(directory, name))
+    clear_tokenizer_dir(directory)
     tokenizer.save(directory)
     if trained_with is not None:
         write_atomically(os.path.join(directory, TRAINED_META_FILE), json.dumps(trained_with).encode())
