@@ -1,7 +1,8 @@
 """ModelConfig: every architectural choice of a ctxjax Transformer, frozen and hashable.
 
 One config covers two families:
-- "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA.
+- "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA, optional
+  per-head q/k norms (Qwen3).
 - "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
 
 The positional scheme is a value object from `ctxjax.positions` (e.g. `Rope(rope_type="yarn", factor=4)`).
@@ -46,6 +47,9 @@ class ModelConfig:
     o_bias: bool | None = None
     mlp_bias: bool | None = None
     tie_embeddings: bool | None = None  # None: gpt2 yes, llama no
+    # Qwen3: an RMSNorm over each head of q and of k (one scale per head dimension, shared by the heads), before
+    # the rotation; it keeps attention logits bounded as training and context grow.
+    qk_norm: bool = False
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"
     attention: str = "xla"  # kernel name in ctxjax.attention
@@ -69,6 +73,10 @@ class ModelConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
+    # The Hugging Face class an export writes, e.g. "Phi3ForCausalLM" (import sets it to the checkpoint's). Models
+    # that several classes compute identically keep their own class on the way back; "" or a class that cannot
+    # express the model (Phi-3 after YaRN scaling, say): the export picks Llama, Mistral, Qwen2 or GPT-2 by features.
+    hf_architecture: str = ""
 
     def __post_init__(self):
         if isinstance(self.lora_targets, list):  # from JSON (checkpoint metadata): hashable again
@@ -152,9 +160,17 @@ class ModelConfig:
 
         if self.family not in FAMILIES:
             fail(f"family={self.family!r} is unknown; use one of {FAMILIES}")
+        def positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            if int(getattr(self, name)) < 1:
-                fail(f"{name}={getattr(self, name)} must be a positive integer")
+            if not positive_int(getattr(self, name)):
+                fail(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("n_kv_heads", "head_dim", "d_ff"):
+            if getattr(self, name) is not None and not positive_int(getattr(self, name)):
+                fail(f"{name}={getattr(self, name)!r} must be a positive integer or None (the default)")
+        if self.norm_eps is not None and not self.norm_eps > 0:
+            fail(f"norm_eps={self.norm_eps!r} must be > 0 (or None: the family's default)")
         if self.head_dim is None and self.d_model % self.n_heads:
             fail(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly")
         if self.n_heads % self.kv_heads:
@@ -186,6 +202,11 @@ class ModelConfig:
         if unknown or (self.lora_rank and not self.lora_targets):
             fail(f"lora_targets={self.lora_targets!r} names {unknown or 'no projection'}; choose from the "
                  f"projections of a {self.family} model: {projections}")
+        if self.qk_norm and self.family == "gpt2":
+            fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
+        if not isinstance(self.hf_architecture, str):
+            fail(f"hf_architecture={self.hf_architecture!r} must be a Hugging Face class name such as "
+                 "'LlamaForCausalLM' ('' lets the export choose)")
         if self.attention not in attention_lib.KERNELS:
             fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
         if self.remat not in REMAT_POLICIES:

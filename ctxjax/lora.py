@@ -61,6 +61,10 @@ def merge_adapters(cfg: ModelConfig, params):
     base, adapters = split_adapters(params)
     if not adapters:
         return cfg.replace(lora_rank=0), params
+    ranks = {a.shape[-1] for a, _ in adapters.values()}
+    if ranks != {cfg.lora_rank}:  # the scale alpha / rank would be wrong (or a division by zero)
+        raise ValueError(f"the params hold LoRA adapters of rank {sorted(ranks)} but the config says "
+                         f"lora_rank={cfg.lora_rank}; pass the ModelConfig the params were trained with")
     xp = np if all(isinstance(v, np.ndarray) for v in jax.tree.leaves(params)) else jnp
     scale = float(cfg.lora_alpha) / cfg.lora_rank
     flat = flax.traverse_util.flatten_dict(base)

@@ -47,6 +47,7 @@ class Norm(nn.Module):
     """RMSNorm (llama) or LayerNorm (gpt2), normalised in float32 and cast back before the scale, as HF does."""
 
     cfg: ModelConfig
+    axis: str = "embed"  # logical name of the normalised axis (Qwen3's q/k norms: head_dim)
 
     @nn.compact
     def __call__(self, x):
@@ -56,7 +57,7 @@ class Norm(nn.Module):
         if cfg.family == "gpt2":
             h = h - jnp.mean(h, axis=-1, keepdims=True)
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.eps)
-        scale = self.param("scale", _param(nn.initializers.ones, ("embed",)), (d,), jnp.dtype(cfg.param_dtype))
+        scale = self.param("scale", _param(nn.initializers.ones, (self.axis,)), (d,), jnp.dtype(cfg.param_dtype))
         h = h.astype(cfg.dtype) * scale.astype(cfg.dtype)
         if cfg.family == "gpt2":
             bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (d,), jnp.dtype(cfg.param_dtype))
@@ -149,6 +150,9 @@ class Attention(nn.Module):
         q = _dense(cfg, (h, dh), -1, ("embed", "heads", "head_dim"), cfg.use_qkv_bias, "q")(x)
         k = _dense(cfg, (g, dh), -1, ("embed", "kv_heads", "head_dim"), cfg.use_qkv_bias, "k")(x)
         v = _dense(cfg, (g, dh), -1, ("embed", "kv_heads", "head_dim"), cfg.use_qkv_bias, "v")(x)
+        if cfg.qk_norm:
+            q = Norm(cfg, "head_dim", name="q_norm")(q)
+            k = Norm(cfg, "head_dim", name="k_norm")(k)
         q, k = cfg.position.rotate(q, k, positions)
         q = _constrain(q, ("batch", "length", "heads", "head_dim"))
         k = _constrain(k, ("batch", "length", "kv_heads", "head_dim"))
@@ -257,6 +261,9 @@ class Transformer(nn.Module):
         states [B, L, D] instead, for losses that never materialise all logits (see `logits_from_hidden`).
         With a `cache`, returns (output, updated cache); positions then default to the slots they fill."""
         cfg = self.config
+        if tokens.ndim != 2 or not tokens.shape[1] or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integer ids of shape [batch, length] with length >= 1, got "
+                             f"{tokens.dtype} {tuple(tokens.shape)}; add a batch axis with tokens[None]")
         batch, length = tokens.shape
         if positions is None and cache is not None:
             positions = jnp.broadcast_to(cache.length + jnp.arange(length, dtype=jnp.int32), (batch, length))

@@ -40,6 +40,36 @@ def llama(rope_scaling=None, seed=0, **overrides) -> LlamaForCausalLM:
     return model
 
 
+def qwen3(rope_scaling=None, seed=0, **overrides):
+    """Qwen3: per-head RMSNorm on q and k; head_dim defaults to 128 (4 x 128 wide q against a hidden size of 64)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    fields = {**LLAMA, **overrides}
+    if rope_scaling is not None:
+        fields["rope_scaling"] = rope_scaling
+    model = Qwen3ForCausalLM(Qwen3Config(**fields)).eval()
+    _randomize_norms(model)  # the q/k norms too
+    return model
+
+
+def phi3(partial_rotary_factor=1.0, longrope=True, seed=0, **overrides):
+    """Phi-3: q/k/v and gate/up fused, partial rotary, LongRoPE with Phi3Config's top-level L0."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(seed)
+    k = int(LLAMA["hidden_size"] // LLAMA["num_attention_heads"] * partial_rotary_factor) // 2
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": partial_rotary_factor}
+    if longrope:
+        rope.update(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(k)],
+                    long_factor=[1.0 + 0.5 * i for i in range(k)])
+    fields = {**LLAMA, "original_max_position_embeddings": L0, "pad_token_id": None, "eos_token_id": 2,
+              **overrides}
+    model = Phi3ForCausalLM(Phi3Config(**fields, rope_parameters=rope)).eval()
+    _randomize_norms(model)
+    return model
+
+
 def gpt2(seed=0, **overrides) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     fields = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)

@@ -98,6 +98,10 @@ def test_unknown_override_names_the_valid_fields(llama_dir):
         load_pretrained(llama_dir, kernel="flash")
     cfg, _ = load_pretrained(llama_dir, param_dtype="float32", attention="xla")
     assert cfg.attention == "xla"
+    with pytest.raises(ValueError, match=r"config.json with the overrides \['vocab_size'\] implies .* an override "
+                                         "cannot reshape stored weights") as e:
+        load_pretrained(llama_dir, vocab_size=512)
+    _one_line(e)
 
 
 def test_save_refuses_a_non_empty_directory_and_keeps_its_contents(llama_dir, tmp_path):
@@ -134,7 +138,11 @@ def test_schemes_without_a_hf_equivalent_are_refused_at_export(scheme, tmp_path)
 @pytest.mark.parametrize("fields, message", [
     (dict(family="gpt2", position=positions.Learned(), n_kv_heads=1), "GPT-2 needs biases everywhere"),
     (dict(family="gpt2", position=positions.Learned(), mlp_bias=False), "GPT-2 needs biases everywhere"),
-    (dict(sliding_window=8, qkv_bias=True, o_bias=True), "sliding window with Llama-style biases"),
+    (dict(sliding_window=8, qkv_bias=True, o_bias=True), r"no Hugging Face Llama-family class computes this model \(llama: "
+     "no sliding window; mistral: no biases; qwen2: biases on q/k/v only; phi3: no biases"),
+    (dict(qkv_bias=True, mlp_bias=True), "qwen2: biases on q/k/v only"),  # Qwen2 would drop the MLP biases
+    (dict(position=positions.Rope("linear", factor=2.0, partial_rotary_factor=0.5)),
+     "llama: rotates whole heads only.*phi3: default or longrope RoPE only"),
 ])
 def test_layouts_without_a_hf_equivalent_are_refused_at_export(fields, message, tmp_path):
     cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, **fields)

@@ -1,6 +1,7 @@
 """ctxjax logits equal Hugging Face transformers' (PyTorch, float32) for every rope type, GPT-2, and the
 architecture variants of the Llama family; both directions of conversion reproduce the oracle."""
 
+import functools
 import json
 
 import hf_oracle as oracle
@@ -49,23 +50,28 @@ def test_llama_variants_match(variant):
     assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(model, toks)).max() <= TOL
 
 
-@pytest.mark.parametrize("arch, window", [("qwen2", 0), ("mistral", 0), ("qwen2", 7), ("mistral", 7)],
-                         ids=["qwen2", "mistral", "qwen2-window", "mistral-window"])
+@pytest.mark.parametrize("arch, window", [("qwen2", 0), ("mistral", 0), ("qwen3", 0), ("qwen2", 7), ("mistral", 7),
+                                          ("qwen3", 7)],
+                         ids=["qwen2", "mistral", "qwen3", "qwen2-window", "mistral-window", "qwen3-window"])
 def test_llama_family_relatives_load_and_match(arch, window):
     """Windowed models attend to the last 7 positions only: 20 tokens make the window matter, and the export
-    must bring it back (as Mistral, or Qwen2 with every layer windowed)."""
+    must bring it back (as Mistral, or Qwen2/Qwen3 with every layer windowed). Qwen3 normalises each head of q and
+    k, and its head_dim defaults to 128 (here 4 x 128 wide q against a hidden size of 64)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     fields = {k: v for k, v in oracle.LLAMA.items()}
+    qwen_window = dict(use_sliding_window=bool(window), sliding_window=window or None, max_window_layers=0)
     if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**fields, use_sliding_window=bool(window), sliding_window=window or None,
-                                             max_window_layers=0)).eval()
+        model = Qwen2ForCausalLM(Qwen2Config(**fields, **qwen_window)).eval()
+    elif arch == "qwen3":
+        model = oracle.qwen3(**qwen_window)
     else:
         model = MistralForCausalLM(MistralConfig(**fields, sliding_window=window or None)).eval()
     cfg, params = load_pretrained(oracle.save(model))
     assert cfg.use_qkv_bias == (arch == "qwen2") and not cfg.use_o_bias and cfg.sliding_window == window
+    assert cfg.qk_norm == (arch == "qwen3") and cfg.dim_per_head == (128 if arch == "qwen3" else 16)
     toks = oracle.tokens(1, 20)
     reference = oracle.logits(model, toks)
     assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
@@ -73,8 +79,51 @@ def test_llama_family_relatives_load_and_match(arch, window):
         assert np.abs(ctxjax_logits(cfg.replace(sliding_window=0), params, toks) - reference).max() > 1e-3
     exported = save_pretrained(cfg, params, oracle.save(model) + "/export")
     reloaded = AutoModelForCausalLM.from_pretrained(exported)
-    assert type(reloaded).__name__ == (type(model).__name__ if window or arch == "qwen2" else "LlamaForCausalLM")
+    assert type(reloaded).__name__ == type(model).__name__  # a window-less Mistral stays a Mistral
     assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
+
+
+PHI3_CASES = {
+    "longrope": dict(),
+    "partial-window": dict(partial_rotary_factor=0.5, longrope=False, sliding_window=7),
+    "longrope-partial-tied": dict(partial_rotary_factor=0.75, tie_word_embeddings=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PHI3_CASES))
+def test_phi3_loads_matches_below_and_above_its_original_context_and_exports_as_phi3(case, tmp_path):
+    """Phi-3 fuses q/k/v and gate/up, rotates part of each head and switches LongRoPE's factor lists past L0."""
+    make = functools.partial(oracle.phi3, **PHI3_CASES[case])
+    src = oracle.save(make())
+    cfg, params = load_pretrained(src)
+    assert cfg.hf_architecture == "Phi3ForCausalLM"
+    for length in (5, oracle.L0, oracle.L0 + 1, 40):
+        toks = oracle.tokens(2, length)  # a fresh HF model per length: LongRoPE keeps state between calls
+        assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(make(), toks)).max() <= TOL, length
+    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    before, after = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
+    assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded).__name__ == "Phi3ForCausalLM"
+    toks = oracle.tokens(2, 40)
+    assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
+
+
+@pytest.mark.parametrize("position, own_class, want", [
+    (positions.Rope("yarn", factor=4.0, original_max_position_embeddings=oracle.L0), "Phi3ForCausalLM",
+     "LlamaForCausalLM"),
+    (positions.Rope("default", partial_rotary_factor=0.5), "", "Phi3ForCausalLM"),
+], ids=["phi3-after-yarn-as-llama", "partial-rotary-as-phi3"])
+def test_export_picks_a_class_that_computes_the_model(position, own_class, want, tmp_path):
+    """Phi-3 cannot express YaRN, so an imported Phi-3 rescaled with it exports as Llama; Llama rotates whole heads,
+    so a model of no particular class that rotates part of each head exports as Phi-3 (as Llama its logits were
+    silently wrong)."""
+    cfg, params = load_pretrained(oracle.save(oracle.phi3(longrope=False)), position=position,
+                                  hf_architecture=own_class)
+    reloaded = AutoModelForCausalLM.from_pretrained(save_pretrained(cfg, params, str(tmp_path / "export")))
+    assert type(reloaded).__name__ == want
+    toks = oracle.tokens(2, 40)
+    assert np.abs(oracle.logits(reloaded, toks) - ctxjax_logits(cfg, params, toks)).max() <= TOL
 
 
 def test_explicit_positions_match_transformers_position_ids():
@@ -113,8 +162,9 @@ def test_gpt2_with_extended_position_table_exports_new_n_positions(method, tmp_p
     lambda: oracle.llama(oracle.ROPE_CASES["llama3"], tie_word_embeddings=True),
     lambda: oracle.llama(oracle.ROPE_CASES["longrope"], attention_bias=True),
     lambda: oracle.llama(oracle.ROPE_CASES["dynamic"]),
+    lambda: oracle.qwen3(oracle.ROPE_CASES["yarn"], attention_bias=True),
     lambda: oracle.gpt2(),
-], ids=["llama3-tied", "longrope-bias", "dynamic", "gpt2"])
+], ids=["llama3-tied", "longrope-bias", "dynamic", "qwen3-yarn-bias", "gpt2"])
 def test_round_trip_hf_to_ctxjax_to_hf_is_bit_identical_and_reproduces_logits(make, tmp_path):
     model = make()
     src = oracle.save(model)
@@ -156,3 +206,7 @@ def test_bfloat16_checkpoint_round_trips_as_bfloat16(tmp_path):
     assert json.load(open(f"{out}/config.json"))["torch_dtype"] == "bfloat16"
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert next(reloaded.parameters()).dtype == torch.bfloat16
+    # float32 params saved under a bfloat16 config are written as bfloat16, as config.json then says.
+    as_float32 = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    out = save_pretrained(cfg, as_float32, str(tmp_path / "cast"))
+    assert all(str(t.dtype) == "bfloat16" for t in load_file(f"{out}/model.safetensors").values())

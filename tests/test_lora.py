@@ -65,10 +65,24 @@ def test_fresh_adapters_change_nothing_and_trained_ones_merge_into_the_kernels()
         assert isinstance(merged["layers"]["attn"]["q"]["kernel"], np.ndarray) == host
         np.testing.assert_allclose(logits(merged_cfg, merged), logits(CFG, trained), atol=1e-5)
 
+    for wrong in (0, 2 * CFG.lora_rank):  # alpha / rank would scale the update wrongly (or divide by zero)
+        with pytest.raises(ValueError, match=f"rank \\[{CFG.lora_rank}\\] but the config says lora_rank={wrong}"):
+            merge_adapters(CFG.replace(lora_rank=wrong), trained)
+
     # Imported weights get fresh adapters where the config wants them: the same tree, the same outputs.
     imported = add_adapters(base, CFG, jax.random.PRNGKey(1))
     assert jax.tree.structure(imported) == jax.tree.structure(params)
     np.testing.assert_array_equal(logits(CFG, imported), logits(base_cfg, base))
+
+
+def test_load_pretrained_with_a_lora_rank_gives_fresh_adapters_that_change_nothing():
+    model = oracle.llama()
+    cfg, params = load_pretrained(oracle.save(model), lora_rank=4)
+    assert params["layers"]["attn"]["q"]["lora_a"].shape[-1] == 4
+    assert isinstance(params["layers"]["attn"]["q"]["lora_b"], np.ndarray)
+    toks = oracle.tokens(1, 12)
+    ours = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(toks)))
+    assert np.abs(ours - oracle.logits(model, toks)).max() <= 1e-4
 
 
 def saved_activations(cfg):
@@ -178,9 +192,11 @@ def test_lora_fine_tune_of_an_imported_model_resumes_and_exports_a_plain_model_w
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
 
 
-def test_peft_export_refuses_gpt2s_fused_projections(tmp_path):
-    cfg = ModelConfig(family="gpt2", vocab_size=50, d_model=32, n_layers=1, n_heads=4, lora_rank=2)
-    with pytest.raises(ValueError, match="Llama-family models only.*export the merged model"):
+@pytest.mark.parametrize("fields", [dict(family="gpt2"), dict(hf_architecture="Phi3ForCausalLM")],
+                         ids=["gpt2", "phi3"])
+def test_peft_export_refuses_fused_projections(fields, tmp_path):
+    cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=4, lora_rank=2, **fields)
+    with pytest.raises(ValueError, match="Llama, Mistral, Qwen2 and Qwen3 models only.*fuses q, k, v.*export the merged"):
         save_peft_adapter(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "a"), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a")
 

@@ -1,7 +1,7 @@
 """Hugging Face checkpoints <-> ctxjax: `load_pretrained(hf_dir) -> (ModelConfig, params)` and
 `save_pretrained(config, params, out_dir)`, numpy and safetensors only (no torch needed).
 
-Supported: LlamaForCausalLM-style models (llama, mistral, qwen2) and GPT2LMHeadModel.
+Supported: LlamaForCausalLM-style models (llama, mistral, qwen2, qwen3, phi3) and GPT2LMHeadModel.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctxjax.config import ModelConfig
-from ctxjax.hf.config import hf_config_from_model, model_config_from_hf
+from ctxjax.hf.config import SUPPORTED, architecture, hf_config_from_model, model_config_from_hf
 from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint, write_directory
-from ctxjax.hf.tokenizer import write_tokenizer
+from ctxjax.hf.tokenizer import special_token_ids, write_tokenizer
 from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
-from ctxjax.lora import merge_adapters
+from ctxjax.lora import add_adapters, merge_adapters
 from ctxjax.model import Transformer
 
 __all__ = ["load_pretrained", "save_pretrained", "read_hf_config"]
@@ -60,16 +60,18 @@ def _expected_hf_shape(cfg, tensor, shapes) -> tuple[int, ...]:
 
 def load_pretrained(hf_dir: str, **overrides: Any):
     """(ModelConfig, params) from a Hugging Face directory. `overrides` are ModelConfig fields (e.g.
-    attention='blockwise', param_dtype='float32', position=...). Params are host numpy arrays in
-    `param_dtype` (default: the checkpoint's dtype); place them with jax.device_put or a sharding."""
-    cfg = model_config_from_hf(read_hf_config(hf_dir), **overrides)
+    attention='blockwise', param_dtype='float32', position=..., lora_rank=8 for fresh LoRA adapters). Params are
+    host numpy arrays in `param_dtype` (default: the checkpoint's dtype); place them with jax.device_put or a
+    sharding."""
+    hf_config = read_hf_config(hf_dir)
+    cfg = model_config_from_hf(hf_config, **overrides)
     reader = CheckpointReader(hf_dir)
     available = {}
     for name in reader.names():
         canonical = canonical_name(cfg, name)
         if not is_ignored(cfg, canonical):
             available[canonical] = name
-    tensors = tensors_for(cfg)
+    tensors = tensors_for(cfg, SUPPORTED[architecture(hf_config)])  # the layout of these files
     expected = [n for t in tensors for n in _layer_names(cfg, t)]
     missing = [n for n in expected if n not in available]
     extra = sorted(set(available) - set(expected))
@@ -88,6 +90,10 @@ def load_pretrained(hf_dir: str, **overrides: Any):
         per_path: list[list[np.ndarray]] = [[] for _ in tensor.paths]
         for name in _layer_names(cfg, tensor):
             value = reader[available[name]]
+            if value.shape != want and overrides:
+                raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json with the overrides "
+                                 f"{sorted(overrides)} implies {want}; an override cannot reshape stored weights "
+                                 "(a GPT-2 position table grows with ctxjax.positions.extend)")
             if value.shape != want:
                 raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json implies {want}; "
                                  "check hidden_size / heads / intermediate_size in config.json")
@@ -96,6 +102,8 @@ def load_pretrained(hf_dir: str, **overrides: Any):
         for path, parts in zip(tensor.paths, per_path):
             value = np.stack(parts) if tensor.per_layer else parts[0]
             _set(params, _our_path(cfg, tensor, path), value)
+    if cfg.lora_rank:  # fresh adapters (B = 0): the model still computes what the checkpoint does
+        params = jax.device_get(add_adapters(params, cfg, jax.random.PRNGKey(0)))
     return cfg, params
 
 
@@ -114,11 +122,11 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     tensors = list(_hf_tensors(config, params))  # converts (and checks) everything before touching the disk
 
     def fill(directory):
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2)
-        write_checkpoint(iter(tensors), directory, max_shard_bytes)
         if tokenizer is not None:
             write_tokenizer(tokenizer, directory)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump({**hf, **special_token_ids(directory)}, f, indent=2)
+        write_checkpoint(iter(tensors), directory, max_shard_bytes)
 
     return write_directory(out_dir, overwrite, fill)
 
@@ -138,6 +146,7 @@ def _hf_tensors(cfg: ModelConfig, params):
             if value.shape != shapes[_our_path(cfg, t, path)]:
                 raise ValueError(f"param {'/'.join(_our_path(cfg, t, path))} has shape {value.shape}, the config "
                                  f"implies {shapes[_our_path(cfg, t, path)]}; pass the matching ModelConfig")
+        values = [v.astype(jnp.dtype(cfg.param_dtype), copy=False) for v in values]  # as config.json says
         if t.per_layer:
             for i, name in enumerate(_layer_names(cfg, t)):
                 yield name, t.to_hf(cfg, [v[i] for v in values])

@@ -1,4 +1,5 @@
-"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2) and GPT-2."""
+"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3) and
+GPT-2."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ LLAMA_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
 }
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
 SUPPORTED = {**LLAMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
@@ -44,7 +47,7 @@ def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
         fields = _gpt2_fields(hf)
     else:
         fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
-    fields.update(dtype=dtype, param_dtype=dtype)
+    fields.update(dtype=dtype, param_dtype=dtype, hf_architecture=arch)
     unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown override(s) {unknown}; overrides are ModelConfig fields: "
@@ -66,7 +69,7 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         n_layers=int(hf["num_hidden_layers"]),
         n_heads=int(hf["num_attention_heads"]),
         n_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-        head_dim=hf.get("head_dim"),
+        head_dim=hf.get("head_dim") or (128 if model_type == "qwen3" else None),  # Qwen3Config's default
         d_ff=int(hf["intermediate_size"]),
         max_seq_len=max_pos,
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
@@ -76,15 +79,18 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         position=positions.Rope.from_hf(hf),
         sliding_window=_sliding_window(hf, model_type),
+        qk_norm=model_type == "qwen3",
     )
 
 
 def _sliding_window(hf: dict[str, Any], model_type: str) -> int:
     """The window every layer applies, as transformers reads config.json (0: none): Mistral's sliding_window
-    (4096 when the key is absent), Qwen2's when use_sliding_window is on; Llama has none."""
+    (4096 when the key is absent), Phi-3's, Qwen2's and Qwen3's when use_sliding_window is on; Llama has none."""
     if model_type == "mistral":
         return int(hf.get("sliding_window", 4096) or 0)
-    if model_type != "qwen2" or not hf.get("use_sliding_window", False) or not hf.get("sliding_window"):
+    if model_type == "phi3":
+        return int(hf.get("sliding_window") or 0)
+    if model_type not in ("qwen2", "qwen3") or not hf.get("use_sliding_window") or not hf.get("sliding_window"):
         return 0
     n_layers = int(hf["num_hidden_layers"])
     first_windowed = int(hf.get("max_window_layers", 28))
@@ -132,17 +138,43 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def _unfit(cfg: ModelConfig, model_type: str) -> str:
+    """Why the transformers class of `model_type` cannot compute this model ("" if it can)."""
+    qkv, o, mlp = cfg.use_qkv_bias, cfg.use_o_bias, cfg.use_mlp_bias
+    partial = cfg.position.name == "rope" and cfg.position.partial_rotary_factor != 1.0
+    if (model_type == "qwen3") != cfg.qk_norm:
+        return "q/k norms always" if model_type == "qwen3" else "no q/k norms"
+    if model_type == "qwen3":
+        return ("q/k/v/o biases only together, none on the MLP" if qkv != o or mlp else
+                "rotates whole heads only" if partial else "")
+    if model_type == "llama":
+        return ("no sliding window" if cfg.sliding_window else "rotates whole heads only" if partial
+                else "q/k/v/o biases only together" if qkv != o else "")
+    if model_type == "mistral":
+        return "no biases" if qkv or o or mlp else "rotates whole heads only" if partial else ""
+    if model_type == "qwen2":
+        return ("biases on q/k/v only" if not qkv or o or mlp else "rotates whole heads only" if partial else "")
+    if cfg.position.name == "rope" and cfg.position.rope_type not in ("default", "ntk", "longrope"):
+        return "default or longrope RoPE only"
+    return ("no biases" if qkv or o or mlp else
+            "head_dim = hidden_size / heads only" if cfg.dim_per_head * cfg.n_heads != cfg.d_model else "")
+
+
+def export_model_type(cfg: ModelConfig) -> str:
+    """The Llama-family class an export writes: the model's own (`hf_architecture`) when that class computes the
+    model, else the first of Llama, Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does)."""
+    own = LLAMA_ARCHITECTURES.get(cfg.hf_architecture)
+    candidates = ([own] if own else []) + ["llama", "mistral", "qwen2", "phi3", "qwen3"]
+    reasons = {t: _unfit(cfg, t) for t in candidates}
+    fitting = [t for t in candidates if not reasons[t]]
+    if not fitting:
+        raise ValueError("no Hugging Face Llama-family class computes this model (" + "; ".join(
+            f"{t}: {reasons[t]}" for t in dict.fromkeys(candidates)) + "); change the model to fit one of them")
+    return fitting[0]
+
+
 def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
-    qwen2 = cfg.use_qkv_bias and not cfg.use_o_bias
-    if cfg.use_o_bias and not cfg.use_qkv_bias:
-        raise ValueError("an output-projection bias without q/k/v biases has no Hugging Face Llama-family "
-                         "equivalent; set qkv_bias=True or o_bias=False")
-    # transformers' Llama has no sliding window and Mistral no biases: a windowed bias-free model is a Mistral.
-    mistral = bool(cfg.sliding_window) and not qwen2
-    if mistral and (cfg.use_qkv_bias or cfg.use_mlp_bias):
-        raise ValueError("a sliding window with Llama-style biases has no Hugging Face equivalent (Mistral has "
-                         "no biases); set sliding_window=0 or drop the biases")
-    model_type = "qwen2" if qwen2 else "mistral" if mistral else "llama"
+    model_type = export_model_type(cfg)
     out = dict(
         architectures=[next(a for a, t in LLAMA_ARCHITECTURES.items() if t == model_type)],
         model_type=model_type,
@@ -157,16 +189,21 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.eps,
         tie_word_embeddings=cfg.tied,
-        mlp_bias=cfg.use_mlp_bias,
     )
     window = cfg.sliding_window or None
-    if qwen2:  # max_window_layers=0: the window (if any) applies to every layer, as in ctxjax
+    if model_type in ("qwen2", "qwen3"):  # max_window_layers=0: any window applies to every layer, as in ctxjax
         out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=0)
-    elif mistral:
+        if model_type == "qwen3":
+            out.update(attention_bias=cfg.use_qkv_bias)
+    elif model_type in ("mistral", "phi3"):
         out.update(sliding_window=window)
-        del out["mlp_bias"]
     else:
-        out.update(attention_bias=cfg.use_qkv_bias)
+        out.update(attention_bias=cfg.use_qkv_bias, mlp_bias=cfg.use_mlp_bias)
+    if model_type == "phi3":
+        # Phi3Config's defaults would otherwise apply: L0 4096 (the longrope switch, also where its generate
+        # re-reads the prompt) and pad id 32000 (outside a small vocabulary).
+        out.update(original_max_position_embeddings=cfg.max_seq_len, pad_token_id=None,
+                   resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
     return out
 
 

@@ -4,7 +4,7 @@
 PEFT's LoRA adds `x @ lora_A.T @ lora_B.T * lora_alpha / r` to a torch Linear; ctxjax's adapter is the same sum
 with A [*in, r] and B [r, *out] stored per layer in a stack, so each layer's A and B only need flattening and
 transposing. GPT-2 fuses q, k and v into one `c_attn` matrix, which has no per-projection adapters: only
-Llama-family models (Llama, Mistral, Qwen2) export this way.
+Llama-family models with separate q, k, v projections (Llama, Mistral, Qwen2, Qwen3) export this way.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ctxjax.config import ModelConfig
+from ctxjax.hf.config import export_model_type
 from ctxjax.hf.io import write_directory
 from ctxjax.lora import split_adapters
 
@@ -28,9 +29,10 @@ ADAPTER_FILE = "adapter_model.safetensors"
 
 def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, overwrite: bool = False) -> str:
     """Write the adapters of `params` (a `cfg` model with `lora_rank` > 0) for the base model at `base_model`."""
-    if cfg.family != "llama":
-        raise ValueError(f"PEFT adapters export from Llama-family models only; a {cfg.family} model fuses q, k, v "
-                         "into one matrix: export the merged model instead (ctxjax export without --peft-adapter)")
+    fused = "gpt2" if cfg.family == "gpt2" else "phi3" if export_model_type(cfg) == "phi3" else ""
+    if fused:
+        raise ValueError(f"PEFT adapters export from Llama, Mistral, Qwen2 and Qwen3 models only; a {fused} model fuses q, k, "
+                         "v into one matrix: export the merged model instead (ctxjax export without --peft-adapter)")
     _, adapters = split_adapters(jax.device_get(params))
     if not cfg.lora_rank or not adapters:
         raise ValueError("this model has no LoRA adapters (model.lora_rank is 0): export the model itself")

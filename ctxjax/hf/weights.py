@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ctxjax.config import ModelConfig
+from ctxjax.hf.config import export_model_type
 
 Path = tuple[str, ...]
 
@@ -99,6 +100,21 @@ def _split_qkv_bias(cfg, w):
     return [part.reshape(cfg.n_heads, cfg.dim_per_head) for part in np.split(w, 3)]
 
 
+def _fuse_rows(cfg, xs):  # kernels [D, ...] -> one torch Linear [sum of outputs, D], rows in the given order
+    return np.concatenate([x.reshape(x.shape[0], -1) for x in xs], axis=1).T
+
+
+def _split_qkv_rows(cfg, w):  # Phi-3's qkv_proj [(H + 2 KV) * Dh, D], rows [q | k | v]
+    q = cfg.n_heads * cfg.dim_per_head
+    kv = cfg.kv_heads * cfg.dim_per_head
+    parts = np.split(w.T, [q, q + kv], axis=1)
+    return [p.reshape(cfg.d_model, -1, cfg.dim_per_head) for p in parts]
+
+
+def _split_gate_up_rows(cfg, w):  # Phi-3's gate_up_proj [2 F, D], rows [gate | up]
+    return list(np.split(w.T, 2, axis=1))
+
+
 def _q_heads(cfg):
     return cfg.n_heads
 
@@ -107,7 +123,7 @@ def _kv_heads(cfg):
     return cfg.kv_heads
 
 
-def llama_tensors(cfg: ModelConfig) -> list[Tensor]:
+def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     layer = "model.layers.{i}."
     out = [
         Tensor("model.embed_tokens.weight", (("embed", "embedding"),), _same, _same_back),
@@ -116,6 +132,18 @@ def llama_tensors(cfg: ModelConfig) -> list[Tensor]:
         Tensor(layer + "post_attention_layernorm.weight", (("mlp_norm", "scale"),), _same, _same_back),
         Tensor(layer + "self_attn.o_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_linear, _out_proj_back),
     ]
+    lm_head = [] if cfg.tied else [Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed, _transposed_back)]
+    if model_type == "phi3":  # no biases; q, k, v fused and gate, up fused
+        return out + [
+            Tensor(layer + "self_attn.qkv_proj.weight", tuple(("attn", n, "kernel") for n in "qkv"),
+                   _fuse_rows, _split_qkv_rows),
+            Tensor(layer + "mlp.gate_up_proj.weight", (("mlp", "gate", "kernel"), ("mlp", "up", "kernel")),
+                   _fuse_rows, _split_gate_up_rows),
+            Tensor(layer + "mlp.down_proj.weight", (("mlp", "down", "kernel"),), _transposed, _transposed_back),
+        ] + lm_head
+    if cfg.qk_norm:  # Qwen3
+        out += [Tensor(layer + f"self_attn.{n}_norm.weight", (("attn", f"{n}_norm", "scale"),), _same, _same_back)
+                for n in "qk"]
     for name, heads in (("q", _q_heads), ("k", _kv_heads), ("v", _kv_heads)):
         out.append(Tensor(layer + f"self_attn.{name}_proj.weight", (("attn", name, "kernel"),),
                           _in_proj_to_linear, _in_proj_back(heads)))
@@ -128,9 +156,7 @@ def llama_tensors(cfg: ModelConfig) -> list[Tensor]:
         out.append(Tensor(layer + f"mlp.{theirs}.weight", (("mlp", ours, "kernel"),), _transposed, _transposed_back))
         if cfg.use_mlp_bias:
             out.append(Tensor(layer + f"mlp.{theirs}.bias", (("mlp", ours, "bias"),), _same, _same_back))
-    if not cfg.tied:
-        out.append(Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed, _transposed_back))
-    return out
+    return out + lm_head
 
 
 def gpt2_tensors(cfg: ModelConfig) -> list[Tensor]:
@@ -159,8 +185,12 @@ def gpt2_tensors(cfg: ModelConfig) -> list[Tensor]:
     return out
 
 
-def tensors_for(cfg: ModelConfig) -> list[Tensor]:
-    return gpt2_tensors(cfg) if cfg.family == "gpt2" else llama_tensors(cfg)
+def tensors_for(cfg: ModelConfig, model_type: str | None = None) -> list[Tensor]:
+    """The tensors of a checkpoint of `model_type` (a value of hf.config.SUPPORTED; default: what an export of
+    `cfg` writes)."""
+    if cfg.family == "gpt2":
+        return gpt2_tensors(cfg)
+    return llama_tensors(cfg, model_type or export_model_type(cfg))
 
 
 # HF names that are buffers or duplicates, never weights: causal-mask buffers of GPT-2, rotary caches.
