@@ -62,6 +62,28 @@ def test_trained_tokenizer_is_cached_in_the_workdir_and_reused(trained, corpus, 
         resolve_tokenizer(as_data_config(source=corpus, vocab_size=600), workdir)
 
 
+def test_an_export_with_a_trained_sentencepiece_model_encodes_the_same_in_transformers(trained, tmp_path):
+    import json
+
+    import jax
+    from transformers import AutoTokenizer
+
+    from ctxjax import ModelConfig, init_params
+    from ctxjax.hf import save_pretrained
+
+    tokenizer, workdir = trained
+    cfg = ModelConfig(vocab_size=512, d_model=16, n_layers=1, n_heads=2)
+    out = save_pretrained(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "out"),
+                          tokenizer=os.path.join(workdir, "tokenizer", "tokenizer.model"))
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert (config["bos_token_id"], config["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id) != (None, None)
+    # transformers encodes as ctxjax trained (no dummy "▁" prefix), with BOS first as training documents start.
+    exported = AutoTokenizer.from_pretrained(out)
+    for text in (SAMPLE, "  two leading spaces", "héllo ✓\n\tx"):
+        assert exported(text).input_ids == [tokenizer.bos_id] + tokenizer.encode(text)
+        assert exported.decode(tokenizer.encode(text)) == text
+
+
 def test_existing_sentencepiece_model_loads_and_travels_to_the_workdir(trained, corpus, tmp_path):
     tokenizer, workdir = trained
     model_file = os.path.join(workdir, "tokenizer", "tokenizer.model")
@@ -97,9 +119,10 @@ def test_hf_tokenizer_json_loads_and_feeds_the_pipeline(corpus, tmp_path):
     assert load_tokenizer(str(workdir / "tokenizer")).fingerprint() == tokenizer.fingerprint()
 
 
-def test_a_replaced_tokenizer_leaves_none_of_its_files_behind(corpus, tmp_path):
+def test_a_replaced_tokenizer_leaves_none_of_its_files_behind_and_is_announced(corpus, tmp_path, caplog):
     """An imported model's tokenizer (tokenizer.json + companions) replaced by the run's: export must not find
-    the old tokenizer_config.json and ship it as if it described the new one."""
+    the old tokenizer_config.json and ship it as if it described the new one; and the log says it happened (the
+    imported model's embeddings belong to the old one)."""
     directory = tmp_path / "work" / "tokenizer"
     directory.mkdir(parents=True)
     make_hf_tokenizer_json(str(directory))
@@ -107,6 +130,7 @@ def test_a_replaced_tokenizer_leaves_none_of_its_files_behind(corpus, tmp_path):
     make_pipeline(dict(source=corpus, tokenizer="bytes", prefetch=0), str(tmp_path / "work"), process_index=0,
                   process_count=1)
     assert os.listdir(directory) == ["bytes_tokenizer.json"]
+    assert "replacing the tokenizer" in caplog.text and "data.tokenizer=''" in caplog.text
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_an_error(trained, corpus):

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from ctxjax import cli, positions
 from ctxjax.checkpoint import Checkpointer, checkpoint_meta, load_for_inference
 from ctxjax.data import load_tokenizer
-from ctxjax.hf import load_pretrained
+from ctxjax.hf import load_pretrained, save_pretrained
 
 
 def with_tokenizer(hf_dir: str) -> str:
@@ -46,20 +46,36 @@ def one_line_error(capsys, argv, *expected):
         assert text in err, err
 
 
-def test_llama_imports_and_exports_reproducing_its_logits_and_tokenizer(tmp_path, capsys):
-    model = oracle.llama()
+def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_ids(tmp_path, capsys):
+    """The special ids of generation_config.json travel too: transformers' generate stops at its EOS ids (here two,
+    as Llama-3 chat models have), and an export without them never stopped."""
+    model = oracle.llama(bos_token_id=3, eos_token_id=[4, 5], pad_token_id=0)
     src = with_tokenizer(oracle.save(model, dtype=torch.bfloat16))  # float32 master weights from bf16
     model = model.to(torch.bfloat16).float()
     work, out = tmp_path / "work", tmp_path / "out"
     assert cli.main(["import-hf", src, "--workdir", str(work)]) == 0
     assert f"wrote {work / 'checkpoints' / '0'}" in capsys.readouterr().out
-    assert sorted(os.listdir(work / "tokenizer")) == ["tokenizer.json", "tokenizer_config.json"]
-    assert load_tokenizer(str(work / "tokenizer")).encode("w3 w5") == [3, 5]
+    assert sorted(os.listdir(work / "tokenizer")) == ["generation_config.json", "tokenizer.json",
+                                                      "tokenizer_config.json"]
+    tokenizer = load_tokenizer(str(work / "tokenizer"))
+    assert tokenizer.encode("w3 w5") == [3, 5] and tokenizer.stop_ids == (0, 4, 5)  # EOS "w0", then the config's
     assert Checkpointer(work).saved_shapes()["params"]["embed"]["embedding"].dtype == jnp.float32
 
     assert cli.main(["export", "--workdir", str(work), "--out", str(out)]) == 0
+    assert "LlamaForCausalLM" in capsys.readouterr().out
     assert_same_logits(model, out)
-    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(os.listdir(out))
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    generation = exported.generation_config
+    assert (generation.bos_token_id, generation.eos_token_id, generation.pad_token_id) == (3, [4, 5], 0)
+    assert (exported.config.bos_token_id, exported.config.eos_token_id) == (3, [4, 5])
+
+
+def test_special_ids_of_an_export_without_a_generation_config_come_from_the_tokenizer(tmp_path):
+    cfg, params = load_pretrained(oracle.save(oracle.llama()))
+    out = save_pretrained(cfg, params, str(tmp_path / "out"), tokenizer=with_tokenizer(str(tmp_path)))
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (0, 0, None)  # "w0"
 
 
 def test_gpt2_imports_with_a_grown_position_table_and_exports(tmp_path):

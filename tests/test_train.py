@@ -61,6 +61,8 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
     # The last stage ran YaRN at 4x the base context of 16 tokens.
     assert config["rope_scaling"]["rope_type"] == "yarn" and config["rope_scaling"]["factor"] == 4.0
     assert config["max_position_embeddings"] == 64
+    # The byte tokenizer has no Hugging Face form: nothing names token ids the exported directory lacks.
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (None, None, None)
 
 
 def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path):
@@ -155,7 +157,8 @@ def test_unknown_override_keys_are_refused():
         tiny(**{"model.d_modle": 3})
 
 
-def test_imported_hf_llama_trains_through_llama_extend_and_exports_what_transformers_reproduces(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transformers_reproduces(arch, tmp_path):
     import hf_oracle as oracle
     import jax.numpy as jnp
     import run_model
@@ -164,7 +167,7 @@ def test_imported_hf_llama_trains_through_llama_extend_and_exports_what_transfor
     from ctxjax import cli
     from ctxjax.checkpoint import load_for_inference
 
-    model = oracle.llama(vocab_size=258, max_position_embeddings=16)
+    model = getattr(oracle, arch)(vocab_size=258, max_position_embeddings=16)
     workdir = str(tmp_path / "run")
     assert cli.main(["import-hf", oracle.save(model), "--workdir", workdir]) == 0
     summary = train_and_evaluate(tiny("llama_extend"), workdir)  # restored straight into an 8-way FSDP layout
@@ -172,6 +175,7 @@ def test_imported_hf_llama_trains_through_llama_extend_and_exports_what_transfor
     cfg, params, _ = load_for_inference(workdir)
     assert cfg.d_model == 64 and cfg.position.rope_type == "yarn" and cfg.position.factor == 4.0
     exported = AutoModelForCausalLM.from_pretrained(summary["export_dir"])
+    assert type(exported) is type(model)
     toks = oracle.tokens(1, 64, vocab=258)
     ours = np.asarray(run_model.forward(cfg, params, jnp.asarray(toks)))
     assert np.abs(oracle.logits(exported, toks) - ours).max() <= 1e-4
@@ -202,6 +206,9 @@ def test_init_from_hf_starts_from_the_hf_weights_and_keeps_its_tokenizer(tmp_pat
     assert summary["final_step"] == 2
     assert load_tokenizer(str(tmp_path / "tokenizer")).encode("w3 w5") == [3, 5]
     assert json.load(open(os.path.join(summary["export_dir"], "config.json")))["hidden_size"] == 64
+    # The export at the end of training copies the tokenizer as `ctxjax export` does: with its own config.
+    assert (json.load(open(os.path.join(summary["export_dir"], "tokenizer_config.json")))
+            == json.load(open(os.path.join(src, "tokenizer_config.json"))))
 
 
 def test_mixed_precision_and_remat_train(tmp_path):

@@ -8,7 +8,8 @@
 
 from ctxjax.checkpoint.manager import Checkpointer, checkpoint_dir, is_params_only, tokenizer_dir
 from ctxjax.checkpoint.meta import check_compatible, checkpoint_meta, model_config_of, shape_differences
-from ctxjax.checkpoint.params import ensure_no_checkpoints, load_for_inference, write_params_checkpoint
+from ctxjax.checkpoint.params import (ensure_no_checkpoints, load_for_inference, replace_tokenizer,
+                                      write_params_checkpoint)
 
 __all__ = [
     "Checkpointer", "check_compatible", "checkpoint_dir", "checkpoint_meta", "ensure_no_checkpoints",

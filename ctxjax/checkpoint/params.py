@@ -36,7 +36,7 @@ def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer
     """
     ensure_no_checkpoints(workdir)
     if tokenizer is not None:
-        _replace_tokenizer(tokenizer, tokenizer_dir(workdir))
+        replace_tokenizer(tokenizer, tokenizer_dir(workdir))
     params = nn.meta.unbox(params)
     meta = checkpoint_meta(cfg, train_config=train_config, stage=0, **extra_meta)
     with Checkpointer(workdir, max_to_keep=None, async_save=False) as checkpointer:
@@ -66,8 +66,8 @@ def load_for_inference(workdir: str, step: int | None = None, merge_lora: bool =
     return cfg, params, tokenizer if find_tokenizer_file(tokenizer) else None
 
 
-def _replace_tokenizer(tokenizer, directory: str) -> None:
-    """Make `tokenizer` the only one in `directory` (load_tokenizer must not find a stale one of another kind)."""
+def replace_tokenizer(tokenizer, directory: str) -> None:
+    """Make `tokenizer` (a Tokenizer, or what hf.tokenizer.write_tokenizer copies) the only one in `directory` (load_tokenizer must not find a stale one of another kind)."""
     os.makedirs(directory, exist_ok=True)
     if isinstance(tokenizer, Tokenizer):
         save_to_workdir(tokenizer, directory)

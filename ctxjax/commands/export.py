@@ -10,9 +10,8 @@ import os
 
 from ctxjax import hf
 from ctxjax.checkpoint import load_for_inference
-from ctxjax.data.tokenizer import SENTENCEPIECE_FILE
 from ctxjax.hf.peft import save_peft_adapter
-from ctxjax.hf.tokenizer import TOKENIZER_FILES
+from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import split_adapters
 
 
@@ -36,27 +35,14 @@ def run(args) -> int:
         if directory and os.path.isdir(directory) and os.listdir(directory) and not args.overwrite:
             raise ValueError(f"{directory} is not empty; pass --overwrite or choose a new {flag}")
     cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step, merge_lora=adapter is None)
-    tokenizer = hf_tokenizer(tokenizer_dir)
+    tokenizer = exportable_tokenizer(tokenizer_dir)
     if adapter:  # a model either output would refuse writes neither
         hf.hf_config_from_model(cfg)
         save_peft_adapter(cfg, params, adapter, base_model=out, overwrite=args.overwrite)
         cfg, params = cfg.replace(lora_rank=0), split_adapters(params)[0]
     hf.save_pretrained(cfg, params, out, tokenizer=tokenizer, overwrite=args.overwrite)
-    print(f"model:     {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.position}")
+    architecture = hf.hf_config_from_model(cfg)["architectures"][0]
+    print(f"model:     {architecture}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.position}")
     print(f"tokenizer: {tokenizer or 'none (the work directory has no Hugging Face tokenizer)'}")
     print(f"wrote {out}" + (f" and the PEFT adapter {adapter}" if adapter else ""))
     return 0
-
-
-def hf_tokenizer(tokenizer_dir: str | None) -> str | None:
-    """What save_pretrained should copy: a directory of HF tokenizer files as it is; a SentencePiece model
-    trained by ctxjax as its file (so a tokenizer_config.json naming its class is written); nothing for the byte
-    tokenizer, which has no Hugging Face form."""
-    if tokenizer_dir is None:
-        return None
-    present = {n for n in TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer_dir, n))}
-    if present - {SENTENCEPIECE_FILE}:
-        return tokenizer_dir
-    if SENTENCEPIECE_FILE in present:
-        return os.path.join(tokenizer_dir, SENTENCEPIECE_FILE)
-    return None

@@ -20,14 +20,15 @@ def register(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: no cut)")
     parser.add_argument("--stop", action="append", default=[],
-                        help="stop at this text's token (repeatable; the tokenizer's EOS always stops)")
+                        help="stop at this text's token (repeatable; the tokenizer's EOS and an imported "
+                             "model's generation_config.json EOS ids always stop)")
     parser.add_argument("--no-bos", action="store_true", help="do not start prompts with the BOS token")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.set_defaults(run=run)
 
 
 def _stop_tokens(tokenizer, texts) -> tuple[int, ...]:
-    stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    stops = list(tokenizer.stop_ids)
     for text in texts:
         ids = tokenizer.encode(text)
         if len(ids) != 1:

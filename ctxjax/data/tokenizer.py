@@ -37,6 +37,11 @@ class Tokenizer:
     bos_id: int | None
     eos_id: int | None
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end a generation: EOS (and for an imported model, every EOS its generation config names)."""
+        return () if self.eos_id is None else (self.eos_id,)
+
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
@@ -82,6 +87,18 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids):
         return self._sp.decode([int(i) for i in ids])
 
+    def hf_config(self) -> dict:
+        """The tokenizer_config.json with which transformers' LlamaTokenizer encodes text to the same ids: a dummy
+        prefix only if this model adds one (ctxjax's never do; transformers' default would add one) and BOS first,
+        as training documents start (data.add_bos)."""
+        sp = self._sp
+        first = sp.encode("a", out_type=str)
+        pieces = {name: sp.id_to_piece(i) for name, i in
+                  (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id())) if i >= 0}
+        return {"tokenizer_class": "LlamaTokenizer", "add_bos_token": self.bos_id is not None,
+                "add_eos_token": False, "add_prefix_space": bool(first) and first[0].startswith("\u2581"),
+                "legacy": False, **pieces}
+
     def save(self, directory):
         path = os.path.join(directory, SENTENCEPIECE_FILE)
         write_atomically(path, self._proto)
@@ -109,9 +126,10 @@ class HuggingFaceTokenizer(Tokenizer):
     only an end-of-text token (GPT-2) uses it for both.
     """
 
-    def __init__(self, json_text: str, special_tokens: dict | None = None):
+    def __init__(self, json_text: str, special_tokens: dict | None = None, generation_eos: Sequence[int] = ()):
         from tokenizers import Tokenizer as HFTokenizer
 
+        self._generation_eos = tuple(generation_eos)
         self._json = json_text
         self._tok = HFTokenizer.from_str(json_text)
         self._special = dict(special_tokens or {})
@@ -133,7 +151,18 @@ class HuggingFaceTokenizer(Tokenizer):
             with open(config_path, encoding="utf-8") as f:
                 config = json.load(f)
             special = {k: config[k] for k in ("bos_token", "eos_token") if config.get(k)}
-        return cls(json_text, special)
+        # transformers' generate stops at the generation config's EOS ids (Llama-3 chat models name several).
+        generation_path = os.path.join(os.path.dirname(path), "generation_config.json")
+        eos = []
+        if os.path.exists(generation_path):
+            with open(generation_path, encoding="utf-8") as f:
+                eos = json.load(f).get("eos_token_id")
+            eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return cls(json_text, special, eos)
+
+    @property
+    def stop_ids(self):
+        return tuple(dict.fromkeys(super().stop_ids + self._generation_eos))
 
     def encode(self, text):
         return self._tok.encode(text, add_special_tokens=False).ids

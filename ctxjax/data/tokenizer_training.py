@@ -93,8 +93,13 @@ def save_to_workdir(tokenizer: Tokenizer, directory: str, trained_with: dict | N
     """Make `tokenizer` the one in `directory`, removing every other file there (the directory holds only the
     run's tokenizer): a replaced imported tokenizer's companions (tokenizer_config.json, vocab.json, ...) would
     otherwise be exported as if they still described it."""
-    if find_tokenizer_file(directory) and _fingerprint_at(directory) == tokenizer.fingerprint():
-        return
+    if find_tokenizer_file(directory):
+        if _fingerprint_at(directory) == tokenizer.fingerprint():
+            return
+        if not os.path.exists(os.path.join(directory, TRAINED_META_FILE)):  # imported with a model, or given
+            log.warning("replacing the tokenizer in %s (imported with the model, or given by an earlier run) with "
+                        "another: a pretrained model's embeddings belong to its own tokenizer; set "
+                        "data.tokenizer='' to keep it", directory)
     clear_tokenizer_dir(directory)
     tokenizer.save(directory)
     if trained_with is not None:

@@ -44,7 +44,7 @@ def beyond_position_table(cfg: ModelConfig, lengths, extra: int = 0) -> dict[int
 def model_completer(cfg: ModelConfig, params, tokenizer: Tokenizer, batch_size: int) -> Completer:
     """Greedy continuations decoded to text. Batches are filled up to `batch_size` with copies of the first
     prompt, so every batch of one length has one shape (one compilation)."""
-    stops = (tokenizer.eos_id,) if tokenizer.eos_id is not None and tokenizer.eos_id < cfg.vocab_size else ()
+    stops = tuple(t for t in tokenizer.stop_ids if t < cfg.vocab_size)
 
     def complete(prompts: list[list[int]], max_new_tokens: int) -> list[str]:
         padded = prompts + [prompts[0]] * (-len(prompts) % batch_size)

@@ -1,4 +1,5 @@
-"""Tokenizer files that travel with an exported model, so `AutoTokenizer.from_pretrained(out_dir)` works."""
+"""Tokenizer files that travel with an exported model, so `AutoTokenizer.from_pretrained(out_dir)` works, and the
+special token ids its config.json names (transformers' `generate` stops at the config's EOS, not the tokenizer's)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,28 @@ import os
 import shutil
 
 # Files an HF tokenizer directory may hold; a SentencePiece model is stored under HF's name for it.
+SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json")
+# Travels with an HF tokenizer directory: its BOS/EOS/pad ids (EOS often a list, e.g. Llama-3's chat-turn ends)
+# name that tokenizer's tokens, so it is copied, replaced and cleared together with it.
+GENERATION_CONFIG = "generation_config.json"
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def exportable_tokenizer(tokenizer_dir: str | None) -> str | None:
+    """What save_pretrained should copy from a work directory's tokenizer: a directory of HF tokenizer files as it
+    is (tokenizer.json, its config, chat template, generation ids); a SentencePiece model trained by ctxjax as its
+    file (so a tokenizer_config.json naming its class is written); nothing for the byte tokenizer, which has no
+    Hugging Face form."""
+    if tokenizer_dir is None:
+        return None
+    present = {n for n in TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer_dir, n))}
+    if present - {SENTENCEPIECE_FILE}:
+        return tokenizer_dir
+    if SENTENCEPIECE_FILE in present:
+        return os.path.join(tokenizer_dir, SENTENCEPIECE_FILE)
+    return None
 
 
 def write_tokenizer(tokenizer, out_dir: str) -> None:
@@ -30,12 +51,14 @@ def _copy_files(path: str, out_dir: str) -> None:
         found = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(path, n))]
         if not found:
             raise ValueError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
-        for name in found:
+        for name in found + ([GENERATION_CONFIG] if os.path.exists(os.path.join(path, GENERATION_CONFIG)) else []):
             shutil.copy(os.path.join(path, name), os.path.join(out_dir, name))
     elif os.path.isfile(path):
         if path.endswith(".model"):  # SentencePiece
-            shutil.copy(path, os.path.join(out_dir, "tokenizer.model"))
-            _write_config(out_dir, {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False})
+            from ctxjax.data.tokenizer import SentencePieceTokenizer
+
+            shutil.copy(path, os.path.join(out_dir, SENTENCEPIECE_FILE))
+            _write_config(out_dir, SentencePieceTokenizer.from_file(path).hf_config())
         elif path.endswith(".json"):
             shutil.copy(path, os.path.join(out_dir, "tokenizer.json"))
             _write_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"})
@@ -51,3 +74,19 @@ def _write_config(out_dir: str, config: dict) -> None:
     if not os.path.exists(path):
         with open(path, "w") as f:
             json.dump(config, f, indent=2)
+
+
+def special_token_ids(directory: str) -> dict:
+    """config.json's bos/eos/pad ids for a model directory holding its tokenizer: those of its
+    generation_config.json (an imported model's), else the tokenizer's own BOS and EOS, else none."""
+    path = os.path.join(directory, GENERATION_CONFIG)
+    if os.path.exists(path):
+        with open(path) as f:
+            generation = json.load(f)
+        return {k: generation.get(k) for k in SPECIAL_IDS}
+    from ctxjax.data.tokenizer import find_tokenizer_file, load_tokenizer  # the data package is heavier
+
+    if find_tokenizer_file(directory) is None:
+        return dict.fromkeys(SPECIAL_IDS)
+    tokenizer = load_tokenizer(directory)
+    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": None}

@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from ctxjax import flops, hf, lora, positions
-from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta
+from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta, replace_tokenizer, tokenizer_dir
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, make_global_batch, make_pipeline
+from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.optimizer import make_optimizer, trainable_labels
 from ctxjax.attention.ring import zigzag_batch
 from ctxjax.schedule import learning_rate_schedule, model_config_for, stage_at, total_steps
@@ -114,14 +115,6 @@ def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: Mo
                          "(--config.FIELD=VALUE) or choose a new --workdir")
 
 
-def _tokenizer_file(workdir: str) -> str | None:
-    for name in ("tokenizer.model", "tokenizer.json"):
-        path = os.path.join(workdir, "tokenizer", name)
-        if os.path.exists(path):
-            return path
-    return None
-
-
 def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | None = None) -> dict:
     """Run (or resume) the training described by `config` in `workdir`; returns a summary dict.
 
@@ -170,9 +163,12 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), latest)
 
         # A model taken from an HF directory keeps that directory's tokenizer (import-hf has already copied
-        # it into WORKDIR/tokenizer, where the pipeline looks first).
+        # it into WORKDIR/tokenizer, where the pipeline looks first). Every process reads it from there; process 0
+        # (which exports) first copies all its files, as import-hf does (config, chat template, generation ids).
         data_config = as_data_config(config.data)
         if meta is None and config.init_from_hf and not data_config.tokenizer:
+            if jax.process_index() == 0 and exportable_tokenizer(config.init_from_hf):
+                replace_tokenizer(config.init_from_hf, tokenizer_dir(workdir))
             data_config = as_data_config(data_config, tokenizer=config.init_from_hf)
         pipe = make_pipeline(data_config, workdir, model_vocab_size=cfg.vocab_size)
         if data_state:
@@ -272,8 +268,8 @@ def export(cfg: ModelConfig, params, out_dir: str, workdir: str) -> str:
         params = multihost_utils.process_allgather(params)
     if jax.process_index() != 0:
         return out_dir
-    return hf.save_pretrained(cfg, jax.device_get(params), out_dir, tokenizer=_tokenizer_file(workdir),
-                              overwrite=True)
+    tokenizer = exportable_tokenizer(os.path.join(workdir, "tokenizer"))  # what `ctxjax export` would copy
+    return hf.save_pretrained(cfg, jax.device_get(params), out_dir, tokenizer=tokenizer, overwrite=True)
 
 
 def evaluate_stage(config, cfg: ModelConfig, params, tokenizer, workdir: str, step: int) -> dict:
