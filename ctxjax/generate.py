@@ -15,6 +15,8 @@ like transformers' `generate`: keys cached by earlier calls keep the rotation th
 once a sequence crosses the scheme's threshold, cached decoding differs from recomputing the whole sequence
 (the recomputation rotates every key with the final length's frequencies). Greedy decoding still equals
 `transformers.generate` token for token, because transformers caches the same way; see docs/evaluation.md.
+Models that export as transformers' Phi-3 class are the exception, there as here: when the sequence first
+passes LongRoPE's L0, the cache is dropped and the whole sequence read again with the long factors.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from jax import lax
 
 from ctxjax.config import ModelConfig
+from ctxjax.hf.config import export_model_type
 from ctxjax.model import KVCache, Transformer, init_cache
 
 # The decode step sees one query against the whole cache: the reference kernel's [1, S] score rows are
@@ -47,6 +50,10 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self):
+        for name, kind in (("temperature", (int, float)), ("top_k", int), ("top_p", (int, float))):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be a number" + (" (an int)" if kind is int else ""))
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
         if self.top_k < 0:
@@ -151,15 +158,61 @@ def _decode(cfg, params, first_logits, cache, next_positions, rng, *, max_new_to
     return tokens, logits_out, done
 
 
+def _checked_prompts(prompts, vocab_size: int) -> list[list[int]]:
+    """Prompts as lists of ints, or a one-line error (an id outside the vocabulary would give NaN logits)."""
+    if isinstance(prompts, np.ndarray):
+        prompts = prompts.tolist()
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of prompts, each a list of token ids")
+    if any(not isinstance(p, (list, tuple, np.ndarray)) for p in prompts):
+        raise ValueError("prompts must be a list of prompts, each a list of token ids: wrap a single prompt as "
+                         "[prompt]")
+    prompts = [[int(t) for t in p] for p in prompts]
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); check "
+                         "that the tokenizer belongs to this model")
+    return prompts
+
+
+def _phi3_reread_step(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> int:
+    """How many tokens transformers' Phi-3 generates before it drops its cache and reads the whole sequence again
+    (0: it does not): the first time the (padded) sequence reaches L0 + 1 tokens while fewer than L0 + 1 are
+    cached, so that LongRoPE's long factors rotate every key rather than only the keys written after the switch."""
+    position = cfg.position
+    if cfg.family != "llama" or getattr(position, "rope_type", None) != "longrope":
+        return 0
+    try:
+        if export_model_type(cfg) != "phi3":  # the class this model is (or would be) exported as
+            return 0
+    except ValueError:  # no Hugging Face class computes it: decode as every other model
+        return 0
+    fed = position.original_max_position_embeddings + 1 - longest_prompt  # generated tokens fed when it happens
+    return fed if 1 <= fed < max_new_tokens else 0
+
+
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (), seed: int = 0,
              pad_to_multiple: int = 64, return_logits: bool = False) -> Generation:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens; see the module doc."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
+    prompts = _checked_prompts(prompts, cfg.vocab_size)
     for token in stop_tokens:
         if not 0 <= int(token) < cfg.vocab_size:
             raise ValueError(f"stop token {token} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")
+    rereads_at = _phi3_reread_step(cfg, max(len(p) for p in prompts), max_new_tokens)
+    if rereads_at:  # decode up to the crossing, then continue from the whole sequence read again
+        kwargs = dict(sampling=sampling, stop_tokens=stop_tokens, pad_to_multiple=pad_to_multiple,
+                      return_logits=return_logits)
+        head = generate(cfg, params, prompts, rereads_at, seed=seed, **kwargs)
+        tail = generate(cfg, params, [p + s for p, s in zip(prompts, head.sequences)], max_new_tokens - rereads_at,
+                        seed=seed + 1, **kwargs)
+        # A row that stopped before the crossing is done; the continuation of its (shorter) sequence is dropped.
+        return Generation([s if stopped else s + t for s, t, stopped in zip(head.sequences, tail.sequences,
+                                                                             head.stopped)],
+                          [a or b for a, b in zip(head.stopped, tail.stopped)],
+                          np.concatenate([head.logits, tail.logits], axis=1) if return_logits else None)
     tokens, positions, segment_ids = left_pad(prompts, pad_to_multiple)
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     longest = int(lengths.max()) + max_new_tokens

@@ -153,3 +153,13 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path, capsy
     assert cli.main(["eval", "--hf", small, "--tokenizer", "bytes", "--out", str(tmp_path / "o")]) == 2
     assert "vocab_size" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_eval_config_lists_accept_comma_separated_strings_and_single_values():
+    from ctxjax.evaluate.config import EvalConfig
+
+    cfg = EvalConfig(tasks="ppl, passkey", lengths="512,1024", depths=0.5)
+    assert (cfg.tasks, cfg.lengths, cfg.depths) == (("ppl", "passkey"), (512, 1024), (0.5,))
+    assert EvalConfig(tasks="ppl", lengths=512).resolved_lengths(64) == (512,)
+    with pytest.raises(ValueError, match="max_documents=0 must be at least 1"):
+        EvalConfig(max_documents=0)

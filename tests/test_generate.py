@@ -75,6 +75,21 @@ def test_greedy_tokens_and_logits_equal_transformers_generate(case):
         np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4, err_msg=case)
 
 
+def test_phi3_rereads_the_sequence_once_it_passes_l0_as_transformers_phi3_does():
+    """Unlike Llama, transformers' Phi-3 drops the cache when the sequence first grows past L0 and reads it again,
+    so every key gets the long LongRoPE factors; mixing rotations (as Llama does) would give other logits."""
+    cfg, params = load_pretrained(oracle.save(oracle.phi3()))
+    rng = np.random.RandomState(1)
+    for lengths in CROSSING.values():
+        prompts = [rng.randint(3, 97, n).tolist() for n in lengths]
+        ours = generate(cfg, params, prompts, 12, return_logits=True, pad_to_multiple=8)
+        theirs, their_logits = _hf_generate(oracle.phi3(), prompts, 12)
+        assert ours.sequences == theirs
+        np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
+    mixed = generate(cfg.replace(hf_architecture=""), params, prompts, 12, return_logits=True, pad_to_multiple=8)
+    assert np.abs(mixed.logits - their_logits).max() > 1e-3
+
+
 def test_greedy_tokens_and_logits_equal_transformers_generate_for_a_sliding_window():
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -87,6 +102,16 @@ def test_greedy_tokens_and_logits_equal_transformers_generate_for_a_sliding_wind
     prompts = [np.random.RandomState(4).randint(3, 97, n).tolist() for n in (11, 4)]
     ours = generate(cfg, params, prompts, 10, return_logits=True, pad_to_multiple=8)
     theirs, their_logits = _hf_generate(mistral(), prompts, 10)
+    assert ours.sequences == theirs
+    np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
+
+
+def test_greedy_tokens_and_logits_equal_transformers_generate_for_qwen3():
+    """Qwen3 normalises keys before they are rotated and cached."""
+    cfg, params = load_pretrained(oracle.save(oracle.qwen3(oracle.ROPE_CASES["yarn"])))
+    prompts = [np.random.RandomState(5).randint(3, 97, n).tolist() for n in (10, 6)]
+    ours = generate(cfg, params, prompts, 12, return_logits=True, pad_to_multiple=8)
+    theirs, their_logits = _hf_generate(oracle.qwen3(oracle.ROPE_CASES["yarn"]), prompts, 12)
     assert ours.sequences == theirs
     np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
 
@@ -170,6 +195,11 @@ def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
     (lambda cfg, p: generate(cfg.replace(position=positions.Learned()), p, [[1] * 60], 8), "learned position"),
     (lambda cfg, p: Sampling(temperature=-1), "temperature"),
     (lambda cfg, p: Sampling(top_p=0), "top_p"),
+    (lambda cfg, p: Sampling(top_k=2.5), "top_k=2.5 must be a number \\(an int\\)"),
+    (lambda cfg, p: generate(cfg, p, [[1, 61]], 4), "prompt token id 61 is outside the model's vocabulary"),
+    (lambda cfg, p: generate(cfg, p, [1, 2, 3], 4), "wrap a single prompt as \\[prompt\\]"),
+    (lambda cfg, p: generate(cfg, p, [], 4), "non-empty list of prompts"),
+    (lambda cfg, p: generate(cfg, p, [[1, 2]], 3.0), "max_new_tokens=3.0 must be an int"),
 ])
 def test_bad_generation_input_is_a_one_line_error(call, message):
     cfg = tiny(positions.Rope())

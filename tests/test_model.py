@@ -143,10 +143,22 @@ def test_learned_positions_beyond_the_table_are_refused_or_nan():
     (dict(position="rope"), "position must be a ctxjax.positions scheme"),
     (dict(attention="flash"), "attention='flash' is unknown"),
     (dict(remat="some"), "remat='some' is unknown"),
+    (dict(n_kv_heads=-2), "n_kv_heads=-2 must be a positive integer or None"),
+    (dict(d_model=64.0), "d_model=64.0 must be a positive integer"),
+    (dict(norm_eps=-1.0), "norm_eps=-1.0 must be > 0"),
+    (dict(d_model=60, n_heads=4), "rotary dim 15 .* must be even"),
 ])
 def test_bad_model_configs_fail_at_construction(fields, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**fields)
+
+
+@pytest.mark.parametrize("tokens", [jnp.zeros((8,), jnp.int32), jnp.zeros((1, 0), jnp.int32),
+                                    jnp.zeros((1, 4), jnp.float32)], ids=["1-d", "empty", "float"])
+def test_tokens_that_are_not_a_batch_of_ids_are_a_one_line_error(tokens):
+    cfg = tiny(positions.Rope())
+    with pytest.raises(ValueError, match=r"tokens must be integer ids of shape \[batch, length\]"):
+        Transformer(cfg).apply({"params": init_params(cfg, jax.random.PRNGKey(0))}, tokens)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMES))

@@ -149,6 +149,9 @@ def test_hf_precedence_rope_scaling_over_rope_parameters_and_legacy_type_key():
           long_factor=(1.0,) * 8), "`short_factor` must list 8 factors"),
     (dict(rope_type="llama3", factor=2.0, original_max_position_embeddings=8), "low_freq_factor"),
     (dict(partial_rotary_factor=1.5), "partial_rotary_factor"),
+    (dict(partial_rotary_factor=0.3125), "rotary dim 5 .* must be even"),  # head_dim 16 x 0.3125
+    (dict(rope_type="longrope", factor=2.0, original_max_position_embeddings=8, short_factor=(1.0,) * 8,
+          long_factor=(0.0,) * 8), "`long_factor` must hold factors > 0"),
 ])
 def test_bad_rope_parameters_fail_with_a_message_naming_the_fix(rope, message):
     with pytest.raises(ValueError, match=message):

@@ -73,6 +73,8 @@ class DataConfig:
             raise DataError("data.pose_chunks must be at least 1 when data.pose_target_len is set")
         if self.num_shards is not None and self.num_shards < 1:
             raise DataError("data.num_shards must be at least 1 (or None for one per process)")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise DataError(f"data.max_documents={self.max_documents} must be at least 1 (or None for all)")
 
 
 

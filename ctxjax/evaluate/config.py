@@ -48,9 +48,14 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
-        # Lists from the CLI, JSON or ml_collections become tuples, so the config stays hashable.
-        for name in ("tasks", "lengths", "ppl_methods", "depths"):
+        # Lists from the CLI, JSON or ml_collections become tuples, so the config stays hashable; a single value or
+        # a comma-separated string ("ppl,passkey", "512,1024") is a list too.
+        for name, kind in (("tasks", str), ("lengths", int), ("ppl_methods", str), ("depths", float)):
             value = getattr(self, name)
+            if isinstance(value, str):
+                value = [kind(v.strip()) for v in value.split(",") if v.strip()]
+            elif isinstance(value, (int, float)):
+                value = [value]
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         self.validate()
@@ -70,6 +75,8 @@ class EvalConfig:
         for name in ("target_tokens", "max_windows", "batch_size", "trials", "key_digits"):
             if int(getattr(self, name)) < 1:
                 fail(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_documents is not None and self.max_documents < 1:
+            fail(f"max_documents={self.max_documents} must be at least 1 (or None for all)")
         if self.stride is not None and self.stride < 1:
             fail(f"stride={self.stride} must be at least 1")
         if "needle" in self.tasks and not (self.needle.strip() and self.question.strip() and self.answer.strip()):

@@ -93,6 +93,9 @@ class Rope(PositionScheme):
         d = self.rotary_dim(cfg.dim_per_head)
         if d < 2 or (self.rope_type in ("ntk", "dynamic") and d <= 2):
             fail(f"rotary dim {d} is too small; raise head_dim or partial_rotary_factor")
+        if d % 2:  # the rotation pairs dimension i with i + d/2
+            fail(f"rotary dim {d} (head_dim {cfg.dim_per_head} x partial_rotary_factor {self.partial_rotary_factor}) "
+                 "must be even; choose an even head_dim or another partial_rotary_factor")
         needs_factor = self.rope_type in ("linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
         if needs_factor and self.factor is None:
             fail("needs `factor` (the context extension ratio, e.g. 4.0)")
@@ -112,12 +115,14 @@ class Rope(PositionScheme):
                 fail(f"need high_freq_factor > low_freq_factor > 0, got {self.high_freq_factor}, "
                      f"{self.low_freq_factor}")
         if self.rope_type == "longrope":
-            n = (d + 1) // 2
+            n = d // 2
             for name in ("short_factor", "long_factor"):
                 value = getattr(self, name)
                 if value is None or len(value) != n:
                     got = "missing" if value is None else f"length {len(value)}"
                     fail(f"`{name}` must list {n} factors (one per rotary frequency, rotary dim {d}); got {got}")
+                if min(value) <= 0:
+                    fail(f"`{name}` must hold factors > 0 (they divide the frequencies); got {min(value)}")
 
     # ------------------------------------------------------------------ frequencies
     @property
