@@ -51,12 +51,14 @@ def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_
     as Llama-3 chat models have), and an export without them never stopped."""
     model = oracle.llama(bos_token_id=3, eos_token_id=[4, 5], pad_token_id=0)
     src = with_tokenizer(oracle.save(model, dtype=torch.bfloat16))  # float32 master weights from bf16
+    with open(os.path.join(src, "chat_template.jinja"), "w") as f:  # an instruct model's template travels too
+        f.write("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     model = model.to(torch.bfloat16).float()
     work, out = tmp_path / "work", tmp_path / "out"
     assert cli.main(["import-hf", src, "--workdir", str(work)]) == 0
     assert f"wrote {work / 'checkpoints' / '0'}" in capsys.readouterr().out
-    assert sorted(os.listdir(work / "tokenizer")) == ["generation_config.json", "tokenizer.json",
-                                                      "tokenizer_config.json"]
+    assert sorted(os.listdir(work / "tokenizer")) == ["chat_template.jinja", "generation_config.json",
+                                                      "tokenizer.json", "tokenizer_config.json"]
     tokenizer = load_tokenizer(str(work / "tokenizer"))
     assert tokenizer.encode("w3 w5") == [3, 5] and tokenizer.stop_ids == (0, 4, 5)  # EOS "w0", then the config's
     assert Checkpointer(work).saved_shapes()["params"]["embed"]["embedding"].dtype == jnp.float32
@@ -64,7 +66,12 @@ def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_
     assert cli.main(["export", "--workdir", str(work), "--out", str(out)]) == 0
     assert "LlamaForCausalLM" in capsys.readouterr().out
     assert_same_logits(model, out)
-    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(os.listdir(out))
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"} <= set(
+        os.listdir(out))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).apply_chat_template([{"role": "user", "content": "w3"}],
+                                                                  tokenize=False) == "w3"
     exported = AutoModelForCausalLM.from_pretrained(out)
     generation = exported.generation_config
     assert (generation.bos_token_id, generation.eos_token_id, generation.pad_token_id) == (3, [4, 5], 0)

@@ -10,7 +10,8 @@ import shutil
 # Files an HF tokenizer directory may hold; a SentencePiece model is stored under HF's name for it.
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json")
+                   "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")  # where transformers 4.43+ keeps chat templates
 # Travels with an HF tokenizer directory: its BOS/EOS/pad ids (EOS often a list, e.g. Llama-3's chat-turn ends)
 # name that tokenizer's tokens, so it is copied, replaced and cleared together with it.
 GENERATION_CONFIG = "generation_config.json"
@@ -77,16 +78,17 @@ def _write_config(out_dir: str, config: dict) -> None:
 
 
 def special_token_ids(directory: str) -> dict:
-    """config.json's bos/eos/pad ids for a model directory holding its tokenizer: those of its
-    generation_config.json (an imported model's), else the tokenizer's own BOS and EOS, else none."""
+    """config.json's bos/eos/pad ids for a model directory holding its tokenizer: each from its
+    generation_config.json (an imported model's) when that names it, else the tokenizer's own BOS and EOS."""
+    from ctxjax.data.tokenizer import find_tokenizer_file, load_tokenizer  # the data package is heavier
+
+    ids = dict.fromkeys(SPECIAL_IDS)
+    if find_tokenizer_file(directory) is not None:
+        tokenizer = load_tokenizer(directory)
+        ids.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
     path = os.path.join(directory, GENERATION_CONFIG)
     if os.path.exists(path):
         with open(path) as f:
             generation = json.load(f)
-        return {k: generation.get(k) for k in SPECIAL_IDS}
-    from ctxjax.data.tokenizer import find_tokenizer_file, load_tokenizer  # the data package is heavier
-
-    if find_tokenizer_file(directory) is None:
-        return dict.fromkeys(SPECIAL_IDS)
-    tokenizer = load_tokenizer(directory)
-    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": None}
+        ids.update({k: generation[k] for k in SPECIAL_IDS if generation.get(k) is not None})
+    return ids
