@@ -94,22 +94,19 @@ def seq_len_schedule(stages: list[Stage]) -> optax.Schedule:
     return optax.piecewise_constant_schedule(float(stages[0].seq_len), scales)
 
 
-def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "") -> ModelConfig:
+def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "", pose_target_len: int = 0) -> ModelConfig:
     """The model of one stage: the base positional scheme with the stage's overrides, and a context at least
-    the stage's sequence length (for learned positions, the size the table is grown to).
+    the stage's sequence length, or PoSE's target when that is longer (its positions reach it; for learned
+    positions, the size the table is grown to).
 
     `rope_scaling` (a rope_type) fills in overrides for stages that give none and run past the base model's
     context: factor = seq_len / context, original_max_position_embeddings = context. One field then
-    switches a whole recipe between PI, NTK, YaRN, Llama-3 and dynamic scaling."""
-    position = base.position
+    switches a whole recipe between PI, NTK, YaRN, Llama-3 and dynamic scaling. A base model that is already
+    scaled (Llama 3.1, Phi-3's LongRoPE) keeps its scaling and original context, its factor grows; a
+    `rope_scaling` of another type is refused (Rope.stretched)."""
+    position, context = base.position, max(stage.seq_len, pose_target_len)
     if stage.position:
         position = position.replace(**dict(stage.position))
-    elif rope_scaling and position.name == "rope" and stage.seq_len > base.max_seq_len:
-        original = base.max_seq_len
-        fields = dict(rope_type=rope_scaling, factor=stage.seq_len / original, original_max_position_embeddings=original)
-        if rope_scaling == "llama3":
-            fields.update(low_freq_factor=1.0, high_freq_factor=4.0)
-        if rope_scaling in ("linear", "ntk"):
-            fields["original_max_position_embeddings"] = None
-        position = position.replace(**fields)
-    return base.replace(position=position, max_seq_len=max(base.max_seq_len, stage.seq_len))
+    elif rope_scaling and position.name == "rope" and context > base.max_seq_len:
+        position = position.stretched(rope_scaling, context, base.max_seq_len)
+    return base.replace(position=position, max_seq_len=max(base.max_seq_len, context))

@@ -1,6 +1,7 @@
 """Training end to end at tiny size: every recipe compiles, staged growth runs and exports, a resumed run
 equals the uninterrupted one, sharded runs equal the single-device run, bad configs fail before compiling."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -70,8 +71,15 @@ def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path):
     workdir = str(tmp_path)
     first = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1], stop_after=4)  # mid-stage 1
     assert first["stopped_at"] == 4 and "4" in os.listdir(os.path.join(workdir, "checkpoints"))
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:  # as if killed after logging steps 5 and 6
+        f.write('{"step": 5, "loss": 99.0}\n{"step": 6, "loss": 99.0}\n')
+    # Step 4 is inside stage 1 (YaRN over 16 tokens): another scaling there is refused, not switched to.
+    with pytest.raises(ValueError, match="stopped inside stage 1, trained with positions Rope\\(rope_type='yarn'"):
+        train_and_evaluate(tiny(rope_scaling="linear"), workdir, devices=jax.devices()[:1])
     second = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1])
     assert second["start_step"] == 4 and second["final_step"] == 7
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 8))  # each step once, the resumed copy
     want, got = losses(reference), losses(workdir)
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)
@@ -145,16 +153,19 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_path):
     ({"rope_scaling": "xpos"}, "rope_scaling='xpos' is unknown"),
     ({"eval_at_stage_end": True, "data.source": "mix:1*stdlib;1*text:/docs/*.txt"},
      "no held-out split is known for data.source='text:/docs/\\*.txt'; set data.eval_source"),
+    ({"model.position": {"name": "alibi"}}, "no Hugging Face equivalent.*export_dir='' trains without one"),
 ])
 def test_bad_configs_fail_before_compiling(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(tiny(**overrides), str(tmp_path))
-    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+    assert not glob.glob(os.path.join(tmp_path, "checkpoints", "*"))  # nothing trained
 
 
 def test_unknown_override_keys_are_refused():
     with pytest.raises(ValueError, match="unknown config field 'model.d_modle'"):
         tiny(**{"model.d_modle": 3})
+    with pytest.raises(ValueError, match=r"dict\(...\) and other calls are not; write \{'key': value\}"):
+        apply_overrides(tiny(), ["stages=[dict(steps=2, seq_len=16, lr=1e-3)]"])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -180,6 +191,28 @@ def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transfor
     ours = np.asarray(run_model.forward(cfg, params, jnp.asarray(toks)))
     assert np.abs(oracle.logits(exported, toks) - ours).max() <= 1e-4
     assert np.abs(oracle.logits(model, toks) - ours).max() > 1e-3  # it did train
+
+
+def test_rope_scaling_of_a_stage_grows_an_already_scaled_model_and_refuses_another_type():
+    """Llama 3.1 comes with llama3 scaling (here 4x over 16 tokens): a longer stage raises its factor and keeps its
+    original context and bands; a recipe asking for YaRN would silently have dropped them."""
+    from ctxjax import ModelConfig, positions
+    from ctxjax.schedule import Stage, model_config_for
+
+    rope = positions.Rope("llama3", factor=4.0, original_max_position_embeddings=16, low_freq_factor=2.0,
+                          high_freq_factor=8.0)
+    base = ModelConfig(max_seq_len=64, position=rope)
+    stage = Stage(index=0, start=0, steps=1, seq_len=256, batch_size=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
+                  position=())
+    assert model_config_for(base, stage, "llama3").position == rope.replace(factor=16.0)
+    with pytest.raises(ValueError, match="already uses llama3 RoPE scaling.*extend it with llama3"):
+        model_config_for(base, stage, "yarn")
+    unscaled = model_config_for(base.replace(position=positions.Rope()), stage, "yarn").position
+    assert unscaled == positions.Rope("yarn", factor=4.0, original_max_position_embeddings=64)
+    # PoSE trains 16-token rows whose positions reach 256: the model is scaled for 256.
+    short = dataclasses.replace(stage, seq_len=16)
+    pose = model_config_for(base.replace(position=positions.Rope()), short, "yarn", pose_target_len=256)
+    assert pose.position == unscaled and pose.max_seq_len == 256
 
 
 def test_sequence_axis_must_divide_every_stage_length():

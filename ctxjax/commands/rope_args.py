@@ -19,8 +19,8 @@ def add_rope_arguments(parser: argparse.ArgumentParser) -> None:
                        help="context the model was trained at (default: its max_position_embeddings)")
     group.add_argument("--beta-fast", type=float, help="yarn: high-frequency boundary in rotations (default 32)")
     group.add_argument("--beta-slow", type=float, help="yarn: low-frequency boundary in rotations (default 1)")
-    group.add_argument("--low-freq-factor", type=float, default=1.0, help="llama3 (default 1)")
-    group.add_argument("--high-freq-factor", type=float, default=4.0, help="llama3 (default 4)")
+    group.add_argument("--low-freq-factor", type=float, help="llama3 (default 1, or the model's)")
+    group.add_argument("--high-freq-factor", type=float, help="llama3 (default 4, or the model's)")
     group.add_argument("--max-position-embeddings", type=int,
                        help="new context length written to the config (default: factor x original)")
     group.add_argument("--sliding-window", type=int,
@@ -48,17 +48,24 @@ def apply_rope_arguments(cfg: ModelConfig, params, args: argparse.Namespace):
     if cfg.position.name != "rope":
         raise ValueError(f"--rope-type/--factor/--theta apply to RoPE models, this one uses {cfg.position.name!r} "
                          "positions (GPT-2: use --positions N)")
-    rope_type = args.rope_type or cfg.position.rope_type
-    original = args.original_max_position_embeddings or cfg.max_seq_len
+    current = cfg.position
+    rope_type = args.rope_type or current.rope_type
+    original = args.original_max_position_embeddings or current.original_context(cfg.max_seq_len)
+    if current.rope_type != "default" and args.original_max_position_embeddings is None:
+        # An already scaled model keeps its scaling's type, L0 and settings; --factor counts from its L0.
+        wanted = args.max_position_embeddings or (args.factor or current.factor or 1.0) * original
+        current.stretched(rope_type, wanted, cfg.max_seq_len)  # refuses another type, in one line
     changes = dict(rope_type=rope_type, original_max_position_embeddings=original)
     if args.theta is not None:
         changes["theta"] = args.theta
     if args.factor is not None:
         changes["factor"] = args.factor
     if rope_type == "llama3":
-        changes.update(low_freq_factor=args.low_freq_factor, high_freq_factor=args.high_freq_factor)
-    if rope_type == "yarn":
-        changes.update(beta_fast=args.beta_fast, beta_slow=args.beta_slow)
+        changes.update(low_freq_factor=args.low_freq_factor or current.low_freq_factor or 1.0,
+                       high_freq_factor=args.high_freq_factor or current.high_freq_factor or 4.0)
+    for name in ("beta_fast", "beta_slow"):
+        if rope_type == "yarn" and getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     if rope_type in ("default", "linear", "ntk"):
         changes["original_max_position_embeddings"] = None
     rope = cfg.position.replace(**changes)

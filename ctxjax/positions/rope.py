@@ -210,6 +210,30 @@ class Rope(PositionScheme):
                 fields["factor"] = max_pos / fields["original_max_position_embeddings"]
         return cls(**fields)
 
+    def original_context(self, context: int) -> int:
+        """The context of the model before any scaling, for a model whose context is now `context` tokens: L0,
+        or for PI and NTK (which record none) `context / factor`; `context` itself when unscaled."""
+        if self.rope_type == "default":
+            return context
+        if self.original_max_position_embeddings:
+            return self.original_max_position_embeddings
+        return int(round(context / (self.factor or 1.0)))
+
+    def stretched(self, rope_type: str, new_len: int, context: int) -> "Rope":
+        """This rotation scaled with `rope_type` to `new_len` tokens in a model whose context is `context`: factor
+        new_len / L0. An unscaled rotation gets L0 = context. A scaled one keeps its type, L0 and settings (LongRoPE's
+        searched factors, Llama 3's bands, YaRN's betas) and only its factor grows; another type would discard them."""
+        original = self.original_context(context)
+        if self.rope_type != "default" and rope_type != self.rope_type:
+            raise ValueError(f"the model already uses {self.rope_type} RoPE scaling (factor {self.factor:g}, original "
+                             f"context {original}); {rope_type} would replace it: extend it with {self.rope_type} "
+                             f"(its factor becomes {new_len / original:g}) or give the positional settings explicitly")
+        fields = dict(rope_type=rope_type, factor=new_len / original,
+                      original_max_position_embeddings=None if rope_type in ("linear", "ntk") else original)
+        if rope_type == "llama3" and self.rope_type == "default":
+            fields.update(low_freq_factor=1.0, high_freq_factor=4.0)
+        return self.replace(**fields)
+
     def ntk_theta(self, d: int) -> float:
         return float(self.theta) * float(self.factor) ** (d / (d - 2))
 

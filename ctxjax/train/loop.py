@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from ctxjax import flops, hf, lora, positions
-from ctxjax.checkpoint import Checkpointer, check_compatible, checkpoint_meta, replace_tokenizer, tokenizer_dir
+from ctxjax.checkpoint import (Checkpointer, check_compatible, checkpoint_meta, model_config_of, replace_tokenizer,
+                               tokenizer_dir)
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, make_global_batch, make_pipeline
 from ctxjax.hf.tokenizer import exportable_tokenizer
@@ -101,6 +102,18 @@ def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
     return requested
 
 
+def _check_same_stage_positions(checkpoint_meta, stage, cfg: ModelConfig, start: int, workdir: str) -> None:
+    """A run stopped inside a stage resumes it with the rotation it trained with: a changed rope_scaling, stage
+    position or model.position would otherwise switch the scheme mid-stage without a word."""
+    if checkpoint_meta is None or checkpoint_meta.get("params_only") or start == stage.start:
+        return
+    saved = model_config_of(checkpoint_meta).position
+    if saved != cfg.position:
+        raise ValueError(f"{workdir} stopped inside stage {stage.index}, trained with positions {saved}; the config now "
+                         f"gives {cfg.position}: resume with the same rope_scaling / stage position / model.position "
+                         "(--config.FIELD=VALUE) or choose a new --workdir")
+
+
 def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: ModelConfig, workdir: str) -> None:
     """What a resumed run cannot change although no shape changes: which parameters train (the optimizer state
     holds moments for exactly those) and the adapters' scale (the stored adapters were trained with it)."""
@@ -113,6 +126,21 @@ def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: Mo
     if changes:
         raise ValueError(f"{workdir} was trained with {' and '.join(changes)}; resume with the same "
                          "(--config.FIELD=VALUE) or choose a new --workdir")
+
+
+def stage_model_config(config, base: ModelConfig, stage) -> ModelConfig:
+    """The model a stage trains (schedule.model_config_for with the run's rope_scaling and PoSE target)."""
+    return model_config_for(base, stage, config.rope_scaling, config.data.pose_target_len)
+
+
+def check_exportable(config, base: ModelConfig, stages) -> None:
+    """A run that ends in an export must be able to write it: refused before training rather than after."""
+    if config.export_dir:
+        try:
+            hf.hf_config_from_model(stage_model_config(config, base, stages[-1]))
+        except ValueError as error:
+            raise ValueError(f"{error} (the export at the end of training; --config.export_dir='' trains "
+                             "without one)") from None
 
 
 def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | None = None) -> dict:
@@ -128,6 +156,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     latest = checkpointer.latest_step()
     meta = checkpointer.restore_meta(latest) if latest is not None else None
     base = base_model_config(config, meta, workdir)
+    check_exportable(config, base, stages)
     imported = architecture_imported(config, meta)
     if base.lora_rank and not imported:
         raise ValueError(f"model.lora_rank={base.lora_rank} trains adapters on a pretrained model, but {workdir} "
@@ -142,7 +171,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), _Preemption() as preemption:
         stage = stage_at(stages, start)
-        cfg = model_config_for(base, stage, config.rope_scaling)
+        cfg = stage_model_config(config, base, stage)
+        _check_same_stage_positions(meta, stage, cfg, start, workdir)
         tx = make_optimizer(config.optimizer, schedule, abstract_params(cfg))
         abstract, shardings = state_shardings(cfg, tx, mesh)
         data_state = None
@@ -191,7 +221,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                 new_stage = stage_at(stages, step)
                 if new_stage.index != stage.index or train_step is None:
                     stage = new_stage
-                    new_cfg = model_config_for(base, stage, config.rope_scaling)
+                    new_cfg = stage_model_config(config, base, stage)
                     if new_cfg.position.name == "learned" and new_cfg.max_seq_len > cfg.max_seq_len:
                         state = grow_learned_table(state, new_cfg.max_seq_len, config.learned_extend_method)
                     if new_cfg != cfg or train_step is None:
