@@ -53,6 +53,7 @@ def evaluated(llama_dir, corpus, tmp_path_factory):
 def test_eval_writes_results_summary_and_valid_plots(evaluated, capsys):
     results = json.load(open(evaluated / "results.json"))
     assert results["run"] == "tiny" and "yarn" in results["model"]["position"]
+    assert results["model"]["sliding_window"] == 0  # recorded: a window changes every number
     assert set(results["ppl"]["nonoverlapping"]) == {"32", "64"}
     assert set(results["ppl"]["sliding"]["64"]) >= {"nll", "ppl", "tokens", "documents", "stride"}
     assert results["ppl"]["fixed_target"]["32"]["tokens"] == results["ppl"]["fixed_target"]["64"]["tokens"]

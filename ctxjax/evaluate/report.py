@@ -85,7 +85,8 @@ def summary_markdown(results: dict) -> str:
     lines = [f"# {title}{step}", ""]
     if model:
         lines += [f"model: {model.get('params', '?')} parameters, positions {model.get('position')}, "
-                  f"max_seq_len {model.get('max_seq_len')}, attention kernel {model.get('attention')}", ""]
+                  f"max_seq_len {model.get('max_seq_len')}, attention kernel {model.get('attention')}"
+                  + (f", sliding window {model['sliding_window']}" if model.get("sliding_window") else ""), ""]
     if "ppl" in results:
         lines += _ppl_section(results["ppl"])
     for task in RETRIEVAL_TITLES:

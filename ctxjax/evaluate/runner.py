@@ -71,7 +71,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     lengths = eval_config.resolved_lengths(cfg.max_seq_len)
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     results: dict = {"model": {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len, "params": n_params,
-                               "attention": run_cfg.attention, "family": cfg.family},
+                               "attention": run_cfg.attention, "family": cfg.family,
+                               "sliding_window": cfg.sliding_window, "hf_architecture": cfg.hf_architecture},
                      "eval_config": dataclasses.asdict(eval_config), "lengths": list(lengths)}
     if "ppl" in eval_config.tasks:
         log(f"perplexity at lengths {list(lengths)} on {eval_config.source}")

@@ -62,7 +62,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             parent[name] = value
         except TypeError:
             now = repr(current) if len(repr(current)) <= 80 else repr(current)[:77] + "..."
-            raise ValueError(f"--config.{key}={raw} does not fit the field's type ({type(current).__name__}); "
+            why = (" (a value is read as a Python literal: dict(...) and other calls are not; write {'key': value})"
+                   if isinstance(value, str) and "(" in value else "")
+            raise ValueError(f"--config.{key}={raw} does not fit the field's type ({type(current).__name__}){why}; "
                              f"write a Python literal like its value now, {now}") from None
     return config
 

@@ -17,8 +17,17 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # A run killed after its last checkpoint logged steps that the resumed run repeats: drop them, so each step
+        # is recorded once (TensorBoard hides its own copies from purge_step on).
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
+        self._jsonl = open(path, "a")
+        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
         self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
 
     def write(self, step: int, metrics: dict) -> None:
