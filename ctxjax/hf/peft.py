@@ -3,8 +3,9 @@
 
 PEFT's LoRA adds `x @ lora_A.T @ lora_B.T * lora_alpha / r` to a torch Linear; ctxjax's adapter is the same sum
 with A [*in, r] and B [r, *out] stored per layer in a stack, so each layer's A and B only need flattening and
-transposing. GPT-2 fuses q, k and v into one `c_attn` matrix, which has no per-projection adapters: only
-Llama-family models with separate q, k, v projections (Llama, Mistral, Qwen2, Qwen3) export this way.
+transposing. Phi-3 fuses q/k/v and gate/up into one Linear each: their adapters go out as one adapter of the
+summed rank, A's stacked and B's block-diagonal (PEFT's rank_pattern and alpha_pattern say so). GPT-2 is refused:
+its fused `c_attn` is a Conv1D.
 """
 
 from __future__ import annotations
@@ -24,29 +25,42 @@ from ctxjax.lora import split_adapters
 # ctxjax projection -> the Linear it adapts inside a transformers Llama decoder layer.
 LLAMA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
                  "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+# Phi-3 fuses some of them into one Linear, rows in this order.
+PHI3_FUSED = {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")}
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, overwrite: bool = False) -> str:
     """Write the adapters of `params` (a `cfg` model with `lora_rank` > 0) for the base model at `base_model`."""
-    fused = "gpt2" if cfg.family == "gpt2" else "phi3" if export_model_type(cfg) == "phi3" else ""
-    if fused:
-        raise ValueError(f"PEFT adapters export from Llama, Mistral, Qwen2 and Qwen3 models only; a {fused} model fuses q, k, "
-                         "v into one matrix: export the merged model instead (ctxjax export without --peft-adapter)")
+    if cfg.family == "gpt2":
+        raise ValueError("PEFT adapters export from Llama-family models only; GPT-2 fuses q, k, v into one matrix "
+                         "with no per-projection adapters: export the merged model instead (ctxjax export without "
+                         "--peft-adapter)")
     _, adapters = split_adapters(jax.device_get(params))
     if not cfg.lora_rank or not adapters:
         raise ValueError("this model has no LoRA adapters (model.lora_rank is 0): export the model itself")
+    r = cfg.lora_rank
+    stacked = {LLAMA_MODULES[m[-1]]: (np.asarray(a), np.asarray(b)) for m, (a, b) in adapters.items()}
+    # Per layer: {HF module: (A [rank, in], B [out, rank])}, torch Linear layout.
+    layers = [{module: (a[i].reshape(-1, r).T, b[i].reshape(r, -1).T) for module, (a, b) in stacked.items()}
+              for i in range(cfg.n_layers)]
+    ranks = {}
+    if export_model_type(cfg) == "phi3":
+        layers = [_fused(cfg, layer) for layer in layers]
+        ranks = {module.split(".")[-1]: a.shape[0] for module, (a, _) in layers[0].items() if a.shape[0] != r}
     tensors = {}
-    for module, (a, b) in adapters.items():
-        for i in range(a.shape[0]):
-            prefix = f"base_model.model.model.layers.{i}.{LLAMA_MODULES[module[-1]]}"
-            tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(np.asarray(a[i]).reshape(-1, cfg.lora_rank).T)
-            tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(np.asarray(b[i]).reshape(cfg.lora_rank, -1).T)
+    for i, layer in enumerate(layers):
+        for module, (a, b) in layer.items():
+            prefix = f"base_model.model.model.layers.{i}.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a)
+            tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": cfg.lora_rank, "lora_alpha": float(cfg.lora_alpha), "lora_dropout": 0.0, "bias": "none",
-        "target_modules": sorted(LLAMA_MODULES[t].split(".")[-1] for t in cfg.lora_targets),
+        "r": r, "lora_alpha": float(cfg.lora_alpha), "lora_dropout": 0.0, "bias": "none",
+        "target_modules": sorted(module.split(".")[-1] for module in layers[0]),
         "fan_in_fan_out": False, "inference_mode": True,
+        # A fused module's adapter stacks its parts' ranks; alpha grows with it, so alpha / rank stays the same.
+        "rank_pattern": ranks, "alpha_pattern": {m: float(cfg.lora_alpha) * rank / r for m, rank in ranks.items()},
     }
 
     def fill(directory):
@@ -55,3 +69,25 @@ def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, o
             json.dump(config, f, indent=2)
 
     return write_directory(out_dir, overwrite, fill)
+
+
+def _fused(cfg: ModelConfig, layer: dict) -> dict:
+    """One layer's adapters for Phi-3's fused Linears: the parts' A's stacked (rank r per adapted part) and their
+    B's block-diagonal, so that B A is each part's update in its own rows, zero for parts without an adapter."""
+    widths = {"q": cfg.n_heads * cfg.dim_per_head, "k": cfg.kv_heads * cfg.dim_per_head,
+              "v": cfg.kv_heads * cfg.dim_per_head, "gate": cfg.mlp_dim, "up": cfg.mlp_dim}
+    out = {m: ab for m, ab in layer.items() if m in (LLAMA_MODULES["o"], LLAMA_MODULES["down"])}
+    for module, parts in PHI3_FUSED.items():
+        adapted = [p for p in parts if LLAMA_MODULES[p] in layer]
+        if not adapted:
+            continue
+        a = np.concatenate([layer[LLAMA_MODULES[p]][0] for p in adapted])
+        b = np.zeros((sum(widths[p] for p in parts), a.shape[0]), a.dtype)
+        row = 0
+        for p in parts:
+            if p in adapted:
+                col = adapted.index(p) * cfg.lora_rank
+                b[row:row + widths[p], col:col + cfg.lora_rank] = layer[LLAMA_MODULES[p]][1]
+            row += widths[p]
+        out[module] = (a, b)
+    return out
