@@ -154,6 +154,7 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
         return "no biases" if qkv or o or mlp else "rotates whole heads only" if partial else ""
     if model_type == "qwen2":
         return ("biases on q/k/v only" if not qkv or o or mlp else "rotates whole heads only" if partial else "")
+    # phi3: Phi3Config validates its RoPE as default or longrope and sizes LongRoPE's lists by hidden / heads.
     if cfg.position.name == "rope" and cfg.position.rope_type not in ("default", "ntk", "longrope"):
         return "default or longrope RoPE only"
     return ("no biases" if qkv or o or mlp else
