@@ -152,13 +152,8 @@ class HuggingFaceTokenizer(Tokenizer):
                 config = json.load(f)
             special = {k: config[k] for k in ("bos_token", "eos_token") if config.get(k)}
         # transformers' generate stops at the generation config's EOS ids (Llama-3 chat models name several).
-        generation_path = os.path.join(os.path.dirname(path), "generation_config.json")
-        eos = []
-        if os.path.exists(generation_path):
-            with open(generation_path, encoding="utf-8") as f:
-                eos = json.load(f).get("eos_token_id")
-            eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        return cls(json_text, special, eos)
+        eos = generation_config_ids(os.path.dirname(path)).get("eos_token_id")
+        return cls(json_text, special, [] if eos is None else [eos] if isinstance(eos, int) else eos)
 
     @property
     def stop_ids(self):
@@ -205,6 +200,18 @@ class ByteTokenizer(Tokenizer):
 
     def file_bytes(self):
         return json.dumps({"type": "bytes", "bos_id": 256, "eos_id": 257}).encode()
+
+
+def generation_config_ids(directory: str) -> dict:
+    """The bos/eos/pad ids that a generation_config.json beside a tokenizer names (an imported model's; EOS may be
+    a list), or {}."""
+    path = os.path.join(directory, "generation_config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        generation = json.load(f)
+    return {k: generation[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+            if generation.get(k) is not None}
 
 
 def find_tokenizer_file(path: str) -> str | None:

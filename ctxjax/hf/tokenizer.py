@@ -80,15 +80,10 @@ def _write_config(out_dir: str, config: dict) -> None:
 def special_token_ids(directory: str) -> dict:
     """config.json's bos/eos/pad ids for a model directory holding its tokenizer: each from its
     generation_config.json (an imported model's) when that names it, else the tokenizer's own BOS and EOS."""
-    from ctxjax.data.tokenizer import find_tokenizer_file, load_tokenizer  # the data package is heavier
+    from ctxjax.data.tokenizer import find_tokenizer_file, generation_config_ids, load_tokenizer  # heavier package
 
     ids = dict.fromkeys(SPECIAL_IDS)
     if find_tokenizer_file(directory) is not None:
         tokenizer = load_tokenizer(directory)
         ids.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
-    path = os.path.join(directory, GENERATION_CONFIG)
-    if os.path.exists(path):
-        with open(path) as f:
-            generation = json.load(f)
-        ids.update({k: generation[k] for k in SPECIAL_IDS if generation.get(k) is not None})
-    return ids
+    return {**ids, **generation_config_ids(directory)}
