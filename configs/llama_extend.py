@@ -9,8 +9,10 @@ factor 4 and original_max_position_embeddings = the model's context. YaRN's pape
 LongLoRA's recipe (adapters + trainable embeddings and norms + S²-Attn in quarter-length groups) is three
 overrides: `--config.model.lora_rank=8 --config.optimizer.trainable=embed,norm
 --config.model.shifted_sparse_group=4096`.
-Mistral and Qwen2 imports work the same; a Mistral keeps its sliding window unless the run widens it
-(`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did).
+Mistral, Qwen2, Qwen3 and Phi-3 imports work the same; a Mistral keeps its sliding window unless the run widens
+it (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did). A model that is already scaled
+(Llama 3.1: llama3, Phi-3: longrope) is extended with its own type, which keeps its original context and settings:
+`--config.rope_scaling=llama3` or `=longrope` (YaRN would replace them and is refused).
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings
