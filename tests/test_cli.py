@@ -96,3 +96,4 @@ def test_console_script_is_installed_and_reads_a_model():
     done = subprocess.run([script, "info", src], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "rope_type='llama3'" in done.stdout and "parameters: 74,176" in done.stdout
+    assert "exports as: LlamaForCausalLM" in done.stdout

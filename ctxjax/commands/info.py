@@ -1,5 +1,5 @@
 """`ctxjax info HF_DIR`: what ctxjax reads from a Hugging Face model directory (architecture, sizes,
-positional scheme, parameter count), without loading the weights."""
+positional scheme, parameter count, the class an export writes), without loading the weights."""
 
 from __future__ import annotations
 
@@ -28,4 +28,8 @@ def run(args) -> int:
     for field in dataclasses.fields(cfg):
         print(f"{field.name}: {getattr(cfg, field.name)}")
     print(f"parameters: {n_params:,}")
+    try:
+        print(f"exports as: {hf.hf_config_from_model(cfg)['architectures'][0]}")
+    except ValueError as error:  # e.g. overrides a class cannot express (not reachable from config.json alone)
+        print(f"exports as: nothing ({error})")
     return 0
