@@ -36,12 +36,12 @@ def run(args) -> int:
             raise ValueError(f"{directory} is not empty; pass --overwrite or choose a new {flag}")
     cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step, merge_lora=adapter is None)
     tokenizer = exportable_tokenizer(tokenizer_dir)
-    if adapter:  # a model either output would refuse writes neither
-        hf.hf_config_from_model(cfg)
+    # Also the check that a Hugging Face class computes the model: if it fails, neither output is written.
+    architecture = hf.hf_config_from_model(cfg)["architectures"][0]
+    if adapter:
         save_peft_adapter(cfg, params, adapter, base_model=out, overwrite=args.overwrite)
         cfg, params = cfg.replace(lora_rank=0), split_adapters(params)[0]
     hf.save_pretrained(cfg, params, out, tokenizer=tokenizer, overwrite=args.overwrite)
-    architecture = hf.hf_config_from_model(cfg)["architectures"][0]
     print(f"model:     {architecture}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.position}")
     print(f"tokenizer: {tokenizer or 'none (the work directory has no Hugging Face tokenizer)'}")
     print(f"wrote {out}" + (f" and the PEFT adapter {adapter}" if adapter else ""))

@@ -90,13 +90,11 @@ def load_pretrained(hf_dir: str, **overrides: Any):
         per_path: list[list[np.ndarray]] = [[] for _ in tensor.paths]
         for name in _layer_names(cfg, tensor):
             value = reader[available[name]]
-            if value.shape != want and overrides:
-                raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json with the overrides "
-                                 f"{sorted(overrides)} implies {want}; an override cannot reshape stored weights "
-                                 "(a GPT-2 position table grows with ctxjax.positions.extend)")
             if value.shape != want:
-                raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json implies {want}; "
-                                 "check hidden_size / heads / intermediate_size in config.json")
+                fix = (f" with the overrides {sorted(overrides)} implies {want}; an override cannot reshape stored "
+                       "weights (a GPT-2 position table grows with ctxjax.positions.extend)" if overrides else
+                       f" implies {want}; check hidden_size / heads / intermediate_size in config.json")
+                raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json{fix}")
             for parts, part in zip(per_path, tensor.from_hf(cfg, value)):
                 parts.append(part.astype(dtype))
         for path, parts in zip(tensor.paths, per_path):

@@ -84,7 +84,7 @@ def _out_proj_from_conv(cfg, w):
     return [w.reshape(cfg.n_heads, cfg.dim_per_head, cfg.d_model)]
 
 
-def _fuse_qkv(cfg, xs):  # three [D, H, Dh] -> Conv1D [D, 3*H*Dh], columns [q | k | v]
+def _fuse_columns(cfg, xs):  # kernels [D, ...] -> Conv1D [D, sum of outputs], e.g. GPT-2's columns [q | k | v]
     return np.concatenate([x.reshape(x.shape[0], -1) for x in xs], axis=1)
 
 
@@ -101,7 +101,7 @@ def _split_qkv_bias(cfg, w):
 
 
 def _fuse_rows(cfg, xs):  # kernels [D, ...] -> one torch Linear [sum of outputs, D], rows in the given order
-    return np.concatenate([x.reshape(x.shape[0], -1) for x in xs], axis=1).T
+    return _fuse_columns(cfg, xs).T
 
 
 def _split_qkv_rows(cfg, w):  # Phi-3's qkv_proj [(H + 2 KV) * Dh, D], rows [q | k | v]
@@ -168,7 +168,7 @@ def gpt2_tensors(cfg: ModelConfig) -> list[Tensor]:
         Tensor("wpe.weight", (("pos_embed", "embedding"),), _same, _same_back),
         Tensor("ln_f.weight", (("final_norm", "scale"),), _same, _same_back),
         Tensor("ln_f.bias", (("final_norm", "bias"),), _same, _same_back),
-        Tensor(layer + "attn.c_attn.weight", qkv, _fuse_qkv, _split_qkv),
+        Tensor(layer + "attn.c_attn.weight", qkv, _fuse_columns, _split_qkv),
         Tensor(layer + "attn.c_attn.bias", qkv_bias, _fuse_qkv_bias, _split_qkv_bias),
         Tensor(layer + "attn.c_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_conv, _out_proj_from_conv),
         Tensor(layer + "attn.c_proj.bias", (("attn", "o", "bias"),), _same, _same_back),
