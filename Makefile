@@ -31,11 +31,13 @@ test: install install-tf
 
 DEMO_DIR ?= runs/demo
 
-# Train (or resume) the demo, evaluate the exported model at and past its training length, say where it all is.
+# Train (or resume) the demo, evaluate it at and past its training length, check that the PyTorch export
+# computes the same logits there, say where it all is.
 demo: install
 	$(PY) train.py --config configs/demo.py --workdir $(DEMO_DIR)
 	$(PY) -m ctxjax.cli eval $(DEMO_DIR) --tasks ppl,passkey --lengths 128,256,512,1024 \
 	    --max-documents 16 --max-windows 16 --trials 2 --out $(DEMO_DIR)/eval/final
+	$(PY) -m ctxjax.cli check-logits $(DEMO_DIR)/hf --workdir $(DEMO_DIR) --lengths 128,1024
 	@echo
 	@echo "demo finished:"
 	@echo "  Hugging Face model: $(DEMO_DIR)/hf  (transformers.AutoModelForCausalLM.from_pretrained)"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxjax.commands import eval as evaluate, export, extend_hf, generate, import_hf, info, train
+from ctxjax.commands import check_logits, eval as evaluate, export, extend_hf, generate, import_hf, info, train
 
-COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, generate]
+COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, generate, check_logits]
 
 
 def build_parser() -> argparse.ArgumentParser:

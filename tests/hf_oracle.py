@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 # Small but not degenerate: GQA (4 query heads on 2 KV heads), head_dim 16 (8 frequencies).
@@ -107,3 +109,14 @@ def tokens(batch: int, length: int, vocab: int = 97, seed: int = 0) -> np.ndarra
 
 def files(path: str) -> list[str]:
     return sorted(os.listdir(path))
+
+
+def with_tokenizer(hf_dir: str) -> str:
+    """Give an HF model directory a small word-level tokenizer.json (+ tokenizer_config.json)."""
+    vocab = {f"w{i}": i for i in range(96)} | {"<unk>": 96}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(os.path.join(hf_dir, "tokenizer.json"))
+    with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "w0", "unk_token": "<unk>"}, f)
+    return hf_dir

@@ -11,24 +11,12 @@ import numpy as np
 import optax
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM
 
 from ctxjax import cli, positions
 from ctxjax.checkpoint import Checkpointer, checkpoint_meta, load_for_inference
 from ctxjax.data import load_tokenizer
 from ctxjax.hf import load_pretrained, save_pretrained
-
-
-def with_tokenizer(hf_dir: str) -> str:
-    """Give an HF model directory a small word-level tokenizer.json (+ tokenizer_config.json)."""
-    vocab = {f"w{i}": i for i in range(96)} | {"<unk>": 96}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(os.path.join(hf_dir, "tokenizer.json"))
-    with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "w0", "unk_token": "<unk>"}, f)
-    return hf_dir
 
 
 def assert_same_logits(model, out_dir, length=24):
@@ -50,7 +38,7 @@ def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_
     """The special ids of generation_config.json travel too: transformers' generate stops at its EOS ids (here two,
     as Llama-3 chat models have), and an export without them never stopped."""
     model = oracle.llama(bos_token_id=3, eos_token_id=[4, 5], pad_token_id=0)
-    src = with_tokenizer(oracle.save(model, dtype=torch.bfloat16))  # float32 master weights from bf16
+    src = oracle.with_tokenizer(oracle.save(model, dtype=torch.bfloat16))  # float32 master weights from bf16
     with open(os.path.join(src, "chat_template.jinja"), "w") as f:  # an instruct model's template travels too
         f.write("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     model = model.to(torch.bfloat16).float()
@@ -80,7 +68,7 @@ def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_
 
 def test_special_ids_of_an_export_without_a_generation_config_come_from_the_tokenizer(tmp_path):
     cfg, params = load_pretrained(oracle.save(oracle.llama()))
-    out = save_pretrained(cfg, params, str(tmp_path / "out"), tokenizer=with_tokenizer(str(tmp_path)))
+    out = save_pretrained(cfg, params, str(tmp_path / "out"), tokenizer=oracle.with_tokenizer(str(tmp_path)))
     config = json.load(open(os.path.join(out, "config.json")))
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (0, 0, None)  # "w0"
 

@@ -229,11 +229,10 @@ def test_sequence_axis_must_divide_every_stage_length():
 
 def test_init_from_hf_starts_from_the_hf_weights_and_keeps_its_tokenizer(tmp_path):
     import hf_oracle as oracle
-    from test_import_export import with_tokenizer
 
     from ctxjax.data import load_tokenizer
 
-    src = with_tokenizer(oracle.save(oracle.llama(vocab_size=258, max_position_embeddings=16)))
+    src = oracle.with_tokenizer(oracle.save(oracle.llama(vocab_size=258, max_position_embeddings=16)))
     config = tiny("llama_extend", init_from_hf=src, **{"data.tokenizer": ""})  # "": the model's own tokenizer
     summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert summary["final_step"] == 2

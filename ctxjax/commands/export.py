@@ -2,7 +2,8 @@
 (latest, or step N; a training checkpoint or an imported params-only one) as a Hugging Face model directory that
 `transformers` loads, with the work directory's tokenizer when it has a Hugging Face form. LoRA adapters are
 merged into the weights, or with --peft-adapter written apart as a PEFT adapter for the model in DIR (which then
-holds everything else the run trained, e.g. embeddings and norms)."""
+holds everything else the run trained, e.g. embeddings and norms). With --check, the written model is then run in
+transformers beside the checkpoint (`ctxjax check-logits`); a difference makes the command exit 1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 
 from ctxjax import hf
 from ctxjax.checkpoint import load_for_inference
+from ctxjax.commands.check_logits import check, find_tokenizer, lengths_argument
 from ctxjax.hf.peft import save_peft_adapter
 from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import split_adapters
@@ -24,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--peft-adapter", metavar="ADAPTER_DIR",
                         help="keep LoRA adapters apart: write them here as a PEFT adapter of the model in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace non-empty output directories")
+    parser.add_argument("--check", nargs="?", const=(128,), type=lengths_argument, metavar="LENGTHS",
+                        help="then compare the export's logits in transformers with the checkpoint's, one row per "
+                             "length (default 128; e.g. --check 128,4096); needs torch and transformers")
     parser.set_defaults(run=run)
 
 
@@ -34,6 +39,13 @@ def run(args) -> int:
     for directory, flag in ((out, "--out"), (adapter, "--peft-adapter")):
         if directory and os.path.isdir(directory) and os.listdir(directory) and not args.overwrite:
             raise ValueError(f"{directory} is not empty; pass --overwrite or choose a new {flag}")
+    if args.check and adapter:
+        raise ValueError("--check compares a whole model, and --peft-adapter keeps the adapters apart; "
+                         "export without --peft-adapter to check, or load the adapter with peft yourself")
+    if args.check:
+        from ctxjax.hf.logit_check import require_torch
+
+        require_torch()  # before the export, not after it
     cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step, merge_lora=adapter is None)
     tokenizer = exportable_tokenizer(tokenizer_dir)
     # Also the check that a Hugging Face class computes the model: if it fails, neither output is written.
@@ -45,4 +57,8 @@ def run(args) -> int:
     print(f"model:     {architecture}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.position}")
     print(f"tokenizer: {tokenizer or 'none (the work directory has no Hugging Face tokenizer)'}")
     print(f"wrote {out}" + (f" and the PEFT adapter {adapter}" if adapter else ""))
+    if args.check:
+        print()
+        return check(cfg, params, out, lengths=args.check, tokenizer=find_tokenizer(None, out, tokenizer_dir),
+                     ours=f"checkpoint of {args.workdir}")
     return 0

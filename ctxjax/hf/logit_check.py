@@ -1,0 +1,134 @@
+"""Do ctxjax and `transformers` give the same answers for a checkpoint? A logit checker, as MaxText keeps one.
+
+`compare_logits(cfg, params, hf_dir, rows)` runs each token row through the ctxjax model (cfg, params) and
+through `transformers.AutoModelForCausalLM.from_pretrained(hf_dir)` in PyTorch, both in float32, and reports
+per row how far the next-token distributions are apart. Two uses: a Hugging Face model imported into ctxjax
+(is the import exact for *this* checkpoint, not only for the tiny random models of the tests?) and a trained
+run against its export (will the PyTorch deployment compute what was trained?). Rows longer than the original
+context check the RoPE scaling where the implementations are most likely to part (YaRN, LongRoPE, dynamic NTK).
+
+PyTorch and transformers are imported only here, so the rest of ctxjax.hf still needs neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctxjax.config import ModelConfig
+from ctxjax.model import Transformer
+
+# ctxjax's logits are made and compared this many positions at a time: [L, V] float32 at 128k tokens and a
+# 128k vocabulary would be 64 GB, while PyTorch's forward has to hold its own [L, V] anyway.
+CHUNK = 1024
+
+
+def require_torch():
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise ValueError("checking logits runs the model in PyTorch: pip install torch transformers "
+                         "(torch==2.13.0 is the CPU wheel)") from None
+    return torch, transformers
+
+
+def load_reference(hf_dir: str):
+    """The PyTorch model of `hf_dir` in float32, in eval mode."""
+    if not os.path.isdir(hf_dir):  # and never a hub name: nothing is downloaded
+        raise ValueError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + weights)")
+    torch, transformers = require_torch()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    except Exception as error:  # noqa: BLE001 - any failure to load is the user's to fix, in one line
+        detail = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"transformers cannot load {hf_dir} ({type(error).__name__}: {detail}); "
+                         "pass a directory written by `ctxjax export` or a Hugging Face model directory") from None
+    return model.eval()
+
+
+def reference_logits(model, row: np.ndarray) -> np.ndarray:
+    """[L, V] float32 logits of one token row under the PyTorch model."""
+    torch, _ = require_torch()
+    with torch.no_grad():
+        return model(torch.as_tensor(row[None].astype(np.int64))).logits[0].float().numpy()
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _hidden(cfg: ModelConfig, params, tokens):
+    return Transformer(cfg).apply({"params": params}, tokens, return_hidden=True)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _logits(cfg: ModelConfig, params, hidden):
+    return Transformer(cfg).apply({"params": params}, hidden, method=Transformer.logits_from_hidden)
+
+
+def as_float32(cfg: ModelConfig, params):
+    """The model computing and holding its weights in float32, as the reference does."""
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+    return cfg.replace(dtype="float32", param_dtype="float32"), params
+
+
+def row_differences(ours: np.ndarray, theirs: np.ndarray) -> dict:
+    """Statistics of two [n, V] logit blocks of the same positions: max and summed |difference| (and the
+    row of the max), summed and max KL(reference || ctxjax) in nats, and how many argmaxes agree."""
+    diff = np.abs(ours.astype(np.float64) - theirs)
+    log_p = theirs - _logsumexp(theirs)
+    log_q = ours - _logsumexp(ours)
+    kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+    per_row = diff.max(-1)
+    return dict(max_abs=float(per_row.max()), argmax_row=int(per_row.argmax()), sum_abs=float(diff.sum()),
+                sum_kl=float(kl.sum()), max_kl=float(kl.max()), top1=int(np.sum(ours.argmax(-1) == theirs.argmax(-1))),
+                count=int(diff.size), rows=int(diff.shape[0]))
+
+
+def _logsumexp(x):
+    x = x.astype(np.float64)
+    top = x.max(-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(-1, keepdims=True))
+
+
+def _merge(stats: Sequence[dict], offsets: Sequence[int]) -> dict:
+    worst = max(range(len(stats)), key=lambda i: stats[i]["max_abs"])
+    rows = sum(s["rows"] for s in stats)
+    return dict(
+        max_abs=stats[worst]["max_abs"],
+        position=offsets[worst] + stats[worst]["argmax_row"],
+        mean_abs=sum(s["sum_abs"] for s in stats) / sum(s["count"] for s in stats),
+        mean_kl=sum(s["sum_kl"] for s in stats) / rows,
+        max_kl=max(s["max_kl"] for s in stats),
+        top1_agreement=sum(s["top1"] for s in stats) / rows,
+    )
+
+
+def compare_logits(cfg: ModelConfig, params, hf_dir: str, rows: Sequence[np.ndarray], *, reference=None) -> list[dict]:
+    """For each 1-D token row: {length, max_abs, position (of max_abs), mean_abs, mean_kl, max_kl,
+    top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers on `hf_dir`.
+    `reference` is an already loaded PyTorch model of `hf_dir` (default: loaded here). ctxjax runs with the
+    kernel evaluation uses (the model's, or `auto` for the quadratic `xla`, so long rows fit)."""
+    from ctxjax.evaluate.scoring import evaluation_config  # here: ctxjax.evaluate imports ctxjax.hf
+
+    reference = reference if reference is not None else load_reference(hf_dir)
+    cfg, params = as_float32(evaluation_config(cfg), params)
+    params = jax.device_put(params)
+    results = []
+    for row in rows:
+        row = np.asarray(row, np.int32)
+        if row.ndim != 1 or not len(row):
+            raise ValueError(f"token rows must be non-empty 1-D arrays; got shape {row.shape}")
+        theirs = reference_logits(reference, row)
+        hidden = _hidden(cfg, params, jnp.asarray(row[None]))
+        stats, offsets = [], []
+        for start in range(0, len(row), CHUNK):
+            ours = np.asarray(_logits(cfg, params, hidden[:, start:start + CHUNK]))[0]
+            stats.append(row_differences(ours, theirs[start:start + CHUNK]))
+            offsets.append(start)
+        results.append(dict(length=len(row), **_merge(stats, offsets)))
+    return results

@@ -1,0 +1,91 @@
+"""`ctxjax check-logits` and `ctxjax export --check`: ctxjax against transformers on a user's own checkpoint,
+with a verdict per length that fails where the two really compute different things."""
+
+import os
+import sys
+
+import hf_oracle as oracle
+import numpy as np
+
+from ctxjax import cli
+from ctxjax.commands.check_logits import check, text_rows
+from ctxjax.data import load_tokenizer
+from ctxjax.evaluate.documents import load_documents
+from ctxjax.hf import load_pretrained
+from ctxjax.positions import Rope
+
+
+def table_rows(out: str) -> dict[int, list[str]]:
+    """{length: cells} of the printed table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0].isdigit():
+            rows[int(cells[0])] = cells
+    return rows
+
+
+def one_line_error(capsys, argv, expected):
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ctxjax {argv[0]}: error:") and "\n" not in err and expected in err, err
+
+
+def test_an_import_checks_out_below_and_above_its_original_context(capsys):
+    src = oracle.save(oracle.llama(rope_scaling=oracle.ROPE_CASES["yarn"]))  # L0 16, 4x
+    assert cli.main(["check-logits", src, "--lengths", "12,48"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens:    random ids (seed 0)" in out  # the tiny model has no tokenizer
+    rows = table_rows(out)
+    assert sorted(rows) == [12, 48]
+    for cells in rows.values():
+        assert float(cells[1]) <= 1e-4 and cells[6] == "100.0%" and cells[7] == "yes"
+    assert "ctxjax and transformers give the same answers" in out
+
+
+def test_a_model_computing_something_else_fails_at_the_lengths_where_it_differs(capsys):
+    """Dynamic NTK equals plain RoPE up to the original context (64) and differs beyond it: a ctxjax config
+    without the scaling passes the short row and fails the long one, and the verdict is 1. (A tiny random model
+    hardly uses positions, so the difference is 3e-3 here, under the default --atol meant for real checkpoints.)"""
+    src = oracle.save(oracle.llama(rope_scaling=oracle.ROPE_CASES["dynamic"]))
+    cfg, params = load_pretrained(src)
+    capsys.readouterr()
+    assert check(cfg.replace(position=Rope()), params, src, lengths=(40, 100), atol=1e-4) == 1
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows[40][7] == "yes" and rows[100][7] == "NO"
+    assert "(length 100, position" in out and "do not compute the same thing" in out
+    assert check(cfg, params, src, lengths=(40, 100), atol=1e-4) == 0  # with the scaling it computes what transformers does
+
+
+def test_export_check_compares_the_written_model_with_the_checkpoint_on_text(tmp_path, capsys):
+    src = oracle.with_tokenizer(oracle.save(oracle.llama()))
+    work, out = tmp_path / "work", tmp_path / "out"
+    assert cli.main(["import-hf", src, "--workdir", str(work)]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", "--workdir", str(work), "--out", str(out), "--check", "8,40"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "tokens:    stdlib:eval, HuggingFaceTokenizer" in printed
+    assert sorted(table_rows(printed)) == [8, 40]
+    assert "give the same answers" in printed
+    one_line_error(capsys, ["export", "--workdir", str(work), "--out", str(tmp_path / "o2"), "--check",
+                            "--peft-adapter", str(tmp_path / "a")], "--check compares a whole model")
+    assert not os.path.exists(tmp_path / "o2")
+
+
+def test_text_rows_are_bos_led_documents_that_wrap_around():
+    tokenizer = load_tokenizer("bytes")
+    stream = np.concatenate(load_documents("stdlib:eval", tokenizer, None))
+    short, long = text_rows((10, len(stream) + 50), tokenizer, "stdlib:eval")
+    assert short[0] == tokenizer.bos_id and len(short) == 10
+    np.testing.assert_array_equal(long[len(stream):], stream[:50])
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    one_line_error(capsys, ["check-logits", str(tmp_path / "missing")], "is not a directory")
+    gpt2 = oracle.save(oracle.gpt2())  # 64 learned positions
+    one_line_error(capsys, ["check-logits", gpt2, "--lengths", "100"], "beyond the learned position table")
+    one_line_error(capsys, ["check-logits", gpt2, "--step", "3"], "--step needs --workdir")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
+    one_line_error(capsys, ["check-logits", gpt2], "pip install torch transformers")
