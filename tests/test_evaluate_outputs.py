@@ -42,7 +42,8 @@ def evaluated(llama_dir, corpus, tmp_path_factory):
     """One evaluation with every task, shared by the tests below (its compilations are the slow part)."""
     out = tmp_path_factory.mktemp("eval") / "run"
     code = cli.main(["eval", "--hf", llama_dir, "--tokenizer", "bytes", "--out", str(out), "--name", "tiny",
-                     "--tasks", "ppl,passkey,needle", "--lengths", "32,64,300", "--source", corpus,
+                     "--tasks", "ppl,passkey,multikey,needle", "--lengths", "32,64,300", "--source", corpus,
+                     "--distractors", "1",
                      "--depths", "0,1", "--trials", "1", "--stride", "16", "--target-tokens", "16",
                      "--needle", "The magic word is banana.", "--question", "What is the magic word?",
                      "--answer", "banana", "--rope-type", "yarn", "--factor", "2"])
@@ -59,12 +60,14 @@ def test_eval_writes_results_summary_and_valid_plots(evaluated, capsys):
     assert results["ppl"]["fixed_target"]["32"]["tokens"] == results["ppl"]["fixed_target"]["64"]["tokens"]
     assert [(c["length"], c["depth"]) for c in results["passkey"]["cells"]] == [(300, 0.0), (300, 1.0)]
     assert results["needle"]["cells"][0]["trials"] == 1
+    assert [c["length"] for c in results["multikey"]["cells"]] == [300, 300]  # 1 distractor fits in 300
     assert set(results["plots"]) == {"ppl_vs_length.png", "per_position_loss.png", "passkey_heatmap.png",
-                                     "needle_heatmap.png"}
+                                     "multikey_heatmap.png", "needle_heatmap.png"}
     for name in results["plots"]:
         assert_valid_png(evaluated / name)
     summary = open(evaluated / "summary.md").read()
     assert "| 64 |" in summary and "Passkey retrieval" in summary and "Needle in a haystack" in summary
+    assert "Multi-key passkey" in summary
 
 
 def test_skipped_lengths_are_explained_in_the_summary(evaluated):

@@ -1,10 +1,14 @@
-"""Passkey and needle prompts: the needle sits at the requested depth, prompts fit the length, the scorers
-accept exactly the right answer, and the grid's summary lengths follow the accuracies."""
+"""Passkey, multi-key passkey and needle prompts: the needle sits at the requested depth, prompts fit the length,
+the scorers accept exactly the right answer, and the grid's summary lengths follow the accuracies."""
+
+import re
 
 import numpy as np
 import pytest
 
 from ctxjax.data import ByteTokenizer
+from ctxjax.evaluate import multikey
+from ctxjax.evaluate.multikey import MultiKeyTask
 from ctxjax.evaluate.needle import NeedleTask, needle_found
 from ctxjax.evaluate.passkey import FILLER, KEY_SENTENCE, QUESTION, PasskeyTask, passkey_correct
 from ctxjax.evaluate.retrieval import build_prompt, max_length_at, run_grid
@@ -104,3 +108,46 @@ def test_needle_prompt_places_a_user_needle_in_the_haystack_and_scores_by_answer
 def test_build_prompt_cycles_filler_from_the_first_unit():
     prompt = build_prompt([9], [[1], [2, 2], [3]], [7], [8], length=10, depth=0.0, first_unit=1)
     assert prompt.tokens == [9, 7, 2, 2, 3, 1, 2, 2, 3, 8]
+
+
+def test_build_prompt_without_cycling_uses_each_unit_at_most_once():
+    prompt = build_prompt([9], [[1], [2, 2]], [7], [8], length=20, depth=1.0, cycle=False)
+    assert prompt.tokens == [9, 1, 2, 2, 7, 8]
+
+
+def secret_numbers(text: str) -> dict[str, str]:
+    """{name: key} of every key sentence in a multi-key prompt, in order."""
+    pattern = re.escape(multikey.KEY_SENTENCE).replace(r"\{name\}", "([a-z-]+)").replace(r"\{key\}", r"(\d+)")
+    return dict(re.findall(pattern, text))
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_multikey_prompt_hides_distinct_named_keys_and_asks_for_the_one_at_the_depth(depth):
+    task = MultiKeyTask(TOKENIZER, distractors=3)
+    trial = task.make_trial(1500, depth, np.random.RandomState(7))
+    prompt, text = trial.prompt, TOKENIZER.decode(trial.prompt.tokens)
+    assert 1500 - LONGEST_UNIT < len(prompt.tokens) <= 1500
+    keys = secret_numbers(text)
+    assert len(keys) == 4 and len(set(keys.values())) == 4 and all(len(k) == 5 for k in keys.values())
+    asked = text.split("What is the secret number of ")[1].split("?")[0]
+    assert keys[asked] == trial.expected and text.endswith(f"The secret number of {asked} is")
+    sentence = " " + multikey.KEY_SENTENCE.format(name=asked, key=trial.expected)
+    assert TOKENIZER.decode(prompt.tokens[prompt.needle_start:prompt.needle_start + len(sentence)]) == sentence
+    assert abs(prompt.depth - depth) < 0.05
+
+
+def test_multikey_tells_reading_the_name_from_copying_a_number():
+    """A model that copies the first number it saw scores near chance (1 in 4 keys); one that reads the name
+    scores everything."""
+    def answer_with(pick):
+        return lambda prompts, _: [" " + pick(TOKENIZER.decode(p)) + "." for p in prompts]
+
+    by_name = answer_with(lambda t: secret_numbers(t)[t.split("What is the secret number of ")[1].split("?")[0]])
+    first_number = answer_with(lambda t: next(iter(secret_numbers(t).values())))
+    task = MultiKeyTask(TOKENIZER, distractors=3)
+    grid = dict(lengths=[300, 1000], depths=[0.5], trials=24, answer_tokens=8, batch_size=8, seed=0)
+    reading = run_grid(task.make_trial, passkey_correct, by_name, **grid)
+    copying = run_grid(task.make_trial, passkey_correct, first_number, **grid)
+    assert reading["cells"][0]["accuracy"] == 1.0 and copying["cells"][0]["accuracy"] < 0.5
+    assert reading["skipped"][0]["length"] == 300  # too short for the template and 3 distractors
+    assert "cannot hold the template and 3 distractors" in reading["skipped"][0]["reason"]

@@ -1,6 +1,7 @@
 """`ctxjax eval WORKDIR | --hf DIR [--rope-type yarn --factor 4] --tasks ppl,passkey,needle --lengths 512,1024`:
-perplexity by length (non-overlapping, sliding, fixed target set; loss by position), passkey retrieval and
-needle in a haystack, written as results.json, summary.md and PNG plots into --out.
+perplexity by length (non-overlapping, sliding, fixed target set; loss by position), passkey retrieval (also
+with distractor keys: multikey) and needle in a haystack, written as results.json, summary.md and PNG plots
+into --out.
 `ctxjax eval --compare OUT1 OUT2 ... --out DIR` overlays earlier evaluations in one set of plots."""
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def register(subparsers) -> None:
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="overlay these evaluation output directories")
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
-    parser.add_argument("--tasks", type=_names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,needle (default: ppl,passkey)")
+    parser.add_argument("--tasks", type=_names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
     parser.add_argument("--lengths", type=_ints, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval", help="held-out documents (a ctxjax.data source spec)")
     parser.add_argument("--max-documents", type=int, default=64, help="read at most this many documents")
@@ -87,6 +88,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help="windows or prompts per forward pass (default 4)")
     parser.add_argument("--depths", type=_floats, help="where the passkey or needle sits, fractions in [0, 1], comma-separated")
     parser.add_argument("--trials", type=int, help="prompts per (length, depth) cell (default 5)")
+    parser.add_argument("--distractors", type=int, help="other named keys beside the asked one (multikey task; default 3)")
     parser.add_argument("--needle", help="needle sentence (needle task)")
     parser.add_argument("--question", help="question asked after the haystack (needle task)")
     parser.add_argument("--answer", help="text the reply must contain (needle task)")
@@ -102,7 +104,7 @@ def _eval_config(args):
         tasks=args.tasks, lengths=args.lengths, source=args.source, max_documents=args.max_documents,
         ppl_methods=args.ppl_methods, stride=args.stride, target_tokens=args.target_tokens,
         max_windows=args.max_windows, batch_size=args.batch_size, attention=args.attention, depths=args.depths,
-        trials=args.trials, needle=args.needle, question=args.question, answer=args.answer,
+        trials=args.trials, distractors=args.distractors, needle=args.needle, question=args.question, answer=args.answer,
         haystack=args.haystack, seed=args.seed)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ctxjax.dataclass_config import dataclass_from
 
-TASKS = ("ppl", "passkey", "needle")
+TASKS = ("ppl", "passkey", "multikey", "needle")
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
 
 # gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's recall).
@@ -40,6 +40,8 @@ class EvalConfig:
     trials: int = 5  # prompts per (length, depth) cell
     key_digits: int = 5
     answer_tokens: int | None = None  # tokens generated per prompt; None: enough for the key plus a few
+    # Multi-key passkey: other named keys hidden in the filler beside the one asked for (RULER uses 3).
+    distractors: int = 3
     # Needle in a haystack: the needle is a sentence inserted at `depths` into text from `haystack`.
     needle: str = DEFAULT_NEEDLE
     question: str = DEFAULT_QUESTION
@@ -75,6 +77,8 @@ class EvalConfig:
         for name in ("target_tokens", "max_windows", "batch_size", "trials", "key_digits"):
             if int(getattr(self, name)) < 1:
                 fail(f"{name}={getattr(self, name)} must be at least 1")
+        if not isinstance(self.distractors, int) or not 0 <= self.distractors <= 100:
+            fail(f"distractors={self.distractors} must be an int from 0 to 100")
         if self.max_documents is not None and self.max_documents < 1:
             fail(f"max_documents={self.max_documents} must be at least 1 (or None for all)")
         if self.stride is not None and self.stride < 1:

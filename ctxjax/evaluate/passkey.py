@@ -37,7 +37,7 @@ class PasskeyTask:
         self.question = tokenizer.encode(" " + QUESTION)
 
     def random_key(self, rng: np.random.RandomState) -> str:
-        return str(rng.randint(10 ** (self.key_digits - 1), 10 ** self.key_digits))
+        return random_key(rng, self.key_digits)
 
     def make_trial(self, length: int, depth: float, rng: np.random.RandomState, key: str | None = None) -> Trial:
         key = key or self.random_key(rng)
@@ -45,8 +45,17 @@ class PasskeyTask:
         return Trial(build_prompt(self.prefix, self.filler, needle, self.question, length, depth), key)
 
     def answer_tokens(self) -> int:
-        """Enough new tokens for the key and a little more (the Landmark and YaRN scripts generate 10)."""
-        return max(10, len(self.tokenizer.encode(" " + "9" * self.key_digits)) + 4)
+        return key_answer_tokens(self.tokenizer, self.key_digits)
+
+
+def random_key(rng: np.random.RandomState, digits: int) -> str:
+    """A random integer of exactly `digits` digits (no leading zero), as text."""
+    return str(rng.randint(10 ** (digits - 1), 10 ** digits))
+
+
+def key_answer_tokens(tokenizer, digits: int) -> int:
+    """Enough new tokens for a key and a little more (the Landmark and YaRN scripts generate 10)."""
+    return max(10, len(tokenizer.encode(" " + "9" * digits)) + 4)
 
 
 def passkey_correct(output: str, key: str) -> bool:

@@ -11,7 +11,8 @@ from ctxjax.evaluate.config import PPL_METHODS
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
-RETRIEVAL_TITLES = {"passkey": "Passkey retrieval", "needle": "Needle in a haystack"}
+RETRIEVAL_TITLES = {"passkey": "Passkey retrieval", "multikey": "Multi-key passkey (with distractors)",
+                    "needle": "Needle in a haystack"}
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:

@@ -36,21 +36,26 @@ def template_tokens(prefix: Sequence[int], needle: Sequence[int], question: Sequ
 
 
 def build_prompt(prefix: Sequence[int], filler_units: Sequence[Sequence[int]], needle: Sequence[int],
-                 question: Sequence[int], length: int, depth: float, first_unit: int = 0) -> Prompt:
+                 question: Sequence[int], length: int, depth: float, first_unit: int = 0, cycle: bool = True) -> Prompt:
     """prefix + filler + needle (at `depth` of the filler) + filler + question, at most `length` tokens.
 
-    Filler units are taken in order from `first_unit` (cycling) while they fit; the needle goes between the units where the
-    filler before it comes closest to `depth` of all the filler."""
+    Filler units are taken in order from `first_unit` (cycling, unless `cycle` is False: then each unit at most
+    once) while they fit; the needle goes between the units where the filler before it comes closest to `depth`
+    of all the filler."""
     fixed = template_tokens(prefix, needle, question)
     if length < fixed:
         raise ValueError(f"a prompt of {length} tokens cannot hold the template ({fixed} tokens without filler); "
                          f"use lengths >= {fixed}")
-    if not filler_units or any(len(u) == 0 for u in filler_units):
+    if (cycle and not filler_units) or any(len(u) == 0 for u in filler_units):
         raise ValueError("the filler needs at least one non-empty unit of text")
     units, used = [], 0
-    while used + len(filler_units[(first_unit + len(units)) % len(filler_units)]) <= length - fixed:
-        units.append(filler_units[(first_unit + len(units)) % len(filler_units)])
-        used += len(units[-1])
+    most = float("inf") if cycle else len(filler_units) - first_unit
+    while len(units) < most:
+        unit = filler_units[(first_unit + len(units)) % len(filler_units)]
+        if used + len(unit) > length - fixed:
+            break
+        units.append(unit)
+        used += len(unit)
     before = np.concatenate([[0], np.cumsum([len(u) for u in units])]).astype(int)  # filler before unit k
     split = int(np.argmin(np.abs(before - depth * used)))
     filler = [t for u in units[:split] for t in u], [t for u in units[split:] for t in u]

@@ -19,6 +19,7 @@ from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
 from ctxjax.evaluate import report
 from ctxjax.evaluate.config import EvalConfig, as_eval_config
 from ctxjax.evaluate.documents import load_documents
+from ctxjax.evaluate.multikey import MultiKeyTask
 from ctxjax.evaluate.needle import NeedleTask, needle_found
 from ctxjax.evaluate.passkey import PasskeyTask, passkey_correct
 from ctxjax.evaluate.perplexity import perplexity_by_length
@@ -86,6 +87,9 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     tasks = {}
     if "passkey" in eval_config.tasks:
         tasks["passkey"] = (PasskeyTask(tokenizer, eval_config.key_digits, eval_config.add_bos), passkey_correct)
+    if "multikey" in eval_config.tasks:
+        tasks["multikey"] = (MultiKeyTask(tokenizer, eval_config.key_digits, eval_config.distractors,
+                                          eval_config.add_bos), passkey_correct)
     if "needle" in eval_config.tasks:
         task = NeedleTask(tokenizer, eval_config.needle, eval_config.question, eval_config.answer,
                           eval_config.haystack or eval_config.source, eval_config.max_documents, max(lengths),
