@@ -66,7 +66,7 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (None, None, None)
 
 
-def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path):
+def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path, caplog):
     reference, _ = one_device_run
     workdir = str(tmp_path)
     first = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1], stop_after=4)  # mid-stage 1
@@ -76,7 +76,10 @@ def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path):
     # Step 4 is inside stage 1 (YaRN over 16 tokens): another scaling there is refused, not switched to.
     with pytest.raises(ValueError, match="stopped inside stage 1, trained with positions Rope\\(rope_type='yarn'"):
         train_and_evaluate(tiny(rope_scaling="linear"), workdir, devices=jax.devices()[:1])
-    second = train_and_evaluate(tiny(), workdir, devices=jax.devices()[:1])
+    # A model field the resumed run cannot apply (the model comes from the checkpoint) is named, not silently
+    # dropped; the losses below show it had no effect.
+    second = train_and_evaluate(tiny(**{"model.norm_eps": 1e-3}), workdir, devices=jax.devices()[:1])
+    assert "resumes with the model of its checkpoint: model.norm_eps changed" in caplog.text
     assert second["start_step"] == 4 and second["final_step"] == 7
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 8))  # each step once, the resumed copy

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import time
@@ -32,6 +34,8 @@ from ctxjax.train.metrics import MetricsWriter
 from ctxjax.train.state import (abstract_params, grow_learned_table, init_state, param_shardings, place_params,
                                 state_shardings)
 from ctxjax.train.step import jit_train_step
+
+log = logging.getLogger(__name__)
 
 # ModelConfig fields a run may change between restarts without changing any parameter shape.
 RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype",
@@ -128,6 +132,22 @@ def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: Mo
                          "(--config.FIELD=VALUE) or choose a new --workdir")
 
 
+def _warn_ignored_model_changes(config, checkpoint_meta, workdir: str) -> None:
+    """A resumed run keeps the checkpoint's model; `config.model` supplies only the runtime and adapter fields
+    (and a window). Any other model field changed since the checkpoint was saved has no effect: say so, since
+    e.g. a new model.position would otherwise look applied."""
+    saved = (checkpoint_meta or {}).get("train_config", {}).get("model")
+    if not saved or checkpoint_meta.get("params_only"):
+        return
+    now = json.loads(json.dumps(config.model.to_dict()))  # as stored: tuples become lists
+    applied = set(RUNTIME_FIELDS + ADAPTER_FIELDS + ("sliding_window",))
+    ignored = [f"model.{k}" for k in sorted(now) if k not in applied and k in saved and saved[k] != now[k]]
+    if ignored:
+        log.warning("%s resumes with the model of its checkpoint: %s changed since it was saved and has no "
+                    "effect (change positions at a stage boundary with stages[i].position or rope_scaling, or "
+                    "choose a new --workdir)", workdir, ", ".join(ignored))
+
+
 def stage_model_config(config, base: ModelConfig, stage) -> ModelConfig:
     """The model a stage trains (schedule.model_config_for with the run's rope_scaling and PoSE target)."""
     return model_config_for(base, stage, config.rope_scaling, config.data.pose_target_len)
@@ -156,6 +176,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     latest = checkpointer.latest_step()
     meta = checkpointer.restore_meta(latest) if latest is not None else None
     base = base_model_config(config, meta, workdir)
+    _warn_ignored_model_changes(config, meta, workdir)
     check_exportable(config, base, stages)
     imported = architecture_imported(config, meta)
     if base.lora_rank and not imported:
