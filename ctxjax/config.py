@@ -1,9 +1,15 @@
 """ModelConfig: every architectural choice of a ctxjax Transformer, frozen and hashable.
 
-One config covers two families:
+One config covers three families:
 - "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA, optional
   per-head q/k norms (Qwen3).
+- "gemma" (Gemma 3): RMSNorm scaled by (1 + w), embeddings times sqrt(d_model), tanh-GELU gated MLP, a second norm
+  after attention and after the MLP (before each residual add), tied embeddings.
 - "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
+
+Layers may differ in one way: with `full_attention_layers` set, those layers attend to the whole context with
+`position`, and the others ("local" layers) use `sliding_window` and `local_position` (Gemma 3 alternates five
+local layers with one global; Qwen2 windows only its upper layers).
 
 The positional scheme is a value object from `ctxjax.positions` (e.g. `Rope(rope_type="yarn", factor=4)`).
 """
@@ -18,7 +24,7 @@ import jax
 from ctxjax import attention as attention_lib
 from ctxjax import positions as positions_lib
 
-FAMILIES = ("llama", "gpt2")
+FAMILIES = ("llama", "gemma", "gpt2")
 DTYPES = ("float32", "bfloat16", "float16")
 # Rematerialisation of each block: what the backward pass keeps instead of recomputing.
 REMAT_POLICIES = {
@@ -55,6 +61,14 @@ class ModelConfig:
     attention: str = "xla"  # kernel name in ctxjax.attention
     # Mistral's sliding window: each token attends to itself and the W - 1 positions before it; 0 = no window.
     sliding_window: int = 0
+    # Layers (indices) that ignore sliding_window and rotate with `position`; the other layers use the window and
+    # `local_position`. () = every layer alike. Gemma 3: every sixth layer; Qwen2: layers below max_window_layers.
+    full_attention_layers: tuple[int, ...] = ()
+    # The positional scheme of the local layers when it differs from `position` (Gemma 3: RoPE base 10k locally,
+    # 1M and the context scaling globally); None: `position`. Context extension rescales `position` only.
+    local_position: positions_lib.PositionScheme | None = None
+    # Attention logits are scaled by query_pre_attn_scalar ** -0.5 (Gemma); None: head_dim ** -0.5.
+    query_pre_attn_scalar: float | None = None
     # Tile of the block-based kernels (blockwise, ring, and the fused kernels' fallback): queries x keys per
     # step of the online softmax. Larger tiles mean fewer, bigger matmuls; the default was fastest on CPU.
     attention_block_q: int = 512
@@ -79,8 +93,9 @@ class ModelConfig:
     hf_architecture: str = ""
 
     def __post_init__(self):
-        if isinstance(self.lora_targets, list):  # from JSON (checkpoint metadata): hashable again
-            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        for name in ("lora_targets", "full_attention_layers"):  # lists from JSON (checkpoint metadata): hashable
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     # ---- derived values (properties, so that a config never stores two copies of a fact) ----
@@ -106,6 +121,17 @@ class ModelConfig:
             return self.norm_eps
         return 1e-5 if self.family == "gpt2" else 1e-6
 
+    @property
+    def attention_scale(self) -> float:
+        return float(self.query_pre_attn_scalar or self.dim_per_head) ** -0.5
+
+    @property
+    def layer_is_full(self) -> tuple[bool, ...] | None:
+        """Per layer, whether it attends to the whole context with `position` (None: all layers alike)."""
+        if not self.full_attention_layers:
+            return None
+        return tuple(i in self.full_attention_layers for i in range(self.n_layers))
+
     def _family_default(self, value: bool | None, gpt2: bool, llama: bool) -> bool:
         if value is not None:
             return value
@@ -125,7 +151,7 @@ class ModelConfig:
 
     @property
     def tied(self) -> bool:
-        return self._family_default(self.tie_embeddings, True, False)
+        return self.tie_embeddings if self.tie_embeddings is not None else self.family in ("gpt2", "gemma")
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -141,18 +167,25 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (checkpoints, logs); `from_dict` inverts it exactly."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "position"}
-        out["lora_targets"] = list(self.lora_targets)  # as JSON gives it back
-        position = {f.name: getattr(self.position, f.name) for f in dataclasses.fields(self.position)}
-        out["position"] = {"name": self.position.name,
-                           **{k: list(v) if isinstance(v, tuple) else v for k, v in position.items()}}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("lora_targets", "full_attention_layers"):
+            out[name] = list(out[name])  # as JSON gives it back
+        for name in ("position", "local_position"):
+            scheme = out[name]
+            if scheme is not None:
+                fields = {f.name: getattr(scheme, f.name) for f in dataclasses.fields(scheme)}
+                out[name] = {"name": scheme.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
-        position = dict(d.pop("position", {"name": "rope"}))
-        return cls(position=positions_lib.make(position.pop("name"), **position), **d)
+        d.setdefault("position", {"name": "rope"})
+        for name in ("position", "local_position"):
+            if isinstance(d.get(name), dict):
+                fields = dict(d[name])
+                d[name] = positions_lib.make(fields.pop("name"), **fields)
+        return cls(**d)
 
     def validate(self) -> None:
         def fail(msg: str):
@@ -202,6 +235,23 @@ class ModelConfig:
         if unknown or (self.lora_rank and not self.lora_targets):
             fail(f"lora_targets={self.lora_targets!r} names {unknown or 'no projection'}; choose from the "
                  f"projections of a {self.family} model: {projections}")
+        layers = self.full_attention_layers
+        if (not isinstance(layers, tuple) or any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers)
+                or list(layers) != sorted(set(layers))):
+            fail(f"full_attention_layers={layers!r} must be increasing layer indices in [0, {self.n_layers}), e.g. "
+                 "(5, 11) (() : every layer alike)")
+        if self.local_position is not None:
+            if not layers:
+                fail("local_position applies to the layers outside full_attention_layers; set full_attention_layers "
+                     "(or drop local_position)")
+            if not isinstance(self.local_position, positions_lib.PositionScheme):
+                fail(f"local_position must be a ctxjax.positions scheme or None, got {self.local_position!r}")
+            if self.local_position.name != self.position.name or self.position.name != "rope":
+                fail(f"local_position ({self.local_position.name}) and position ({self.position.name}) must both be "
+                     "rope schemes: only the rotation may differ between local and global layers")
+            self.local_position.validate(self)
+        if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
+            fail(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be > 0 (or None: head_dim)")
         if self.qk_norm and self.family == "gpt2":
             fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
         if not isinstance(self.hf_architecture, str):

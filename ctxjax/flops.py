@@ -28,14 +28,17 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 
 def attended_keys(cfg: ModelConfig, seq_len: int) -> float:
-    """Keys a query sees on average: L/2 causally; with a window W < L, W - W^2 / (2L) (the first W queries
-    see 1..W keys, the rest W each). With S²-Attn groups of G < L positions, each group is a sequence of G."""
+    """Keys a query sees on average over the layers: L/2 causally; with a window W < L, W - W^2 / (2L) (the first
+    W queries see 1..W keys, the rest W each), on the layers that have it (`full_attention_layers` have none).
+    With S²-Attn groups of G < L positions, each group is a sequence of G."""
     if cfg.shifted_sparse_group:
         seq_len = min(seq_len, cfg.shifted_sparse_group)
-    window = cfg.sliding_window
-    if not window or window >= seq_len:
-        return seq_len / 2
-    return window - window * window / (2 * seq_len)
+
+    def keys(window):
+        return seq_len / 2 if not window or window >= seq_len else window - window * window / (2 * seq_len)
+
+    n_full = len(cfg.full_attention_layers)
+    return (n_full * keys(0) + (cfg.n_layers - n_full) * keys(cfg.sliding_window)) / cfg.n_layers
 
 
 def frozen_matmul_params(cfg: ModelConfig, params, labels) -> int:

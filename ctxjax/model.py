@@ -44,7 +44,8 @@ def _constrain(x, axes):
 
 
 class Norm(nn.Module):
-    """RMSNorm (llama) or LayerNorm (gpt2), normalised in float32 and cast back before the scale, as HF does."""
+    """RMSNorm (llama) or LayerNorm (gpt2), normalised in float32 and cast back before the scale, as HF does;
+    Gemma's RMSNorm scales by (1 + w) in float32 and casts after (its weights start at zero)."""
 
     cfg: ModelConfig
     axis: str = "embed"  # logical name of the normalised axis (Qwen3's q/k norms: head_dim)
@@ -57,7 +58,11 @@ class Norm(nn.Module):
         if cfg.family == "gpt2":
             h = h - jnp.mean(h, axis=-1, keepdims=True)
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.eps)
-        scale = self.param("scale", _param(nn.initializers.ones, (self.axis,)), (d,), jnp.dtype(cfg.param_dtype))
+        gemma = cfg.family == "gemma"
+        init = nn.initializers.zeros if gemma else nn.initializers.ones
+        scale = self.param("scale", _param(init, (self.axis,)), (d,), jnp.dtype(cfg.param_dtype))
+        if gemma:
+            return (h * (1.0 + scale.astype(jnp.float32))).astype(cfg.dtype)
         h = h.astype(cfg.dtype) * scale.astype(cfg.dtype)
         if cfg.family == "gpt2":
             bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (d,), jnp.dtype(cfg.param_dtype))
@@ -141,10 +146,11 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None):
+    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
         """`cache_slots` (kv positions [B, S], kv segment ids [B, S], write index) and `layer_kv` (this
         layer's cached k, v [B, S, G, Dh]) are given only when decoding; then the updated (k, v) is returned
-        as the second output."""
+        as the second output. `is_full` (traced bool) says whether this layer is one of
+        `cfg.full_attention_layers`; None when all layers are alike."""
         cfg = self.cfg
         h, g, dh = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
         q = _dense(cfg, (h, dh), -1, ("embed", "heads", "head_dim"), cfg.use_qkv_bias, "q")(x)
@@ -153,7 +159,11 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q = Norm(cfg, "head_dim", name="q_norm")(q)
             k = Norm(cfg, "head_dim", name="k_norm")(k)
-        q, k = cfg.position.rotate(q, k, positions)
+        if is_full is None or cfg.local_position is None:
+            q, k = cfg.position.rotate(q, k, positions)
+        else:  # both rotations are cheap next to attention; the layer's flag picks one
+            (q_full, k_full), (q, k) = cfg.position.rotate(q, k, positions), cfg.local_position.rotate(q, k, positions)
+            q, k = jnp.where(is_full, q_full, q), jnp.where(is_full, k_full, k)
         q = _constrain(q, ("batch", "length", "heads", "head_dim"))
         k = _constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -166,19 +176,24 @@ class Attention(nn.Module):
         kernel = attention_lib.get_kernel(cfg.attention)
         if cfg.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding always sees everything
             kernel = functools.partial(shifted_sparse_attention, kernel, group=cfg.shifted_sparse_group)
-        out = kernel(
-            q, k, v,
-            q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
-            q_positions=positions, kv_positions=kv_positions,
-            scale=dh**-0.5, alibi_slopes=cfg.position.alibi_slopes(h), sliding_window=cfg.sliding_window,
-            block_q=cfg.attention_block_q, block_k=cfg.attention_block_k,
-        )
+
+        def attend(window):
+            return kernel(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                          q_positions=positions, kv_positions=kv_positions, scale=cfg.attention_scale,
+                          alibi_slopes=cfg.position.alibi_slopes(h), sliding_window=window,
+                          block_q=cfg.attention_block_q, block_k=cfg.attention_block_k)
+
+        if is_full is None or not cfg.sliding_window:
+            out = attend(cfg.sliding_window)
+        else:  # the window is static in every kernel (it decides which tiles run): one branch per kind of layer
+            out = lax.cond(is_full, lambda: attend(0), lambda: attend(cfg.sliding_window))
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         return _dense(cfg, cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out), new_kv
 
 
 class Mlp(nn.Module):
-    """SwiGLU (llama: down(silu(gate x) * up x)) or tanh-GELU (gpt2: down(gelu(up x)))."""
+    """SwiGLU (llama: down(silu(gate x) * up x)), gated tanh-GELU (gemma: down(gelu(gate x) * up x)) or tanh-GELU
+    (gpt2: down(gelu(up x)))."""
 
     cfg: ModelConfig
 
@@ -190,23 +205,30 @@ class Mlp(nn.Module):
             h = jax.nn.gelu(up, approximate=True)
         else:
             gate = _dense(cfg, cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "gate")(x)
-            h = jax.nn.silu(gate) * up
+            h = (jax.nn.gelu(gate, approximate=True) if cfg.family == "gemma" else jax.nn.silu(gate)) * up
         h = _constrain(h, ("batch", "length", "mlp"))
         return _dense(cfg, cfg.d_model, -1, ("mlp", "embed"), cfg.use_mlp_bias, "down")(h)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block; shaped (carry, layer_kv) -> (carry, new layer_kv) for nn.scan (layer_kv is
-    None outside decoding)."""
+    """Pre-norm residual block (Gemma also normalises each branch's output before adding it); shaped
+    (carry, per-layer inputs) -> (carry, new layer_kv) for nn.scan. The per-layer inputs are layer_kv (None
+    outside decoding) and is_full (None when all layers are alike)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None):
-        attn_out, new_kv = Attention(self.cfg, name="attn")(
-            Norm(self.cfg, name="attn_norm")(x), positions, segment_ids, cache_slots, layer_kv)
+    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
+        cfg = self.cfg
+        attn_out, new_kv = Attention(cfg, name="attn")(
+            Norm(cfg, name="attn_norm")(x), positions, segment_ids, cache_slots, layer_kv, is_full)
+        if cfg.family == "gemma":
+            attn_out = Norm(cfg, name="attn_post_norm")(attn_out)
         x = x + attn_out
-        x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x))
+        mlp_out = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        if cfg.family == "gemma":
+            mlp_out = Norm(cfg, name="mlp_post_norm")(mlp_out)
+        x = x + mlp_out
         return _constrain(x, ("batch", "length", "embed")), new_kv
 
 
@@ -246,7 +268,7 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),  # layer_kv: one slice per layer
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),  # layer_kv, is_full: one slice per layer
             length=cfg.n_layers,
             unroll=min(cfg.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
@@ -280,16 +302,19 @@ class Transformer(nn.Module):
         segment_ids = segment_ids.astype(jnp.int32)
 
         x = self.embed(tokens)
+        if cfg.family == "gemma":  # sqrt(d) rounded to the weights' dtype, as Gemma's embedding applies it
+            x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.param_dtype).astype(x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = _constrain(x, ("batch", "length", "embed"))
+        is_full = None if cfg.layer_is_full is None else jnp.asarray(cfg.layer_is_full)
         if cache is None:
-            x, _ = self.layers(x, positions, segment_ids, None, None)
+            x, _ = self.layers(x, positions, segment_ids, None, None, is_full)
         else:
             slot_positions = lax.dynamic_update_slice_in_dim(cache.positions, positions, cache.length, axis=1)
             slot_segments = lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.length, axis=1)
             x, (k, v) = self.layers(x, positions, segment_ids, (slot_positions, slot_segments, cache.length),
-                                    (cache.k, cache.v))
+                                    (cache.k, cache.v), is_full)
             cache = KVCache(k, v, slot_positions, slot_segments, cache.length + length)
         x = self.final_norm(x)
         out = x if return_hidden else self.logits_from_hidden(x)

@@ -120,3 +120,22 @@ def with_tokenizer(hf_dir: str) -> str:
     with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "w0", "unk_token": "<unk>"}, f)
     return hf_dir
+
+
+# Gemma 3 (text): GQA, head_dim 16, a window of 8 on the local layers, layer 1 global with linear scaling over
+# base 1e6, local layers base 1e4; query_pre_attn_scalar 24 (not head_dim) so a wrong attention scale shows.
+GEMMA3 = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
+              query_pre_attn_scalar=24, sliding_window=8,
+              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+              rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+
+
+def gemma3(seed=0, **overrides):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**{**GEMMA3, **overrides})).eval()
+    _randomize_norms(model)  # Gemma's norms start at zero (scale 1 + w): random values make each one count
+    return model

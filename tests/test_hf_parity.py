@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from ctxjax import Transformer, positions
 from ctxjax.hf import load_pretrained, save_pretrained
+from ctxjax.hf.config import hf_config_from_model
 
 TOL = 1e-4
 
@@ -107,6 +108,64 @@ def test_phi3_loads_matches_below_and_above_its_original_context_and_exports_as_
     assert type(reloaded).__name__ == "Phi3ForCausalLM"
     toks = oracle.tokens(2, 40)
     assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
+
+
+GEMMA3_YARN = {"full_attention": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": oracle.L0,
+                                  "rope_theta": 1e6},
+               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+GEMMA3_CASES = {
+    "local-global-local": dict(),
+    "yarn-biases-untied": dict(rope_parameters=GEMMA3_YARN, attention_bias=True, tie_word_embeddings=False),
+    # Gemma 3 1B's layout: no layer_types, every sixth layer global (sliding_window_pattern's default).
+    "pattern-of-six": dict(num_hidden_layers=7, layer_types=None),
+}
+
+
+def _legacy_gemma3_config(hf_dir: str) -> None:
+    """Rewrite config.json as transformers 4.x wrote Gemma 3 (rope_theta, rope_scaling, rope_local_base_freq,
+    sliding_window_pattern) to check that ctxjax reads those too."""
+    path = f"{hf_dir}/config.json"
+    config = json.load(open(path))
+    per_type = config.pop("rope_parameters")
+    full, local = dict(per_type["full_attention"]), per_type["sliding_attention"]
+    config.update(rope_theta=full.pop("rope_theta"), rope_local_base_freq=local["rope_theta"], rope_scaling=full)
+    json.dump(config, open(path, "w"))
+
+
+@pytest.mark.parametrize("case", sorted(GEMMA3_CASES))
+def test_gemma3_matches_inside_and_past_its_window_and_round_trips(case, tmp_path):
+    """Gemma 3 alternates windowed local layers (RoPE base 1e4) with global ones (1e6, scaled), normalises q, k and
+    each branch's output with (1 + w) RMSNorms and scales embeddings by sqrt(d)."""
+    make = functools.partial(oracle.gemma3, **GEMMA3_CASES[case])
+    src = oracle.save(make())
+    cfg, params = load_pretrained(src)
+    assert cfg.family == "gemma" and cfg.hf_architecture == "Gemma3ForCausalLM" and cfg.sliding_window == 8
+    assert cfg.full_attention_layers == ((5,) if case == "pattern-of-six" else (1,))
+    for length in (5, 8, 9, oracle.L0 + 1, 40):
+        toks = oracle.tokens(2, length)
+        assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(make(), toks)).max() <= TOL, length
+    blockwise = cfg.replace(attention="blockwise", attention_block_q=16, attention_block_k=16)
+    assert np.abs(ctxjax_logits(blockwise, params, toks) - oracle.logits(make(), toks)).max() <= TOL
+    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    before, after = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
+    assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+    assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
+    _legacy_gemma3_config(src)
+    assert load_pretrained(src)[0] == cfg
+
+
+def test_gemma3_extends_its_global_layers_only():
+    """Context extension rescales the global layers' RoPE (the local ones never look past their window), and a
+    Gemma 3 export keeps local and global settings apart."""
+    cfg, params = load_pretrained(oracle.save(oracle.gemma3()))
+    stretched = cfg.replace(position=cfg.position.stretched("linear", 256, cfg.max_seq_len), max_seq_len=256)
+    assert stretched.position.factor == 16.0 and stretched.local_position == cfg.local_position
+    config = hf_config_from_model(stretched)
+    assert config["rope_parameters"]["full_attention"]["factor"] == 16.0
+    assert config["rope_parameters"]["sliding_attention"] == {"rope_type": "default", "rope_theta": 1e4}
+    assert config["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
 
 
 @pytest.mark.parametrize("position, own_class, want", [

@@ -1,5 +1,5 @@
-"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3) and
-GPT-2."""
+"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3), Gemma 3
+(text) and GPT-2."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ LLAMA_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Phi3ForCausalLM": "phi3",
 }
+GEMMA_ARCHITECTURES = {"Gemma3ForCausalLM": "gemma3_text"}
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
-SUPPORTED = {**LLAMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
+SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
+# Gemma 3's rope_parameters (transformers 5) hold one dict per kind of layer.
+FULL, SLIDING = "full_attention", "sliding_attention"
 
 _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float": "float32",
                  "half": "float16"}
@@ -45,6 +48,8 @@ def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     dtype = _checkpoint_dtype(hf)
     if arch in GPT2_ARCHITECTURES:
         fields = _gpt2_fields(hf)
+    elif arch in GEMMA_ARCHITECTURES:
+        fields = _gemma3_fields(hf)
     else:
         fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
     fields.update(dtype=dtype, param_dtype=dtype, hf_architecture=arch)
@@ -81,6 +86,59 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         sliding_window=_sliding_window(hf, model_type),
         qk_norm=model_type == "qwen3",
     )
+
+
+def _gemma3_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """Gemma3TextConfig as transformers 5 reads it (its defaults where a key is absent)."""
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_new"):
+        raise ValueError(f"hidden_activation={act!r} is not supported for Gemma 3; ctxjax implements the tanh GELU")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if hf.get(key) is not None:
+            raise ValueError(f"{key}={hf[key]} (Gemma 2-style logit soft-capping) is not supported; ctxjax reads "
+                             "Gemma 3 checkpoints, which have none")
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError("use_bidirectional_attention=true makes an encoder; ctxjax trains causal decoders")
+    n_layers = int(hf.get("num_hidden_layers", 26))
+    pattern = int(hf.get("sliding_window_pattern", 6))
+    types = hf.get("layer_types") or [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
+    if len(types) != n_layers or set(types) - {FULL, SLIDING}:
+        raise ValueError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
+    max_pos = int(hf.get("max_position_embeddings", 131072))
+    full_rope, local_rope = _gemma3_rope_parameters(hf)
+    bias = bool(hf.get("attention_bias", False))
+    return dict(
+        family="gemma",
+        vocab_size=int(hf.get("vocab_size", 262208)),
+        d_model=int(hf.get("hidden_size", 2304)),
+        n_layers=n_layers,
+        n_heads=int(hf.get("num_attention_heads", 8)),
+        n_kv_heads=int(hf.get("num_key_value_heads") or hf.get("num_attention_heads", 8)),
+        head_dim=int(hf.get("head_dim") or 256),
+        d_ff=int(hf.get("intermediate_size", 9216)),
+        max_seq_len=max_pos,
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        qkv_bias=bias, o_bias=bias, mlp_bias=False,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        qk_norm=True,
+        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+        sliding_window=int(hf.get("sliding_window", 4096) or 0),
+        full_attention_layers=tuple(i for i, t in enumerate(types) if t == FULL),
+        position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": full_rope}),
+        local_position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": local_rope}),
+    )
+
+
+def _gemma3_rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
+    """(global, local) RoPE settings: transformers 5's per-layer-type `rope_parameters`, or 4.x's `rope_theta` +
+    `rope_scaling` (global) and `rope_local_base_freq` (local); global base 1M and local 10k by default."""
+    per_type = hf.get("rope_parameters") or {}
+    full = dict(per_type.get(FULL) or {"rope_type": "default"})
+    local = dict(per_type.get(SLIDING) or {"rope_type": "default"})
+    full.update(hf.get("rope_scaling") or {})  # transformers 5 applies a legacy rope_scaling on top
+    full.setdefault("rope_theta", hf.get("rope_theta", 1_000_000.0))
+    local.setdefault("rope_theta", hf.get("rope_local_base_freq", 10_000.0))
+    return full, local
 
 
 def _sliding_window(hf: dict[str, Any], model_type: str) -> int:
@@ -132,6 +190,8 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
         raise ValueError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
                          f"equivalent; export {cfg.family} models with "
                          f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
+    if cfg.family == "gemma":
+        return {**_gemma3_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype, "use_cache": True}
     out = _gpt2_config(cfg) if cfg.family == "gpt2" else _llama_config(cfg)
     out.update(cfg.position.to_hf(cfg))
     out.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype, use_cache=True)
@@ -161,9 +221,32 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
             "head_dim = hidden_size / heads only" if cfg.dim_per_head * cfg.n_heads != cfg.d_model else "")
 
 
+def _gemma3_unfit(cfg: ModelConfig) -> str:
+    """Why Gemma3ForCausalLM cannot compute this gemma-family model ("" if it can)."""
+    for scheme in (cfg.position, cfg.local_position or cfg.position):
+        if scheme.name != "rope" or scheme.partial_rotary_factor != 1.0:
+            return "RoPE on whole heads only"
+        if scheme.rope_type == "ntk":
+            return "no static NTK"
+    if cfg.full_attention_layers and not cfg.sliding_window:
+        return "local layers need a sliding window (layers that differ only in rotation have no Gemma 3 form)"
+    return ("q/k norms always" if not cfg.qk_norm else
+            "q/k/v/o biases only together, none on the MLP" if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias
+            else "")
+
+
 def export_model_type(cfg: ModelConfig) -> str:
-    """The Llama-family class an export writes: the model's own (`hf_architecture`) when that class computes the
-    model, else the first of Llama, Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does)."""
+    """The class an export writes: Gemma 3 for the gemma family; for the Llama family the model's own
+    (`hf_architecture`) when that class computes the model, else the first of Llama, Mistral, Qwen2, Phi-3, Qwen3
+    that does (a one-line error if none does)."""
+    if cfg.family == "gemma":
+        reason = _gemma3_unfit(cfg)
+        if reason:
+            raise ValueError(f"Gemma3ForCausalLM cannot compute this model ({reason}); change the model to fit it")
+        return "gemma3_text"
+    if cfg.local_position is not None or cfg.full_attention_layers:
+        raise ValueError("no Hugging Face Llama-family class computes layers that differ in window or rotation "
+                         "(full_attention_layers, local_position); use full_attention_layers=() and local_position=None")
     own = LLAMA_ARCHITECTURES.get(cfg.hf_architecture)
     candidates = ([own] if own else []) + ["llama", "mistral", "qwen2", "phi3", "qwen3"]
     reasons = {t: _unfit(cfg, t) for t in candidates}
@@ -206,6 +289,43 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
         out.update(original_max_position_embeddings=cfg.max_seq_len, pad_token_id=None,
                    resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
     return out
+
+
+def _gemma3_config(cfg: ModelConfig) -> dict[str, Any]:
+    export_model_type(cfg)  # the one-line refusal if Gemma 3 cannot compute it
+    full_rope = cfg.position.to_hf(cfg)
+    local_rope = (cfg.local_position or cfg.position).to_hf(cfg)
+    full_params, local_params = full_rope["rope_parameters"], local_rope["rope_parameters"]
+    return dict(
+        architectures=["Gemma3ForCausalLM"],
+        model_type="gemma3_text",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.dim_per_head,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
+        rms_norm_eps=cfg.eps,
+        tie_word_embeddings=cfg.tied,
+        attention_bias=cfg.use_qkv_bias,
+        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # Gemma3TextConfig: int
+        sliding_window=cfg.sliding_window or None,
+        layer_types=[FULL if full else SLIDING
+                     for full in (cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers)],
+        # transformers 5 reads rope_parameters per kind of layer; 4.x reads the three keys after it.
+        rope_parameters={FULL: full_params, SLIDING: local_params},
+        rope_theta=full_params["rope_theta"], rope_scaling=full_rope["rope_scaling"],
+        rope_local_base_freq=local_params["rope_theta"],
+        attn_logit_softcapping=None, final_logit_softcapping=None, use_bidirectional_attention=False,
+        attention_dropout=0.0,
+    )
+
+
+def _int_if_whole(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
 
 
 def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:

@@ -125,11 +125,14 @@ def _kv_heads(cfg):
 
 def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     layer = "model.layers.{i}."
+    # Llama's post_attention_layernorm is the MLP's input norm; Gemma 3 names its four norms by where they sit.
+    norms = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "attn_post_norm"),
+             ("pre_feedforward_layernorm", "mlp_norm"), ("post_feedforward_layernorm", "mlp_post_norm")) \
+        if model_type == "gemma3_text" else (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"))
     out = [
         Tensor("model.embed_tokens.weight", (("embed", "embedding"),), _same, _same_back),
         Tensor("model.norm.weight", (("final_norm", "scale"),), _same, _same_back),
-        Tensor(layer + "input_layernorm.weight", (("attn_norm", "scale"),), _same, _same_back),
-        Tensor(layer + "post_attention_layernorm.weight", (("mlp_norm", "scale"),), _same, _same_back),
+        *(Tensor(layer + f"{theirs}.weight", ((ours, "scale"),), _same, _same_back) for theirs, ours in norms),
         Tensor(layer + "self_attn.o_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_linear, _out_proj_back),
     ]
     lm_head = [] if cfg.tied else [Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed, _transposed_back)]
@@ -141,7 +144,7 @@ def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
                    _fuse_rows, _split_gate_up_rows),
             Tensor(layer + "mlp.down_proj.weight", (("mlp", "down", "kernel"),), _transposed, _transposed_back),
         ] + lm_head
-    if cfg.qk_norm:  # Qwen3
+    if cfg.qk_norm:  # Qwen3, Gemma 3
         out += [Tensor(layer + f"self_attn.{n}_norm.weight", (("attn", f"{n}_norm", "scale"),), _same, _same_back)
                 for n in "qk"]
     for name, heads in (("q", _q_heads), ("k", _kv_heads), ("v", _kv_heads)):

@@ -52,7 +52,7 @@ _ALIASES = {"su": "longrope"}
 @dataclasses.dataclass(frozen=True)
 class Rope(PositionScheme):
     name = "rope"
-    hf_families = ("llama",)
+    hf_families = ("llama", "gemma")
 
     rope_type: str = "default"
     theta: float = 10000.0
