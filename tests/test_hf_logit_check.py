@@ -12,6 +12,7 @@ from ctxjax.commands.check_logits import check, text_rows
 from ctxjax.data import load_tokenizer
 from ctxjax.evaluate.documents import load_documents
 from ctxjax.hf import load_pretrained
+from ctxjax.hf.logit_check import _merge, row_differences
 from ctxjax.positions import Rope
 
 
@@ -55,7 +56,7 @@ def test_a_model_computing_something_else_fails_at_the_lengths_where_it_differs(
     out = capsys.readouterr().out
     rows = table_rows(out)
     assert rows[40][7] == "yes" and rows[100][7] == "NO"
-    assert "(length 100, position" in out and "do not compute the same thing" in out
+    assert "at length 100 the logits differ by up to" in out and "do not compute the same thing" in out
     assert check(cfg, params, src, lengths=(40, 100), atol=1e-4) == 0  # with the scaling it computes what transformers does
 
 
@@ -72,6 +73,18 @@ def test_export_check_compares_the_written_model_with_the_checkpoint_on_text(tmp
     one_line_error(capsys, ["export", "--workdir", str(work), "--out", str(tmp_path / "o2"), "--check",
                             "--peft-adapter", str(tmp_path / "a")], "--check compares a whole model")
     assert not os.path.exists(tmp_path / "o2")
+    # A run compared with another model's export, and a work directory given as the export: one line each.
+    other = oracle.save(oracle.llama(vocab_size=50))
+    one_line_error(capsys, ["check-logits", other, "--workdir", str(work)], "of 50 token ids and the ctxjax model has 97")
+    one_line_error(capsys, ["check-logits", str(work)], "is a ctxjax work directory, not a Hugging Face one")
+
+
+def test_export_check_refuses_lengths_the_model_cannot_take_before_writing(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "out"
+    assert cli.main(["import-hf", oracle.save(oracle.gpt2()), "--workdir", str(work)]) == 0  # 64 positions
+    one_line_error(capsys, ["export", "--workdir", str(work), "--out", str(out), "--check"],
+                   "--check 128 is beyond the model's learned position table (64 rows)")
+    assert not os.path.exists(out)
 
 
 def test_text_rows_are_bos_led_documents_that_wrap_around():
@@ -82,10 +95,33 @@ def test_text_rows_are_bos_led_documents_that_wrap_around():
     np.testing.assert_array_equal(long[len(stream):], stream[:50])
 
 
+def test_text_rows_read_only_the_documents_they_need():
+    """A training corpus as --source must not be tokenized whole for a row of 100 tokens."""
+    tokenizer, encoded = load_tokenizer("bytes"), []
+
+    class Counting(type(tokenizer)):
+        def encode(self, text):
+            encoded.append(text)
+            return super().encode(text)
+
+    (row,) = text_rows((100,), Counting(), "stdlib:eval")
+    assert len(row) == 100 and len(encoded) == 1
+
+
+def test_a_nan_anywhere_in_a_long_row_fails_the_check():
+    """Logits are compared 1024 positions at a time; a NaN in a later chunk must still be the worst value."""
+    good = np.zeros((4, 5), np.float32)
+    bad = good.copy()
+    bad[2, 1] = np.nan
+    merged = _merge([row_differences(good + 1e-3, good), row_differences(bad, good)], [0, 1024])
+    assert np.isnan(merged["max_abs"]) and merged["position"] == 1026 and np.isnan(merged["max_kl"])
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
     one_line_error(capsys, ["check-logits", str(tmp_path / "missing")], "is not a directory")
     gpt2 = oracle.save(oracle.gpt2())  # 64 learned positions
-    one_line_error(capsys, ["check-logits", gpt2, "--lengths", "100"], "beyond the learned position table")
+    one_line_error(capsys, ["check-logits", gpt2, "--lengths", "100"], "--lengths 100 is beyond the model's learned position table")
     one_line_error(capsys, ["check-logits", gpt2, "--step", "3"], "--step needs --workdir")
+    one_line_error(capsys, ["check-logits", gpt2, "--random-tokens", "--tokenizer", "bytes"], "uses no text")
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
     one_line_error(capsys, ["check-logits", gpt2], "pip install torch transformers")

@@ -11,7 +11,8 @@ import os
 
 from ctxjax import hf
 from ctxjax.checkpoint import load_for_inference
-from ctxjax.commands.check_logits import check, find_tokenizer, lengths_argument
+from ctxjax.commands.check_logits import (describe_checkpoint, add_tolerance_arguments, check, check_lengths,
+                                          find_tokenizer, lengths_argument)
 from ctxjax.hf.peft import save_peft_adapter
 from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import split_adapters
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--check", nargs="?", const=(128,), type=lengths_argument, metavar="LENGTHS",
                         help="then compare the export's logits in transformers with the checkpoint's, one row per "
                              "length (default 128; e.g. --check 128,4096); needs torch and transformers")
+    add_tolerance_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -47,6 +49,8 @@ def run(args) -> int:
 
         require_torch()  # before the export, not after it
     cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step, merge_lora=adapter is None)
+    if args.check:
+        check_lengths(cfg, args.check, "--check")  # before writing anything
     tokenizer = exportable_tokenizer(tokenizer_dir)
     # Also the check that a Hugging Face class computes the model: if it fails, neither output is written.
     architecture = hf.hf_config_from_model(cfg)["architectures"][0]
@@ -60,5 +64,5 @@ def run(args) -> int:
     if args.check:
         print()
         return check(cfg, params, out, lengths=args.check, tokenizer=find_tokenizer(None, out, tokenizer_dir),
-                     ours=f"checkpoint of {args.workdir}")
+                     atol=args.atol, min_top1=args.min_top1, ours=describe_checkpoint(args.workdir, args.step))
     return 0

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from ctxjax.data import DataConfig, open_source
 from ctxjax.data.sources import UndecodableDocument
 
 
-def load_texts(spec: str, max_documents: int | None) -> list[str]:
-    """The texts of the first `max_documents` documents of source `spec`; undecodable ones are left out."""
+def iter_texts(spec: str, max_documents: int | None = None) -> Iterator[str]:
+    """The texts of the first `max_documents` documents of source `spec`, read one at a time; undecodable ones
+    are left out."""
     source = open_source(spec, DataConfig(source=spec, max_documents=max_documents))
-    texts = []
     for i in range(len(source)):
         try:
-            texts.append(source.text(i))
+            yield source.text(i)
         except UndecodableDocument:
             continue  # the training pipeline skips these too (data.on_decode_error="skip")
-    return texts
+
+
+def load_texts(spec: str, max_documents: int | None) -> list[str]:
+    return list(iter_texts(spec, max_documents))
 
 
 def load_documents(spec: str, tokenizer, max_documents: int | None, add_bos: bool = True) -> list[np.ndarray]:

@@ -38,10 +38,19 @@ def require_torch():
     return torch, transformers
 
 
-def load_reference(hf_dir: str):
-    """The PyTorch model of `hf_dir` in float32, in eval mode."""
+def check_hf_directory(hf_dir: str) -> None:
+    """A one-line error unless `hf_dir` is a local directory that is not a ctxjax work directory."""
     if not os.path.isdir(hf_dir):  # and never a hub name: nothing is downloaded
         raise ValueError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + weights)")
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")) and os.path.isdir(os.path.join(hf_dir, "checkpoints")):
+        raise ValueError(f"{hf_dir} is a ctxjax work directory, not a Hugging Face one; compare it with its export: "
+                         f"check-logits {os.path.join(hf_dir, 'hf')} --workdir {hf_dir} (or `ctxjax export` first)")
+
+
+def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
+    """The PyTorch model of `hf_dir` in float32, in eval mode; with `expected_vocab_size`, refused unless its
+    vocabulary has that size (a run compared with another model's export would fail later, less clearly)."""
+    check_hf_directory(hf_dir)
     torch, transformers = require_torch()
     transformers.utils.logging.disable_progress_bar()
     try:
@@ -50,6 +59,10 @@ def load_reference(hf_dir: str):
         detail = (str(error).splitlines() or [type(error).__name__])[0]
         raise ValueError(f"transformers cannot load {hf_dir} ({type(error).__name__}: {detail}); "
                          "pass a directory written by `ctxjax export` or a Hugging Face model directory") from None
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if expected_vocab_size is not None and vocab != expected_vocab_size:
+        raise ValueError(f"{hf_dir} holds a model of {vocab} token ids and the ctxjax model has {expected_vocab_size}: "
+                         "compare a checkpoint with its own export (check-logits W/hf --workdir W)")
     return model.eval()
 
 
@@ -95,27 +108,32 @@ def _logsumexp(x):
     return top + np.log(np.exp(x - top).sum(-1, keepdims=True))
 
 
+def _nan_high(x: float) -> float:
+    """For picking the worst value: NaN counts as the largest (Python's max would skip past it)."""
+    return float("inf") if np.isnan(x) else x
+
+
 def _merge(stats: Sequence[dict], offsets: Sequence[int]) -> dict:
-    worst = max(range(len(stats)), key=lambda i: stats[i]["max_abs"])
+    worst = max(range(len(stats)), key=lambda i: _nan_high(stats[i]["max_abs"]))
     rows = sum(s["rows"] for s in stats)
     return dict(
         max_abs=stats[worst]["max_abs"],
         position=offsets[worst] + stats[worst]["argmax_row"],
         mean_abs=sum(s["sum_abs"] for s in stats) / sum(s["count"] for s in stats),
-        mean_kl=sum(s["sum_kl"] for s in stats) / rows,
-        max_kl=max(s["max_kl"] for s in stats),
+        mean_kl=max(0.0, sum(s["sum_kl"] for s in stats) / rows),  # >= 0 but for rounding (also NaN stays NaN)
+        max_kl=max((s["max_kl"] for s in stats), key=_nan_high),
         top1_agreement=sum(s["top1"] for s in stats) / rows,
     )
 
 
-def compare_logits(cfg: ModelConfig, params, hf_dir: str, rows: Sequence[np.ndarray], *, reference=None) -> list[dict]:
+def compare_logits(cfg: ModelConfig, params, reference, rows: Sequence[np.ndarray]) -> list[dict]:
     """For each 1-D token row: {length, max_abs, position (of max_abs), mean_abs, mean_kl, max_kl,
-    top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers on `hf_dir`.
-    `reference` is an already loaded PyTorch model of `hf_dir` (default: loaded here). ctxjax runs with the
-    kernel evaluation uses (the model's, or `auto` for the quadratic `xla`, so long rows fit)."""
+    top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers' model `reference` (a Hugging
+    Face directory, or the PyTorch model `load_reference` gave). ctxjax runs with the kernel evaluation uses (the
+    model's, or `auto` for the quadratic `xla`, so long rows fit)."""
     from ctxjax.evaluate.scoring import evaluation_config  # here: ctxjax.evaluate imports ctxjax.hf
 
-    reference = reference if reference is not None else load_reference(hf_dir)
+    reference = load_reference(reference, cfg.vocab_size) if isinstance(reference, str) else reference
     cfg, params = as_float32(evaluation_config(cfg), params)
     params = jax.device_put(params)
     results = []
@@ -123,6 +141,8 @@ def compare_logits(cfg: ModelConfig, params, hf_dir: str, rows: Sequence[np.ndar
         row = np.asarray(row, np.int32)
         if row.ndim != 1 or not len(row):
             raise ValueError(f"token rows must be non-empty 1-D arrays; got shape {row.shape}")
+        if row.min() < 0 or row.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got {row.min()}..{row.max()}")
         theirs = reference_logits(reference, row)
         hidden = _hidden(cfg, params, jnp.asarray(row[None]))
         stats, offsets = [], []
