@@ -73,8 +73,9 @@ def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
     ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "beta_fast": 1, "beta_slow": 8}}, "beta_fast"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0] * 8}},
      "`short_factor` must list 8 factors"),
-    ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8,
-      "max_window_layers": 1}, "1 of 2 layers a sliding window.*max_window_layers to 0"),
+    ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh",
+      "attn_logit_softcapping": 50.0},
+     "Gemma 2-style logit soft-capping"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
 ])
 def test_bad_config_values(llama_dir, tmp_path, changes, message):

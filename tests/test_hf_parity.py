@@ -84,6 +84,32 @@ def test_llama_family_relatives_load_and_match(arch, window):
     assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen_windows_on_the_upper_layers_only_load_and_export(arch, tmp_path):
+    """max_window_layers=1: layer 0 attends to the whole context, layer 1 to the last 7 positions."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    window = dict(use_sliding_window=True, sliding_window=7, max_window_layers=1)
+
+    def make():
+        torch.manual_seed(0)
+        return Qwen2ForCausalLM(Qwen2Config(**oracle.LLAMA, **window)).eval() if arch == "qwen2" else oracle.qwen3(**window)
+
+    cfg, params = load_pretrained(oracle.save(make()))
+    assert cfg.sliding_window == 7 and cfg.full_attention_layers == (0,)
+    toks = oracle.tokens(1, 20)
+    reference = oracle.logits(make(), toks)
+    assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
+    for uniform in (dict(full_attention_layers=()), dict(sliding_window=0)):  # both kinds of layer matter
+        assert np.abs(ctxjax_logits(cfg.replace(**uniform), params, toks) - reference).max() > 1e-3
+    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    assert json.load(open(f"{out}/config.json"))["layer_types"] == ["full_attention", "sliding_attention"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded).__name__ == f"{arch.capitalize()}ForCausalLM"
+    assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
+
+
 PHI3_CASES = {
     "longrope": dict(),
     "partial-window": dict(partial_rotary_factor=0.5, longrope=False, sliding_window=7),

@@ -192,18 +192,22 @@ def test_lora_fine_tune_of_an_imported_model_resumes_and_exports_a_plain_model_w
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
 
 
-def test_peft_adapters_of_phi3s_fused_projections_reproduce_the_model(tmp_path):
+@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
+def test_peft_adapters_of_phi3s_fused_projections_and_of_gemma3_reproduce_the_model(arch, tmp_path):
     """Phi-3's qkv_proj and gate_up_proj take one adapter each: the parts' A's stacked, B's block-diagonal, the rank
-    and alpha raised together (rank_pattern, alpha_pattern); k has no adapter here, so its rows get no update."""
+    and alpha raised together (rank_pattern, alpha_pattern); k has no adapter here, so its rows get no update.
+    Gemma 3 names its projections as Llama does."""
     from ctxjax.hf import save_pretrained
 
-    cfg, params = load_pretrained(oracle.save(oracle.phi3()), lora_rank=4, lora_targets=("q", "v", "o", "up", "gate"))
+    model = getattr(oracle, arch)()
+    cfg, params = load_pretrained(oracle.save(model), lora_rank=4, lora_targets=("q", "v", "o", "up", "gate"))
     params = jax.device_get(with_random_b(params))
     base_dir, adapter_dir = str(tmp_path / "base"), str(tmp_path / "adapter")
     save_pretrained(cfg.replace(lora_rank=0), split_adapters(params)[0], base_dir)
     save_peft_adapter(cfg, params, adapter_dir, base_model=base_dir)
     config = json.load(open(os.path.join(adapter_dir, "adapter_config.json")))
-    assert config["rank_pattern"] == {"qkv_proj": 8, "gate_up_proj": 8} and config["alpha_pattern"]["qkv_proj"] == 32
+    if arch == "phi3":
+        assert config["rank_pattern"] == {"qkv_proj": 8, "gate_up_proj": 8} and config["alpha_pattern"]["qkv_proj"] == 32
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
     toks = oracle.tokens(2, 24)
     ours = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(toks)))
@@ -215,7 +219,7 @@ def test_peft_adapters_of_phi3s_fused_projections_reproduce_the_model(tmp_path):
 
 def test_peft_export_refuses_gpt2s_fused_projections(tmp_path):
     cfg = ModelConfig(family="gpt2", vocab_size=50, d_model=32, n_layers=1, n_heads=4, lora_rank=2)
-    with pytest.raises(ValueError, match="Llama-family models only; GPT-2 fuses q, k, v.*export the merged"):
+    with pytest.raises(ValueError, match="Llama-family and Gemma 3 models only; GPT-2 fuses q, k, v.*export the merged"):
         save_peft_adapter(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "a"), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a")
 

@@ -147,6 +147,10 @@ def test_learned_positions_beyond_the_table_are_refused_or_nan():
     (dict(d_model=64.0), "d_model=64.0 must be a positive integer"),
     (dict(norm_eps=-1.0), "norm_eps=-1.0 must be > 0"),
     (dict(d_model=60, n_heads=4), "rotary dim 15 .* must be even"),
+    (dict(n_layers=2, full_attention_layers=(2,)), r"full_attention_layers=\(2,\) must be increasing layer indices"),
+    (dict(local_position=positions.Rope(theta=1e4)), "local_position applies to the layers outside"),
+    (dict(full_attention_layers=(0,), local_position=positions.Alibi()), "must both be rope schemes"),
+    (dict(query_pre_attn_scalar=0.0), "query_pre_attn_scalar=0.0 must be > 0"),
 ])
 def test_bad_model_configs_fail_at_construction(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -169,3 +173,11 @@ def test_model_config_survives_json(name):
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="no field"):
         cfg.replace(n_head=3)
+
+
+def test_mfu_counts_each_layers_own_window():
+    """Gemma 3-style: one of three layers sees the whole causal context (L/2 keys), two a window of 10."""
+    from ctxjax import flops
+
+    cfg = ModelConfig(n_layers=3, sliding_window=10, full_attention_layers=(1,))
+    assert flops.attended_keys(cfg, 1000) == pytest.approx((500 + 2 * (10 - 100 / 2000)) / 3)

@@ -171,8 +171,9 @@ def test_unknown_override_keys_are_refused():
         apply_overrides(tiny(), ["stages=[dict(steps=2, seq_len=16, lr=1e-3)]"])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transformers_reproduces(arch, tmp_path):
+    """Gemma 3: the stage's YaRN goes to its global layers (plain RoPE here), its local layers keep theirs."""
     import hf_oracle as oracle
     import jax.numpy as jnp
     import run_model
@@ -181,7 +182,8 @@ def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transfor
     from ctxjax import cli
     from ctxjax.checkpoint import load_for_inference
 
-    model = getattr(oracle, arch)(vocab_size=258, max_position_embeddings=16)
+    unscaled = {"rope_parameters": {**oracle.GEMMA3["rope_parameters"], "full_attention": {"rope_type": "default"}}}
+    model = getattr(oracle, arch)(vocab_size=258, max_position_embeddings=16, **(unscaled if arch == "gemma3" else {}))
     workdir = str(tmp_path / "run")
     assert cli.main(["import-hf", oracle.save(model), "--workdir", workdir]) == 0
     summary = train_and_evaluate(tiny("llama_extend"), workdir)  # restored straight into an 8-way FSDP layout

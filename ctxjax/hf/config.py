@@ -83,8 +83,8 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         mlp_bias=bool(hf.get("mlp_bias", False)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         position=positions.Rope.from_hf(hf),
-        sliding_window=_sliding_window(hf, model_type),
         qk_norm=model_type == "qwen3",
+        **_windows(hf, model_type),
     )
 
 
@@ -141,24 +141,23 @@ def _gemma3_rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
     return full, local
 
 
-def _sliding_window(hf: dict[str, Any], model_type: str) -> int:
-    """The window every layer applies, as transformers reads config.json (0: none): Mistral's sliding_window
-    (4096 when the key is absent), Phi-3's, Qwen2's and Qwen3's when use_sliding_window is on; Llama has none."""
+def _windows(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """sliding_window and full_attention_layers as transformers reads config.json: Mistral's window on every layer
+    (4096 when the key is absent), Phi-3's likewise; Qwen2's and Qwen3's when use_sliding_window is on, on the
+    layers `layer_types` names, by default those from max_window_layers up; Llama has none."""
     if model_type == "mistral":
-        return int(hf.get("sliding_window", 4096) or 0)
+        return dict(sliding_window=int(hf.get("sliding_window", 4096) or 0))
     if model_type == "phi3":
-        return int(hf.get("sliding_window") or 0)
+        return dict(sliding_window=int(hf.get("sliding_window") or 0))
     if model_type not in ("qwen2", "qwen3") or not hf.get("use_sliding_window") or not hf.get("sliding_window"):
-        return 0
+        return dict(sliding_window=0)
     n_layers = int(hf["num_hidden_layers"])
     first_windowed = int(hf.get("max_window_layers", 28))
-    types = hf.get("layer_types") or ["sliding_attention" if i >= first_windowed else "full_attention"
-                                      for i in range(n_layers)]
-    if len(set(types)) > 1:
-        raise ValueError(f"config.json gives {types.count('sliding_attention')} of {n_layers} layers a sliding "
-                         "window and the rest full attention; ctxjax applies one window to every layer: set "
-                         "max_window_layers to 0 (all windowed) or use_sliding_window to false (none)")
-    return int(hf["sliding_window"]) if types[0] == "sliding_attention" else 0
+    types = hf.get("layer_types") or [SLIDING if i >= first_windowed else FULL for i in range(n_layers)]
+    full = tuple(i for i, t in enumerate(types) if t == FULL)
+    if len(full) == n_layers:
+        return dict(sliding_window=0)
+    return dict(sliding_window=int(hf["sliding_window"]), full_attention_layers=full)
 
 
 def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +201,8 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
     """Why the transformers class of `model_type` cannot compute this model ("" if it can)."""
     qkv, o, mlp = cfg.use_qkv_bias, cfg.use_o_bias, cfg.use_mlp_bias
     partial = cfg.position.name == "rope" and cfg.position.partial_rotary_factor != 1.0
+    if cfg.full_attention_layers and cfg.sliding_window and model_type not in ("qwen2", "qwen3"):
+        return "one window for every layer"
     if (model_type == "qwen3") != cfg.qk_norm:
         return "q/k norms always" if model_type == "qwen3" else "no q/k norms"
     if model_type == "qwen3":
@@ -244,9 +245,9 @@ def export_model_type(cfg: ModelConfig) -> str:
         if reason:
             raise ValueError(f"Gemma3ForCausalLM cannot compute this model ({reason}); change the model to fit it")
         return "gemma3_text"
-    if cfg.local_position is not None or cfg.full_attention_layers:
-        raise ValueError("no Hugging Face Llama-family class computes layers that differ in window or rotation "
-                         "(full_attention_layers, local_position); use full_attention_layers=() and local_position=None")
+    if cfg.local_position is not None:
+        raise ValueError("no Hugging Face Llama-family class rotates some layers differently (local_position); "
+                         "use local_position=None, or family='gemma'")
     own = LLAMA_ARCHITECTURES.get(cfg.hf_architecture)
     candidates = ([own] if own else []) + ["llama", "mistral", "qwen2", "phi3", "qwen3"]
     reasons = {t: _unfit(cfg, t) for t in candidates}
@@ -275,8 +276,13 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
         tie_word_embeddings=cfg.tied,
     )
     window = cfg.sliding_window or None
-    if model_type in ("qwen2", "qwen3"):  # max_window_layers=0: any window applies to every layer, as in ctxjax
-        out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=0)
+    if model_type in ("qwen2", "qwen3"):
+        # transformers 5 reads layer_types; 4.x windows the layers from max_window_layers up (the leading full ones).
+        full = cfg.layer_is_full or (False,) * cfg.n_layers
+        leading = next((i for i, f in enumerate(full) if not f), cfg.n_layers)
+        out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=leading)
+        if window is not None:
+            out.update(layer_types=[FULL if f else SLIDING for f in full])
         if model_type == "qwen3":
             out.update(attention_bias=cfg.use_qkv_bias)
     elif model_type in ("mistral", "phi3"):
