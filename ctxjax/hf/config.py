@@ -263,17 +263,9 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
     out = dict(
         architectures=[next(a for a, t in LLAMA_ARCHITECTURES.items() if t == model_type)],
         model_type=model_type,
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.mlp_dim,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.dim_per_head,
+        **_decoder_sizes(cfg),
         hidden_act="silu",
         max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.eps,
-        tie_word_embeddings=cfg.tied,
     )
     window = cfg.sliding_window or None
     if model_type in ("qwen2", "qwen3"):
@@ -305,17 +297,9 @@ def _gemma3_config(cfg: ModelConfig) -> dict[str, Any]:
     return dict(
         architectures=["Gemma3ForCausalLM"],
         model_type="gemma3_text",
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.mlp_dim,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.dim_per_head,
+        **_decoder_sizes(cfg),
         hidden_activation="gelu_pytorch_tanh",
         max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
-        rms_norm_eps=cfg.eps,
-        tie_word_embeddings=cfg.tied,
         attention_bias=cfg.use_qkv_bias,
         query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # Gemma3TextConfig: int
         sliding_window=cfg.sliding_window or None,
@@ -328,6 +312,13 @@ def _gemma3_config(cfg: ModelConfig) -> dict[str, Any]:
         attn_logit_softcapping=None, final_logit_softcapping=None, use_bidirectional_attention=False,
         attention_dropout=0.0,
     )
+
+
+def _decoder_sizes(cfg: ModelConfig) -> dict[str, Any]:
+    """The size keys Llama-family and Gemma configs share."""
+    return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+                num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
+                head_dim=cfg.dim_per_head, rms_norm_eps=cfg.eps, tie_word_embeddings=cfg.tied)
 
 
 def _int_if_whole(x: float) -> int | float:
