@@ -56,8 +56,9 @@ def test_packed_gqa_alibi_rope(block_q, block_k):
         random_case(seed=7, length=96, sliding_window=13),  # Mistral's window, not a multiple of the block
         random_case(seed=8, length=64, n_segments=1, max_gap=2, sliding_window=20),  # window over PoSE gaps
         cache_case(sliding_window=7),
+        random_case(seed=9, length=80, logit_softcap=1.5, sliding_window=30),  # Gemma 2's cap, with ALiBi too
     ],
-    ids=["mqa-no-alibi", "pose-gaps", "kv-cache", "window", "window-pose", "window-kv-cache"],
+    ids=["mqa-no-alibi", "pose-gaps", "kv-cache", "window", "window-pose", "window-kv-cache", "softcap"],
 )
 def test_other_layouts(case):
     assert_same_as_xla(functools.partial(blockwise_attention, block_q=16, block_k=16), case)
@@ -121,6 +122,7 @@ def test_bfloat16_runs_close_to_reference():
         (dict(alibi_slopes=np.zeros((2,), np.float32)), "alibi_slopes must be"),
         (dict(block_q=0), "block sizes"),
         (dict(sliding_window=-1), "sliding_window must be"),
+        (dict(logit_softcap=-1.0), "logit_softcap must be a number >= 0"),
     ],
 )
 def test_bad_inputs_name_the_fix(change, message):

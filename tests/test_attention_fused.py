@@ -47,16 +47,17 @@ def test_off_platform_kernels_equal_xla(name):
     assert_same_as_xla(get_kernel(name), random_case(seed=8, length=48))
 
 
-@pytest.mark.parametrize("length, window, tiles, s2_group",
-                         [(128, 0, (128, 128), 0), (256, 40, (256, 128), 0), (128, 0, (128, 128), 32)],
-                         ids=["causal", "window-larger-tiles", "s2-groups"])
-def test_splash_interpreted_equals_xla(length, window, tiles, s2_group):
+@pytest.mark.parametrize("length, window, tiles, s2_group, softcap",
+                         [(128, 0, (128, 128), 0, 0.0), (256, 40, (256, 128), 0, 0.0), (128, 0, (128, 128), 32, 0.0),
+                          (128, 0, (128, 128), 0, 1.5)],
+                         ids=["causal", "window-larger-tiles", "s2-groups", "softcap"])
+def test_splash_interpreted_equals_xla(length, window, tiles, s2_group, softcap):
     case = random_case(seed=9, batch=1, length=length, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
-                       sliding_window=window)
+                       sliding_window=window, logit_softcap=softcap)
 
-    def splash(q, k, v, *, q_segment_ids, scale, sliding_window, **_):
-        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window, block_q=tiles[0],
-                            block_k=tiles[1], interpret=True)
+    def splash(q, k, v, *, q_segment_ids, scale, sliding_window, logit_softcap, **_):
+        return splash_fused(q, k, v, q_segment_ids, scale, sliding_window=sliding_window,
+                            logit_softcap=logit_softcap, block_q=tiles[0], block_k=tiles[1], interpret=True)
 
     def reference(kernel):  # LongLoRA's S²-Attn reaches splash as segment ids, which splash takes natively
         return functools.partial(shifted_sparse_attention, kernel, group=s2_group) if s2_group else kernel

@@ -52,8 +52,9 @@ def _may_interact(q_bounds, i, kv_bounds, j, window):
     return jnp.any(may)
 
 
-def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, window, keys_first=False):
-    """Float32 logits of one block pair, -inf where hidden, and the position distance q_pos - kv_pos.
+def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, window, softcap=0.0, keys_first=False):
+    """Float32 logits of one block pair, -inf where hidden, the position distance q_pos - kv_pos, and (with a
+    soft cap C) the cap's derivative 1 - tanh^2 for the backward pass (else None).
 
     Queries first (forward): logits [B, G, bq, R, bk], distance [B, bq, bk]; P @ V then contracts the last
     axis. Keys first (backward): [B, G, bk, bq, R] and [B, bk, bq]; dV = P^T dO and dK = dS^T Q contract over
@@ -67,12 +68,16 @@ def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, window, keys_fir
         logits = jnp.einsum("bgqrd,bgkd->bgqrk", qb, kb, preferred_element_type=F32)
         distance, same_segment = q_pos[:, :, None] - kv_pos[:, None, :], q_seg[:, :, None] == kv_seg[:, None, :]
         per_pair, per_head = (lambda x: x[:, None, :, None, :]), (lambda s: s[None, :, None, :, None])
+    cap_slope = None
+    if softcap:  # Gemma 2: C tanh(s / C) on the scaled scores, before any bias and the mask
+        capped = jnp.tanh(logits / softcap)
+        logits, cap_slope = softcap * capped, 1.0 - capped * capped
     if slopes is not None:
         logits = logits - per_head(slopes) * per_pair(distance.astype(F32))
     visible = same_segment & (distance >= 0)
     if window:
         visible &= distance < window
-    return jnp.where(per_pair(visible), logits, -jnp.inf), distance
+    return jnp.where(per_pair(visible), logits, -jnp.inf), distance, cap_slope
 
 
 def _slice(x, start, size, axis=2):
@@ -89,7 +94,7 @@ def init_state(g):
     return jnp.zeros(g.q.shape, F32), jnp.full(shape, -jnp.inf, F32), jnp.zeros(shape, F32)
 
 
-def forward_pass(state, g, block_q, block_k, window=0):
+def forward_pass(state, g, block_q, block_k, window=0, softcap=0.0):
     """Continue every query's online softmax `state` over all key blocks of `g`."""
     n_q, n_kv = g.q.shape[2] // block_q, g.k.shape[2] // block_k
     q_bounds = _block_bounds(g.q_segment_ids, g.q_positions, block_q)
@@ -106,8 +111,8 @@ def forward_pass(state, g, block_q, block_k, window=0):
             def attend(carry):  # slices inside the branch: a skipped block copies nothing
                 acc, m, l = carry
                 kb, vb = _slice(g.k, ks, block_k), _slice(g.v, ks, block_k)
-                logits, _ = _block_logits(qb, kb, q_seg, _slice(g.kv_segment_ids, ks, block_k, 1), q_pos,
-                                          _slice(g.kv_positions, ks, block_k, 1), g.slopes, window)
+                logits, _, _ = _block_logits(qb, kb, q_seg, _slice(g.kv_segment_ids, ks, block_k, 1), q_pos,
+                                             _slice(g.kv_positions, ks, block_k, 1), g.slopes, window, softcap)
                 m_new = jnp.maximum(m, logits.max(-1))
                 # A row with nothing visible yet keeps max -inf; shift by 0 then so exp gives 0, not NaN.
                 m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -134,7 +139,7 @@ def finish(state, dtype):
     return out.astype(dtype), lse
 
 
-def backward_pass(g, lse, delta, d_out, block_q, block_k, window=0):
+def backward_pass(g, lse, delta, d_out, block_q, block_k, window=0, softcap=0.0):
     """Gradients of the loss w.r.t. g.q, g.k, g.v (float32) and g.slopes, for the keys of `g` only.
 
     `lse` is each query's final log-sum-exp over *all* keys and `delta` = rowsum(d_out * out), so the
@@ -158,19 +163,21 @@ def backward_pass(g, lse, delta, d_out, block_q, block_k, window=0):
 
             def attend(dkb, dvb, d_slopes):
                 qb, dob = _slice(g.q, qs, block_q), _slice(d_out, qs, block_q)
-                logits, distance = _block_logits(qb, kb, _slice(g.q_segment_ids, qs, block_q, 1), kv_seg,
-                                                 _slice(g.q_positions, qs, block_q, 1), kv_pos, g.slopes,
-                                                 window, keys_first=True)
+                logits, distance, cap_slope = _block_logits(qb, kb, _slice(g.q_segment_ids, qs, block_q, 1), kv_seg,
+                                                            _slice(g.q_positions, qs, block_q, 1), kv_pos, g.slopes,
+                                                            window, softcap, keys_first=True)
                 p = jnp.exp(logits - _slice(lse, qs, block_q)[:, :, None])  # [B, G, bk, bq, R]
                 dvb = dvb + jnp.einsum("bgkqr,bgqrd->bgkd", p.astype(dob.dtype), dob, preferred_element_type=F32)
                 dp = jnp.einsum("bgkd,bgqrd->bgkqr", vb, dob, preferred_element_type=F32)
-                ds = p * (dp - _slice(delta, qs, block_q)[:, :, None])
+                ds = p * (dp - _slice(delta, qs, block_q)[:, :, None])  # w.r.t. the logits after cap and bias
+                if d_slopes is not None:  # logits hold -slope * distance, and ds is 0 where hidden
+                    d_slopes = d_slopes - jnp.einsum("bgkqr,bkq->gr", ds, distance.astype(F32))
+                if cap_slope is not None:  # through C tanh(s / C): w.r.t. the scaled scores q.k
+                    ds = ds * cap_slope
                 dkb = dkb + jnp.einsum("bgkqr,bgqrd->bgkd", ds.astype(qb.dtype), qb, preferred_element_type=F32)
                 # As dQ^T = K^T dS^T: transposing the small K block and result, not the large dS block.
                 dq_block = jnp.einsum("bgkd,bgkqr->bgdqr", kb, ds.astype(kb.dtype), preferred_element_type=F32)
                 dq_block = dq_block.transpose(0, 1, 3, 4, 2)
-                if d_slopes is not None:  # logits hold -slope * distance, and ds is 0 where hidden
-                    d_slopes = d_slopes - jnp.einsum("bgkqr,bkq->gr", ds, distance.astype(F32))
                 return dq_block, dkb, dvb, d_slopes
 
             def skip(dkb, dvb, d_slopes):
@@ -194,20 +201,20 @@ def row_delta(out, d_out):
     return jnp.sum(out.astype(F32) * d_out.astype(F32), axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _grouped_attention(g, block_q, block_k, window):
-    out, _ = finish(forward_pass(init_state(g), g, block_q, block_k, window), g.q.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _grouped_attention(g, block_q, block_k, window, softcap):
+    out, _ = finish(forward_pass(init_state(g), g, block_q, block_k, window, softcap), g.q.dtype)
     return out
 
 
-def _grouped_attention_fwd(g, block_q, block_k, window):
-    out, lse = finish(forward_pass(init_state(g), g, block_q, block_k, window), g.q.dtype)
+def _grouped_attention_fwd(g, block_q, block_k, window, softcap):
+    out, lse = finish(forward_pass(init_state(g), g, block_q, block_k, window, softcap), g.q.dtype)
     return out, (g, out, lse)
 
 
-def _grouped_attention_bwd(block_q, block_k, window, residuals, d_out):
+def _grouped_attention_bwd(block_q, block_k, window, softcap, residuals, d_out):
     g, out, lse = residuals
-    dq, dk, dv, d_slopes = backward_pass(g, lse, row_delta(out, d_out), d_out, block_q, block_k, window)
+    dq, dk, dv, d_slopes = backward_pass(g, lse, row_delta(out, d_out), d_out, block_q, block_k, window, softcap)
     return (g._replace(q=dq.astype(g.q.dtype), k=dk.astype(g.k.dtype), v=dv.astype(g.v.dtype),
                        q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,
                        slopes=d_slopes),)
@@ -217,13 +224,15 @@ _grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 def blockwise_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                        alibi_slopes=None, sliding_window=0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+                        alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
+                        block_k=DEFAULT_BLOCK_K):
     """The kernel contract of `ctxjax.attention`, in blocks of `block_q` queries by `block_k` keys.
 
     Lengths need not be multiples of the blocks: they are padded (padded keys are never visible, padded
     query rows are dropped). A block larger than the length shrinks to the length.
     """
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
+                 logit_softcap)
     bq, bk = block_size(block_q, q.shape[1]), block_size(block_k, k.shape[1])
     g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes, bq, bk)
-    return from_grouped(_grouped_attention(g, bq, bk, sliding_window), q.shape[1])
+    return from_grouped(_grouped_attention(g, bq, bk, sliding_window, float(logit_softcap)), q.shape[1])

@@ -15,7 +15,7 @@ QUERY_PAD_POSITION = -1
 
 
 def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window=0):
+                 sliding_window=0, logit_softcap=0.0):
     """Raise a one-line ValueError naming the fix when shapes break the kernel contract."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}")
@@ -35,6 +35,8 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
             raise ValueError(f"{name} must be [{batch}, {length}]; got {x.shape}")
     if not isinstance(sliding_window, int) or sliding_window < 0:
         raise ValueError(f"sliding_window must be an int >= 0 (0: no window); got {sliding_window!r}")
+    if not isinstance(logit_softcap, (int, float)) or not logit_softcap >= 0:
+        raise ValueError(f"logit_softcap must be a number >= 0 (0: none; Gemma 2 uses 50); got {logit_softcap!r}")
     if alibi_slopes is not None and jnp.shape(alibi_slopes) != (n_heads,):
         raise ValueError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
 

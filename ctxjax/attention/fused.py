@@ -55,10 +55,10 @@ def _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, 
 
 
 def _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                     sliding_window, block_q, block_k):
+                     sliding_window, logit_softcap, block_q, block_k):
     return dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
                 kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
-                block_q=block_q, block_k=block_k)
+                logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
 
 
 def _with_fallback(fast_ok, fused, q, k, v, kwargs):
@@ -68,12 +68,14 @@ def _with_fallback(fast_ok, fused, q, k, v, kwargs):
 
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                    alibi_slopes=None, sliding_window=0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
-    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi); blockwise otherwise."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
+                    alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
+                    block_k=DEFAULT_BLOCK_K):
+    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi, no soft cap); blockwise otherwise."""
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
+                 logit_softcap)
     kwargs = _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                              sliding_window, block_q, block_k)
-    usable = (jax.default_backend() == "gpu" and alibi_slopes is None and q.shape[1] == k.shape[1]
+                              sliding_window, logit_softcap, block_q, block_k)
+    usable = (jax.default_backend() == "gpu" and alibi_slopes is None and not logit_softcap and q.shape[1] == k.shape[1]
               and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
@@ -95,10 +97,10 @@ def splash_tile(requested: int, length: int) -> int:
     return tile
 
 
-def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, block_q=SPLASH_BLOCK, block_k=SPLASH_BLOCK,
-                 interpret=False):
-    """Splash attention with causal-by-index (and sliding-window) and segment masks, in tiles of about
-    `block_q` x `block_k` (`splash_tile`); `interpret=True` runs it on CPU for tests."""
+def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, logit_softcap=0.0, block_q=SPLASH_BLOCK,
+                 block_k=SPLASH_BLOCK, interpret=False):
+    """Splash attention with causal-by-index (and sliding-window) and segment masks and an optional logit soft
+    cap, in tiles of about `block_q` x `block_k` (`splash_tile`); `interpret=True` runs it on CPU for tests."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module; import lazily
 
     batch, length, n_heads, head_dim = q.shape
@@ -114,7 +116,8 @@ def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, block_q=SPLASH_B
     # 128 keep the TPU's matrix units busy at long lengths.
     tiles = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
                               block_kv_dkv_compute=bk, use_fused_bwd_kernel=True)
-    kernel = splash.make_splash_mqa_single_device(mask=mask, block_sizes=tiles, interpret=interpret)
+    kernel = splash.make_splash_mqa_single_device(mask=mask, block_sizes=tiles, interpret=interpret,
+                                                  attn_logits_soft_cap=float(logit_softcap) or None)
     # One multi-query kernel per (batch row, K/V head): its query heads share that K/V head, uncopied.
     qg = (q * jnp.asarray(scale, q.dtype)).reshape(batch, length, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
     kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
@@ -128,17 +131,19 @@ def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, block_q=SPLASH_B
 
 
 def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                     alibi_slopes=None, sliding_window=0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+                     alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
+                     block_k=DEFAULT_BLOCK_K):
     """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
+                 logit_softcap)
     kwargs = _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                              sliding_window, block_q, block_k)
+                              sliding_window, logit_softcap, block_q, block_k)
     length = q.shape[1]
     usable = (jax.default_backend() == "tpu" and alibi_slopes is None and k.shape[1] == length
               and length % SPLASH_BLOCK == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
     fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale, sliding_window=sliding_window,
-                              block_q=block_q, block_k=block_k)
+                              logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
     fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)

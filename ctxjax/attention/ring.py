@@ -49,35 +49,36 @@ def _keys(g):
     return g.k, g.v, g.kv_segment_ids, g.kv_positions
 
 
-def _ring_forward_state(g, block_q, block_k, window, n_shards):
+# `rules` = (sliding window, logit soft cap): the static arguments the blockwise passes take after the blocks.
+def _ring_forward_state(g, block_q, block_k, rules, n_shards):
     def hop(_, carry):
         state, kv = carry
-        state = blockwise.forward_pass(state, _with_keys(g, kv), block_q, block_k, window)
+        state = blockwise.forward_pass(state, _with_keys(g, kv), block_q, block_k, *rules)
         return state, lax.ppermute(kv, SEQUENCE_AXIS, _ring_permutation(n_shards))
 
     state, kv = repeat(n_shards - 1, hop, (blockwise.init_state(g), _keys(g)))
-    return blockwise.forward_pass(state, _with_keys(g, kv), block_q, block_k, window)
+    return blockwise.forward_pass(state, _with_keys(g, kv), block_q, block_k, *rules)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _ring_grouped(g, block_q, block_k, window, n_shards):
-    out, _ = blockwise.finish(_ring_forward_state(g, block_q, block_k, window, n_shards), g.q.dtype)
+def _ring_grouped(g, block_q, block_k, rules, n_shards):
+    out, _ = blockwise.finish(_ring_forward_state(g, block_q, block_k, rules, n_shards), g.q.dtype)
     return out
 
 
-def _ring_grouped_fwd(g, block_q, block_k, window, n_shards):
-    out, lse = blockwise.finish(_ring_forward_state(g, block_q, block_k, window, n_shards), g.q.dtype)
+def _ring_grouped_fwd(g, block_q, block_k, rules, n_shards):
+    out, lse = blockwise.finish(_ring_forward_state(g, block_q, block_k, rules, n_shards), g.q.dtype)
     return out, (g, out, lse)
 
 
-def _ring_grouped_bwd(block_q, block_k, window, n_shards, residuals, d_out):
+def _ring_grouped_bwd(block_q, block_k, rules, n_shards, residuals, d_out):
     g, out, lse = residuals
     delta = blockwise.row_delta(out, d_out)
 
     def hop(_, carry):
         dq, d_slopes, kv, dkv = carry
         dq_part, dk_part, dv_part, d_slopes_part = blockwise.backward_pass(
-            _with_keys(g, kv), lse, delta, d_out, block_q, block_k, window)
+            _with_keys(g, kv), lse, delta, d_out, block_q, block_k, *rules)
         dkv = (dkv[0] + dk_part, dkv[1] + dv_part)
         # dK/dV travel with their keys; after n_shards hops both are back on the shard that owns them.
         kv, dkv = lax.ppermute((kv, dkv), SEQUENCE_AXIS, _ring_permutation(n_shards))
@@ -116,10 +117,11 @@ def _dividing_axes(mesh, names, size):
 
 
 def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                   alibi_slopes=None, sliding_window=0, block_q=blockwise.DEFAULT_BLOCK_Q,
+                   alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=blockwise.DEFAULT_BLOCK_Q,
                    block_k=blockwise.DEFAULT_BLOCK_K):
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
+                 logit_softcap)
     mesh = _active_mesh()
     n_shards = mesh.shape[SEQUENCE_AXIS]
     batch, length, n_heads, _ = q.shape
@@ -137,7 +139,7 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
     def local(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes):
         g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                        bq, bk)
-        return from_grouped(_ring_grouped(g, bq, bk, sliding_window, n_shards), local_length)
+        return from_grouped(_ring_grouped(g, bq, bk, (sliding_window, float(logit_softcap)), n_shards), local_length)
 
     slopes_spec = None if alibi_slopes is None else P(head_axis)
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(tokens, tokens, tokens, ids, ids, ids, ids, slopes_spec),

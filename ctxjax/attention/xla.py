@@ -21,7 +21,7 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sli
 
 
 def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes=None,
-                  sliding_window=0, block_q=None, block_k=None):
+                  sliding_window=0, logit_softcap=0.0, block_q=None, block_k=None):
     del block_q, block_k  # one block: the whole score matrix
     batch, q_len, n_heads, head_dim = q.shape
     kv_len, n_kv = k.shape[1], k.shape[2]
@@ -35,6 +35,8 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     vg = v.transpose(0, 2, 1, 3).reshape(batch * n_kv, kv_len, head_dim)
     scores = jnp.matmul(qg, kg, preferred_element_type=jnp.float32) * scale
     scores = scores.reshape(batch, n_kv, group, q_len, kv_len)
+    if logit_softcap:
+        scores = logit_softcap * jnp.tanh(scores / logit_softcap)
     if alibi_slopes is not None:
         distance = (q_positions[:, :, None] - kv_positions[:, None, :]).astype(jnp.float32)  # [B, Lq, Lk]
         slopes = jnp.asarray(alibi_slopes, jnp.float32).reshape(n_kv, group)
