@@ -12,9 +12,9 @@ overrides: `--config.model.lora_rank=8 --config.optimizer.trainable=embed,norm
 Mistral, Qwen2, Qwen3 and Phi-3 imports work the same; a Mistral keeps its sliding window unless the run widens
 it (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did). A model that is already scaled
 (Llama 3.1: llama3, Phi-3: longrope) is extended with its own type, which keeps its original context and settings:
-`--config.rope_scaling=llama3` or `=longrope` (YaRN would replace them and is refused). Gemma 3 imports too: the
-scaling goes to its global layers only (the local ones never look past their window); the 4B and larger models
-already use linear scaling there (`--config.rope_scaling=linear`).
+`--config.rope_scaling=llama3` or `=longrope` (YaRN would replace them and is refused). Gemma 2 and 3 import too;
+Gemma 3's scaling goes to its global layers only (the local ones never look past their window), and its 4B and
+larger models already scale linearly there: `--config.rope_scaling=linear`.
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings

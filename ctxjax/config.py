@@ -3,8 +3,9 @@
 One config covers three families:
 - "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA, optional
   per-head q/k norms (Qwen3).
-- "gemma" (Gemma 3): RMSNorm scaled by (1 + w), embeddings times sqrt(d_model), tanh-GELU gated MLP, a second norm
-  after attention and after the MLP (before each residual add), tied embeddings.
+- "gemma" (Gemma 2 and 3): RMSNorm scaled by (1 + w), embeddings times sqrt(d_model), tanh-GELU gated MLP, a second
+  norm after attention and after the MLP (before each residual add), tied embeddings; optional soft caps on the
+  attention scores and the output logits (Gemma 2).
 - "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
 
 Layers may differ in one way: with `full_attention_layers` set, those layers attend to the whole context with
@@ -69,6 +70,9 @@ class ModelConfig:
     local_position: positions_lib.PositionScheme | None = None
     # Attention logits are scaled by query_pre_attn_scalar ** -0.5 (Gemma); None: head_dim ** -0.5.
     query_pre_attn_scalar: float | None = None
+    # Gemma 2's soft caps: scores become C tanh(scores / C) in attention, and the output logits likewise; 0 = none.
+    attn_logit_softcapping: float = 0.0
+    final_logit_softcapping: float = 0.0
     # Tile of the block-based kernels (blockwise, ring, and the fused kernels' fallback): queries x keys per
     # step of the online softmax. Larger tiles mean fewer, bigger matmuls; the default was fastest on CPU.
     attention_block_q: int = 512
@@ -250,6 +254,9 @@ class ModelConfig:
                 fail(f"local_position ({self.local_position.name}) and position ({self.position.name}) must both be "
                      "rope schemes: only the rotation may differ between local and global layers")
             self.local_position.validate(self)
+        for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
+                fail(f"{name}={getattr(self, name)!r} must be a number >= 0 (0: no cap; Gemma 2 uses 50 and 30)")
         if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
             fail(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be > 0 (or None: head_dim)")
         if self.qk_norm and self.family == "gpt2":

@@ -8,14 +8,18 @@ pass recompute that chunk's logits instead of storing them. Peak extra memory: o
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ctxjax.model import soft_cap
+
 DEFAULT_CHUNK = 1024
 
 
-def _chunk_sums(kernel, bias, hidden, targets, weights):
+def _chunk_sums(kernel, bias, hidden, targets, weights, softcap=0.0):
     """[weighted sum of -log p(target), weighted sum of log(Z)^2] over one chunk: hidden [B, c, D],
     targets and weights [B, c]. log(Z)^2 is PaLM's z-loss term, which keeps the softmax normaliser near 1."""
     # A 2-D [B*c, D] x [D, V] product: XLA:CPU's kernel gradient of the 3-D einsum is several times slower.
@@ -24,18 +28,20 @@ def _chunk_sums(kernel, bias, hidden, targets, weights):
     logits = logits.reshape(batch, chunk, -1)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
+    logits = soft_cap(logits, softcap)  # Gemma 2's final cap, as the model's logits_from_hidden applies it
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.stack([jnp.sum((log_z - target_logit) * weights), jnp.sum(log_z * log_z * weights)])
 
 
-def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):
+def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK, logit_softcap=0.0):
     """(sum of weighted token losses, sum of weighted log(Z)^2 for a z-loss, sum of weights), so callers can
     average over several micro-batches.
 
     hidden [B, L, D] (after the final norm), kernel [D, V] (the output projection; pass `embedding.T` for
     tied embeddings), targets [B, L] int, weights [B, L] (1 = counted, 0 = padding; default all ones),
-    bias [V] or None. L need not be a multiple of `chunk`: the tail is padded with weight 0.
+    bias [V] or None, `logit_softcap` C > 0 caps the logits at C tanh(logits / C) (Gemma 2). L need not be a
+    multiple of `chunk`: the tail is padded with weight 0.
     """
     batch, length, dim = hidden.shape
     if kernel.ndim != 2 or kernel.shape[0] != dim:
@@ -54,7 +60,7 @@ def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT
         x = jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
         return x.reshape(batch, n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
 
-    chunk_sums = jax.checkpoint(_chunk_sums)
+    chunk_sums = jax.checkpoint(functools.partial(_chunk_sums, softcap=logit_softcap))  # the cap stays static
 
     def step(total, xs):
         return total + chunk_sums(kernel, bias, *xs), None

@@ -181,7 +181,8 @@ class Attention(nn.Module):
             return kernel(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                           q_positions=positions, kv_positions=kv_positions, scale=cfg.attention_scale,
                           alibi_slopes=cfg.position.alibi_slopes(h), sliding_window=window,
-                          block_q=cfg.attention_block_q, block_k=cfg.attention_block_k)
+                          logit_softcap=cfg.attn_logit_softcapping, block_q=cfg.attention_block_q,
+                          block_k=cfg.attention_block_k)
 
         if is_full is None or not cfg.sliding_window:
             out = attend(cfg.sliding_window)
@@ -326,8 +327,14 @@ class Transformer(nn.Module):
             logits = self.embed.attend(x.astype(self.config.dtype))
         else:
             logits = self.lm_head(x)
+        logits = soft_cap(logits.astype(jnp.float32), self.config.final_logit_softcapping)
         # [B, L, D] in training; [B, D] when generation asks for the last position only.
-        return _constrain(logits.astype(jnp.float32), ("batch", "length")[:logits.ndim - 1] + ("vocab",))
+        return _constrain(logits, ("batch", "length")[:logits.ndim - 1] + ("vocab",))
+
+
+def soft_cap(logits, cap: float):
+    """Gemma 2's cap * tanh(logits / cap), smooth and bounded by the cap; unchanged for cap 0."""
+    return cap * jnp.tanh(logits / cap) if cap else logits
 
 
 MODEL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")

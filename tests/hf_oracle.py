@@ -139,3 +139,19 @@ def gemma3(seed=0, **overrides):
     model = Gemma3ForCausalLM(Gemma3TextConfig(**{**GEMMA3, **overrides})).eval()
     _randomize_norms(model)  # Gemma's norms start at zero (scale 1 + w): random values make each one count
     return model
+
+
+# Gemma 2: like GEMMA3 without q/k norms, one RoPE for all layers, and soft caps small enough to matter in a tiny
+# model (its own defaults are 50 and 30).
+GEMMA2 = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
+              query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=0.05, final_logit_softcapping=0.5)
+
+
+def gemma2(seed=0, **overrides):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Gemma2ForCausalLM(Gemma2Config(**{**GEMMA2, **overrides})).eval()
+    _randomize_norms(model)
+    return model

@@ -116,12 +116,15 @@ def test_greedy_tokens_and_logits_equal_transformers_generate_for_qwen3():
     np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
 
 
-def test_greedy_tokens_and_logits_equal_transformers_generate_for_gemma3():
-    """Gemma 3's cache holds local layers (window 8, base 1e4) beside a global one: 22 + 12 tokens pass both."""
-    cfg, params = load_pretrained(oracle.save(oracle.gemma3()))
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])
+def test_greedy_tokens_and_logits_equal_transformers_generate_for_gemma(arch):
+    """Gemma's cache holds local layers (window 8; Gemma 3: base 1e4) beside a global one: 22 + 12 tokens pass
+    both; Gemma 2 also caps scores and logits."""
+    make = getattr(oracle, arch)
+    cfg, params = load_pretrained(oracle.save(make()))
     prompts = [np.random.RandomState(6).randint(3, 97, n).tolist() for n in (22, 5)]
     ours = generate(cfg, params, prompts, 12, return_logits=True, pad_to_multiple=8)
-    theirs, their_logits = _hf_generate(oracle.gemma3(), prompts, 12)
+    theirs, their_logits = _hf_generate(make(), prompts, 12)
     assert ours.sequences == theirs
     np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
 

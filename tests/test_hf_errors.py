@@ -74,8 +74,7 @@ def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0] * 8}},
      "`short_factor` must list 8 factors"),
     ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh",
-      "attn_logit_softcapping": 50.0},
-     "Gemma 2-style logit soft-capping"),
+      "use_bidirectional_attention": True}, "use_bidirectional_attention=true makes an encoder"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
 ])
 def test_bad_config_values(llama_dir, tmp_path, changes, message):

@@ -139,11 +139,16 @@ def test_phi3_loads_matches_below_and_above_its_original_context_and_exports_as_
 GEMMA3_YARN = {"full_attention": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": oracle.L0,
                                   "rope_theta": 1e6},
                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
-GEMMA3_CASES = {
-    "local-global-local": dict(),
-    "yarn-biases-untied": dict(rope_parameters=GEMMA3_YARN, attention_bias=True, tie_word_embeddings=False),
+GEMMA_CASES = {
+    "gemma3-local-global-local": (oracle.gemma3, dict()),
+    "gemma3-yarn-biases-untied": (oracle.gemma3, dict(rope_parameters=GEMMA3_YARN, attention_bias=True,
+                                                      tie_word_embeddings=False)),
     # Gemma 3 1B's layout: no layer_types, every sixth layer global (sliding_window_pattern's default).
-    "pattern-of-six": dict(num_hidden_layers=7, layer_types=None),
+    "gemma3-pattern-of-six": (oracle.gemma3, dict(num_hidden_layers=7, layer_types=None)),
+    # Gemma 2: soft caps on attention scores and logits, every other layer local by default, one RoPE.
+    "gemma2-soft-caps": (oracle.gemma2, dict()),
+    "gemma2-yarn-untied": (oracle.gemma2, dict(rope_parameters={**GEMMA3_YARN["full_attention"], "rope_theta": 1e4},
+                                               tie_word_embeddings=False, layer_types=None)),
 }
 
 
@@ -158,15 +163,18 @@ def _legacy_gemma3_config(hf_dir: str) -> None:
     json.dump(config, open(path, "w"))
 
 
-@pytest.mark.parametrize("case", sorted(GEMMA3_CASES))
-def test_gemma3_matches_inside_and_past_its_window_and_round_trips(case, tmp_path):
+@pytest.mark.parametrize("case", sorted(GEMMA_CASES))
+def test_gemma_matches_inside_and_past_its_window_and_round_trips(case, tmp_path):
     """Gemma 3 alternates windowed local layers (RoPE base 1e4) with global ones (1e6, scaled), normalises q, k and
-    each branch's output with (1 + w) RMSNorms and scales embeddings by sqrt(d)."""
-    make = functools.partial(oracle.gemma3, **GEMMA3_CASES[case])
+    each branch's output with (1 + w) RMSNorms and scales embeddings by sqrt(d); Gemma 2 has no q/k norms, one RoPE
+    and soft caps."""
+    maker, overrides = GEMMA_CASES[case]
+    make = functools.partial(maker, **overrides)
     src = oracle.save(make())
     cfg, params = load_pretrained(src)
-    assert cfg.family == "gemma" and cfg.hf_architecture == "Gemma3ForCausalLM" and cfg.sliding_window == 8
-    assert cfg.full_attention_layers == ((5,) if case == "pattern-of-six" else (1,))
+    architecture = "Gemma3ForCausalLM" if case.startswith("gemma3") else "Gemma2ForCausalLM"
+    assert cfg.family == "gemma" and cfg.hf_architecture == architecture and cfg.sliding_window == 8
+    assert cfg.full_attention_layers == ((5,) if case.endswith("pattern-of-six") else (1,))
     for length in (5, 8, 9, oracle.L0 + 1, 40):
         toks = oracle.tokens(2, length)
         assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(make(), toks)).max() <= TOL, length
@@ -176,10 +184,11 @@ def test_gemma3_matches_inside_and_past_its_window_and_round_trips(case, tmp_pat
     before, after = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
     assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
-    assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+    assert type(reloaded).__name__ == architecture
     assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
-    _legacy_gemma3_config(src)
-    assert load_pretrained(src)[0] == cfg
+    if architecture == "Gemma3ForCausalLM":
+        _legacy_gemma3_config(src)
+        assert load_pretrained(src)[0] == cfg
 
 
 def test_gemma3_extends_its_global_layers_only():

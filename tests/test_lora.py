@@ -219,7 +219,7 @@ def test_peft_adapters_of_phi3s_fused_projections_and_of_gemma3_reproduce_the_mo
 
 def test_peft_export_refuses_gpt2s_fused_projections(tmp_path):
     cfg = ModelConfig(family="gpt2", vocab_size=50, d_model=32, n_layers=1, n_heads=4, lora_rank=2)
-    with pytest.raises(ValueError, match="Llama-family and Gemma 3 models only; GPT-2 fuses q, k, v.*export the merged"):
+    with pytest.raises(ValueError, match="Llama-family and Gemma models only; GPT-2 fuses q, k, v.*export the merged"):
         save_peft_adapter(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "a"), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a")
 

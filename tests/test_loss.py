@@ -74,3 +74,24 @@ def test_bad_inputs_name_the_fix(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         chunked_cross_entropy(**args)
+
+
+def test_soft_capped_logits_as_gemma2_caps_them():
+    """The training loss caps logits at C tanh(logits / C) exactly as the model's logits do (values and grads)."""
+    from ctxjax.model import soft_cap
+
+    hidden, kernel, bias, targets, weights = problem()
+
+    def dense(hidden, kernel):
+        return cross_entropy_from_logits(soft_cap(hidden @ kernel + bias, 2.0), targets, weights)
+
+    def chunked(hidden, kernel):
+        total, _, count = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=16, logit_softcap=2.0)
+        return total / count
+
+    (want, want_grads), (got, got_grads) = (jax.value_and_grad(f, argnums=(0, 1))(hidden, kernel)
+                                            for f in (dense, chunked))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert abs(float(want) - float(dense_loss(hidden, kernel, bias, targets, weights))) > 0.1  # the cap matters
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5)

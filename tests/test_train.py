@@ -171,9 +171,10 @@ def test_unknown_override_keys_are_refused():
         apply_overrides(tiny(), ["stages=[dict(steps=2, seq_len=16, lr=1e-3)]"])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "gemma2"])
 def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transformers_reproduces(arch, tmp_path):
-    """Gemma 3: the stage's YaRN goes to its global layers (plain RoPE here), its local layers keep theirs."""
+    """Gemma 3: the stage's YaRN goes to its global layers (plain RoPE here), its local layers keep theirs. Gemma 2
+    trains through its soft-capped logits."""
     import hf_oracle as oracle
     import jax.numpy as jnp
     import run_model

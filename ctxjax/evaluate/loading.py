@@ -23,7 +23,7 @@ def load_hf_model(hf_dir: str, **overrides):
             raise  # ctxjax.hf's own messages already name the fix
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"cannot load {hf_dir} as a Hugging Face model ({type(error).__name__}: {detail}); "
-                         "ctxjax reads Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3 and GPT-2 safetensors checkpoints") from None
+                         "ctxjax reads Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3 and GPT-2 safetensors checkpoints") from None
 
 
 def load_workdir_model(workdir: str, step: int | None = None):

@@ -1,5 +1,5 @@
-"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3), Gemma 3
-(text) and GPT-2."""
+"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3), Gemma 2 and
+3 (text) and GPT-2."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ LLAMA_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Phi3ForCausalLM": "phi3",
 }
-GEMMA_ARCHITECTURES = {"Gemma3ForCausalLM": "gemma3_text"}
+GEMMA_ARCHITECTURES = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text"}
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
 SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
 # Gemma 3's rope_parameters (transformers 5) hold one dict per kind of layer.
@@ -49,7 +49,7 @@ def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     if arch in GPT2_ARCHITECTURES:
         fields = _gpt2_fields(hf)
     elif arch in GEMMA_ARCHITECTURES:
-        fields = _gemma3_fields(hf)
+        fields = _gemma_fields(hf, GEMMA_ARCHITECTURES[arch])
     else:
         fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
     fields.update(dtype=dtype, param_dtype=dtype, hf_architecture=arch)
@@ -88,28 +88,34 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     )
 
 
-def _gemma3_fields(hf: dict[str, Any]) -> dict[str, Any]:
-    """Gemma3TextConfig as transformers 5 reads it (its defaults where a key is absent)."""
+def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """Gemma2Config / Gemma3TextConfig as transformers 5 reads them (their defaults where a key is absent). Gemma 2:
+    every other layer local, one RoPE for all, soft caps 50 (attention) and 30 (logits) by default; Gemma 3: every
+    sixth layer global, q/k norms, a local RoPE base of its own, no caps by default."""
+    gemma3 = model_type == "gemma3_text"
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_new"):
-        raise ValueError(f"hidden_activation={act!r} is not supported for Gemma 3; ctxjax implements the tanh GELU")
-    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if hf.get(key) is not None:
-            raise ValueError(f"{key}={hf[key]} (Gemma 2-style logit soft-capping) is not supported; ctxjax reads "
-                             "Gemma 3 checkpoints, which have none")
+        raise ValueError(f"hidden_activation={act!r} is not supported for Gemma; ctxjax implements the tanh GELU")
     if hf.get("use_bidirectional_attention"):
         raise ValueError("use_bidirectional_attention=true makes an encoder; ctxjax trains causal decoders")
     n_layers = int(hf.get("num_hidden_layers", 26))
-    pattern = int(hf.get("sliding_window_pattern", 6))
+    pattern = int(hf.get("sliding_window_pattern", 6)) if gemma3 else 2
     types = hf.get("layer_types") or [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
     if len(types) != n_layers or set(types) - {FULL, SLIDING}:
         raise ValueError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
-    max_pos = int(hf.get("max_position_embeddings", 131072))
-    full_rope, local_rope = _gemma3_rope_parameters(hf)
+    max_pos = int(hf.get("max_position_embeddings", 131072 if gemma3 else 8192))
+    if gemma3:
+        full_rope, local_rope = _gemma3_rope_parameters(hf)
+        rotation = dict(
+            position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": full_rope}),
+            local_position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": local_rope}))
+    else:
+        rotation = dict(position=positions.Rope.from_hf(hf))
+    caps = (None, None) if gemma3 else (50.0, 30.0)  # the classes' defaults
     bias = bool(hf.get("attention_bias", False))
     return dict(
         family="gemma",
-        vocab_size=int(hf.get("vocab_size", 262208)),
+        vocab_size=int(hf.get("vocab_size", 262208 if gemma3 else 256000)),
         d_model=int(hf.get("hidden_size", 2304)),
         n_layers=n_layers,
         n_heads=int(hf.get("num_attention_heads", 8)),
@@ -120,12 +126,13 @@ def _gemma3_fields(hf: dict[str, Any]) -> dict[str, Any]:
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         qkv_bias=bias, o_bias=bias, mlp_bias=False,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        qk_norm=True,
+        qk_norm=gemma3,
         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+        attn_logit_softcapping=float(hf.get("attn_logit_softcapping", caps[0]) or 0.0),
+        final_logit_softcapping=float(hf.get("final_logit_softcapping", caps[1]) or 0.0),
         sliding_window=int(hf.get("sliding_window", 4096) or 0),
         full_attention_layers=tuple(i for i, t in enumerate(types) if t == FULL),
-        position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": full_rope}),
-        local_position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": local_rope}),
+        **rotation,
     )
 
 
@@ -190,7 +197,7 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
                          f"equivalent; export {cfg.family} models with "
                          f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
     if cfg.family == "gemma":
-        return {**_gemma3_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype, "use_cache": True}
+        return {**_gemma_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype, "use_cache": True}
     out = _gpt2_config(cfg) if cfg.family == "gpt2" else _llama_config(cfg)
     out.update(cfg.position.to_hf(cfg))
     out.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype, use_cache=True)
@@ -222,29 +229,31 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
             "head_dim = hidden_size / heads only" if cfg.dim_per_head * cfg.n_heads != cfg.d_model else "")
 
 
-def _gemma3_unfit(cfg: ModelConfig) -> str:
-    """Why Gemma3ForCausalLM cannot compute this gemma-family model ("" if it can)."""
+def _gemma_unfit(cfg: ModelConfig) -> str:
+    """Why neither Gemma class can compute this gemma-family model ("" if one can): Gemma 3 has q/k norms,
+    Gemma 2 has none and one RoPE for every layer."""
     for scheme in (cfg.position, cfg.local_position or cfg.position):
         if scheme.name != "rope" or scheme.partial_rotary_factor != 1.0:
             return "RoPE on whole heads only"
         if scheme.rope_type == "ntk":
             return "no static NTK"
     if cfg.full_attention_layers and not cfg.sliding_window:
-        return "local layers need a sliding window (layers that differ only in rotation have no Gemma 3 form)"
-    return ("q/k norms always" if not cfg.qk_norm else
-            "q/k/v/o biases only together, none on the MLP" if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias
+        return "local layers need a sliding window (layers that differ only in rotation have no Gemma form)"
+    if not cfg.qk_norm and cfg.local_position not in (None, cfg.position):
+        return "Gemma 2 rotates every layer alike (a local_position needs Gemma 3's q/k norms)"
+    return ("q/k/v/o biases only together, none on the MLP" if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias
             else "")
 
 
 def export_model_type(cfg: ModelConfig) -> str:
-    """The class an export writes: Gemma 3 for the gemma family; for the Llama family the model's own
+    """The class an export writes: Gemma 3 (q/k norms) or Gemma 2 for the gemma family; for the Llama family the model's own
     (`hf_architecture`) when that class computes the model, else the first of Llama, Mistral, Qwen2, Phi-3, Qwen3
     that does (a one-line error if none does)."""
     if cfg.family == "gemma":
-        reason = _gemma3_unfit(cfg)
+        reason = _gemma_unfit(cfg)
         if reason:
-            raise ValueError(f"Gemma3ForCausalLM cannot compute this model ({reason}); change the model to fit it")
-        return "gemma3_text"
+            raise ValueError(f"no Hugging Face Gemma class computes this model ({reason}); change the model to fit")
+        return "gemma3_text" if cfg.qk_norm else "gemma2"
     if cfg.local_position is not None:
         raise ValueError("no Hugging Face Llama-family class rotates some layers differently (local_position); "
                          "use local_position=None, or family='gemma'")
@@ -289,29 +298,32 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def _gemma3_config(cfg: ModelConfig) -> dict[str, Any]:
-    export_model_type(cfg)  # the one-line refusal if Gemma 3 cannot compute it
+def _gemma_config(cfg: ModelConfig) -> dict[str, Any]:
+    model_type = export_model_type(cfg)  # also the one-line refusal if no Gemma class computes it
     full_rope = cfg.position.to_hf(cfg)
-    local_rope = (cfg.local_position or cfg.position).to_hf(cfg)
-    full_params, local_params = full_rope["rope_parameters"], local_rope["rope_parameters"]
-    return dict(
-        architectures=["Gemma3ForCausalLM"],
-        model_type="gemma3_text",
+    out = dict(
+        architectures=[next(a for a, t in GEMMA_ARCHITECTURES.items() if t == model_type)],
+        model_type=model_type,
         **_decoder_sizes(cfg),
         hidden_activation="gelu_pytorch_tanh",
         max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
         attention_bias=cfg.use_qkv_bias,
-        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # Gemma3TextConfig: int
+        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # the configs want int
         sliding_window=cfg.sliding_window or None,
         layer_types=[FULL if full else SLIDING
                      for full in (cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers)],
-        # transformers 5 reads rope_parameters per kind of layer; 4.x reads the three keys after it.
-        rope_parameters={FULL: full_params, SLIDING: local_params},
-        rope_theta=full_params["rope_theta"], rope_scaling=full_rope["rope_scaling"],
-        rope_local_base_freq=local_params["rope_theta"],
-        attn_logit_softcapping=None, final_logit_softcapping=None, use_bidirectional_attention=False,
+        attn_logit_softcapping=cfg.attn_logit_softcapping or None,
+        final_logit_softcapping=cfg.final_logit_softcapping or None,
         attention_dropout=0.0,
     )
+    if model_type == "gemma2":
+        return {**out, **full_rope}
+    local_params = (cfg.local_position or cfg.position).to_hf(cfg)["rope_parameters"]
+    full_params = full_rope["rope_parameters"]
+    # transformers 5 reads rope_parameters per kind of layer; 4.x reads the three keys after it.
+    return dict(out, rope_parameters={FULL: full_params, SLIDING: local_params}, rope_theta=full_params["rope_theta"],
+                rope_scaling=full_rope["rope_scaling"], rope_local_base_freq=local_params["rope_theta"],
+                use_bidirectional_attention=False)
 
 
 def _decoder_sizes(cfg: ModelConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 PEFT's LoRA adds `x @ lora_A.T @ lora_B.T * lora_alpha / r` to a torch Linear; ctxjax's adapter is the same sum
 with A [*in, r] and B [r, *out] stored per layer in a stack, so each layer's A and B only need flattening and
 transposing. Phi-3 fuses q/k/v and gate/up into one Linear each: their adapters go out as one adapter of the
-summed rank, A's stacked and B's block-diagonal (PEFT's rank_pattern and alpha_pattern say so). Gemma 3 names its
+summed rank, A's stacked and B's block-diagonal (PEFT's rank_pattern and alpha_pattern say so). Gemma names its
 Linears as Llama does. GPT-2 is refused:
 its fused `c_attn` is a Conv1D.
 """
@@ -34,7 +34,7 @@ ADAPTER_FILE = "adapter_model.safetensors"
 def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, overwrite: bool = False) -> str:
     """Write the adapters of `params` (a `cfg` model with `lora_rank` > 0) for the base model at `base_model`."""
     if cfg.family == "gpt2":
-        raise ValueError("PEFT adapters export from Llama-family and Gemma 3 models only; GPT-2 fuses q, k, v into one matrix "
+        raise ValueError("PEFT adapters export from Llama-family and Gemma models only; GPT-2 fuses q, k, v into one matrix "
                          "with no per-projection adapters: export the merged model instead (ctxjax export without "
                          "--peft-adapter)")
     _, adapters = split_adapters(jax.device_get(params))

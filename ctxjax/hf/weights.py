@@ -125,10 +125,11 @@ def _kv_heads(cfg):
 
 def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     layer = "model.layers.{i}."
-    # Llama's post_attention_layernorm is the MLP's input norm; Gemma 3 names its four norms by where they sit.
-    norms = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "attn_post_norm"),
-             ("pre_feedforward_layernorm", "mlp_norm"), ("post_feedforward_layernorm", "mlp_post_norm")) \
-        if model_type == "gemma3_text" else (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"))
+    # Llama's post_attention_layernorm is the MLP's input norm; Gemma names its four norms by where they sit.
+    norms = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"))
+    if model_type in ("gemma2", "gemma3_text"):
+        norms = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "attn_post_norm"),
+                 ("pre_feedforward_layernorm", "mlp_norm"), ("post_feedforward_layernorm", "mlp_post_norm"))
     out = [
         Tensor("model.embed_tokens.weight", (("embed", "embedding"),), _same, _same_back),
         Tensor("model.norm.weight", (("final_norm", "scale"),), _same, _same_back),

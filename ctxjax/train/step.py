@@ -24,7 +24,7 @@ def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
     hidden = Transformer(cfg).apply({"params": params}, batch["tokens"], positions=batch["positions"],
                                     segment_ids=batch["segment_ids"], return_hidden=True)
     return chunked_loss_sums(hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"],
-                             batch["weights"], chunk=loss_chunk)
+                             batch["weights"], chunk=loss_chunk, logit_softcap=cfg.final_logit_softcapping)
 
 
 def _is_none(x) -> bool:
