@@ -3,6 +3,7 @@ architecture variants of the Llama family; both directions of conversion reprodu
 
 import functools
 import json
+import re
 
 import hf_oracle as oracle
 import jax
@@ -189,6 +190,27 @@ def test_gemma_matches_inside_and_past_its_window_and_round_trips(case, tmp_path
     if architecture == "Gemma3ForCausalLM":
         _legacy_gemma3_config(src)
         assert load_pretrained(src)[0] == cfg
+
+
+@pytest.mark.parametrize("kind", ["sliding_attention", "full_attention"])
+def test_gemma3_with_layers_of_one_kind_rotates_them_with_that_kinds_rope(kind, tmp_path):
+    make = functools.partial(oracle.gemma3, layer_types=[kind] * 3)
+    cfg, params = load_pretrained(oracle.save(make()))
+    assert cfg.local_position is None and cfg.position.theta == (1e4 if kind == "sliding_attention" else 1e6)
+    toks = oracle.tokens(2, 40)
+    assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(make(), toks)).max() <= TOL
+    reloaded = AutoModelForCausalLM.from_pretrained(save_pretrained(cfg, params, str(tmp_path / "export")))
+    assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
+
+
+def test_gemma_only_features_keep_a_model_from_exporting_as_llama():
+    """A Llama-family class scales scores by 1/sqrt(head_dim) and caps nothing: such a model is refused, not
+    exported with silently other logits."""
+    cfg, params = load_pretrained(oracle.save(oracle.llama()))
+    for change, reason in ((dict(query_pre_attn_scalar=4.0), "scores scaled by 1/sqrt(head_dim) only"),
+                           (dict(attn_logit_softcapping=5.0), "no soft caps")):
+        with pytest.raises(ValueError, match=f"llama: {re.escape(reason)}"):
+            hf_config_from_model(cfg.replace(**change))
 
 
 def test_gemma3_extends_its_global_layers_only():

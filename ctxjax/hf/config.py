@@ -33,8 +33,10 @@ def architecture(hf: dict[str, Any]) -> str:
         by_type = {v: k for k, v in SUPPORTED.items()}.get(hf.get("model_type", ""))
         if by_type and not names:
             return by_type
+        hint = ("; of Gemma 3 it reads text-only Gemma3ForCausalLM checkpoints (such as Gemma 3 1B): save a multimodal "
+                "model's language model as one first" if "Gemma3ForConditionalGeneration" in names else "")
         raise ValueError(f"unsupported architecture {names or hf.get('model_type')!r} in config.json; "
-                         f"ctxjax loads {sorted(SUPPORTED)}")
+                         f"ctxjax loads {sorted(SUPPORTED)}{hint}")
     return found[0]
 
 
@@ -100,15 +102,18 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         raise ValueError("use_bidirectional_attention=true makes an encoder; ctxjax trains causal decoders")
     n_layers = int(hf.get("num_hidden_layers", 26))
     pattern = int(hf.get("sliding_window_pattern", 6)) if gemma3 else 2
-    types = hf.get("layer_types") or [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
-    if len(types) != n_layers or set(types) - {FULL, SLIDING}:
-        raise ValueError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
+    full = _full_layers(hf, n_layers, lambda i: (i + 1) % pattern == 0)
+    window = int(hf.get("sliding_window", 4096) or 0)
+    if len(full) < n_layers and not window:
+        raise ValueError("config.json gives Gemma local (sliding_attention) layers but no sliding_window, which "
+                         "transformers cannot run either; set sliding_window (Gemma uses 4096, Gemma 3 1B 512)")
     max_pos = int(hf.get("max_position_embeddings", 131072 if gemma3 else 8192))
     if gemma3:
-        full_rope, local_rope = _gemma3_rope_parameters(hf)
-        rotation = dict(
-            position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": full_rope}),
-            local_position=positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": local_rope}))
+        full_rope, local_rope = (positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": p})
+                                 for p in _gemma3_rope_parameters(hf))
+        # All layers of one kind rotate alike: with that kind's RoPE.
+        rotation = (dict(position=local_rope) if not full else dict(position=full_rope) if len(full) == n_layers
+                    else dict(position=full_rope, local_position=local_rope))
     else:
         rotation = dict(position=positions.Rope.from_hf(hf))
     caps = (None, None) if gemma3 else (50.0, 30.0)  # the classes' defaults
@@ -119,7 +124,7 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         d_model=int(hf.get("hidden_size", 2304)),
         n_layers=n_layers,
         n_heads=int(hf.get("num_attention_heads", 8)),
-        n_kv_heads=int(hf.get("num_key_value_heads") or hf.get("num_attention_heads", 8)),
+        n_kv_heads=int(hf.get("num_key_value_heads") or 4),  # both classes' default
         head_dim=int(hf.get("head_dim") or 256),
         d_ff=int(hf.get("intermediate_size", 9216)),
         max_seq_len=max_pos,
@@ -130,10 +135,19 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
         attn_logit_softcapping=float(hf.get("attn_logit_softcapping", caps[0]) or 0.0),
         final_logit_softcapping=float(hf.get("final_logit_softcapping", caps[1]) or 0.0),
-        sliding_window=int(hf.get("sliding_window", 4096) or 0),
-        full_attention_layers=tuple(i for i, t in enumerate(types) if t == FULL),
+        sliding_window=window,  # kept when every layer is full: the export writes it back, and transformers needs it
+        full_attention_layers=full,
         **rotation,
     )
+
+
+def _full_layers(hf: dict[str, Any], n_layers: int, full_by_default) -> tuple[int, ...]:
+    """The layers config.json's `layer_types` marks full_attention (the rest are sliding_attention); without the
+    key, those for which `full_by_default(i)` holds, as the config class fills it in."""
+    types = hf.get("layer_types") or [FULL if full_by_default(i) else SLIDING for i in range(n_layers)]
+    if len(types) != n_layers or set(types) - {FULL, SLIDING}:
+        raise ValueError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
+    return tuple(i for i, t in enumerate(types) if t == FULL)
 
 
 def _gemma3_rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
@@ -160,8 +174,7 @@ def _windows(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         return dict(sliding_window=0)
     n_layers = int(hf["num_hidden_layers"])
     first_windowed = int(hf.get("max_window_layers", 28))
-    types = hf.get("layer_types") or [SLIDING if i >= first_windowed else FULL for i in range(n_layers)]
-    full = tuple(i for i, t in enumerate(types) if t == FULL)
+    full = _full_layers(hf, n_layers, lambda i: i < first_windowed)
     if len(full) == n_layers:
         return dict(sliding_window=0)
     return dict(sliding_window=int(hf["sliding_window"]), full_attention_layers=full)
@@ -191,7 +204,8 @@ def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
-    """A config.json dict that transformers 4.x and 5.x read to the same model."""
+    """A config.json dict that transformers 4.x and 5.x read to the same model (per-layer windows other than Qwen's
+    leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`)."""
     if cfg.family not in cfg.position.hf_families:
         raise ValueError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
                          f"equivalent; export {cfg.family} models with "
@@ -208,6 +222,10 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
     """Why the transformers class of `model_type` cannot compute this model ("" if it can)."""
     qkv, o, mlp = cfg.use_qkv_bias, cfg.use_o_bias, cfg.use_mlp_bias
     partial = cfg.position.name == "rope" and cfg.position.partial_rotary_factor != 1.0
+    if cfg.query_pre_attn_scalar not in (None, cfg.dim_per_head):
+        return "scores scaled by 1/sqrt(head_dim) only"
+    if cfg.attn_logit_softcapping or cfg.final_logit_softcapping:
+        return "no soft caps"
     if cfg.full_attention_layers and cfg.sliding_window and model_type not in ("qwen2", "qwen3"):
         return "one window for every layer"
     if (model_type == "qwen3") != cfg.qk_norm:
@@ -235,10 +253,10 @@ def _gemma_unfit(cfg: ModelConfig) -> str:
     for scheme in (cfg.position, cfg.local_position or cfg.position):
         if scheme.name != "rope" or scheme.partial_rotary_factor != 1.0:
             return "RoPE on whole heads only"
-        if scheme.rope_type == "ntk":
-            return "no static NTK"
-    if cfg.full_attention_layers and not cfg.sliding_window:
-        return "local layers need a sliding window (layers that differ only in rotation have no Gemma form)"
+    if 0 < len(cfg.full_attention_layers) < cfg.n_layers and not cfg.sliding_window:
+        return "local layers need a sliding window: keep sliding_window > 0 (Gemma's is 4096)"
+    if not float(cfg.query_pre_attn_scalar or cfg.dim_per_head).is_integer():
+        return "a whole-number query_pre_attn_scalar"
     if not cfg.qk_norm and cfg.local_position not in (None, cfg.position):
         return "Gemma 2 rotates every layer alike (a local_position needs Gemma 3's q/k norms)"
     return ("q/k/v/o biases only together, none on the MLP" if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias
@@ -309,7 +327,8 @@ def _gemma_config(cfg: ModelConfig) -> dict[str, Any]:
         max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
         attention_bias=cfg.use_qkv_bias,
         query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # the configs want int
-        sliding_window=cfg.sliding_window or None,
+        # transformers builds a sliding mask even when no layer uses it, so a window-less model gets its context.
+        sliding_window=cfg.sliding_window or cfg.max_seq_len,
         layer_types=[FULL if full else SLIDING
                      for full in (cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers)],
         attn_logit_softcapping=cfg.attn_logit_softcapping or None,
@@ -318,6 +337,10 @@ def _gemma_config(cfg: ModelConfig) -> dict[str, Any]:
     )
     if model_type == "gemma2":
         return {**out, **full_rope}
+    full_layers = set(cfg.full_attention_layers)
+    every = min(full_layers, default=-1) + 1  # early transformers 4.x versions of Gemma 3 read only this period
+    if every and full_layers == {i for i in range(cfg.n_layers) if (i + 1) % every == 0}:
+        out["sliding_window_pattern"] = every
     local_params = (cfg.local_position or cfg.position).to_hf(cfg)["rope_parameters"]
     full_params = full_rope["rope_parameters"]
     # transformers 5 reads rope_parameters per kind of layer; 4.x reads the three keys after it.
