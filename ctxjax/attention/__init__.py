@@ -9,10 +9,10 @@ and returns the weighted sum of v. Shapes: q [B, Lq, H, Dh]; k, v [B, Lk, G, Dh]
 (query head h reads key/value head h // (H // G), never a copied K/V); segment ids and positions [B, L]
 int32; `alibi_slopes` [H] float or None; `sliding_window` an int (0: none; W: Mistral's window, each query
 sees itself and the W - 1 positions before it); `logit_softcap` a float (0: none; C: Gemma 2's
-C * tanh(scale * q.k / C) in place of the scaled score, before the bias); `block_q`, `block_k` the tile of the block-based kernels
-(the model passes `ModelConfig.attention_block_q/_k`; `xla` has no tiles and ignores them). Causality is by
-*position* within a segment, so packed rows, PoSE-shifted positions, ring shards and KV caches (empty slots
-get segment id 0) all use the same rule.
+C * tanh(scale * q.k / C) in place of the scaled score, before the bias); `block_q`, `block_k` the tile of the
+block-based kernels (the model passes `ModelConfig.attention_block_q/_k`; `xla` has no tiles and ignores
+them). Causality is by *position* within a segment, so packed rows, PoSE-shifted positions, ring shards and KV
+caches (empty slots get segment id 0) all use the same rule.
 `xla` is the reference; every other kernel is tested equal to it.
 
 Kernels:

@@ -36,7 +36,8 @@ def _fraction_or_positive(upper: float | None):
         except ValueError:
             value = float("nan")
         if not (value > 0 and (upper is None or value <= upper)):
-            raise argparse.ArgumentTypeError(f"expected a number > 0{f' and <= {upper}' if upper else ''}, got {text!r}")
+            bound = f" and <= {upper}" if upper else ""
+            raise argparse.ArgumentTypeError(f"expected a number > 0{bound}, got {text!r}")
         return value
 
     return parse
@@ -122,8 +123,8 @@ def _tokens_fit(tokenizer, vocab_size: int) -> None:
 
 
 def format_table(results: list[dict], atol: float, min_top1: float) -> list[str]:
-    lines = ["| length | max abs diff | at position | mean abs diff | mean KL | max KL | top-1 agree | within tolerance |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| length | max abs diff | at position | mean abs diff | mean KL | max KL | top-1 agree "
+             "| within tolerance |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         lines.append(f"| {r['length']} | {r['max_abs']:.2e} | {r['position']} | {r['mean_abs']:.2e} | "
                      f"{r['mean_kl']:.2e} | {r['max_kl']:.2e} | {100 * r['top1_agreement']:.1f}% | "
@@ -151,7 +152,8 @@ def check(cfg, params, reference, *, lengths, tokenizer=None, source: str = DEFA
         rows, tokens = random_rows(lengths, cfg.vocab_size, seed), f"random ids (seed {seed})"
     else:
         _tokens_fit(tokenizer, cfg.vocab_size)
-        rows, tokens = text_rows(lengths, tokenizer, source), f"{source}, {type(tokenizer).__name__} of {tokenizer.vocab_size} ids"
+        rows = text_rows(lengths, tokenizer, source)
+        tokens = f"{source}, {type(tokenizer).__name__} of {tokenizer.vocab_size} ids"
     print(f"reference: transformers {type(reference).__name__} from {hf_dir} (float32)")
     print(f"ctxjax:    {ours} (float32)")
     print(f"tokens:    {tokens}")
