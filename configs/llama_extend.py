@@ -14,7 +14,7 @@ it (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did).
 (Llama 3.1: llama3, Phi-3: longrope) is extended with its own type, which keeps its original context and settings:
 `--config.rope_scaling=llama3` or `=longrope` (YaRN would replace them and is refused). Gemma 2 and 3 import too;
 Gemma 3's scaling goes to its global layers only (the local ones never look past their window), and its 4B and
-larger models (their language model saved as a Gemma3ForCausalLM) already scale linearly there:
+larger models (image+text checkpoints, of which ctxjax reads the language model) already scale linearly there:
 `--config.rope_scaling=linear`.
 """
 

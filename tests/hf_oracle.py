@@ -155,3 +155,18 @@ def gemma2(seed=0, **overrides):
     model = Gemma2ForCausalLM(Gemma2Config(**{**GEMMA2, **overrides})).eval()
     _randomize_norms(model)
     return model
+
+
+def gemma3_multimodal(seed=0):
+    """Gemma 3 with a (tiny) SigLIP vision tower, as the 4B and larger models are published: the language model's
+    config is `text_config` and its weights sit under `language_model.`."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    config = Gemma3Config(text_config=GEMMA3, vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                          image_token_index=96, boi_token_index=94, eoi_token_index=95)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    _randomize_norms(model)
+    return model

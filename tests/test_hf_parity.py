@@ -203,6 +203,20 @@ def test_gemma3_with_layers_of_one_kind_rotates_them_with_that_kinds_rope(kind, 
     assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
 
 
+def test_a_multimodal_gemma3s_language_model_imports_and_exports_as_a_text_model(tmp_path):
+    """Gemma 3's 128k models ship with a vision tower: ctxjax reads the language model and writes it back as a
+    text-only Gemma3ForCausalLM that computes what the original does on text."""
+    src = oracle.save(oracle.gemma3_multimodal())
+    cfg, params = load_pretrained(src)
+    assert cfg.family == "gemma" and cfg.hf_architecture == "Gemma3ForCausalLM" and cfg.full_attention_layers == (1,)
+    toks = oracle.tokens(2, 40, vocab=90)  # below the image tokens
+    reference = oracle.logits(oracle.gemma3_multimodal(), toks)
+    assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
+    reloaded = AutoModelForCausalLM.from_pretrained(save_pretrained(cfg, params, str(tmp_path / "text")))
+    assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+    assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
+
+
 def test_gemma_only_features_keep_a_model_from_exporting_as_llama():
     """A Llama-family class scales scores by 1/sqrt(head_dim) and caps nothing: such a model is refused, not
     exported with silently other logits."""

@@ -1,8 +1,8 @@
 """Hugging Face checkpoints <-> ctxjax: `load_pretrained(hf_dir) -> (ModelConfig, params)` and
 `save_pretrained(config, params, out_dir)`, numpy and safetensors only (no torch needed).
 
-Supported: LlamaForCausalLM-style models (llama, mistral, qwen2, qwen3, phi3), Gemma2ForCausalLM, Gemma3ForCausalLM and
-GPT2LMHeadModel.
+Supported: LlamaForCausalLM-style models (llama, mistral, qwen2, qwen3, phi3), Gemma2ForCausalLM, Gemma3ForCausalLM (also
+the language model of a Gemma3ForConditionalGeneration) and GPT2LMHeadModel.
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ LLAMA_ARCHITECTURES = {
     "Phi3ForCausalLM": "phi3",
 }
 GEMMA_ARCHITECTURES = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text"}
+# Gemma 3 4B and larger (the 128k models) ship as image+text checkpoints: ctxjax reads their language model, whose
+# config is `text_config`, and exports it as a text-only Gemma3ForCausalLM.
+MULTIMODAL_ARCHITECTURES = {"Gemma3ForConditionalGeneration": "gemma3"}
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
-SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
+SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **MULTIMODAL_ARCHITECTURES, **GPT2_ARCHITECTURES}
 # Gemma 3's rope_parameters (transformers 5) hold one dict per kind of layer.
 FULL, SLIDING = "full_attention", "sliding_attention"
 
@@ -33,10 +36,8 @@ def architecture(hf: dict[str, Any]) -> str:
         by_type = {v: k for k, v in SUPPORTED.items()}.get(hf.get("model_type", ""))
         if by_type and not names:
             return by_type
-        hint = ("; of Gemma 3 it reads text-only Gemma3ForCausalLM checkpoints (such as Gemma 3 1B): save a multimodal "
-                "model's language model as one first" if "Gemma3ForConditionalGeneration" in names else "")
         raise ValueError(f"unsupported architecture {names or hf.get('model_type')!r} in config.json; "
-                         f"ctxjax loads {sorted(SUPPORTED)}{hint}")
+                         f"ctxjax loads {sorted(SUPPORTED)}")
     return found[0]
 
 
@@ -52,6 +53,10 @@ def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
         fields = _gpt2_fields(hf)
     elif arch in GEMMA_ARCHITECTURES:
         fields = _gemma_fields(hf, GEMMA_ARCHITECTURES[arch])
+    elif arch in MULTIMODAL_ARCHITECTURES:  # the language model alone; the vision tower's weights are left out
+        text = {"tie_word_embeddings": hf.get("tie_word_embeddings", True), **(hf.get("text_config") or {})}
+        fields = _gemma_fields(text, "gemma3_text")
+        arch = "Gemma3ForCausalLM"
     else:
         fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
     fields.update(dtype=dtype, param_dtype=dtype, hf_architecture=arch)

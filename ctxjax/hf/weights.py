@@ -127,7 +127,7 @@ def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     layer = "model.layers.{i}."
     # Llama's post_attention_layernorm is the MLP's input norm; Gemma names its four norms by where they sit.
     norms = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"))
-    if model_type in ("gemma2", "gemma3_text"):
+    if model_type in ("gemma2", "gemma3_text", "gemma3"):
         norms = (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "attn_post_norm"),
                  ("pre_feedforward_layernorm", "mlp_norm"), ("post_feedforward_layernorm", "mlp_post_norm"))
     out = [
@@ -199,17 +199,28 @@ def tensors_for(cfg: ModelConfig, model_type: str | None = None) -> list[Tensor]
 
 # HF names that are buffers or duplicates, never weights: causal-mask buffers of GPT-2, rotary caches.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+# The image half of a multimodal Gemma 3 checkpoint: ctxjax reads its language model only.
+IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+# Where a multimodal Gemma 3 checkpoint keeps its language model (files on the hub; transformers' own layout).
+LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model.",
+                           "language_model.lm_head.": "lm_head."}
 
 
 def canonical_name(cfg: ModelConfig, name: str) -> str:
-    """GPT-2 files store the base model with or without the `transformer.` prefix; accept both."""
+    """GPT-2 files store the base model with or without the `transformer.` prefix, multimodal Gemma 3 files their
+    language model under `language_model.`; accept them as the text model's names."""
     if cfg.family == "gpt2" and name.startswith("transformer."):
         return name[len("transformer."):]
+    for prefix, plain in LANGUAGE_MODEL_PREFIXES.items():
+        if cfg.family == "gemma" and name.startswith(prefix):
+            return plain + name[len(prefix):]
     return name
 
 
 def is_ignored(cfg: ModelConfig, name: str) -> bool:
     if name.endswith(IGNORED_SUFFIXES) and not name.endswith("c_attn.bias"):
+        return True
+    if cfg.family == "gemma" and name.startswith(IGNORED_PREFIXES):
         return True
     # A tied checkpoint may still store lm_head.weight (a copy of the embeddings).
     return cfg.tied and name == "lm_head.weight"
