@@ -146,6 +146,8 @@ GEMMA_CASES = {
                                                       tie_word_embeddings=False)),
     # Gemma 3 1B's layout: no layer_types, every sixth layer global (sliding_window_pattern's default).
     "gemma3-pattern-of-six": (oracle.gemma3, dict(num_hidden_layers=7, layer_types=None)),
+    # transformers' Gemma 3 ignores an attention cap in its config (and caps the logits): ctxjax does the same.
+    "gemma3-caps": (oracle.gemma3, dict(attn_logit_softcapping=0.05, final_logit_softcapping=0.5)),
     # Gemma 2: soft caps on attention scores and logits, every other layer local by default, one RoPE.
     "gemma2-soft-caps": (oracle.gemma2, dict()),
     "gemma2-yarn-untied": (oracle.gemma2, dict(rope_parameters={**GEMMA3_YARN["full_attention"], "rope_theta": 1e4},
@@ -218,13 +220,16 @@ def test_a_multimodal_gemma3s_language_model_imports_and_exports_as_a_text_model
 
 
 def test_gemma_only_features_keep_a_model_from_exporting_as_llama():
-    """A Llama-family class scales scores by 1/sqrt(head_dim) and caps nothing: such a model is refused, not
-    exported with silently other logits."""
+    """A Llama-family class scales scores by 1/sqrt(head_dim) and caps nothing, Gemma 3 caps no attention scores:
+    such models are refused, not exported with silently other logits."""
     cfg, params = load_pretrained(oracle.save(oracle.llama()))
     for change, reason in ((dict(query_pre_attn_scalar=4.0), "scores scaled by 1/sqrt(head_dim) only"),
                            (dict(attn_logit_softcapping=5.0), "no soft caps")):
         with pytest.raises(ValueError, match=f"llama: {re.escape(reason)}"):
             hf_config_from_model(cfg.replace(**change))
+    gemma3, _ = load_pretrained(oracle.save(oracle.gemma3()))
+    with pytest.raises(ValueError, match="Gemma 3 .q/k norms. caps no attention scores"):
+        hf_config_from_model(gemma3.replace(attn_logit_softcapping=30.0))
 
 
 def test_gemma3_extends_its_global_layers_only():

@@ -138,7 +138,8 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         qk_norm=gemma3,
         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
-        attn_logit_softcapping=float(hf.get("attn_logit_softcapping", caps[0]) or 0.0),
+        # Gemma 3's attention never applies the cap its config may name (transformers 5 passes it to no kernel).
+        attn_logit_softcapping=0.0 if gemma3 else float(hf.get("attn_logit_softcapping", caps[0]) or 0.0),
         final_logit_softcapping=float(hf.get("final_logit_softcapping", caps[1]) or 0.0),
         sliding_window=window,  # kept when every layer is full: the export writes it back, and transformers needs it
         full_attention_layers=full,
@@ -264,6 +265,8 @@ def _gemma_unfit(cfg: ModelConfig) -> str:
         return "a whole-number query_pre_attn_scalar"
     if not cfg.qk_norm and cfg.local_position not in (None, cfg.position):
         return "Gemma 2 rotates every layer alike (a local_position needs Gemma 3's q/k norms)"
+    if cfg.qk_norm and cfg.attn_logit_softcapping:
+        return "Gemma 3 (q/k norms) caps no attention scores: set attn_logit_softcapping=0"
     return ("q/k/v/o biases only together, none on the MLP" if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias
             else "")
 
