@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ctxjax.commands.eval import _ints
+from ctxjax.commands.eval import int_list
 
 DEFAULT_SOURCE = "stdlib:eval"
 DEFAULT_ATOL = 1e-2
@@ -23,7 +23,7 @@ DEFAULT_MIN_TOP1 = 0.999
 
 
 def lengths_argument(text: str) -> tuple[int, ...]:
-    lengths = _ints(text)
+    lengths = int_list(text)
     if not lengths or min(lengths) < 1:
         raise argparse.ArgumentTypeError(f"expected positive comma-separated token counts, e.g. 128,4096; got {text!r}")
     return lengths

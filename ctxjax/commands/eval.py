@@ -12,7 +12,7 @@ import os
 from ctxjax.commands.rope_args import add_rope_arguments, apply_rope_arguments
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -78,7 +78,7 @@ def register(subparsers) -> None:
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
     parser.add_argument("--tasks", type=_names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
-    parser.add_argument("--lengths", type=_ints, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
+    parser.add_argument("--lengths", type=int_list, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval", help="held-out documents (a ctxjax.data source spec)")
     parser.add_argument("--max-documents", type=int, default=64, help="read at most this many documents")
     parser.add_argument("--ppl-methods", type=_names, help="subset of nonoverlapping,sliding,fixed_target")
