@@ -9,7 +9,6 @@ Needs torch and transformers."""
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 
@@ -192,7 +191,6 @@ def run(args) -> int:
         ours = f"ctxjax's import of {args.hf_dir}"
     check_lengths(cfg, args.lengths)
     reference = load_reference(args.hf_dir, expected_vocab_size=cfg.vocab_size)
-    tokenizer = None if args.random_tokens else find_tokenizer(
-        args.tokenizer, args.hf_dir, tokenizer_dir, args.workdir and os.path.join(args.workdir, "tokenizer"))
+    tokenizer = None if args.random_tokens else find_tokenizer(args.tokenizer, args.hf_dir, tokenizer_dir)
     return check(cfg, params, reference, lengths=args.lengths, tokenizer=tokenizer, source=args.source,
                  seed=args.seed, atol=args.atol, min_top1=args.min_top1, ours=ours)

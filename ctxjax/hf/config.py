@@ -121,7 +121,6 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
                     else dict(position=full_rope, local_position=local_rope))
     else:
         rotation = dict(position=positions.Rope.from_hf(hf))
-    caps = (None, None) if gemma3 else (50.0, 30.0)  # the classes' defaults
     bias = bool(hf.get("attention_bias", False))
     return dict(
         family="gemma",
@@ -138,9 +137,10 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         qk_norm=gemma3,
         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
-        # Gemma 3's attention never applies the cap its config may name (transformers 5 passes it to no kernel).
-        attn_logit_softcapping=0.0 if gemma3 else float(hf.get("attn_logit_softcapping", caps[0]) or 0.0),
-        final_logit_softcapping=float(hf.get("final_logit_softcapping", caps[1]) or 0.0),
+        # Gemma 2's caps default to 50 and 30; Gemma 3's attention never applies the cap its config may name
+        # (transformers 5 passes it to no kernel).
+        attn_logit_softcapping=0.0 if gemma3 else float(hf.get("attn_logit_softcapping", 50.0) or 0.0),
+        final_logit_softcapping=float(hf.get("final_logit_softcapping", None if gemma3 else 30.0) or 0.0),
         sliding_window=window,  # kept when every layer is full: the export writes it back, and transformers needs it
         full_attention_layers=full,
         **rotation,
@@ -305,11 +305,11 @@ def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
     window = cfg.sliding_window or None
     if model_type in ("qwen2", "qwen3"):
         # transformers 5 reads layer_types; 4.x windows the layers from max_window_layers up (the leading full ones).
-        full = cfg.layer_is_full or (False,) * cfg.n_layers
-        leading = next((i for i, f in enumerate(full) if not f), cfg.n_layers)
+        types = _layer_types(cfg)
+        leading = next((i for i, t in enumerate(types) if t == SLIDING), cfg.n_layers)
         out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=leading)
         if window is not None:
-            out.update(layer_types=[FULL if f else SLIDING for f in full])
+            out.update(layer_types=types)
         if model_type == "qwen3":
             out.update(attention_bias=cfg.use_qkv_bias)
     elif model_type in ("mistral", "phi3"):
@@ -334,11 +334,10 @@ def _gemma_config(cfg: ModelConfig) -> dict[str, Any]:
         hidden_activation="gelu_pytorch_tanh",
         max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
         attention_bias=cfg.use_qkv_bias,
-        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # the configs want int
+        query_pre_attn_scalar=int(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # whole (checked); the configs want int
         # transformers builds a sliding mask even when no layer uses it, so a window-less model gets its context.
         sliding_window=cfg.sliding_window or cfg.max_seq_len,
-        layer_types=[FULL if full else SLIDING
-                     for full in (cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers)],
+        layer_types=_layer_types(cfg),
         attn_logit_softcapping=cfg.attn_logit_softcapping or None,
         final_logit_softcapping=cfg.final_logit_softcapping or None,
         attention_dropout=0.0,
@@ -364,8 +363,10 @@ def _decoder_sizes(cfg: ModelConfig) -> dict[str, Any]:
                 head_dim=cfg.dim_per_head, rms_norm_eps=cfg.eps, tie_word_embeddings=cfg.tied)
 
 
-def _int_if_whole(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else x
+def _layer_types(cfg: ModelConfig) -> list[str]:
+    """transformers' `layer_types`: the full_attention_layers full, the rest sliding (all full without a window)."""
+    full = cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers
+    return [FULL if f else SLIDING for f in full]
 
 
 def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:
