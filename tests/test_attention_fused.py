@@ -85,8 +85,8 @@ def test_splash_tiles_divide_the_length():
 
 def test_auto_choice():
     assert choose_kernel(256, 256, "cpu") is xla_attention
-    assert choose_kernel(512, 512, "cpu") is blockwise_attention
-    assert choose_kernel(8192, 8192, "cpu") is blockwise_attention
+    assert choose_kernel(512, 512, "cpu") is KERNELS["cpu"]
+    assert choose_kernel(8192, 8192, "cpu") is KERNELS["cpu"]
     assert choose_kernel(8192, 8192, "gpu") is KERNELS["cudnn"]
     assert choose_kernel(8192, 8192, "tpu") is KERNELS["splash"]
     with jax.set_mesh(make_mesh(data=2, sequence=4)):

@@ -1,4 +1,4 @@
-"""The whole model gives the same logits and gradients with the blockwise and ring kernels as with xla."""
+"""The whole model gives the same logits and gradients with the blockwise, cpu and ring kernels as with xla."""
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def test_blockwise_model_equals_xla_model(position, window):
     params = init_params(cfg, jax.random.PRNGKey(0))
     batch = packed_batch()
     want_logits, want_grads = logits_and_grads(cfg, params, *batch)
-    for kernel, mesh in (("blockwise", None), ("ring", make_mesh(data=2, sequence=4))):
+    for kernel, mesh in (("blockwise", None), ("cpu", None), ("ring", make_mesh(data=2, sequence=4))):
         # Tiles from the config, smaller than the (per-shard) length: several unequal blocks per row.
         blocked = cfg.replace(attention=kernel, attention_block_q=16, attention_block_k=8)
         if mesh is None:

@@ -20,6 +20,7 @@ Kernels:
 - `blockwise`: online softmax over blocks with a custom VJP; linear memory; skips hidden blocks.
 - `ring`: sequence parallel over the `sequence` mesh axis (needs `jax.set_mesh`), blockwise inside.
 - `cudnn` (GPU) and `splash` (TPU): fused kernels for the layouts they support, blockwise otherwise.
+- `cpu`: a fused C++ kernel for XLA:CPU (float32, one device), built on first use; blockwise otherwise.
 - `auto`: the best of these for the platform, the mesh and the length.
 
 `shifted.shifted_sparse_attention` wraps any of them into LongLoRA's S²-Attn (`ModelConfig.shifted_sparse_group`).
@@ -31,6 +32,7 @@ from typing import Callable
 
 from ctxjax.attention.auto import auto_attention
 from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.cpu import cpu_attention
 from ctxjax.attention.fused import cudnn_attention, splash_attention
 from ctxjax.attention.ring import ring_attention
 from ctxjax.attention.xla import xla_attention
@@ -41,6 +43,7 @@ KERNELS: dict[str, Callable] = {
     "ring": ring_attention,
     "cudnn": cudnn_attention,
     "splash": splash_attention,
+    "cpu": cpu_attention,
     "auto": auto_attention,
 }
 

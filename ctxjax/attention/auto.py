@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.cpu import cpu_attention
 from ctxjax.attention.fused import cudnn_attention, splash_attention
 from ctxjax.attention.ring import SEQUENCE_AXIS, ring_attention
 from ctxjax.attention.xla import xla_attention
@@ -12,6 +13,7 @@ from ctxjax.attention.xla import xla_attention
 # Up to this many scores per head the whole matrix is small and one einsum beats the block loops. On the 2-core
 # CPU of docs/benchmarks.md the demo model's train step is faster with xla at 128 tokens and with blockwise
 # at 512 (`bench/train_step.py`); at 4k blockwise is 15x faster. Decoding (one query row) stays on xla.
+# Longer sequences on CPU go to the fused `cpu` kernel, which itself runs blockwise where it cannot.
 XLA_MAX_SCORES = 256 * 256
 
 
@@ -26,7 +28,9 @@ def choose_kernel(q_length: int, kv_length: int, backend: str | None = None):
         return cudnn_attention
     if backend == "tpu":
         return splash_attention
-    return xla_attention if q_length * kv_length <= XLA_MAX_SCORES else blockwise_attention
+    if q_length * kv_length <= XLA_MAX_SCORES:
+        return xla_attention
+    return cpu_attention if backend == "cpu" else blockwise_attention
 
 
 def auto_attention(q, k, v, **kwargs):
