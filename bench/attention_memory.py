@@ -35,6 +35,9 @@ RUNS = {
     "xla": ("jax", "xla", "none", (4096, 8192, 16384)),
     "blockwise": ("jax", "blockwise", "none", (4096, 8192, 16384, 32768)),
     "blockwise+remat": ("jax", "blockwise", "full", (4096, 8192, 16384, 32768, 65536)),
+    # The fused C++ kernel for XLA:CPU (`auto`'s choice on CPU beyond 256 tokens).
+    "cpu": ("jax", "cpu", "none", (4096, 8192, 16384, 32768)),
+    "cpu+remat": ("jax", "cpu", "full", (4096, 8192, 16384, 32768, 65536)),
     # LongLoRA's S²-Attn (training only), in groups of a quarter of the length as the paper trains.
     "blockwise+s2": ("jax", "blockwise", "none", (4096, 8192, 16384, 32768)),
     "torch-sdpa": ("torch", "sdpa", "none", (4096, 8192, 16384, 32768)),
