@@ -1,4 +1,4 @@
-"""One attention call, forward and backward, at one length: ctxjax `blockwise` (per tile size) vs PyTorch sdpa.
+"""One attention call, forward and backward, at one length: ctxjax `cpu` and `blockwise` (per tile size) vs PyTorch sdpa.
 
     .venv/bin/python bench/attention_kernel.py                       # 16k tokens, 4 heads of 64, batch 1
     .venv/bin/python bench/attention_kernel.py --length 4096 --tiles 512x512,1024x512
@@ -6,8 +6,9 @@
 
 The attention layer of bench/attention_memory.py's model on its own (causal, float32, random q, k, v), so
 tile sizes and kernel changes can be compared in seconds rather than whole train steps. Each measurement runs
-in its own process. For ctxjax it also profiles one forward+backward and sums the durations of XLA's operations
-into matrix multiplications (the `dot` fusions) and everything else (softmax, masks, slicing, loop overhead).
+in its own process. For blockwise it also profiles one forward+backward and sums the durations of XLA's operations
+into matrix multiplications (the `dot` fusions) and everything else (softmax, masks, slicing, loop overhead); the
+`cpu` kernel is one fused call, so it has no such split.
 Independent operations may run at once on different cores, so the two sums can exceed the wall time; they
 say where the time goes, e.g. whether the matmuls alone already take longer than PyTorch's whole call.
 """
@@ -85,25 +86,34 @@ def _dot_share(run):
 
 
 def measure_jax(length, tile, window):
+    """`tile` is "cpu" for the fused CPU kernel, else blockwise's QxK tile."""
+    import functools
+
     import jax
     import jax.numpy as jnp
 
     from ctxjax.attention.blockwise import blockwise_attention
+    from ctxjax.attention.cpu import cpu_attention
 
-    block_q, block_k = (int(x) for x in tile.split("x"))
+    if tile == "cpu":
+        kernel = cpu_attention
+    else:
+        block_q, block_k = (int(x) for x in tile.split("x"))
+        kernel = functools.partial(blockwise_attention, block_q=block_q, block_k=block_k)
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (1, length, HEADS, HEAD_DIM)) for i in range(3))
     positions = jnp.arange(length, dtype=jnp.int32)[None]
     segments = jnp.zeros((1, length), jnp.int32)
 
     def attention_sum(q, k, v):
-        return blockwise_attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments,
-                                   q_positions=positions, kv_positions=positions, scale=HEAD_DIM**-0.5,
-                                   sliding_window=window, block_q=block_q, block_k=block_k).sum()
+        return kernel(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, q_positions=positions,
+                      kv_positions=positions, scale=HEAD_DIM**-0.5, sliding_window=window).sum()
 
     forward = jax.jit(attention_sum)
     forward_backward = jax.jit(jax.grad(attention_sum, argnums=(0, 1, 2)))
     result = dict(forward_s=best_of(lambda: jax.block_until_ready(forward(q, k, v))),
                   forward_backward_s=best_of(lambda: jax.block_until_ready(forward_backward(q, k, v))))
+    if tile == "cpu":
+        return result
     return dict(result, **_dot_share(lambda: jax.block_until_ready(forward_backward(q, k, v))))
 
 
@@ -126,7 +136,7 @@ def main():
     print("| implementation | length | window | forward (s) | forward+backward (s) | profiled dots (s) | "
           "profiled other (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for child in ["torch"] + args.tiles.split(","):
+    for child in ["torch", "cpu"] + args.tiles.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", child, "--length", str(args.length),
                               "--window", str(args.window)],
                              capture_output=True, text=True, env=env)
@@ -136,7 +146,7 @@ def main():
                   f"{(out.stderr.strip().splitlines() or ['?'])[-1]} |")
             continue
         r = json.loads(lines[-1][len("RESULT "):])
-        name = "torch sdpa" if child == "torch" else f"blockwise {child}"
+        name = {"torch": "torch sdpa", "cpu": "ctxjax cpu"}.get(child, f"blockwise {child}")
         dots = f"{r['dots_s']:.2f}" if "dots_s" in r else "—"
         other = f"{r['other_ops_s']:.2f}" if "other_ops_s" in r else "—"
         print(f"| {name} | {args.length} | {args.window or '—'} | {r['forward_s']:.2f} | "

@@ -52,11 +52,8 @@ def test_query_rows_that_see_nothing_give_zeros():
 def test_runs_the_native_kernel_where_it_can():
     case = random_case(seed=4, batch=1, length=40)
     kernel = functools.partial(cpu.cpu_attention, **case.kwargs())
-    text = jax.jit(kernel).lower(case.q, case.k, case.v).as_text()
-    assert cpu.FORWARD in text
-    # bfloat16, a head_dim that is no multiple of 16, and a multi-device mesh take the blockwise kernel.
-    bf16 = [x.astype(jnp.bfloat16) for x in (case.q, case.k, case.v)]
-    assert cpu.FORWARD not in jax.jit(kernel).lower(*bf16).as_text()
+    assert cpu.FORWARD in jax.jit(kernel).lower(case.q, case.k, case.v).as_text()
+    # A head_dim that is no multiple of 16 and a multi-device mesh take the blockwise kernel.
     odd = random_case(seed=4, batch=1, length=40, head_dim=24)
     odd_kernel = functools.partial(cpu.cpu_attention, **odd.kwargs())
     assert cpu.FORWARD not in jax.jit(odd_kernel).lower(odd.q, odd.k, odd.v).as_text()
@@ -64,6 +61,19 @@ def test_runs_the_native_kernel_where_it_can():
                                atol=1e-5, rtol=1e-5)
     with jax.set_mesh(make_mesh(data=2)):
         assert cpu.FORWARD not in jax.jit(kernel).lower(case.q, case.k, case.v).as_text()
+
+
+def test_bfloat16_is_computed_in_float32():
+    case = random_case(seed=6, batch=1, length=50)
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in (case.q, case.k, case.v))
+    kernel = functools.partial(cpu.cpu_attention, **case.kwargs())
+    assert cpu.FORWARD in jax.jit(kernel).lower(q, k, v).as_text()
+    out = kernel(q, k, v)
+    assert out.dtype == jnp.bfloat16
+    want = xla_attention(*(x.astype(jnp.float32) for x in (q, k, v)), **case.kwargs())
+    np.testing.assert_allclose(out.astype(jnp.float32), want, atol=1e-2)  # one bfloat16 rounding of the output
+    grads = jax.grad(lambda q, k, v: kernel(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2))(q, k, v)
+    assert all(g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))) for g in grads)
 
 
 def test_a_machine_without_a_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):

@@ -3,9 +3,9 @@
 On CPU the pure-JAX `blockwise` kernel is limited by XLA running each tile's matmuls and softmax passes as
 separate operations; this kernel keeps a tile's scores in cache from one matmul through the softmax to the next
 (docs/benchmarks.md has the numbers). It takes the whole contract (segments, positions, ALiBi, GQA without copies,
-sliding windows, soft caps) in float32 with head_dim a multiple of 16, on a single device. Anything else, another
-platform, or a machine where the kernel cannot be built, runs `blockwise` instead, so a config naming `cpu`
-still runs everywhere.
+sliding windows, soft caps) with head_dim a multiple of 16, on a single device, and computes in float32 (bfloat16
+and float16 inputs are upcast, the output cast back). Anything else, another platform, or a machine where the
+kernel cannot be built, runs `blockwise` instead, so a config naming `cpu` still runs everywhere.
 
 The kernel is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`; a few seconds) for this
 machine's instruction set, and cached under `$CTXJAX_CACHE` (default `~/.cache/ctxjax`) by source, compiler
@@ -39,6 +39,7 @@ LANES = 16  # the kernel's vector width in floats: head_dim and key tiles are mu
 # and gradients (3 x 64 KiB) in a core's L2 cache; larger or smaller tiles were slower at 4k and 16k.
 TILE_ROWS = 64
 TILE_K = 256
+FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)  # computed in float32
 FORWARD, BACKWARD = "ctxjax_cpu_attention_forward", "ctxjax_cpu_attention_backward"
 
 
@@ -103,8 +104,8 @@ def _single_device() -> bool:
 
 def usable(q, k) -> bool:
     """Whether `cpu_attention` runs the fused kernel for these inputs (decided at trace time)."""
-    return (jax.default_backend() == "cpu" and q.dtype == k.dtype == jnp.float32 and q.shape[-1] % LANES == 0
-            and _single_device() and kernel_available())
+    return (jax.default_backend() == "cpu" and q.dtype in FLOATS and k.dtype in FLOATS
+            and q.shape[-1] % LANES == 0 and _single_device() and kernel_available())
 
 
 def _attributes(g, tile_q, tile_k, window, softcap):
@@ -152,7 +153,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes=None,
                   sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
-    """The fused CPU kernel (float32, head_dim a multiple of 16, one device); blockwise otherwise.
+    """The fused CPU kernel (head_dim a multiple of 16, one device; computed in float32); blockwise otherwise.
 
     It picks its own tiles (`TILE_ROWS`, `TILE_K`); `block_q`/`block_k` only reach the blockwise fallback.
     """
@@ -166,6 +167,8 @@ def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     group = q.shape[2] // k.shape[2]
     tile_q = max(1, min(TILE_ROWS // group, q.shape[1]))
     tile_k = min(TILE_K, round_up(k.shape[1], LANES))
+    dtype = q.dtype
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes, tile_q,
                    tile_k)
-    return from_grouped(_fused(g, tile_q, tile_k, sliding_window, float(logit_softcap)), q.shape[1])
+    return from_grouped(_fused(g, tile_q, tile_k, sliding_window, float(logit_softcap)), q.shape[1]).astype(dtype)

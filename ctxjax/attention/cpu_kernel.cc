@@ -57,11 +57,11 @@ inline float reduce_sum(vf x) {
   return s;
 }
 
-// exp(x) for x <= 88: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 Taylor polynomial in r (relative error about
-// 2e-7), and 2^n built in the exponent bits. Below -87 it returns about 1e-38, not 0: callers zero hidden entries.
+// exp(x) for x <= 0 (every caller exponentiates a logit minus the row's max or log-sum-exp, or -2|y|):
+// x = n ln2 + r with |r| <= ln2 / 2, a degree-6 Taylor polynomial in r (relative error about 2e-7), and 2^n built
+// in the exponent bits. Below -87 it returns about 1e-38, not 0: callers zero hidden entries.
 inline vf vexp(vf x) {
   x = select(x < -87.0f, splat(-87.0f), x);
-  x = select(x > 88.0f, splat(88.0f), x);
   const vf n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest through the float mantissa
   const vf r = (x - n * 0.693359375f) + n * 2.12194440e-4f;     // ln 2 in two parts keeps r exact
   vf p = splat(1.0f / 720);
@@ -75,6 +75,12 @@ inline vf vexp(vf x) {
   vf two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
   return p * two_n;
+}
+
+// Probabilities exp(x - shift), 0 where the logit is -inf (hidden); tiles without hidden keys skip that test.
+inline vf probability(vf x, float shift, bool masked) {
+  const vf prob = vexp(x - shift);
+  return masked ? select(x == -kInf, vf{}, prob) : prob;
 }
 
 // tanh: its odd Taylor series below |y| = 0.3 (where (1 - e) / (1 + e) would lose digits), that formula above.
@@ -384,7 +390,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
         vf total = vf{};
         for (int64_t c = 0; c < tk; c += kLanes) {
           const vf x = load(sr + c);
-          const vf prob = select(x == -kInf, vf{}, vexp(x - new_max));
+          const vf prob = probability(x, new_max, mask.masked);
           store(sr + c, prob);
           total += prob;
         }
@@ -461,7 +467,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
         for (int64_t c = 0; c < tk; c += kLanes) {
           vf t;
           const vf x = p.logits(load(pr + c), c, mask, &t);
-          const vf prob = select(x == -kInf, vf{}, vexp(x - row_lse));
+          const vf prob = probability(x, row_lse, mask.masked);
           vf grad = prob * (load(dsr + c) - row_delta);  // w.r.t. the logits after cap and bias
           if (p.alibi) slope_grad -= grad * __builtin_convertvector(mask.pos - load(mask.kv_pos + c), vf);
           if (p.softcap) grad *= 1.0f - t * t;  // through C tanh(s / C): w.r.t. the raw scores

@@ -33,7 +33,7 @@ class EvalConfig:
     max_windows: int = 256  # per length and method: cap on windows scored (keeps CPU runs short)
     batch_size: int = 4  # windows or prompts per forward pass
     # Attention kernel for evaluation; None: the model's own unless that is "xla", then "auto" (xla for
-    # short lengths, the linear-memory blockwise kernel for long ones) when registered.
+    # short lengths, a linear-memory kernel for long ones) when registered.
     attention: str | None = None
     # Passkey retrieval (Landmark / PI format).
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # where the key sits in the filler (0 = start)

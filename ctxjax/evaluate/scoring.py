@@ -26,8 +26,8 @@ LOGIT_CHUNK = 1024
 
 def evaluation_config(cfg: ModelConfig, attention: str | None = None) -> ModelConfig:
     """The model config evaluation runs with: `attention` if given; else the model's own kernel unless that
-    is the quadratic-memory reference "xla", which gives way to "auto" (xla while short, blockwise when
-    long), so that a length that trains with a linear-memory kernel also evaluates."""
+    is the quadratic-memory reference "xla", which gives way to "auto" (xla while short, a linear-memory
+    kernel when long), so that a length that trains with a linear-memory kernel also evaluates."""
     if attention is None:
         attention = cfg.attention
         if attention == "xla":
