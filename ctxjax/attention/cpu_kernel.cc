@@ -24,6 +24,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -428,23 +429,31 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const int64_t rows = p.tile_rows(), dim = p.dim, tk = p.tile_k, workers = worker_count(pool);
   const int64_t packed = packed_tile_size(p), ld = score_stride(p);
   const int64_t q_size = p.batch * p.groups * p.q_len * p.reps * dim, n_slopes = p.groups * p.reps;
-  // Each worker adds into its own dQ (tiles of different key blocks touch the same query rows) and slope gradient.
+  const int64_t q_tiles = p.q_tiles(), kv_tiles = p.kv_tiles(), pairs = p.batch * p.groups;
+  // Work items: the key tiles of one (batch row, group) in `shares` interleaved sets (j = share, share + shares,
+  // ...), so that each share of a causal row does about the same work. Key tiles of one pair touch the same dQ
+  // rows, so each share adds into its own copy of dQ, summed at the end; with twice as many pairs as workers one
+  // share per pair balances the load and dQ is written in place. (A copy per worker instead would need
+  // workers x |q| floats, gigabytes on a many-core host at long lengths.)
+  const int64_t shares = std::min(kv_tiles, std::max<int64_t>(1, (2 * workers + pairs - 1) / pairs));
+  Floats dq_shares(shares > 1 ? shares * q_size : 0);
+  float* dq_data = dq->typed_data();
+  parallel_for(pool, shares, workers, [&](int64_t share, int64_t) {
+    std::fill_n(shares > 1 ? dq_shares.data() + share * q_size : dq_data, q_size, 0.0f);
+  });
   const int64_t slopes_size = whole_lines(n_slopes);
-  Floats dq_parts(workers * q_size, true), slope_parts(workers * slopes_size, true);
+  Floats slope_parts(workers * slopes_size, true);
   const int64_t scratch_size = 2 * tk * dim + 2 * rows * ld;
   Floats scratch(workers * scratch_size);
 
-  // One item per (batch row, group, key tile); the first key tiles are seen by the most queries, so go first.
-  const int64_t q_tiles = p.q_tiles(), kv_tiles = p.kv_tiles();
-  parallel_for(pool, p.batch * p.groups * kv_tiles, workers, [&](int64_t item, int64_t worker) {
-    const int64_t j = item % kv_tiles, bg = item / kv_tiles, b = bg / p.groups, g = bg % p.groups;
-    float* dk_tile = scratch.data() + worker * scratch_size;
+  // dK and dV of key tile j of pair bg, and its part of dQ (added into dq_share) and of the slope gradient.
+  auto key_tile = [&](int64_t bg, int64_t j, float* dq_share, float* scratch_part, float* slope_part) {
+    const int64_t b = bg / p.groups, g = bg % p.groups;
+    float* dk_tile = scratch_part;
     float* dv_tile = dk_tile + tk * dim;
     float* probs = dv_tile + tk * dim;
     float* ds = probs + rows * ld;
     std::fill(dk_tile, dk_tile + 2 * tk * dim, 0.0f);
-    float* dq_part = dq_parts.data() + worker * q_size;
-    float* slope_part = slope_parts.data() + worker * slopes_size;
     const float* k_tile = k.typed_data() + (bg * p.kv_len + j * tk) * dim;
     const float* kt_tile = k_t.data() + (bg * kv_tiles + j) * packed;
     const float* vt_tile = v_t.data() + (bg * kv_tiles + j) * packed;
@@ -478,21 +487,27 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
       }
       matmul(tk, dim, rows, probs, 1, ld, do_tile, dim, kPanel, dv_tile, dim, true);          // dV += P^T dO
       matmul(tk, dim, rows, ds, 1, ld, q_tile, dim, kPanel, dk_tile, dim, true);              // dK += dS^T Q
-      matmul(rows, dim, tk, ds, ld, 1, k_tile, dim, kPanel, dq_part + row0 * dim, dim, true);  // dQ += dS K
+      matmul(rows, dim, tk, ds, ld, 1, k_tile, dim, kPanel, dq_share + row0 * dim, dim, true);  // dQ += dS K
     }
     std::copy(dk_tile, dk_tile + tk * dim, dk->typed_data() + (bg * p.kv_len + j * tk) * dim);
     std::copy(dv_tile, dv_tile + tk * dim, dv->typed_data() + (bg * p.kv_len + j * tk) * dim);
+  };
+  parallel_for(pool, pairs * shares, workers, [&](int64_t item, int64_t worker) {
+    const int64_t share = item % shares, bg = item / shares;
+    float* dq_share = shares > 1 ? dq_shares.data() + share * q_size : dq_data;
+    for (int64_t j = share; j < kv_tiles; j += shares)
+      key_tile(bg, j, dq_share, scratch.data() + worker * scratch_size, slope_parts.data() + worker * slopes_size);
   });
 
-  // Sum the workers' parts, split across the workers by ranges of rows.
-  const int64_t chunk = 1 << 16, chunks = (q_size + chunk - 1) / chunk;
-  parallel_for(pool, chunks, workers, [&](int64_t item, int64_t) {
-    const int64_t begin = item * chunk, end = std::min(q_size, begin + chunk);
-    float* target = dq->typed_data();
-    std::copy(dq_parts.data() + begin, dq_parts.data() + end, target + begin);
-    for (int64_t w = 1; w < workers; ++w)
-      for (int64_t x = begin; x < end; ++x) target[x] += dq_parts[w * q_size + x];
-  });
+  if (shares > 1) {  // sum the shares' dQ, in ranges split across the workers
+    const int64_t chunk = 1 << 16, chunks = (q_size + chunk - 1) / chunk;
+    parallel_for(pool, chunks, workers, [&](int64_t item, int64_t) {
+      const int64_t begin = item * chunk, end = std::min(q_size, begin + chunk);
+      std::copy(dq_shares.data() + begin, dq_shares.data() + end, dq_data + begin);
+      for (int64_t share = 1; share < shares; ++share)
+        for (int64_t x = begin; x < end; ++x) dq_data[x] += dq_shares[share * q_size + x];
+    });
+  }
   for (int64_t s = 0; s < n_slopes; ++s) {
     float total = 0.0f;
     for (int64_t w = 0; w < workers; ++w) total += slope_parts[w * slopes_size + s];
@@ -503,45 +518,45 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
 
 }  // namespace
 
+namespace {
+
+// What both calls take first: q, k, v, their segment ids and positions, and the ALiBi slopes.
+auto bind_inputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // q
+      .Arg<ffi::Buffer<ffi::F32>>()   // k
+      .Arg<ffi::Buffer<ffi::F32>>()   // v
+      .Arg<ffi::Buffer<ffi::S32>>()   // q segment ids
+      .Arg<ffi::Buffer<ffi::S32>>()   // kv segment ids
+      .Arg<ffi::Buffer<ffi::S32>>()   // q positions
+      .Arg<ffi::Buffer<ffi::S32>>()   // kv positions
+      .Arg<ffi::Buffer<ffi::F32>>();  // ALiBi slopes
+}
+
+template <typename Binding>
+auto bind_attributes(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("tile_q")
+      .template Attr<int64_t>("tile_k")
+      .template Attr<int64_t>("window")
+      .template Attr<float>("softcap")
+      .template Attr<int64_t>("alibi");
+}
+
+}  // namespace
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CtxjaxAttentionForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // k
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // q segment ids
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // kv segment ids
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // q positions
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // kv positions
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // ALiBi slopes
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // out
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // log-sum-exp
-                                  .Attr<int64_t>("tile_q")
-                                  .Attr<int64_t>("tile_k")
-                                  .Attr<int64_t>("window")
-                                  .Attr<float>("softcap")
-                                  .Attr<int64_t>("alibi"));
+                              bind_attributes(bind_inputs()
+                                                  .Ret<ffi::Buffer<ffi::F32>>()     // out
+                                                  .Ret<ffi::Buffer<ffi::F32>>()));  // log-sum-exp
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CtxjaxAttentionBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // k
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // q segment ids
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // kv segment ids
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // q positions
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // kv positions
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // ALiBi slopes
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // log-sum-exp
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // delta = rowsum(dO * out)
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // dO
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // dq
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // dk
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // dv
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // d slopes
-                                  .Attr<int64_t>("tile_q")
-                                  .Attr<int64_t>("tile_k")
-                                  .Attr<int64_t>("window")
-                                  .Attr<float>("softcap")
-                                  .Attr<int64_t>("alibi"));
+                              bind_attributes(bind_inputs()
+                                                  .Arg<ffi::Buffer<ffi::F32>>()     // log-sum-exp
+                                                  .Arg<ffi::Buffer<ffi::F32>>()     // delta = rowsum(dO * out)
+                                                  .Arg<ffi::Buffer<ffi::F32>>()     // dO
+                                                  .Ret<ffi::Buffer<ffi::F32>>()     // dq
+                                                  .Ret<ffi::Buffer<ffi::F32>>()     // dk
+                                                  .Ret<ffi::Buffer<ffi::F32>>()     // dv
+                                                  .Ret<ffi::Buffer<ffi::F32>>()));  // d slopes
