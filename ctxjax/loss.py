@@ -43,6 +43,19 @@ def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT
     bias [V] or None, `logit_softcap` C > 0 caps the logits at C tanh(logits / C) (Gemma 2). L need not be a
     multiple of `chunk`: the tail is padded with weight 0.
     """
+    weights = _checked_weights(hidden, kernel, targets, weights, chunk)
+    xs, _, _ = _chunked((hidden, targets.astype(jnp.int32), weights), hidden.shape[1], chunk)
+    chunk_sums = jax.checkpoint(functools.partial(_chunk_sums, softcap=logit_softcap))  # the cap stays static
+
+    def step(total, x):
+        return total + chunk_sums(kernel, bias, *x), None
+
+    (total, z_total), _ = lax.scan(step, jnp.zeros((2,), jnp.float32), xs)
+    return total, z_total, jnp.sum(weights)
+
+
+def _checked_weights(hidden, kernel, targets, weights, chunk):
+    """Float32 weights (all ones when None), after one-line errors for inputs that do not fit together."""
     batch, length, dim = hidden.shape
     if kernel.ndim != 2 or kernel.shape[0] != dim:
         raise ValueError(f"kernel must be [d_model={dim}, vocab]; got {kernel.shape} (for tied embeddings pass "
@@ -51,23 +64,106 @@ def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT
         raise ValueError(f"targets must be [{batch}, {length}] like hidden's first two axes; got {targets.shape}")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int; got {chunk!r}")
-    weights = jnp.ones((batch, length), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    return jnp.ones((batch, length), jnp.float32) if weights is None else weights.astype(jnp.float32)
+
+
+def _chunked(arrays, length, chunk):
+    """[B, L, ...] arrays -> [n_chunks, B, chunk, ...], the last chunk padded (weights pad with 0), with n_chunks
+    and the chunk actually used."""
     chunk = min(chunk, length)
     n_chunks = -(-length // chunk)
     extra = n_chunks * chunk - length
 
-    def chunked(x):  # [B, L, ...] -> [n_chunks, B, chunk, ...], padded at the end
+    def split(x):
         x = jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(batch, n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
+        return x.reshape(x.shape[0], n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
 
-    chunk_sums = jax.checkpoint(functools.partial(_chunk_sums, softcap=logit_softcap))  # the cap stays static
+    return tuple(split(x) for x in arrays), n_chunks, chunk
 
-    def step(total, xs):
-        return total + chunk_sums(kernel, bias, *xs), None
 
-    (total, z_total), _ = lax.scan(step, jnp.zeros((2,), jnp.float32),
-                                   (chunked(hidden), chunked(targets.astype(jnp.int32)), chunked(weights)))
-    return total, z_total, jnp.sum(weights)
+def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_loss, need):
+    """`_chunk_sums` of one chunk and the gradient of its total + z_loss * z_total with respect to hidden, kernel
+    and bias (None where `need` says no one asks): d/dlogits = w (softmax (1 + 2 z_loss log Z) - onehot(target))."""
+    batch, chunk, dim = hidden.shape
+    flat = hidden.reshape(batch * chunk, dim)
+    raw = jnp.dot(flat, kernel, preferred_element_type=jnp.float32)
+    if bias is not None:
+        raw = raw + bias.astype(jnp.float32)
+    capped = jnp.tanh(raw / softcap) if softcap else None
+    logits = softcap * capped if softcap else raw
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    targets, weights = targets.reshape(-1), weights.reshape(-1)
+    target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    sums = jnp.stack([jnp.sum((log_z - target_logit) * weights), jnp.sum(log_z * log_z * weights)])
+    d_logits = jnp.exp(logits - log_z[:, None]) * (weights * (1.0 + 2.0 * z_loss * log_z))[:, None]
+    d_logits = d_logits.at[jnp.arange(targets.shape[0]), targets].add(-weights)
+    if softcap:  # through C tanh(raw / C)
+        d_logits = d_logits * (1.0 - capped * capped)
+    d_hidden = None
+    if need["hidden"]:
+        d_hidden = jnp.dot(d_logits.astype(kernel.dtype), kernel.T, preferred_element_type=jnp.float32)
+        d_hidden = d_hidden.reshape(batch, chunk, dim).astype(hidden.dtype)
+    d_kernel = jnp.dot(flat.T, d_logits.astype(flat.dtype), preferred_element_type=jnp.float32) \
+        if need["kernel"] else None
+    d_bias = d_logits.sum(0) if need["bias"] else None
+    return sums, d_hidden, d_kernel, d_bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _objective(hidden, kernel, bias, targets, weights, chunk, softcap, z_loss):
+    total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk, logit_softcap=softcap)
+    return total + z_loss * z_total, total, z_total
+
+
+def _objective_fwd(hidden, kernel, bias, targets, weights, chunk, softcap, z_loss):
+    # With symbolic zeros each input comes as (value, perturbed); an absent bias stays None.
+    need = dict(hidden=hidden.perturbed, kernel=kernel.perturbed, bias=bias is not None and bias.perturbed)
+    hidden, kernel, bias, targets, weights = (None if x is None else x.value
+                                              for x in (hidden, kernel, bias, targets, weights))
+    batch, length, dim = hidden.shape
+    xs, n_chunks, chunk = _chunked((hidden, targets.astype(jnp.int32), weights), length, chunk)
+
+    def step(carry, x):
+        sums, d_kernel, d_bias = carry
+        chunk_sums, d_hidden, dk, db = _chunk_sums_and_grads(kernel, bias, *x, softcap, z_loss, need)
+        d_kernel = d_kernel if dk is None else d_kernel + dk
+        d_bias = d_bias if db is None else d_bias + db
+        return (sums + chunk_sums, d_kernel, d_bias), d_hidden
+
+    init = (jnp.zeros((2,), jnp.float32), jnp.zeros(kernel.shape, jnp.float32) if need["kernel"] else None,
+            jnp.zeros(bias.shape, jnp.float32) if need["bias"] else None)
+    (sums, d_kernel, d_bias), d_hidden = lax.scan(step, init, xs)
+    if d_hidden is not None:  # [n_chunks, B, chunk, D] -> [B, L, D]
+        d_hidden = d_hidden.swapaxes(0, 1).reshape(batch, n_chunks * chunk, dim)[:, :length]
+    grads = (d_hidden, None if d_kernel is None else d_kernel.astype(kernel.dtype),
+             None if d_bias is None else d_bias.astype(bias.dtype))
+    return (sums[0] + z_loss * sums[1], sums[0], sums[1]), grads
+
+
+def _objective_bwd(chunk, softcap, z_loss, grads, cotangents):
+    d_objective, d_total, d_z_total = cotangents
+    if not all(isinstance(c, jax.custom_derivatives.SymbolicZero) for c in (d_total, d_z_total)):
+        raise ValueError("objective_sums differentiates its objective only; differentiate loss_sums for the parts")
+    return tuple(None if g is None else g * d_objective.astype(g.dtype) for g in grads) + (None, None)
+
+
+_objective.defvjp(_objective_fwd, _objective_bwd, symbolic_zeros=True)
+
+
+def objective_sums(hidden, kernel, targets, weights=None, *, z_loss=0.0, bias=None, chunk=DEFAULT_CHUNK,
+                   logit_softcap=0.0):
+    """(objective, sum of weighted token losses, sum of weighted log(Z)^2, sum of weights) with objective =
+    losses + z_loss * log(Z)^2: the training objective of `loss_sums`, for gradient descent.
+
+    Its gradient is computed chunk by chunk in the forward pass, while each chunk's logits are at hand: one
+    [chunk, V] product per chunk fewer than autodiff of `loss_sums`, which computes the logits again in the
+    backward pass (about 8% of a train step's FLOPs for a small model with a 32k vocabulary). Gradients of
+    frozen inputs (LoRA's frozen output layer) are not computed. Only the objective may be differentiated.
+    """
+    weights = _checked_weights(hidden, kernel, targets, weights, chunk)
+    objective, total, z_total = _objective(hidden, kernel, bias, targets, weights, min(chunk, hidden.shape[1]),
+                                           float(logit_softcap), float(z_loss))
+    return objective, total, z_total, jnp.sum(weights)
 
 
 def cross_entropy_sum(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctxjax.loss import chunked_cross_entropy, cross_entropy_from_logits, cross_entropy_sum, loss_sums
+from ctxjax.loss import (chunked_cross_entropy, cross_entropy_from_logits, cross_entropy_sum, loss_sums,
+                         objective_sums)
 
 
 def problem(seed=0, batch=2, length=50, dim=16, vocab=37):
@@ -95,3 +96,47 @@ def test_soft_capped_logits_as_gemma2_caps_them():
     assert abs(float(want) - float(dense_loss(hidden, kernel, bias, targets, weights))) > 0.1  # the cap matters
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk, softcap, z_loss", [(16, 0.0, 0.0), (50, 2.0, 1e-2), (7, 0.0, 0.5)],
+                         ids=["plain", "softcap-z-loss", "small-chunks"])
+def test_objective_gradient_from_the_forward_pass_equals_autodiff(chunk, softcap, z_loss):
+    hidden, kernel, bias, targets, weights = problem(seed=3)
+
+    def reference(hidden, kernel, bias):
+        total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk, logit_softcap=softcap)
+        return total + z_loss * z_total
+
+    def fused(hidden, kernel, bias):
+        objective, total, z_total, count = objective_sums(hidden, kernel, targets, weights, z_loss=z_loss, bias=bias,
+                                                          chunk=chunk, logit_softcap=softcap)
+        return objective, (total, z_total, count)
+
+    want, want_grads = jax.value_and_grad(reference, argnums=(0, 1, 2))(hidden, kernel, bias)
+    (got, (total, z_total, count)), got_grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2),
+                                                                           has_aux=True))(hidden, kernel, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(total + z_loss * z_total, want, rtol=1e-5)
+    assert float(count) == weights.sum()
+    for name, g, w in zip(("d_hidden", "d_kernel", "d_bias"), got_grads, want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=name)
+    # Scaled like any gradient by the objective's cotangent (the train step divides by the token count).
+    scaled = jax.grad(lambda h: 3.0 * fused(h, kernel, bias)[0])(hidden)
+    np.testing.assert_allclose(scaled, 3.0 * np.asarray(want_grads[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_objective_skips_gradients_nobody_asks_for():
+    """A frozen output layer (LoRA) gets no [D, V] weight-gradient matmul: only hidden's is in the program."""
+    hidden, kernel, _, targets, weights = problem(seed=4, batch=1, length=64, dim=16, vocab=1000)
+    objective = lambda h, k: objective_sums(h, k, targets, weights, chunk=32)[0]  # noqa: E731
+    both = jax.jit(jax.grad(objective, argnums=(0, 1))).lower(hidden, kernel).as_text()
+    hidden_only = jax.jit(jax.grad(objective, argnums=0)).lower(hidden, kernel).as_text()
+    assert both.count("dot_general") == 3 and hidden_only.count("dot_general") == 2
+    np.testing.assert_allclose(jax.grad(objective)(hidden, kernel), jax.grad(objective, argnums=(0, 1))(hidden, kernel)[0],
+                               rtol=1e-6)
+
+
+def test_objective_refuses_gradients_of_its_parts():
+    hidden, kernel, _, targets, weights = problem(seed=5)
+    with pytest.raises(ValueError, match="differentiates its objective only"):
+        jax.grad(lambda h: objective_sums(h, kernel, targets, weights)[1])(hidden)

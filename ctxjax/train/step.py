@@ -9,6 +9,7 @@ import optax
 
 from ctxjax.config import ModelConfig
 from ctxjax.loss import loss_sums as chunked_loss_sums
+from ctxjax.loss import objective_sums as chunked_objective_sums
 from ctxjax.model import Transformer
 
 
@@ -19,12 +20,24 @@ def output_kernel(cfg: ModelConfig, params):
     return params["lm_head"]["kernel"]
 
 
-def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
-    """(sum of token losses, sum of log(Z)^2, number of target tokens) of one batch."""
+def _loss_inputs(cfg: ModelConfig, params, batch):
+    """Final hidden states, output kernel and targets of one batch: the arguments of the chunked loss."""
     hidden = Transformer(cfg).apply({"params": params}, batch["tokens"], positions=batch["positions"],
                                     segment_ids=batch["segment_ids"], return_hidden=True)
-    return chunked_loss_sums(hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"],
-                             batch["weights"], chunk=loss_chunk, logit_softcap=cfg.final_logit_softcapping)
+    return hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"], batch["weights"]
+
+
+def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
+    """(sum of token losses, sum of log(Z)^2, number of target tokens) of one batch."""
+    return chunked_loss_sums(*_loss_inputs(cfg, params, batch), chunk=loss_chunk,
+                             logit_softcap=cfg.final_logit_softcapping)
+
+
+def objective_sums(cfg: ModelConfig, params, batch, loss_chunk: int, z_loss: float):
+    """(token losses + z_loss * log(Z)^2, token losses, log(Z)^2, target tokens), summed over one batch; the
+    objective's gradient is computed inside the chunked loss (`ctxjax.loss.objective_sums`)."""
+    return chunked_objective_sums(*_loss_inputs(cfg, params, batch), z_loss=z_loss, chunk=loss_chunk,
+                                  logit_softcap=cfg.final_logit_softcapping)
 
 
 def _is_none(x) -> bool:
@@ -49,8 +62,8 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro
 
     def grads_of(params, batch):
         def objective(trainable):
-            total, z_total, count = loss_sums(cfg, with_frozen(trainable, params), batch, loss_chunk)
-            return total + z_loss * z_total, (total, count)
+            value, total, _, count = objective_sums(cfg, with_frozen(trainable, params), batch, loss_chunk, z_loss)
+            return value, (total, count)
 
         (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(trainable_part(params))
         return total, count, grads
