@@ -11,8 +11,9 @@ measurement in its own process so that peaks do not mix. Reported per process:
 - for JAX also the memory XLA planned for the step (arguments + outputs + temporaries), known before running:
   when the plan exceeds the cap the step is not run and only the plan is reported.
 A watchdog in the parent kills a child whose RSS passes the cap (default 16 GiB) and skips longer lengths.
-The JAX losses use `ctxjax.loss.chunked_cross_entropy` on the model's final hidden states; PyTorch uses
-`LlamaForCausalLM(labels=...)`, i.e. full logits, as its users do.
+The JAX loss is the trainer's (`ctxjax.loss.objective_sums`: chunked over the length, its gradient computed in
+the forward pass) on the model's final hidden states; PyTorch uses `LlamaForCausalLM(labels=...)`, i.e. full
+logits, as its users do.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def measure_jax(kernel, remat, length, cap_bytes, steps, s2_group=0):
     import optax
 
     from ctxjax import ModelConfig, Transformer, init_params
-    from ctxjax.loss import chunked_cross_entropy
+    from ctxjax.loss import objective_sums
 
     cfg = ModelConfig(vocab_size=MODEL["vocab"], d_model=MODEL["d_model"], n_layers=MODEL["n_layers"],
                       n_heads=MODEL["n_heads"], d_ff=MODEL["d_ff"], family="llama", max_seq_len=length,
@@ -79,7 +80,7 @@ def measure_jax(kernel, remat, length, cap_bytes, steps, s2_group=0):
 
     def loss_fn(params):
         hidden = model.apply({"params": params}, tokens, return_hidden=True)
-        return chunked_cross_entropy(hidden, params["lm_head"]["kernel"], targets, chunk=1024)
+        return objective_sums(hidden, params["lm_head"]["kernel"], targets, chunk=1024)[0] / length
 
     def step(params, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -129,6 +130,9 @@ def measure_torch(length, steps):
 def child(args):
     framework, kernel, remat, _ = RUNS[args.child]
     if framework == "jax":
+        from ctxjax.xla_flags import apply_cpu_flags
+
+        apply_cpu_flags()  # as the ctxjax command line does
         s2_group = args.length // 4 if args.child.endswith("+s2") else 0
         result = measure_jax(kernel, remat, args.length, args.cap_gib * GIB, args.steps, s2_group)
     else:

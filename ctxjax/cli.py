@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ctxjax.commands import check_logits, eval as evaluate, export, extend_hf, generate, import_hf, info, train
+from ctxjax.xla_flags import apply_cpu_flags
 
 COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, generate, check_logits]
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (overrides and not getattr(args, "accepts_config_overrides", False)):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.config_overrides = overrides
+    apply_cpu_flags()
     try:
         return args.run(args) or 0
     except ValueError as error:  # bad input: one line naming the fix, no traceback
