@@ -1,6 +1,6 @@
 """Training throughput of one step, ctxjax vs the same Llama in Hugging Face transformers (PyTorch), side by side.
 
-    python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise]
+    python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise,cpu]
     python bench/train_step.py --model medium --lora 8 --lengths 1024 --tokens 2048   # LoRA vs PEFT (pip install peft)
 
 Same architecture (`--model demo`: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512, vocabulary 2048;
@@ -33,6 +33,9 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     import optax
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ctxjax.xla_flags import apply_cpu_flags
+
+    apply_cpu_flags()  # as the ctxjax command line does
     from ctxjax import ModelConfig, init_params
     from ctxjax.optimizer import trainable_labels
     from ctxjax.train.state import state_from_params
@@ -96,7 +99,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="128,512")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch = tokens / length)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--kernels", default="xla,blockwise", help="ctxjax attention kernels to measure")
+    parser.add_argument("--kernels", default="xla,blockwise,cpu", help="ctxjax attention kernels to measure")
     parser.add_argument("--model", default="demo", choices=sorted(MODELS))
     parser.add_argument("--lora", type=int, default=0, help="train rank-R adapters only, beside full training")
     parser.add_argument("--child", help=argparse.SUPPRESS)
