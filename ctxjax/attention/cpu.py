@@ -88,8 +88,9 @@ def kernel_available() -> bool:
         except (OSError, subprocess.CalledProcessError) as e:
             error = getattr(e, "stderr", None) or str(e)
     else:
+        last_line = (error or "").strip().splitlines()[-1:] or ["no message"]
         logger.warning("attention 'cpu' runs as 'blockwise': building %s with %r failed (%s); install a C++ "
-                       "compiler or set CXX", SOURCE.name, compiler, error.strip().splitlines()[-1][:200])
+                       "compiler or set CXX", SOURCE.name, compiler, last_line[0][:200])
         return False
     jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.CtxjaxAttentionForward), platform="cpu")
     jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.CtxjaxAttentionBackward), platform="cpu")
