@@ -1,4 +1,4 @@
-"""One attention call, forward and backward, at one length: ctxjax `cpu` and `blockwise` (per tile size) vs PyTorch sdpa.
+"""One attention call, forward and backward, at one length: ctxjax `cpu` and `blockwise` (per tile) vs PyTorch.
 
     .venv/bin/python bench/attention_kernel.py                       # 16k tokens, 4 heads of 64, batch 1
     .venv/bin/python bench/attention_kernel.py --length 4096 --tiles 512x512,1024x512

@@ -39,6 +39,8 @@ RUNS = {
     # The fused C++ kernel for XLA:CPU (`auto`'s choice on CPU beyond 256 tokens).
     "cpu": ("jax", "cpu", "none", (4096, 8192, 16384, 32768)),
     "cpu+remat": ("jax", "cpu", "full", (4096, 8192, 16384, 32768, 65536)),
+    # Everything recomputed but the attention output and log-sum-exp: full remat's memory, attention run once.
+    "cpu+remat=attention": ("jax", "cpu", "attention", (4096, 8192, 16384, 32768, 65536)),
     # LongLoRA's S²-Attn (training only), in groups of a quarter of the length as the paper trains.
     "blockwise+s2": ("jax", "blockwise", "none", (4096, 8192, 16384, 32768)),
     "torch-sdpa": ("torch", "sdpa", "none", (4096, 8192, 16384, 32768)),
@@ -210,7 +212,8 @@ def write_report(results, out_md, out_png, command):
                f"    {command}\n\n"
                f"Model: Llama-style, d_model={MODEL['d_model']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} "
                f"heads of 64, SwiGLU {MODEL['d_ff']}, vocab {MODEL['vocab']}, float32, batch 1; AdamW. "
-               f"Each row is its own process. `+remat` = `ModelConfig(remat='full')`; `+s2` = LongLoRA's "
+               f"Each row is its own process. `+remat` = `ModelConfig(remat='full')`, `+remat=attention` = "
+               f"`remat='attention'`; `+s2` = LongLoRA's "
                f"S²-Attn in groups of L/4 (`ModelConfig(shifted_sparse_group=L // 4)`, training only).\n\n"
                + "\n".join(rows) + f"\n\n![memory and time vs length]({out_png.name})\n")
     marker = "## Attention memory: one train step vs length"

@@ -24,6 +24,7 @@ import jax
 
 from ctxjax import attention as attention_lib
 from ctxjax import positions as positions_lib
+from ctxjax.attention.common import ATTENTION_RESIDUALS
 
 FAMILIES = ("llama", "gemma", "gpt2")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -33,6 +34,9 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
     "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the cheap rest
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
+    # Recompute the block, except the attention of the block kernels (blockwise, cpu, ring): their output and
+    # log-sum-exp are kept, O(L) per layer, so the costliest part of a long-context layer runs forward once.
+    "attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_RESIDUALS),
 }
 
 

@@ -65,3 +65,30 @@ def test_chunked_loss_from_hidden_equals_loss_from_logits():
     want = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0])
     got = chunked_cross_entropy(hidden, params["lm_head"]["kernel"], targets, chunk=24)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["blockwise", "cpu"])
+def test_remat_attention_keeps_the_kernel_residuals(kernel):
+    """`remat="attention"` gives the gradients of no remat, and its backward pass runs no second attention
+    forward (the blockwise forward's while loops, the cpu kernel's forward call) where `remat="full"` does."""
+    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, attention=kernel,
+                      attention_block_q=16, attention_block_k=16)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    batch = packed_batch()
+    want_logits, want_grads = logits_and_grads(cfg, params, *batch)
+    logits, grads = logits_and_grads(cfg.replace(remat="attention"), params, *batch)
+    np.testing.assert_allclose(logits, want_logits, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+
+    def forwards(remat):
+        model = Transformer(cfg.replace(remat=remat))
+        tokens, positions, segment_ids = batch
+
+        def loss(params):
+            return jnp.sum(model.apply({"params": params}, tokens, positions=positions, segment_ids=segment_ids))
+
+        text = jax.jit(jax.grad(loss)).lower(params).as_text()
+        return text.count("ctxjax_cpu_attention_forward") if kernel == "cpu" else text.count("stablehlo.while")
+
+    assert forwards("attention") < forwards("full")

@@ -132,8 +132,8 @@ def test_objective_skips_gradients_nobody_asks_for():
     both = jax.jit(jax.grad(objective, argnums=(0, 1))).lower(hidden, kernel).as_text()
     hidden_only = jax.jit(jax.grad(objective, argnums=0)).lower(hidden, kernel).as_text()
     assert both.count("dot_general") == 3 and hidden_only.count("dot_general") == 2
-    np.testing.assert_allclose(jax.grad(objective)(hidden, kernel), jax.grad(objective, argnums=(0, 1))(hidden, kernel)[0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(objective)(hidden, kernel),
+                               jax.grad(objective, argnums=(0, 1))(hidden, kernel)[0], rtol=1e-6)
 
 
 def test_objective_refuses_gradients_of_its_parts():

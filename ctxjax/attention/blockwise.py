@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ctxjax.attention.common import block_size, check_inputs, from_grouped, repeat, to_grouped
+from ctxjax.attention.common import block_size, check_inputs, from_grouped, keep_for_backward, repeat, to_grouped
 
 DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_K = 512
@@ -208,7 +208,7 @@ def _grouped_attention(g, block_q, block_k, window, softcap):
 
 
 def _grouped_attention_fwd(g, block_q, block_k, window, softcap):
-    out, lse = finish(forward_pass(init_state(g), g, block_q, block_k, window, softcap), g.q.dtype)
+    out, lse = keep_for_backward(*finish(forward_pass(init_state(g), g, block_q, block_k, window, softcap), g.q.dtype))
     return out, (g, out, lse)
 
 

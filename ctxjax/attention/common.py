@@ -7,6 +7,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+
+# The values the block kernels' backward passes need from their forward (output and log-sum-exp) carry this
+# name, so that `ModelConfig(remat="attention")` keeps them and a rematerialised layer does not run the attention
+# forward again: O(L) floats per layer instead of a second pass over every tile.
+ATTENTION_RESIDUALS = "attention_residuals"
 
 # Padded keys get this position: no real query position (< 2**31 - 1) reaches it, so they are never visible.
 KEY_PAD_POSITION = jnp.iinfo(jnp.int32).max
@@ -90,6 +96,11 @@ def repeat(n, body, init):
         return i + 1, body(i, value)
 
     return lax.while_loop(lambda carry: carry[0] < n, step, (jnp.int32(0), init))[1]
+
+
+def keep_for_backward(out, lse):
+    """Name a block kernel's output and log-sum-exp as ATTENTION_RESIDUALS for rematerialisation policies."""
+    return checkpoint_name(out, ATTENTION_RESIDUALS), checkpoint_name(lse, ATTENTION_RESIDUALS)
 
 
 def round_up(length: int, block: int) -> int:

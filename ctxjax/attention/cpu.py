@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention, row_delta
-from ctxjax.attention.common import check_inputs, from_grouped, round_up, to_grouped
+from ctxjax.attention.common import check_inputs, from_grouped, keep_for_backward, round_up, to_grouped
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _fused(g, tile_q, tile_k, window, softcap):
 
 
 def _fused_fwd(g, tile_q, tile_k, window, softcap):
-    out, lse = _forward(g, tile_q, tile_k, window, softcap)
+    out, lse = keep_for_backward(*_forward(g, tile_q, tile_k, window, softcap))
     return out, (g, out, lse)
 
 

@@ -354,7 +354,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   if (auto error = check_shapes(p); error.failure()) return error;
   const Floats k_t = pack_transposed(k.typed_data(), p, pool);
   const int64_t rows = p.tile_rows(), dim = p.dim, tk = p.tile_k, workers = worker_count(pool);
-  const int64_t packed = packed_tile_size(p), ld = score_stride(p), scratch_size = whole_lines(rows * dim + rows * ld + 2 * rows);
+  const int64_t packed = packed_tile_size(p), ld = score_stride(p);
+  const int64_t scratch_size = whole_lines(rows * dim + rows * ld + 2 * rows);
   Floats scratch(workers * scratch_size);
 
   // One item per (batch row, group, query tile); the last query tiles see the most keys, so they go first.

@@ -29,7 +29,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ctxjax.attention import blockwise
-from ctxjax.attention.common import block_size, check_inputs, from_grouped, repeat, to_grouped
+from ctxjax.attention.common import block_size, check_inputs, from_grouped, keep_for_backward, repeat, to_grouped
 
 SEQUENCE_AXIS = "sequence"
 BATCH_AXES = ("data", "fsdp")
@@ -67,7 +67,8 @@ def _ring_grouped(g, block_q, block_k, rules, n_shards):
 
 
 def _ring_grouped_fwd(g, block_q, block_k, rules, n_shards):
-    out, lse = blockwise.finish(_ring_forward_state(g, block_q, block_k, rules, n_shards), g.q.dtype)
+    out, lse = keep_for_backward(*blockwise.finish(_ring_forward_state(g, block_q, block_k, rules, n_shards),
+                                                   g.q.dtype))
     return out, (g, out, lse)
 
 
