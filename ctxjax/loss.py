@@ -14,24 +14,36 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ctxjax.model import soft_cap
 
 DEFAULT_CHUNK = 1024
 
 
-def _chunk_sums(kernel, bias, hidden, targets, weights, softcap=0.0):
-    """[weighted sum of -log p(target), weighted sum of log(Z)^2] over one chunk: hidden [B, c, D],
-    targets and weights [B, c]. log(Z)^2 is PaLM's z-loss term, which keeps the softmax normaliser near 1."""
+def _flat_logits(kernel, bias, hidden, softcap):
+    """Float32 logits [B*c, V] of one chunk hidden [B, c, D] (bias, then Gemma 2's final cap C tanh(x / C) as the
+    model's logits_from_hidden applies it) and the cap's tanh for its derivative (None without a cap)."""
     # A 2-D [B*c, D] x [D, V] product: XLA:CPU's kernel gradient of the 3-D einsum is several times slower.
     batch, chunk, dim = hidden.shape
     logits = jnp.dot(hidden.reshape(batch * chunk, dim), kernel, preferred_element_type=jnp.float32)
-    logits = logits.reshape(batch, chunk, -1)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    logits = soft_cap(logits, softcap)  # Gemma 2's final cap, as the model's logits_from_hidden applies it
+    if not softcap:
+        return logits, None
+    capped = jnp.tanh(logits / softcap)
+    return softcap * capped, capped
+
+
+def _weighted_sums(logits, targets, weights):
+    """([weighted sum of -log p(target), weighted sum of log(Z)^2], log Z) of flat logits [N, V], targets and
+    weights [N]. log(Z)^2 is PaLM's z-loss term, which keeps the softmax normaliser near 1."""
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.stack([jnp.sum((log_z - target_logit) * weights), jnp.sum(log_z * log_z * weights)])
+    target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return jnp.stack([jnp.sum((log_z - target_logit) * weights), jnp.sum(log_z * log_z * weights)]), log_z
+
+
+def _chunk_sums(kernel, bias, hidden, targets, weights, softcap=0.0):
+    """`_weighted_sums` of one chunk: hidden [B, c, D], targets and weights [B, c]."""
+    logits, _ = _flat_logits(kernel, bias, hidden, softcap)
+    return _weighted_sums(logits, targets.reshape(-1), weights.reshape(-1))[0]
 
 
 def loss_sums(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK, logit_softcap=0.0):
@@ -85,16 +97,9 @@ def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_los
     """`_chunk_sums` of one chunk and the gradient of its total + z_loss * z_total with respect to hidden, kernel
     and bias (None where `need` says no one asks): d/dlogits = w (softmax (1 + 2 z_loss log Z) - onehot(target))."""
     batch, chunk, dim = hidden.shape
-    flat = hidden.reshape(batch * chunk, dim)
-    raw = jnp.dot(flat, kernel, preferred_element_type=jnp.float32)
-    if bias is not None:
-        raw = raw + bias.astype(jnp.float32)
-    capped = jnp.tanh(raw / softcap) if softcap else None
-    logits = softcap * capped if softcap else raw
-    log_z = jax.nn.logsumexp(logits, axis=-1)
+    logits, capped = _flat_logits(kernel, bias, hidden, softcap)
     targets, weights = targets.reshape(-1), weights.reshape(-1)
-    target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    sums = jnp.stack([jnp.sum((log_z - target_logit) * weights), jnp.sum(log_z * log_z * weights)])
+    sums, log_z = _weighted_sums(logits, targets, weights)
     d_logits = jnp.exp(logits - log_z[:, None]) * (weights * (1.0 + 2.0 * z_loss * log_z))[:, None]
     d_logits = d_logits.at[jnp.arange(targets.shape[0]), targets].add(-weights)
     if softcap:  # through C tanh(raw / C)
@@ -103,6 +108,7 @@ def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_los
     if need["hidden"]:
         d_hidden = jnp.dot(d_logits.astype(kernel.dtype), kernel.T, preferred_element_type=jnp.float32)
         d_hidden = d_hidden.reshape(batch, chunk, dim).astype(hidden.dtype)
+    flat = hidden.reshape(batch * chunk, dim)
     d_kernel = jnp.dot(flat.T, d_logits.astype(flat.dtype), preferred_element_type=jnp.float32) \
         if need["kernel"] else None
     d_bias = d_logits.sum(0) if need["bias"] else None
