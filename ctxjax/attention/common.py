@@ -47,6 +47,14 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
         raise ValueError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
 
 
+def contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+                    sliding_window, logit_softcap, block_q, block_k):
+    """A kernel's keyword arguments as one dict, for the fused kernels to pass on to their blockwise fallback."""
+    return dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+                kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
+                logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
+
+
 class Grouped(NamedTuple):
     """Inputs in the layout of the block loops, lengths padded to whole blocks.
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention, row_delta
-from ctxjax.attention.common import check_inputs, from_grouped, keep_for_backward, round_up, to_grouped
+from ctxjax.attention.common import (check_inputs, contract_kwargs, from_grouped, keep_for_backward, round_up,
+                                    to_grouped)
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,9 @@ def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
                  logit_softcap)
     if not usable(q, k):
-        return blockwise_attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                                   q_positions=q_positions, kv_positions=kv_positions, scale=scale,
-                                   alibi_slopes=alibi_slopes, sliding_window=sliding_window,
-                                   logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
+        return blockwise_attention(q, k, v, **contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                                                              scale, alibi_slopes, sliding_window, logit_softcap,
+                                                              block_q, block_k))
     group = q.shape[2] // k.shape[2]
     tile_q = max(1, min(TILE_ROWS // group, q.shape[1]))
     tile_k = min(TILE_K, round_up(k.shape[1], LANES))

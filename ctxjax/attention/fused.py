@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
-from ctxjax.attention.common import check_inputs
+from ctxjax.attention.common import check_inputs, contract_kwargs
 
 SPLASH_BLOCK = 128  # splash's default tile; lengths must be multiples of it
 
@@ -54,13 +54,6 @@ def _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, 
     return fits
 
 
-def _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                     sliding_window, logit_softcap, block_q, block_k):
-    return dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-                kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
-                logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
-
-
 def _with_fallback(fast_ok, fused, q, k, v, kwargs):
     """Run `fused(q, k, v)` when `fast_ok` holds at run time, blockwise attention otherwise."""
     return lax.cond(fast_ok, lambda q, k, v: fused(q, k, v), lambda q, k, v: blockwise_attention(q, k, v, **kwargs),
@@ -73,7 +66,7 @@ def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_p
     """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi, no soft cap); blockwise otherwise."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
                  logit_softcap)
-    kwargs = _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+    kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                               sliding_window, logit_softcap, block_q, block_k)
     usable = (jax.default_backend() == "gpu" and alibi_slopes is None and not logit_softcap and q.shape[1] == k.shape[1]
               and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
@@ -136,7 +129,7 @@ def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_
     """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
                  logit_softcap)
-    kwargs = _contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+    kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                               sliding_window, logit_softcap, block_q, block_k)
     length = q.shape[1]
     usable = (jax.default_backend() == "tpu" and alibi_slopes is None and k.shape[1] == length
