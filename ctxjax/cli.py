@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ctxjax.commands import check_logits, eval as evaluate, export, extend_hf, generate, import_hf, info, train
+from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
 from ctxjax.xla_flags import apply_cpu_flags
 
 COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, generate, check_logits]
@@ -30,11 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.config_overrides = overrides
     apply_cpu_flags()
+    # Bad input is one line naming the fix; anything else is a bug and keeps its traceback (exit 1).
     try:
         return args.run(args) or 0
-    except ValueError as error:  # bad input: one line naming the fix, no traceback
+    except InputError as error:
         print(f"ctxjax {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except TrainingDiverged as error:
+        print(f"ctxjax {args.command}: diverged: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print(f"ctxjax {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 
+from ctxjax.errors import InputError
 from ctxjax import attention as attention_lib
 from ctxjax import positions as positions_lib
 from ctxjax.attention.common import ATTENTION_RESIDUALS
@@ -169,7 +170,7 @@ class ModelConfig:
     def replace(self, **changes: Any) -> "ModelConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"ModelConfig has no field(s) {unknown}; valid fields: "
+            raise InputError(f"ModelConfig has no field(s) {unknown}; valid fields: "
                              f"{sorted(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
 
@@ -197,7 +198,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         def fail(msg: str):
-            raise ValueError(f"ModelConfig: {msg}")
+            raise InputError(f"ModelConfig: {msg}")
 
         if self.family not in FAMILIES:
             fail(f"family={self.family!r} is unknown; use one of {FAMILIES}")

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 from ctxjax.hf.config import export_model_type
 from ctxjax.model import KVCache, Transformer, init_cache
@@ -53,13 +54,13 @@ class Sampling:
         for name, kind in (("temperature", (int, float)), ("top_k", int), ("top_p", (int, float))):
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} must be a number" + (" (an int)" if kind is int else ""))
+                raise InputError(f"{name}={value!r} must be a number" + (" (an int)" if kind is int else ""))
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
+            raise InputError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
         if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 means no top-k cut)")
+            raise InputError(f"top_k={self.top_k} must be >= 0 (0 means no top-k cut)")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 means no nucleus cut)")
+            raise InputError(f"top_p={self.top_p} must be in (0, 1] (1 means no nucleus cut)")
 
 
 @dataclasses.dataclass
@@ -91,7 +92,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_to_multiple: int = 1):
     """(tokens, positions, segment_ids) [B, P] numpy int32: prompts right-aligned, padding with segment 0;
     P is the longest prompt rounded up to a multiple of `pad_to_multiple`."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (start it with the tokenizer's BOS id)")
+        raise InputError("every prompt needs at least one token (start it with the tokenizer's BOS id)")
     longest = max(len(p) for p in prompts)
     width = -(-longest // pad_to_multiple) * pad_to_multiple
     tokens = np.zeros((len(prompts), width), np.int32)
@@ -163,14 +164,14 @@ def _checked_prompts(prompts, vocab_size: int) -> list[list[int]]:
     if isinstance(prompts, np.ndarray):
         prompts = prompts.tolist()
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a non-empty list of prompts, each a list of token ids")
+        raise InputError("prompts must be a non-empty list of prompts, each a list of token ids")
     if any(not isinstance(p, (list, tuple, np.ndarray)) for p in prompts):
-        raise ValueError("prompts must be a list of prompts, each a list of token ids: wrap a single prompt as "
+        raise InputError("prompts must be a list of prompts, each a list of token ids: wrap a single prompt as "
                          "[prompt]")
     prompts = [[int(t) for t in p] for p in prompts]
     bad = [t for p in prompts for t in p if not 0 <= t < vocab_size]
     if bad:
-        raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); check "
+        raise InputError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); check "
                          "that the tokenizer belongs to this model")
     return prompts
 
@@ -196,11 +197,11 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
              pad_to_multiple: int = 64, return_logits: bool = False) -> Generation:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens; see the module doc."""
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
+        raise InputError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
     prompts = _checked_prompts(prompts, cfg.vocab_size)
     for token in stop_tokens:
         if not 0 <= int(token) < cfg.vocab_size:
-            raise ValueError(f"stop token {token} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")
+            raise InputError(f"stop token {token} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")
     rereads_at = _phi3_reread_step(cfg, max(len(p) for p in prompts), max_new_tokens)
     if rereads_at:  # decode up to the crossing, then continue from the whole sequence read again
         kwargs = dict(sampling=sampling, stop_tokens=stop_tokens, pad_to_multiple=pad_to_multiple,
@@ -217,7 +218,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     longest = int(lengths.max()) + max_new_tokens
     if cfg.position.name == "learned" and longest > cfg.max_seq_len:
-        raise ValueError(f"prompt + max_new_tokens reach position {longest - 1}, beyond the learned position "
+        raise InputError(f"prompt + max_new_tokens reach position {longest - 1}, beyond the learned position "
                          f"table ({cfg.max_seq_len} rows); shorten the prompt or grow the table "
                          "(ctxjax extend-hf --positions N)")
     cache_len = tokens.shape[1] + max_new_tokens  # the last sampled token is never fed back, one slot spare

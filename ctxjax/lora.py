@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 
 ADAPTER_NAMES = ("lora_a", "lora_b")
@@ -63,7 +64,7 @@ def merge_adapters(cfg: ModelConfig, params):
         return cfg.replace(lora_rank=0), params
     ranks = {a.shape[-1] for a, _ in adapters.values()}
     if ranks != {cfg.lora_rank}:  # the scale alpha / rank would be wrong (or a division by zero)
-        raise ValueError(f"the params hold LoRA adapters of rank {sorted(ranks)} but the config says "
+        raise InputError(f"the params hold LoRA adapters of rank {sorted(ranks)} but the config says "
                          f"lora_rank={cfg.lora_rank}; pass the ModelConfig the params were trained with")
     xp = np if all(isinstance(v, np.ndarray) for v in jax.tree.leaves(params)) else jnp
     scale = float(cfg.lora_alpha) / cfg.lora_rank

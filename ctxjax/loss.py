@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ctxjax.errors import InputError
+
 
 DEFAULT_CHUNK = 1024
 
@@ -70,12 +72,12 @@ def _checked_weights(hidden, kernel, targets, weights, chunk):
     """Float32 weights (all ones when None), after one-line errors for inputs that do not fit together."""
     batch, length, dim = hidden.shape
     if kernel.ndim != 2 or kernel.shape[0] != dim:
-        raise ValueError(f"kernel must be [d_model={dim}, vocab]; got {kernel.shape} (for tied embeddings pass "
+        raise InputError(f"kernel must be [d_model={dim}, vocab]; got {kernel.shape} (for tied embeddings pass "
                          f"embedding.T)")
     if targets.shape != (batch, length):
-        raise ValueError(f"targets must be [{batch}, {length}] like hidden's first two axes; got {targets.shape}")
+        raise InputError(f"targets must be [{batch}, {length}] like hidden's first two axes; got {targets.shape}")
     if not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int; got {chunk!r}")
+        raise InputError(f"chunk must be a positive int; got {chunk!r}")
     return jnp.ones((batch, length), jnp.float32) if weights is None else weights.astype(jnp.float32)
 
 
@@ -149,7 +151,7 @@ def _objective_fwd(hidden, kernel, bias, targets, weights, chunk, softcap, z_los
 def _objective_bwd(chunk, softcap, z_loss, grads, cotangents):
     d_objective, d_total, d_z_total = cotangents
     if not all(isinstance(c, jax.custom_derivatives.SymbolicZero) for c in (d_total, d_z_total)):
-        raise ValueError("objective_sums differentiates its objective only; differentiate loss_sums for the parts")
+        raise InputError("objective_sums differentiates its objective only; differentiate loss_sums for the parts")
     return tuple(None if g is None else g * d_objective.astype(g.dtype) for g in grads) + (None, None)
 
 

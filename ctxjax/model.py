@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ctxjax.errors import InputError
 from ctxjax import attention as attention_lib
 from ctxjax.attention.shifted import shifted_sparse_attention
 from ctxjax.config import REMAT_POLICIES, ModelConfig
@@ -285,7 +286,7 @@ class Transformer(nn.Module):
         With a `cache`, returns (output, updated cache); positions then default to the slots they fill."""
         cfg = self.config
         if tokens.ndim != 2 or not tokens.shape[1] or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"tokens must be integer ids of shape [batch, length] with length >= 1, got "
+            raise InputError(f"tokens must be integer ids of shape [batch, length] with length >= 1, got "
                              f"{tokens.dtype} {tuple(tokens.shape)}; add a batch axis with tokens[None]")
         batch, length = tokens.shape
         if positions is None and cache is not None:
@@ -293,7 +294,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
             if cfg.position.name == "learned" and length > cfg.max_seq_len:
-                raise ValueError(
+                raise InputError(
                     f"sequence of {length} tokens is longer than the learned position table ({cfg.max_seq_len}); "
                     "grow it with ctxjax.positions.extend(params, new_len) and set max_seq_len=new_len"
                 )

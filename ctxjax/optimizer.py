@@ -11,6 +11,7 @@ from typing import Callable
 import jax
 import optax
 
+from ctxjax.errors import InputError
 from ctxjax.lora import is_adapter
 
 
@@ -35,7 +36,7 @@ def trainable_labels(params, patterns: str):
     regexes = [re.compile(p.strip()) for p in patterns.split(",") if p.strip()]
     for regex in regexes:
         if not any(regex.search(p) for p in paths):
-            raise ValueError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths look like "
+            raise InputError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths look like "
                              f"{paths[:4]}")
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "train" if is_adapter(param_path(path).split("/")) or any(

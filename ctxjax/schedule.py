@@ -9,14 +9,40 @@ the sequence length per step is an `optax.piecewise_constant_schedule`.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import optax
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 
 STAGE_FIELDS = {"steps", "seq_len", "lr", "warmup_steps", "position", "batch_size", "min_lr_ratio"}
 REQUIRED = ("steps", "seq_len", "lr")
+
+
+def _is_mapping(value) -> bool:
+    return isinstance(value, Mapping) or hasattr(value, "keys")  # a dict, or an ml_collections.ConfigDict
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# A negative lr would climb the loss (gradient ascent), a min_lr_ratio above 1 sets a floor above the peak.
+_STAGE_RANGES = (
+    ("steps", _positive_int, "a positive integer"),
+    ("seq_len", _positive_int, "a positive integer"),
+    ("batch_size", _positive_int, "a positive integer"),
+    ("lr", lambda v: _number(v) and v > 0, "a number > 0 (the stage's peak learning rate)"),
+    ("warmup_steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    ("min_lr_ratio", lambda v: _number(v) and 0 <= v <= 1, "between 0 and 1 (the decay's floor, a fraction of lr)"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,28 +65,35 @@ class Stage:
 def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) -> list[Stage]:
     """Validate the config's stage list (one-line errors naming stage and field) and place it on the step axis."""
     if not raw_stages:
-        raise ValueError("config.stages is empty; give at least one stage with steps, seq_len and lr")
+        raise InputError("config.stages is empty; give at least one stage with steps, seq_len and lr")
     stages, start = [], 0
     for i, raw in enumerate(raw_stages):
+        if not _is_mapping(raw):
+            raise InputError(f"stage {i} is {raw!r}; a stage is a dict such as dict(steps=100, seq_len=512, "
+                             f"lr=1e-3) (--config.stages.{i}.FIELD=VALUE changes one field)")
         raw = dict(raw)
         unknown = sorted(set(raw) - STAGE_FIELDS)
         if unknown:
-            raise ValueError(f"stage {i}: unknown field(s) {unknown}; stage fields are {sorted(STAGE_FIELDS)}")
+            raise InputError(f"stage {i}: unknown field(s) {unknown}; stage fields are {sorted(STAGE_FIELDS)}")
         missing = [f for f in REQUIRED if f not in raw or raw[f] is None]
         if missing:
-            raise ValueError(f"stage {i}: missing field(s) {missing}; every stage needs {list(REQUIRED)}")
-        seq_len, steps = int(raw["seq_len"]), int(raw["steps"])
-        if steps < 1 or seq_len < 1:
-            raise ValueError(f"stage {i}: steps and seq_len must be positive, got {steps} and {seq_len}")
+            raise InputError(f"stage {i}: missing field(s) {missing}; every stage needs {list(REQUIRED)}")
+        for name, ok, what in _STAGE_RANGES:
+            if raw.get(name) is not None and not ok(raw[name]):
+                raise InputError(f"stage {i}: {name}={raw[name]!r} must be {what}")
+        seq_len, steps = raw["seq_len"], raw["steps"]
         batch = raw.get("batch_size")
         if batch is None:
             if tokens_per_step % seq_len:
-                raise ValueError(f"stage {i}: tokens_per_step={tokens_per_step} is not divisible by seq_len="
+                raise InputError(f"stage {i}: tokens_per_step={tokens_per_step} is not divisible by seq_len="
                                  f"{seq_len}; choose tokens_per_step as a multiple of every stage's seq_len")
             batch = tokens_per_step // seq_len
-        warmup = int(raw.get("warmup_steps", 0) or 0)
+        warmup = raw.get("warmup_steps") or 0
         if not 0 <= warmup <= steps:
-            raise ValueError(f"stage {i}: warmup_steps={warmup} must be between 0 and steps={steps}")
+            raise InputError(f"stage {i}: warmup_steps={warmup} must be between 0 and steps={steps}")
+        if raw.get("position") is not None and not _is_mapping(raw["position"]):
+            raise InputError(f"stage {i}: position={raw['position']!r} must be a dict of positional fields, e.g. "
+                             "dict(rope_type='yarn', factor=4.0, original_max_position_embeddings=128)")
         stages.append(Stage(i, start, steps, seq_len, int(batch), float(raw["lr"]), warmup,
                             float(raw.get("min_lr_ratio", min_lr_ratio)),
                             tuple(sorted(dict(raw.get("position") or {}).items()))))

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ctxjax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BATCH_AXES = ("data", "fsdp")
 
@@ -39,21 +41,21 @@ def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:
     """Resolve one -1 entry so the product equals the device count; one-line errors otherwise."""
     unknown = sorted(set(sizes) - set(MESH_AXES))
     if unknown:
-        raise ValueError(f"unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}")
+        raise InputError(f"unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}")
     shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
     fill = [i for i, s in enumerate(shape) if s == -1]
     if len(fill) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+        raise InputError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+        raise InputError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
     known = math.prod(s for s in shape if s != -1)
     if fill:
         if n_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} cannot fill {n_devices} devices: "
+            raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} cannot fill {n_devices} devices: "
                              f"{n_devices} is not divisible by {known}")
         shape[fill[0]] = n_devices // known
     if math.prod(shape) != n_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices but {n_devices} are "
+        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices but {n_devices} are "
                          "available; make the product match or set one axis to -1")
     return tuple(shape)
 

@@ -134,8 +134,9 @@ def corrupt_weights_dir(llama_dir, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (lambda d, t: ["eval", "--hf", str(t / "missing")], "is not a directory"),
-    (lambda d, t: ["eval", "--hf", bad_hf_dir(t)], "cannot load"),
-    (lambda d, t: ["eval", "--hf", corrupt_weights_dir(d, t), "--tokenizer", "bytes"], "cannot load"),
+    (lambda d, t: ["eval", "--hf", bad_hf_dir(t)], "config.json (a Hugging Face model config) is not valid JSON"),
+    (lambda d, t: ["eval", "--hf", corrupt_weights_dir(d, t), "--tokenizer", "bytes"],
+     "model.safetensors is not a readable safetensors file"),
     (lambda d, t: ["eval", "--hf", d], "no tokenizer found"),
     (lambda d, t: ["eval", "--hf", d, "--tokenizer", "bytes", "--lengths", "1"], "lengths"),
     (lambda d, t: ["eval", "--hf", d, "--tokenizer", "bytes", "--tasks", "ppl,bogus"], "tasks"),

@@ -106,7 +106,7 @@ def test_unknown_override_names_the_valid_fields(llama_dir):
     _one_line(e)
 
 
-def test_save_refuses_a_non_empty_directory_and_keeps_its_contents(llama_dir, tmp_path):
+def test_save_replaces_only_an_unchanged_ctxjax_export_and_only_when_asked(llama_dir, tmp_path):
     cfg, params = load_pretrained(llama_dir)
     out = tmp_path / "export"
     out.mkdir()
@@ -114,9 +114,17 @@ def test_save_refuses_a_non_empty_directory_and_keeps_its_contents(llama_dir, tm
     with pytest.raises(ValueError, match="overwrite=True") as e:
         save_pretrained(cfg, params, str(out))
     _one_line(e)
-    assert os.listdir(out) == ["notes.txt"]
-    save_pretrained(cfg, params, str(out), overwrite=True)
-    assert "model.safetensors" in os.listdir(out) and "notes.txt" not in os.listdir(out)
+    with pytest.raises(ValueError, match="is not an unchanged ctxjax export .no readable ctxjax_export.json") as e:
+        save_pretrained(cfg, params, str(out), overwrite=True)  # a directory ctxjax did not write: never replaced
+    _one_line(e)
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    os.remove(out / "notes.txt")
+    save_pretrained(cfg, params, str(out))  # empty: written
+    save_pretrained(cfg, params, str(out), overwrite=True)  # its own, unchanged export: replaced
+    (out / "notes.txt").write_text("mine")  # the user adds to the export...
+    with pytest.raises(ValueError, match="notes.txt added since it was written") as e:
+        save_pretrained(cfg, params, str(out), overwrite=True)  # ...and it is theirs now
+    assert (out / "notes.txt").read_text() == "mine" and "model.safetensors" in os.listdir(out)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary directories left behind
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ctxjax.errors import InputError
 from ctxjax.attention.auto import auto_attention
 from ctxjax.attention.blockwise import blockwise_attention
 from ctxjax.attention.cpu import cpu_attention
@@ -52,4 +53,4 @@ def get_kernel(name: str) -> Callable:
     try:
         return KERNELS[name]
     except KeyError:
-        raise ValueError(f"unknown attention kernel {name!r}; choose one of {sorted(KERNELS)}") from None
+        raise InputError(f"unknown attention kernel {name!r}; choose one of {sorted(KERNELS)}") from None

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
+from ctxjax.errors import InputError
+
 # The values the block kernels' backward passes need from their forward (output and log-sum-exp) carry this
 # name, so that `ModelConfig(remat="attention")` keeps them and a rematerialised layer does not run the attention
 # forward again: O(L) floats per layer instead of a second pass over every tile.
@@ -24,13 +26,13 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
                  sliding_window=0, logit_softcap=0.0):
     """Raise a one-line ValueError naming the fix when shapes break the kernel contract."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}")
+        raise InputError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}")
     batch, q_len, n_heads, head_dim = q.shape
     if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"k and v must be [{batch}, kv_length, kv_heads, {head_dim}]; got {k.shape}, {v.shape}")
+        raise InputError(f"k and v must be [{batch}, kv_length, kv_heads, {head_dim}]; got {k.shape}, {v.shape}")
     n_kv = k.shape[2]
     if n_heads % n_kv:
-        raise ValueError(f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv})")
+        raise InputError(f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv})")
     for name, x, length in (
         ("q_segment_ids", q_segment_ids, q_len),
         ("q_positions", q_positions, q_len),
@@ -38,13 +40,13 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
         ("kv_positions", kv_positions, k.shape[1]),
     ):
         if x.shape != (batch, length):
-            raise ValueError(f"{name} must be [{batch}, {length}]; got {x.shape}")
+            raise InputError(f"{name} must be [{batch}, {length}]; got {x.shape}")
     if not isinstance(sliding_window, int) or sliding_window < 0:
-        raise ValueError(f"sliding_window must be an int >= 0 (0: no window); got {sliding_window!r}")
+        raise InputError(f"sliding_window must be an int >= 0 (0: no window); got {sliding_window!r}")
     if not isinstance(logit_softcap, (int, float)) or not logit_softcap >= 0:
-        raise ValueError(f"logit_softcap must be a number >= 0 (0: none; Gemma 2 uses 50); got {logit_softcap!r}")
+        raise InputError(f"logit_softcap must be a number >= 0 (0: none; Gemma 2 uses 50); got {logit_softcap!r}")
     if alibi_slopes is not None and jnp.shape(alibi_slopes) != (n_heads,):
-        raise ValueError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
+        raise InputError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
 
 
 def contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
@@ -75,7 +77,7 @@ class Grouped(NamedTuple):
 def block_size(requested: int, length: int) -> int:
     """The block actually used: the requested size, or the whole length when that is shorter."""
     if not isinstance(requested, int) or requested < 1:
-        raise ValueError(f"block sizes must be positive ints; got {requested!r}")
+        raise InputError(f"block sizes must be positive ints; got {requested!r}")
     return min(requested, length)
 
 

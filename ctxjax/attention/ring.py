@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from ctxjax.errors import InputError
 from ctxjax.attention import blockwise
 from ctxjax.attention.common import block_size, check_inputs, from_grouped, keep_for_backward, repeat, to_grouped
 
@@ -102,7 +103,7 @@ _ring_grouped.defvjp(_ring_grouped_fwd, _ring_grouped_bwd)
 def _active_mesh():
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or SEQUENCE_AXIS not in mesh.axis_names:
-        raise ValueError(f"ring attention needs an active mesh with a {SEQUENCE_AXIS!r} axis: call it inside "
+        raise InputError(f"ring attention needs an active mesh with a {SEQUENCE_AXIS!r} axis: call it inside "
                          f"`with jax.set_mesh(mesh):`, or use attention='blockwise' on one device")
     return mesh
 
@@ -127,10 +128,10 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
     n_shards = mesh.shape[SEQUENCE_AXIS]
     batch, length, n_heads, _ = q.shape
     if k.shape[1] != length:
-        raise ValueError(f"ring attention needs queries and keys of one length (got {length} and {k.shape[1]}); "
+        raise InputError(f"ring attention needs queries and keys of one length (got {length} and {k.shape[1]}); "
                          f"use 'blockwise' or 'xla' for decoding with a cache")
     if length % n_shards:
-        raise ValueError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
+        raise InputError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
     batch_axes = _dividing_axes(mesh, BATCH_AXES, batch)
     head_axis = _dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, k.shape[2])))
     tokens, ids = P(batch_axes, SEQUENCE_AXIS, head_axis, None), P(batch_axes, SEQUENCE_AXIS)
@@ -154,7 +155,7 @@ def zigzag_order(length: int, n_shards: int) -> np.ndarray:
     `x[:, zigzag_order(L, S)]` reorders a batch; `np.argsort(order)` undoes it.
     """
     if length % (2 * n_shards):
-        raise ValueError(f"zig-zag order needs a length that is a multiple of 2 * {n_shards}; got {length}")
+        raise InputError(f"zig-zag order needs a length that is a multiple of 2 * {n_shards}; got {length}")
     chunks = np.arange(length).reshape(2 * n_shards, length // (2 * n_shards))
     return np.concatenate([np.concatenate([chunks[i], chunks[2 * n_shards - 1 - i]]) for i in range(n_shards)])
 

@@ -6,13 +6,14 @@
   of export / eval / generate.
 """
 
-from ctxjax.checkpoint.manager import Checkpointer, checkpoint_dir, is_params_only, tokenizer_dir
+from ctxjax.checkpoint.manager import (Checkpointer, checkpoint_dir, is_params_only, tokenizer_dir,
+                                      workdir_protected_paths)
 from ctxjax.checkpoint.meta import check_compatible, checkpoint_meta, model_config_of, shape_differences
 from ctxjax.checkpoint.params import (ensure_no_checkpoints, load_for_inference, replace_tokenizer,
                                       write_params_checkpoint)
 
 __all__ = [
     "Checkpointer", "check_compatible", "checkpoint_dir", "checkpoint_meta", "ensure_no_checkpoints",
-    "is_params_only", "load_for_inference", "model_config_of", "shape_differences", "tokenizer_dir",
-    "write_params_checkpoint",
+    "is_params_only", "load_for_inference", "model_config_of", "replace_tokenizer", "shape_differences",
+    "tokenizer_dir", "workdir_protected_paths", "write_params_checkpoint",
 ]

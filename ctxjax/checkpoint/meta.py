@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 
 
@@ -48,11 +49,11 @@ def check_compatible(meta: dict, model_config: ModelConfig | dict, *, workdir: s
     """Raise a one-line ValueError when the checkpoint described by `meta` (Checkpointer.restore_meta) holds a
     model whose parameters differ in shape from `model_config`: the work directory belongs to another run."""
     if "model_config" not in meta:
-        raise ValueError(f"the checkpoint in {workdir} has no model_config in its metadata (not written by "
+        raise InputError(f"the checkpoint in {workdir} has no model_config in its metadata (not written by "
                          "ctxjax); choose a new --workdir")
     diffs = shape_differences(meta["model_config"], model_config)
     if diffs:
-        raise ValueError(f"{workdir} holds another model's checkpoint (step {meta.get('step')}; checkpoint -> "
+        raise InputError(f"{workdir} holds another model's checkpoint (step {meta.get('step')}; checkpoint -> "
                          f"config: {'; '.join(diffs)}); to resume it, set the checkpoint's values, or choose a new "
                          "--workdir (checkpoints are never overwritten)")
 

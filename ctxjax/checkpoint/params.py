@@ -7,6 +7,7 @@ import os
 
 import flax.linen as nn
 
+from ctxjax.errors import InputError
 from ctxjax.checkpoint.manager import Checkpointer, checkpoint_dir, tokenizer_dir
 from ctxjax.checkpoint.meta import checkpoint_meta, model_config_of
 from ctxjax.config import ModelConfig
@@ -22,7 +23,7 @@ def ensure_no_checkpoints(workdir: str) -> None:
     if os.path.isdir(directory):
         steps = Checkpointer(workdir, read_only=True).all_steps()
         if steps:
-            raise ValueError(f"{os.path.abspath(workdir)} already holds checkpoints (steps {steps}); "
+            raise InputError(f"{os.path.abspath(workdir)} already holds checkpoints (steps {steps}); "
                              "choose a new --workdir")
 
 
@@ -52,10 +53,15 @@ def load_for_inference(workdir: str, step: int | None = None, merge_lora: bool =
     attends to the whole context (no S²-Attn) with a kernel that needs no mesh (`auto` for `ring`). Place
     params with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a tokenizer (read it with
     ctxjax.data.load_tokenizer)."""
-    with Checkpointer(workdir, read_only=True) as checkpointer:
-        step = checkpointer.resolve_step(step)
+    def read(step: int):
         abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
-        state, _, meta = checkpointer.restore(abstract, step)
+        return checkpointer.restore(abstract, step)
+
+    with Checkpointer(workdir, read_only=True) as checkpointer:
+        # The latest step, or when it is damaged the newest one that reads (with a warning); an asked-for step
+        # that is damaged is an error naming it.
+        state, _, meta = read(checkpointer.resolve_step(step)) if step is not None else \
+            checkpointer.newest_readable(read)[1]
     tokenizer = tokenizer_dir(workdir)
     cfg, params = model_config_of(meta), state["params"]
     if merge_lora:

@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 
+from ctxjax.errors import InputError
 from ctxjax.commands.eval import int_list
 
 DEFAULT_SOURCE = "stdlib:eval"
@@ -83,7 +84,7 @@ def text_rows(lengths, tokenizer, source: str) -> list[np.ndarray]:
         if total >= longest:
             break
     if not total:
-        raise ValueError(f"source {source} has no text; pass another --source or --random-tokens")
+        raise InputError(f"source {source} has no text; pass another --source or --random-tokens")
     stream = np.concatenate(pieces)
     stream = np.tile(stream, -(-longest // len(stream)))
     return [stream[:n] for n in lengths]
@@ -109,15 +110,15 @@ def find_tokenizer(explicit: str | None, *directories: str | None):
 def check_lengths(cfg, lengths, flag: str = "--lengths") -> None:
     """Refuse lengths the model cannot take, in one line naming `flag` (before anything is run or written)."""
     if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
-        raise ValueError(f"{flag} must be positive token counts, e.g. 128,4096; got {lengths}")
+        raise InputError(f"{flag} must be positive token counts, e.g. 128,4096; got {lengths}")
     if cfg.position.name == "learned" and max(lengths) > cfg.max_seq_len:
-        raise ValueError(f"{flag} {max(lengths)} is beyond the model's learned position table ({cfg.max_seq_len} "
+        raise InputError(f"{flag} {max(lengths)} is beyond the model's learned position table ({cfg.max_seq_len} "
                          f"rows); choose {flag} up to {cfg.max_seq_len}")
 
 
 def _tokens_fit(tokenizer, vocab_size: int) -> None:
     if tokenizer.vocab_size > vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids and the model {vocab_size}: pass the model's "
+        raise InputError(f"the tokenizer has {tokenizer.vocab_size} ids and the model {vocab_size}: pass the model's "
                          "own --tokenizer, or --random-tokens")
 
 
@@ -143,7 +144,7 @@ def check(cfg, params, reference, *, lengths, tokenizer=None, source: str = DEFA
     from ctxjax.hf.logit_check import compare_logits, load_reference
 
     if not atol > 0 or not 0 < min_top1 <= 1:
-        raise ValueError(f"atol must be > 0 and min_top1 in (0, 1]; got {atol}, {min_top1}")
+        raise InputError(f"atol must be > 0 and min_top1 in (0, 1]; got {atol}, {min_top1}")
     check_lengths(cfg, lengths)
     hf_dir = reference if isinstance(reference, str) else reference.name_or_path
     reference = load_reference(reference, cfg.vocab_size) if isinstance(reference, str) else reference
@@ -180,9 +181,9 @@ def run(args) -> int:
     check_hf_directory(args.hf_dir)
     require_torch()  # before loading anything
     if args.step is not None and not args.workdir:
-        raise ValueError("--step needs --workdir (the run whose checkpoint to compare)")
+        raise InputError("--step needs --workdir (the run whose checkpoint to compare)")
     if args.random_tokens and (args.tokenizer or args.source != DEFAULT_SOURCE):
-        raise ValueError("--random-tokens uses no text: drop --tokenizer / --source, or --random-tokens")
+        raise InputError("--random-tokens uses no text: drop --tokenizer / --source, or --random-tokens")
     if args.workdir:
         cfg, params, tokenizer_dir = load_workdir_model(args.workdir, args.step)
         ours = describe_checkpoint(args.workdir, args.step)

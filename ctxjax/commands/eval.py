@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ctxjax.errors import InputError
 from ctxjax.commands.rope_args import add_rope_arguments, apply_rope_arguments
 
 
@@ -121,12 +122,13 @@ def run(args) -> int:
     import jax
 
     from ctxjax.evaluate import compare_runs, run_evaluation
+    from ctxjax.evaluate.report import load_results, measured_anything, skipped_cells
     from ctxjax.sharding import LOGICAL_RULES, make_mesh
     from ctxjax.train.state import param_shardings
 
     if args.compare:
         if not args.out:
-            raise ValueError("--compare needs --out DIR for the overlaid plots")
+            raise InputError("--compare needs --out DIR for the overlaid plots")
         written = compare_runs(args.compare, args.out)
         print("wrote " + ", ".join(written))
         return 0
@@ -140,6 +142,12 @@ def run(args) -> int:
         params = jax.device_put(params, param_shardings(cfg, mesh))
         metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=_evaluated_step(args),
                                  run_name=name, log=lambda message: print(message, flush=True))
+    results = load_results(out)
+    for line in skipped_cells(results):
+        print(line, flush=True)
+    if not measured_anything(results):
+        raise InputError(f"nothing was evaluated: every length was skipped ({'; '.join(skipped_cells(results)[:2])}); "
+                         "choose other --lengths or a --source with longer documents")
     for key, value in metrics.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"results, summary and plots in {os.path.abspath(out)} (summary.md, results.json, *.png)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from ctxjax.errors import InputError
 from ctxjax.commands.eval import add_model_arguments, load_model_from_args
 
 
@@ -32,9 +33,19 @@ def _stop_tokens(tokenizer, texts) -> tuple[int, ...]:
     for text in texts:
         ids = tokenizer.encode(text)
         if len(ids) != 1:
-            raise ValueError(f"--stop {text!r} is {len(ids)} tokens; a stop must be exactly one token")
+            raise InputError(f"--stop {text!r} is {len(ids)} tokens; a stop must be exactly one token")
         stops += ids
     return tuple(stops)
+
+
+def read_prompt_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"--prompt-file {path} is not UTF-8 text (byte {e.start}); give a text file") from None
+    except OSError as e:
+        raise InputError(f"--prompt-file {path}: {e.strerror}") from None
 
 
 def run(args) -> int:
@@ -43,13 +54,18 @@ def run(args) -> int:
     sampling = Sampling(args.temperature, args.top_k, args.top_p)  # bad values fail before the model loads
     texts = list(args.prompt)
     if args.prompt_file:
-        texts.append(sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file).read())
+        texts.append(sys.stdin.read() if args.prompt_file == "-" else read_prompt_file(args.prompt_file))
     if not texts:
-        raise ValueError("give at least one --prompt TEXT or --prompt-file FILE")
+        raise InputError("give at least one --prompt TEXT or --prompt-file FILE")
     cfg, params, tokenizer = load_model_from_args(args)
     bos = [] if args.no_bos or tokenizer.bos_id is None else [tokenizer.bos_id]
     prompts = [bos + tokenizer.encode(t) for t in texts]
     stops = tuple(t for t in _stop_tokens(tokenizer, args.stop) if t < cfg.vocab_size)
+    longest = max(map(len, prompts)) + args.max_new_tokens
+    if longest > cfg.max_seq_len:
+        print(f"warning: prompt + --max-new-tokens reach {longest} tokens, past the model's context of "
+              f"{cfg.max_seq_len}: expect the text to degrade there (--rope-type yarn --factor F extends it)",
+              file=sys.stderr)
     out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops, seed=args.seed)
     for text, ids in zip(texts, out.sequences):
         if len(texts) > 1:

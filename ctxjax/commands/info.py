@@ -4,6 +4,7 @@ positional scheme, parameter count, the class an export writes), without loading
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     config = hf.read_hf_config(args.hf_dir)
-    cfg = model_config_from_hf(config)
+    cfg = model_config_from_hf(config, where=os.path.join(args.hf_dir, "config.json"))
     shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0), seq_len=1))
     n_params = sum(x.size for x in jax.tree.leaves(shapes))
     print(f"architecture: {architecture(config)}")

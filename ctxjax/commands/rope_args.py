@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ctxjax.errors import InputError
 from ctxjax import positions
 from ctxjax.config import ModelConfig
 
@@ -35,18 +36,18 @@ def apply_rope_arguments(cfg: ModelConfig, params, args: argparse.Namespace):
     """(cfg, params) with the positional changes the flags ask for; unchanged when none is given."""
     if args.sliding_window is not None:
         if args.sliding_window < 0:
-            raise ValueError(f"--sliding-window {args.sliding_window} must be >= 0 (0: attend to the whole context)")
+            raise InputError(f"--sliding-window {args.sliding_window} must be >= 0 (0: attend to the whole context)")
         cfg = cfg.replace(sliding_window=args.sliding_window)
     rope_flags = any(getattr(args, f) is not None for f in ("rope_type", "factor", "theta"))
     if args.positions is not None:
         if cfg.position.name != "learned":
-            raise ValueError("--positions grows a learned position table; for RoPE models use --rope-type/--factor")
+            raise InputError("--positions grows a learned position table; for RoPE models use --rope-type/--factor")
         params = positions.extend(params, args.positions, method=args.method)
         cfg = cfg.replace(max_seq_len=args.positions)
     if not rope_flags:
         return cfg, params
     if cfg.position.name != "rope":
-        raise ValueError(f"--rope-type/--factor/--theta apply to RoPE models, this one uses {cfg.position.name!r} "
+        raise InputError(f"--rope-type/--factor/--theta apply to RoPE models, this one uses {cfg.position.name!r} "
                          "positions (GPT-2: use --positions N)")
     current = cfg.position
     rope_type = args.rope_type or current.rope_type

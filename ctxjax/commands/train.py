@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from ctxjax.errors import InputError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -34,7 +36,7 @@ def initialize_distributed(args) -> None:
 
     if args.coordinator_address:
         if args.num_processes is None or args.process_id is None:
-            raise ValueError("--coordinator-address needs --num-processes and --process-id too")
+            raise InputError("--coordinator-address needs --num-processes and --process-id too")
         jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     elif args.distributed:
         jax.distributed.initialize()

@@ -10,12 +10,12 @@ from ctxjax.data.pipeline import Pipeline, make_eval_pipeline, make_pipeline
 from ctxjax.data.sources import DocumentSource, ListSource, eval_source_spec, open_source
 from ctxjax.data.stream import BATCH_KEYS
 from ctxjax.data.tokenizer import (ByteTokenizer, HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer,
-                                   check_vocab_fits, load_tokenizer)
+                                   check_vocab_fits, find_tokenizer_file, load_tokenizer)
 from ctxjax.data.tokenizer_training import resolve_tokenizer, train_sentencepiece
 
 __all__ = [
     "BATCH_KEYS", "ByteTokenizer", "DataConfig", "DataError", "DocumentSource", "HuggingFaceTokenizer",
     "ListSource", "Pipeline", "SentencePieceTokenizer", "Tokenizer", "as_data_config", "check_vocab_fits",
-    "eval_source_spec", "load_tokenizer", "make_eval_pipeline", "make_global_batch", "make_pipeline",
+    "eval_source_spec", "find_tokenizer_file", "load_tokenizer", "make_eval_pipeline", "make_global_batch", "make_pipeline",
     "open_source", "resolve_tokenizer", "train_sentencepiece",
 ]

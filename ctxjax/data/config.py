@@ -10,12 +10,13 @@ import dataclasses
 from typing import Any
 
 from ctxjax.dataclass_config import dataclass_from
+from ctxjax.errors import InputError
 
 MODES = ("pack", "crop")
 DECODE_ERROR_POLICIES = ("skip", "fail")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A one-line, user-facing problem with the data set-up; the message names the fix."""
 
 

@@ -14,12 +14,14 @@ import hashlib
 import io
 import logging
 import os
+import zipfile
 
 import numpy as np
 
 from ctxjax.data.config import DataError
 from ctxjax.data.sources import DocumentSource, UndecodableDocument
-from ctxjax.data.tokenizer import Tokenizer, write_atomically
+from ctxjax.data.tokenizer import Tokenizer
+from ctxjax.fs import remove_stale_temporaries, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,8 @@ class DocumentTokenizer:
             if self.on_decode_error == "fail":
                 raise DataError(f"{e}; fix or remove it, or set data.on_decode_error='skip'") from None
             if not self.skipped:
-                log.warning("skipping documents that are not UTF-8 (counted in pipeline.stats()); first: %s",
-                            e)
+                log.warning("skipping documents that cannot be read as text (not UTF-8, not JSON, no text string; "
+                            "counted in pipeline.stats()); first: %s", e)
             self.skipped.add(doc_id)
             return None
 
@@ -74,12 +76,9 @@ class PrecomputedDocuments:
 
     def __init__(self, doc_tokenizer: DocumentTokenizer, doc_ids: np.ndarray, cache_dir: str | None = None):
         path = os.path.join(cache_dir, doc_tokenizer.cache_key(doc_ids) + ".npz") if cache_dir else None
-        if path and os.path.exists(path):
-            with np.load(path) as cached:
-                self._flat, self._offsets = cached["flat"], cached["offsets"]
-                self.skipped = int(cached["skipped"])
-                # Caches written before repeats were stored once hold one piece per document, in order.
-                self._rows = cached["rows"] if "rows" in cached else np.arange(len(self._offsets) - 1)
+        if cache_dir:
+            remove_stale_temporaries(cache_dir)  # what a killed run (or a full disk) left half-written
+        if path and os.path.exists(path) and self._read_cache(path):
             return
         base_id = getattr(doc_tokenizer.source, "base_id", None)
         keys = np.asarray([base_id(int(i)) for i in doc_ids] if base_id else doc_ids, np.int64)
@@ -90,14 +89,29 @@ class PrecomputedDocuments:
             pieces.extend(doc_tokenizer.tokenize(unique_ids[start:start + _ENCODE_BATCH]))
         self.skipped = len(doc_tokenizer.skipped)
         if self.skipped:
-            log.warning("skipped %d of %d documents of %s: not UTF-8", self.skipped, len(unique_ids),
+            log.warning("skipped %d of %d documents of %s: not readable as text", self.skipped, len(unique_ids),
                         doc_tokenizer.source.spec)
         self._offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
         self._flat = np.concatenate(pieces) if pieces else _EMPTY
         if path:
             buffer = io.BytesIO()
             np.savez(buffer, flat=self._flat, offsets=self._offsets, rows=self._rows, skipped=self.skipped)
-            write_atomically(path, buffer.getvalue())
+            try:
+                write_atomically(path, buffer.getvalue())
+            except OSError as e:  # the cache only saves time: a full disk here must not stop the run
+                log.warning("cannot cache tokens in %s (%s); continuing without the cache", path, e.strerror)
+
+    def _read_cache(self, path: str) -> bool:
+        try:
+            with np.load(path) as cached:
+                self._flat, self._offsets = cached["flat"], cached["offsets"]
+                self.skipped = int(cached["skipped"])
+                # Caches written before repeats were stored once hold one piece per document, in order.
+                self._rows = cached["rows"] if "rows" in cached else np.arange(len(self._offsets) - 1)
+            return True
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged by hand or by the disk
+            log.warning("token cache %s cannot be read (%s); tokenizing again", path, e)
+            return False
 
     def __len__(self):
         return len(self._rows)

@@ -153,7 +153,10 @@ class JsonlSource(DocumentSource):
             keys = sorted(record)[:10] if isinstance(record, dict) else "none"
             raise DataError(f"{where} has no field {self.field!r}; name the text field as "
                             f"'jsonl:GLOB:FIELD' (keys here: {keys})")
-        return str(record[self.field])
+        text = record[self.field]
+        if not isinstance(text, str):  # str() would train on "None" or "5" as if they were documents
+            raise UndecodableDocument(f"{where}: {self.field!r} is {json.dumps(text)[:40]}, not a string")
+        return text
 
     def fingerprint(self):
         return _files_fingerprint(f"{self.spec}\0{self.field}", self.paths)

@@ -10,24 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Sequence
 
 
 from ctxjax.data.config import DataError
+from ctxjax.errors import read_json
+from ctxjax.fs import write_atomically
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
 BYTES_FILE = "bytes_tokenizer.json"
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Readers (other processes of a pod, a crashed run's successor) never see a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class Tokenizer:
@@ -143,13 +135,15 @@ class HuggingFaceTokenizer(Tokenizer):
 
     @classmethod
     def from_file(cls, path: str) -> "HuggingFaceTokenizer":
-        with open(path, encoding="utf-8") as f:
-            json_text = f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                json_text = f.read()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not UTF-8 text (byte {e.start}), so not a tokenizer.json") from None
         config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
         special = {}
         if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
+            config = read_json(config_path, "a tokenizer config")
             special = {k: config[k] for k in ("bos_token", "eos_token") if config.get(k)}
         # transformers' generate stops at the generation config's EOS ids (Llama-3 chat models name several).
         eos = generation_config_ids(os.path.dirname(path)).get("eos_token_id")
@@ -208,8 +202,7 @@ def generation_config_ids(directory: str) -> dict:
     path = os.path.join(directory, "generation_config.json")
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        generation = json.load(f)
+    generation = read_json(path, "a generation config")
     return {k: generation[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
             if generation.get(k) is not None}
 

@@ -17,8 +17,9 @@ from typing import Iterator
 from ctxjax.data.config import DataConfig, DataError
 from ctxjax.data.shuffle import IndexShuffle
 from ctxjax.data.sources import DocumentSource, UndecodableDocument, open_source
-from ctxjax.data.tokenizer import (SentencePieceTokenizer, Tokenizer, find_tokenizer_file, load_tokenizer,
-                                   write_atomically)
+from ctxjax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer_file, load_tokenizer
+from ctxjax.errors import read_json
+from ctxjax.fs import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def _training_settings(config: DataConfig) -> dict:
 def _read_json(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def clear_tokenizer_dir(directory: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ctxjax.errors import InputError
 from ctxjax.dataclass_config import dataclass_from
 
 TASKS = ("ppl", "passkey", "multikey", "needle")
@@ -64,7 +65,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         def fail(msg):
-            raise ValueError(f"eval config: {msg}")
+            raise InputError(f"eval config: {msg}")
 
         for name, allowed in (("tasks", TASKS), ("ppl_methods", PPL_METHODS)):
             unknown = [t for t in getattr(self, name) if t not in allowed]

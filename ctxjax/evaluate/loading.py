@@ -3,27 +3,20 @@ its tokenizer: the loading shared by `ctxjax eval` and `ctxjax generate`."""
 
 from __future__ import annotations
 
-import json
 import os
 
+from ctxjax.errors import InputError
 from ctxjax import hf
 from ctxjax.data import load_tokenizer
 from ctxjax.data.tokenizer import find_tokenizer_file
 
 
 def load_hf_model(hf_dir: str, **overrides):
-    """(ModelConfig, params) via ctxjax.hf, with any failure to read the directory as one ValueError line."""
+    """(ModelConfig, params) via ctxjax.hf (whose errors name the damaged or missing file)."""
     if not os.path.isdir(hf_dir):
-        raise ValueError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + "
+        raise InputError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + "
                          "safetensors) to --hf")
-    try:
-        return hf.load_pretrained(hf_dir, **overrides)
-    except Exception as error:  # e.g. a corrupt safetensors file (SafetensorError), truncated JSON, OSError
-        if isinstance(error, ValueError) and not isinstance(error, json.JSONDecodeError):
-            raise  # ctxjax.hf's own messages already name the fix
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"cannot load {hf_dir} as a Hugging Face model ({type(error).__name__}: {detail}); "
-                         "ctxjax reads Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3 and GPT-2 safetensors checkpoints") from None
+    return hf.load_pretrained(hf_dir, **overrides)
 
 
 def load_workdir_model(workdir: str, step: int | None = None):
@@ -41,7 +34,7 @@ def resolve_tokenizer(explicit: str | None, *candidates: str | None):
         if path and find_tokenizer_file(path):
             return load_tokenizer(path)
     where = ", ".join(p for p in candidates if p) or "the model directory"
-    raise ValueError(f"no tokenizer found in {where}; pass --tokenizer PATH (a tokenizer.json, a SentencePiece "
+    raise InputError(f"no tokenizer found in {where}; pass --tokenizer PATH (a tokenizer.json, a SentencePiece "
                      ".model, a directory holding one, or 'bytes')")
 
 
@@ -50,7 +43,7 @@ def load_model(workdir: str | None = None, hf_dir: str | None = None, step: int 
     """(ModelConfig, params, Tokenizer) from exactly one of `workdir` and `hf_dir`; `overrides` are
     ModelConfig fields for an HF model (e.g. attention="blockwise")."""
     if (workdir is None) == (hf_dir is None):
-        raise ValueError("give either a work directory or --hf DIR (exactly one)")
+        raise InputError("give either a work directory or --hf DIR (exactly one)")
     if hf_dir is not None:
         cfg, params = load_hf_model(hf_dir, **overrides)
         return cfg, params, resolve_tokenizer(tokenizer, hf_dir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctxjax.errors import InputError
 from ctxjax.evaluate.passkey import FILLER, key_answer_tokens, random_key
 from ctxjax.evaluate.retrieval import Trial, build_prompt, template_tokens
 
@@ -33,7 +34,7 @@ NAMES = tuple(f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS)
 class MultiKeyTask:
     def __init__(self, tokenizer, key_digits: int = 5, distractors: int = 3, add_bos: bool = True):
         if not 0 <= distractors < len(NAMES):
-            raise ValueError(f"distractors={distractors} must be between 0 and {len(NAMES) - 1}")
+            raise InputError(f"distractors={distractors} must be between 0 and {len(NAMES) - 1}")
         self.tokenizer = tokenizer
         self.key_digits = key_digits
         self.distractors = distractors
@@ -55,7 +56,7 @@ class MultiKeyTask:
         others = [self._sentence(n, k) for n, k in zip(names[1:], keys[1:])]
         budget = length - template_tokens(self.prefix, needle, question) - sum(map(len, others))
         if budget < 0:
-            raise ValueError(f"a prompt of {length} tokens cannot hold the template and {self.distractors} "
+            raise InputError(f"a prompt of {length} tokens cannot hold the template and {self.distractors} "
                              f"distractors ({length - budget} tokens without filler); use lengths >= {length - budget}")
         units: list[list[int]] = []
         while len(self.filler[len(units) % len(self.filler)]) <= budget:  # as much filler as fits

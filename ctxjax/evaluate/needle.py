@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctxjax.errors import InputError
 from ctxjax.evaluate.documents import load_texts
 from ctxjax.evaluate.retrieval import Trial, build_prompt
 
@@ -36,7 +37,7 @@ class NeedleTask:
                 break
         units = [ids for ids in tokenizer.encode_batch(lines) if ids]
         if not units:
-            raise ValueError(f"the haystack source {spec!r} has no text; point --haystack at text documents")
+            raise InputError(f"the haystack source {spec!r} has no text; point --haystack at text documents")
         return units
 
     def make_trial(self, length: int, depth: float, rng: np.random.RandomState) -> Trial:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from ctxjax.errors import InputError, read_json
 from ctxjax.evaluate import plots
 from ctxjax.evaluate.config import PPL_METHODS
 
@@ -32,6 +33,17 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
         for key in ("max_length_80", "max_length_20"):
             out[f"{prefix}/{task}/{key}"] = results[task][key] or 0
     return out
+
+
+def skipped_cells(results: dict) -> list[str]:
+    """'task: skipped length L: reason' for everything the evaluation could not measure."""
+    return [f"{task}: {line[2:]}" for task in ("ppl", *RETRIEVAL_TITLES) if task in results
+            for line in _skips(results[task].get("skipped", []))]
+
+
+def measured_anything(results: dict) -> bool:
+    ppl = results.get("ppl", {})
+    return any(ppl.get(m) for m in PPL_METHODS) or any(results[t]["cells"] for t in RETRIEVAL_TITLES if t in results)
 
 
 def _skips(skipped: list[dict]) -> list[str]:
@@ -138,16 +150,15 @@ def load_results(run: str) -> dict:
     """results.json of an evaluation output directory (or the file itself)."""
     path = run if run.endswith(".json") else os.path.join(run, RESULTS_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"{run} holds no {RESULTS_FILE}; pass output directories of `ctxjax eval`")
-    with open(path) as f:
-        return json.load(f)
+        raise InputError(f"{run} holds no {RESULTS_FILE}; pass output directories of `ctxjax eval`")
+    return read_json(path, "the results of `ctxjax eval`")
 
 
 def compare_runs(runs: list[str], out_dir: str) -> list[str]:
     """Overlay several evaluations (their output directories) in one set of plots plus a comparison table
     (compare.md); returns the paths written."""
     if len(runs) < 2:
-        raise ValueError("--compare needs at least two evaluation output directories")
+        raise InputError("--compare needs at least two evaluation output directories")
     loaded: dict[str, dict] = {}
     for run in runs:
         results = load_results(run)

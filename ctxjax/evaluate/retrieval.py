@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ctxjax.errors import InputError
+
 Completer = Callable[[list[list[int]], int], list[str]]
 THRESHOLDS = (0.8, 0.2)  # YaRN's "passkey context" (>= 80%) and PI's k_max criterion (>= 20%)
 
@@ -44,10 +46,10 @@ def build_prompt(prefix: Sequence[int], filler_units: Sequence[Sequence[int]], n
     of all the filler."""
     fixed = template_tokens(prefix, needle, question)
     if length < fixed:
-        raise ValueError(f"a prompt of {length} tokens cannot hold the template ({fixed} tokens without filler); "
+        raise InputError(f"a prompt of {length} tokens cannot hold the template ({fixed} tokens without filler); "
                          f"use lengths >= {fixed}")
     if (cycle and not filler_units) or any(len(u) == 0 for u in filler_units):
-        raise ValueError("the filler needs at least one non-empty unit of text")
+        raise InputError("the filler needs at least one non-empty unit of text")
     units, used = [], 0
     most = float("inf") if cycle else len(filler_units) - first_unit
     while len(units) < most:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctxjax.errors import InputError, read_json
 from ctxjax.config import ModelConfig
 from ctxjax.hf.config import SUPPORTED, architecture, hf_config_from_model, model_config_from_hf
 from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint, write_directory
@@ -30,9 +31,11 @@ __all__ = ["load_pretrained", "save_pretrained", "read_hf_config"]
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{hf_dir} is not a Hugging Face model directory: it has no config.json")
-    with open(path) as f:
-        return json.load(f)
+        raise InputError(f"{hf_dir} is not a Hugging Face model directory: it has no config.json")
+    config = read_json(path, "a Hugging Face model config")
+    if not isinstance(config, dict):
+        raise InputError(f"{path} holds a JSON {type(config).__name__}, not the object of a model config")
+    return config
 
 
 def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -65,7 +68,7 @@ def load_pretrained(hf_dir: str, **overrides: Any):
     host numpy arrays in `param_dtype` (default: the checkpoint's dtype); place them with jax.device_put or a
     sharding."""
     hf_config = read_hf_config(hf_dir)
-    cfg = model_config_from_hf(hf_config, **overrides)
+    cfg = model_config_from_hf(hf_config, where=os.path.join(hf_dir, "config.json"), **overrides)
     reader = CheckpointReader(hf_dir)
     available = {}
     for name in reader.names():
@@ -77,10 +80,10 @@ def load_pretrained(hf_dir: str, **overrides: Any):
     missing = [n for n in expected if n not in available]
     extra = sorted(set(available) - set(expected))
     if missing:
-        raise ValueError(f"checkpoint in {hf_dir} lacks {len(missing)} weight(s) its config.json implies, e.g. "
+        raise InputError(f"checkpoint in {hf_dir} lacks {len(missing)} weight(s) its config.json implies, e.g. "
                          f"{missing[:3]}; check that config.json belongs to these weights")
     if extra:
-        raise ValueError(f"checkpoint in {hf_dir} has {len(extra)} weight(s) ctxjax does not map, e.g. {extra[:3]}; "
+        raise InputError(f"checkpoint in {hf_dir} has {len(extra)} weight(s) ctxjax does not map, e.g. {extra[:3]}; "
                          "check that config.json belongs to these weights")
 
     shapes = _param_shapes(cfg)
@@ -95,7 +98,7 @@ def load_pretrained(hf_dir: str, **overrides: Any):
                 fix = (f" with the overrides {sorted(overrides)} implies {want}; an override cannot reshape stored "
                        "weights (a GPT-2 position table grows with ctxjax.positions.extend)" if overrides else
                        f" implies {want}; check hidden_size / heads / intermediate_size in config.json")
-                raise ValueError(f"weight {name} has shape {tuple(value.shape)} but config.json{fix}")
+                raise InputError(f"weight {name} has shape {tuple(value.shape)} but config.json{fix}")
             for parts, part in zip(per_path, tensor.from_hf(cfg, value)):
                 parts.append(part.astype(dtype))
         for path, parts in zip(tensor.paths, per_path):
@@ -107,12 +110,15 @@ def load_pretrained(hf_dir: str, **overrides: Any):
 
 
 def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, overwrite: bool = False,
-                    max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+                    max_shard_bytes: int = MAX_SHARD_BYTES, *, protected: Sequence[str] = (), source: str = "") -> str:
     """Write `out_dir` as a Hugging Face model directory (config.json, safetensors, tokenizer files) that
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits.
 
     Everything is written to a temporary sibling directory first and renamed into place at the end, so a
-    failure leaves no half-written export; an existing non-empty `out_dir` is replaced only with overwrite=True.
+    failure leaves no half-written export. An existing non-empty `out_dir` is replaced only with overwrite=True,
+    and only when it is an earlier ctxjax export nobody changed since (`ctxjax_export.json` lists its files);
+    `protected` paths (a work directory's checkpoints, the source model) are never replaced, held or written
+    into. `source` (the work directory or model exported) is recorded in that marker file.
     """
     config, params = merge_adapters(config, jax.device_get(nn.meta.unbox(params)))  # LoRA folds into the weights
     if config.position.name == "learned":  # the table, possibly extended, is the truth about n_positions
@@ -127,7 +133,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
             json.dump({**hf, **special_token_ids(directory)}, f, indent=2)
         write_checkpoint(iter(tensors), directory, max_shard_bytes)
 
-    return write_directory(out_dir, overwrite, fill)
+    return write_directory(out_dir, overwrite, fill, protected=protected, source=source)
 
 
 def _hf_tensors(cfg: ModelConfig, params):
@@ -136,14 +142,14 @@ def _hf_tensors(cfg: ModelConfig, params):
     have = {tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     if wanted != have:
         missing, extra = sorted(wanted - have), sorted(have - wanted)
-        raise ValueError(f"params do not match the config: missing {missing[:3]}, unexpected {extra[:3]}; "
+        raise InputError(f"params do not match the config: missing {missing[:3]}, unexpected {extra[:3]}; "
                          "pass the ModelConfig the params were made with")
     shapes = _param_shapes(cfg)
     for t in tensors:
         values = [np.asarray(_get(params, _our_path(cfg, t, p))) for p in t.paths]
         for path, value in zip(t.paths, values):
             if value.shape != shapes[_our_path(cfg, t, path)]:
-                raise ValueError(f"param {'/'.join(_our_path(cfg, t, path))} has shape {value.shape}, the config "
+                raise InputError(f"param {'/'.join(_our_path(cfg, t, path))} has shape {value.shape}, the config "
                                  f"implies {shapes[_our_path(cfg, t, path)]}; pass the matching ModelConfig")
         values = [v.astype(jnp.dtype(cfg.param_dtype), copy=False) for v in values]  # as config.json says
         if t.per_layer:

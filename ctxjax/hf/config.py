@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ctxjax.errors import InputError
 from ctxjax import positions
 from ctxjax.config import ModelConfig
 
@@ -36,7 +37,7 @@ def architecture(hf: dict[str, Any]) -> str:
         by_type = {v: k for k, v in SUPPORTED.items()}.get(hf.get("model_type", ""))
         if by_type and not names:
             return by_type
-        raise ValueError(f"unsupported architecture {names or hf.get('model_type')!r} in config.json; "
+        raise InputError(f"unsupported architecture {names or hf.get('model_type')!r}; "
                          f"ctxjax loads {sorted(SUPPORTED)}")
     return found[0]
 
@@ -46,8 +47,29 @@ def _checkpoint_dtype(hf: dict[str, Any]) -> str:
     return _TORCH_DTYPES.get(name, "float32")
 
 
-def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
-    arch = architecture(hf)
+def model_config_from_hf(hf: dict[str, Any], *, where: str = "config.json", **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a Hugging Face config dict; `where` names its file in error messages."""
+    try:
+        arch = architecture(hf)
+        fields = _fields(hf, arch)
+        ModelConfig(**fields)  # a config.json that describes no valid model is its file's fault
+    except KeyError as error:
+        raise InputError(f"{where} has no {error.args[0]!r}, which a {hf.get('architectures')} config needs; "
+                         "is it the model's own config.json?") from None
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+    except (TypeError, ValueError) as error:  # int("abc"), float(None): a value of the wrong kind
+        raise InputError(f"{where} holds a value of the wrong type ({error}); compare it with the model's "
+                         "original config.json") from None
+    unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise InputError(f"unknown override(s) {unknown}; overrides are ModelConfig fields: "
+                         f"{sorted(ModelConfig.__dataclass_fields__)}")
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def _fields(hf: dict[str, Any], arch: str) -> dict[str, Any]:
     dtype = _checkpoint_dtype(hf)
     if arch in GPT2_ARCHITECTURES:
         fields = _gpt2_fields(hf)
@@ -60,18 +82,13 @@ def model_config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     else:
         fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
     fields.update(dtype=dtype, param_dtype=dtype, hf_architecture=arch)
-    unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown override(s) {unknown}; overrides are ModelConfig fields: "
-                         f"{sorted(ModelConfig.__dataclass_fields__)}")
-    fields.update(overrides)
-    return ModelConfig(**fields)
+    return fields
 
 
 def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     act = hf.get("hidden_act", "silu")
     if act != "silu":
-        raise ValueError(f"hidden_act={act!r} is not supported for the Llama family; ctxjax implements SwiGLU (silu)")
+        raise InputError(f"hidden_act={act!r} is not supported for the Llama family; ctxjax implements SwiGLU (silu)")
     max_pos = int(hf.get("max_position_embeddings", 2048))
     bias = bool(hf.get("attention_bias", False))
     return dict(
@@ -102,15 +119,15 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     gemma3 = model_type == "gemma3_text"
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_new"):
-        raise ValueError(f"hidden_activation={act!r} is not supported for Gemma; ctxjax implements the tanh GELU")
+        raise InputError(f"hidden_activation={act!r} is not supported for Gemma; ctxjax implements the tanh GELU")
     if hf.get("use_bidirectional_attention"):
-        raise ValueError("use_bidirectional_attention=true makes an encoder; ctxjax trains causal decoders")
+        raise InputError("use_bidirectional_attention=true makes an encoder; ctxjax trains causal decoders")
     n_layers = int(hf.get("num_hidden_layers", 26))
     pattern = int(hf.get("sliding_window_pattern", 6)) if gemma3 else 2
     full = _full_layers(hf, n_layers, lambda i: (i + 1) % pattern == 0)
     window = int(hf.get("sliding_window", 4096) or 0)
     if len(full) < n_layers and not window:
-        raise ValueError("config.json gives Gemma local (sliding_attention) layers but no sliding_window, which "
+        raise InputError("config.json gives Gemma local (sliding_attention) layers but no sliding_window, which "
                          "transformers cannot run either; set sliding_window (Gemma uses 4096, Gemma 3 1B 512)")
     max_pos = int(hf.get("max_position_embeddings", 131072 if gemma3 else 8192))
     if gemma3:
@@ -152,7 +169,7 @@ def _full_layers(hf: dict[str, Any], n_layers: int, full_by_default) -> tuple[in
     key, those for which `full_by_default(i)` holds, as the config class fills it in."""
     types = hf.get("layer_types") or [FULL if full_by_default(i) else SLIDING for i in range(n_layers)]
     if len(types) != n_layers or set(types) - {FULL, SLIDING}:
-        raise ValueError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
+        raise InputError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
     return tuple(i for i, t in enumerate(types) if t == FULL)
 
 
@@ -189,10 +206,10 @@ def _windows(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
 def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"GPT-2 activation_function={act!r} is not supported; ctxjax implements the tanh GELU "
+        raise InputError(f"GPT-2 activation_function={act!r} is not supported; ctxjax implements the tanh GELU "
                          "('gelu_new')")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
-        raise ValueError("GPT-2 attention scaling other than 1/sqrt(head_dim) (scale_attn_by_inverse_layer_idx, "
+        raise InputError("GPT-2 attention scaling other than 1/sqrt(head_dim) (scale_attn_by_inverse_layer_idx, "
                          "scale_attn_weights=false) is not supported")
     d = int(hf.get("n_embd", hf.get("hidden_size", 768)))
     return dict(
@@ -213,7 +230,7 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
     """A config.json dict that transformers 4.x and 5.x read to the same model (per-layer windows other than Qwen's
     leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`)."""
     if cfg.family not in cfg.position.hf_families:
-        raise ValueError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
+        raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
                          f"equivalent; export {cfg.family} models with "
                          f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
     if cfg.family == "gemma":
@@ -278,17 +295,17 @@ def export_model_type(cfg: ModelConfig) -> str:
     if cfg.family == "gemma":
         reason = _gemma_unfit(cfg)
         if reason:
-            raise ValueError(f"no Hugging Face Gemma class computes this model ({reason}); change the model to fit")
+            raise InputError(f"no Hugging Face Gemma class computes this model ({reason}); change the model to fit")
         return "gemma3_text" if cfg.qk_norm else "gemma2"
     if cfg.local_position is not None:
-        raise ValueError("no Hugging Face Llama-family class rotates some layers differently (local_position); "
+        raise InputError("no Hugging Face Llama-family class rotates some layers differently (local_position); "
                          "use local_position=None, or family='gemma'")
     own = LLAMA_ARCHITECTURES.get(cfg.hf_architecture)
     candidates = ([own] if own else []) + ["llama", "mistral", "qwen2", "phi3", "qwen3"]
     reasons = {t: _unfit(cfg, t) for t in candidates}
     fitting = [t for t in candidates if not reasons[t]]
     if not fitting:
-        raise ValueError("no Hugging Face Llama-family class computes this model (" + "; ".join(
+        raise InputError("no Hugging Face Llama-family class computes this model (" + "; ".join(
             f"{t}: {reasons[t]}" for t in dict.fromkeys(candidates)) + "); change the model to fit one of them")
     return fitting[0]
 
@@ -372,7 +389,7 @@ def _layer_types(cfg: ModelConfig) -> list[str]:
 def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:
     plain_heads = cfg.head_dim in (None, cfg.d_model // cfg.n_heads) and cfg.kv_heads == cfg.n_heads
     if not (cfg.use_qkv_bias and cfg.use_o_bias and cfg.use_mlp_bias and plain_heads):
-        raise ValueError("Hugging Face GPT-2 needs biases everywhere, head_dim = d_model / n_heads and no "
+        raise InputError("Hugging Face GPT-2 needs biases everywhere, head_dim = d_model / n_heads and no "
                          "grouped-query attention; keep the gpt2 family defaults")
     return dict(
         architectures=["GPT2LMHeadModel"],

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 from ctxjax.model import Transformer
 
@@ -33,7 +34,7 @@ def require_torch():
         import torch
         import transformers
     except ImportError:
-        raise ValueError("checking logits runs the model in PyTorch: pip install torch transformers "
+        raise InputError("checking logits runs the model in PyTorch: pip install torch transformers "
                          "(torch==2.13.0 is the CPU wheel)") from None
     return torch, transformers
 
@@ -41,9 +42,9 @@ def require_torch():
 def check_hf_directory(hf_dir: str) -> None:
     """A one-line error unless `hf_dir` is a local directory that is not a ctxjax work directory."""
     if not os.path.isdir(hf_dir):  # and never a hub name: nothing is downloaded
-        raise ValueError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + weights)")
+        raise InputError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + weights)")
     if not os.path.isfile(os.path.join(hf_dir, "config.json")) and os.path.isdir(os.path.join(hf_dir, "checkpoints")):
-        raise ValueError(f"{hf_dir} is a ctxjax work directory, not a Hugging Face one; compare it with its export: "
+        raise InputError(f"{hf_dir} is a ctxjax work directory, not a Hugging Face one; compare it with its export: "
                          f"check-logits {os.path.join(hf_dir, 'hf')} --workdir {hf_dir} (or `ctxjax export` first)")
 
 
@@ -54,14 +55,15 @@ def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
     torch, transformers = require_torch()
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        # Never the directory's own code (auto_map): transformers would otherwise ask on stdin, and run it on "y".
+        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - any failure to load is the user's to fix, in one line
         detail = (str(error).splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"transformers cannot load {hf_dir} ({type(error).__name__}: {detail}); "
+        raise InputError(f"transformers cannot load {hf_dir} ({type(error).__name__}: {detail}); "
                          "pass a directory written by `ctxjax export` or a Hugging Face model directory") from None
     vocab = model.get_output_embeddings().weight.shape[0]
     if expected_vocab_size is not None and vocab != expected_vocab_size:
-        raise ValueError(f"{hf_dir} holds a model of {vocab} token ids and the ctxjax model has {expected_vocab_size}: "
+        raise InputError(f"{hf_dir} holds a model of {vocab} token ids and the ctxjax model has {expected_vocab_size}: "
                          "compare a checkpoint with its own export (check-logits W/hf --workdir W)")
     return model.eval()
 
@@ -140,9 +142,9 @@ def compare_logits(cfg: ModelConfig, params, reference, rows: Sequence[np.ndarra
     for row in rows:
         row = np.asarray(row, np.int32)
         if row.ndim != 1 or not len(row):
-            raise ValueError(f"token rows must be non-empty 1-D arrays; got shape {row.shape}")
+            raise InputError(f"token rows must be non-empty 1-D arrays; got shape {row.shape}")
         if row.min() < 0 or row.max() >= cfg.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got {row.min()}..{row.max()}")
+            raise InputError(f"token ids must lie in [0, {cfg.vocab_size}); got {row.min()}..{row.max()}")
         theirs = reference_logits(reference, row)
         hidden = _hidden(cfg, params, jnp.asarray(row[None]))
         stats, offsets = [], []

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 from ctxjax.hf.config import export_model_type
 from ctxjax.hf.io import write_directory
@@ -31,15 +33,16 @@ PHI3_FUSED = {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate"
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, overwrite: bool = False) -> str:
+def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, overwrite: bool = False, *,
+                      protected: Sequence[str] = (), source: str = "") -> str:
     """Write the adapters of `params` (a `cfg` model with `lora_rank` > 0) for the base model at `base_model`."""
     if cfg.family == "gpt2":
-        raise ValueError("PEFT adapters export from Llama-family and Gemma models only; GPT-2 fuses q, k, v into one matrix "
+        raise InputError("PEFT adapters export from Llama-family and Gemma models only; GPT-2 fuses q, k, v into one matrix "
                          "with no per-projection adapters: export the merged model instead (ctxjax export without "
                          "--peft-adapter)")
     _, adapters = split_adapters(jax.device_get(params))
     if not cfg.lora_rank or not adapters:
-        raise ValueError("this model has no LoRA adapters (model.lora_rank is 0): export the model itself")
+        raise InputError("this model has no LoRA adapters (model.lora_rank is 0): export the model itself")
     r = cfg.lora_rank
     stacked = {LLAMA_MODULES[m[-1]]: (np.asarray(a), np.asarray(b)) for m, (a, b) in adapters.items()}
     # Per layer: {HF module: (A [rank, in], B [out, rank])}, torch Linear layout.
@@ -69,7 +72,7 @@ def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, o
         with open(os.path.join(directory, "adapter_config.json"), "w") as f:
             json.dump(config, f, indent=2)
 
-    return write_directory(out_dir, overwrite, fill)
+    return write_directory(out_dir, overwrite, fill, protected=protected, source=source)
 
 
 def _fused(cfg: ModelConfig, layer: dict) -> dict:

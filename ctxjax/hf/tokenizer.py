@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 
+from ctxjax.errors import InputError
+
 # Files an HF tokenizer directory may hold; a SentencePiece model is stored under HF's name for it.
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -43,7 +45,7 @@ def write_tokenizer(tokenizer, out_dir: str) -> None:
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
         _write_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"})
     else:
-        raise ValueError(f"cannot save tokenizer of type {type(tokenizer).__name__}; pass a path to its files, "
+        raise InputError(f"cannot save tokenizer of type {type(tokenizer).__name__}; pass a path to its files, "
                          "a tokenizers.Tokenizer or a transformers tokenizer")
 
 
@@ -51,7 +53,7 @@ def _copy_files(path: str, out_dir: str) -> None:
     if os.path.isdir(path):
         found = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(path, n))]
         if not found:
-            raise ValueError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
+            raise InputError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
         for name in found + ([GENERATION_CONFIG] if os.path.exists(os.path.join(path, GENERATION_CONFIG)) else []):
             shutil.copy(os.path.join(path, name), os.path.join(out_dir, name))
     elif os.path.isfile(path):
@@ -64,10 +66,10 @@ def _copy_files(path: str, out_dir: str) -> None:
             shutil.copy(path, os.path.join(out_dir, "tokenizer.json"))
             _write_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"})
         else:
-            raise ValueError(f"unknown tokenizer file {path}; pass a tokenizer.json, a SentencePiece .model or a "
+            raise InputError(f"unknown tokenizer file {path}; pass a tokenizer.json, a SentencePiece .model or a "
                              "directory of HF tokenizer files")
     else:
-        raise ValueError(f"tokenizer path {path} does not exist")
+        raise InputError(f"tokenizer path {path} does not exist")
 
 
 def _write_config(out_dir: str, config: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ctxjax.errors import InputError
 from ctxjax.positions.alibi import Alibi, alibi_slopes
 from ctxjax.positions.base import PositionScheme
 from ctxjax.positions.learned import Learned, extend
@@ -24,7 +25,7 @@ SCHEMES: dict[str, type[PositionScheme]] = {
 def make(name: str, **params: Any) -> PositionScheme:
     """Build a scheme by name, e.g. make('rope', rope_type='yarn', factor=4.0, original_max_position_embeddings=2048)."""
     if name not in SCHEMES:
-        raise ValueError(f"unknown positional scheme {name!r}; choose one of {sorted(SCHEMES)}")
+        raise InputError(f"unknown positional scheme {name!r}; choose one of {sorted(SCHEMES)}")
     return SCHEMES[name]().replace(**params)
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ctxjax.errors import InputError
+
 if TYPE_CHECKING:
     from ctxjax.config import ModelConfig
 
@@ -48,7 +50,7 @@ class PositionScheme:
 
     def to_hf(self, cfg: "ModelConfig") -> dict[str, Any]:
         """Keys to merge into the exported config.json."""
-        raise ValueError(
+        raise InputError(
             f"positional scheme {self.name!r} has no Hugging Face equivalent in the supported families; "
             "export a model that uses 'rope' (Llama family) or 'learned' (GPT-2 family)"
         )
@@ -62,5 +64,5 @@ class PositionScheme:
         valid = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - valid)
         if unknown:
-            raise ValueError(f"{self.name} has no field(s) {unknown}; valid fields: {sorted(valid)}")
+            raise InputError(f"{self.name} has no field(s) {unknown}; valid fields: {sorted(valid)}")
         return dataclasses.replace(self, **changes)

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from ctxjax.errors import InputError
 from ctxjax.positions.base import PositionScheme
 
 TABLE = ("pos_embed", "embedding")  # where the table lives in the model's params
@@ -60,15 +61,15 @@ def extend(params, new_len: int, method: str = "interpolate"):
     copy: the old table is repeated (Longformer's initialisation), so local offsets keep their meaning.
     """
     if method not in ("interpolate", "copy"):
-        raise ValueError(f"extend method {method!r} is unknown; use 'interpolate' or 'copy'")
+        raise InputError(f"extend method {method!r} is unknown; use 'interpolate' or 'copy'")
     try:
         table = params[TABLE[0]][TABLE[1]]
     except KeyError:
-        raise ValueError("params have no learned position table (pos_embed/embedding); "
+        raise InputError("params have no learned position table (pos_embed/embedding); "
                          "extend applies to models with position=Learned()") from None
     old_len = table.shape[0]
     if new_len < old_len:
-        raise ValueError(f"new_len={new_len} is shorter than the current table ({old_len} rows); extend only grows")
+        raise InputError(f"new_len={new_len} is shorter than the current table ({old_len} rows); extend only grows")
     old = np.asarray(table, dtype=np.float32)
     if method == "copy":
         new = old[np.arange(new_len) % old_len]

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from ctxjax.errors import InputError, warn_once
 from ctxjax.positions.base import PositionScheme
 
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
@@ -47,6 +48,10 @@ _HF_KEYS = {
 }
 # Legacy labels found in hub configs.
 _ALIASES = {"su": "longrope"}
+_NUMBERS = ("theta", "factor", "original_max_position_embeddings", "partial_rotary_factor", "attention_factor",
+            "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor", "high_freq_factor")
+# Scalings that are the identity at factor 1 (dynamic NTK still grows its base past L0; LongRoPE has its lists).
+_IDENTITY_AT_FACTOR_1 = ("linear", "ntk", "yarn", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +87,15 @@ class Rope(PositionScheme):
     # ------------------------------------------------------------------ validation
     def validate(self, cfg) -> None:
         def fail(msg):
-            raise ValueError(f"rope {self.rope_type}: {msg}")
+            raise InputError(f"rope {self.rope_type}: {msg}")
 
         if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"unknown rope_type {self.rope_type!r}; choose one of {ROPE_TYPES}")
+            raise InputError(f"unknown rope_type {self.rope_type!r}; choose one of {ROPE_TYPES}")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                fail(f"{name}={value!r} must be a finite number")
         if not self.theta > 0:
             fail(f"theta={self.theta} must be > 0")
         if not 0 < self.partial_rotary_factor <= 1:
@@ -101,6 +111,9 @@ class Rope(PositionScheme):
             fail("needs `factor` (the context extension ratio, e.g. 4.0)")
         if self.factor is not None and self.factor < 1:
             fail(f"factor={self.factor} must be >= 1 (it is new_context / original_context)")
+        if self.factor == 1 and self.rope_type in _IDENTITY_AT_FACTOR_1:
+            warn_once(f"rope {self.rope_type} with factor 1 computes exactly the unscaled rotation: it extends "
+                      "nothing (factor is new_context / original_context, e.g. 4.0)")
         needs_l0 = self.rope_type in ("dynamic", "yarn", "llama3", "longrope")
         if needs_l0 and not self.original_max_position_embeddings:
             fail("needs `original_max_position_embeddings` (the context length the model was trained at)")
@@ -184,14 +197,17 @@ class Rope(PositionScheme):
         inside the dict over top-level ones, except a top-level `original_max_position_embeddings`, which wins."""
         params = dict(hf_config.get("rope_scaling") or hf_config.get("rope_parameters") or {})
         if params and all(isinstance(v, dict) or v is None for v in params.values()):
-            raise ValueError("per-layer-type rope_parameters (Gemma-style) are not supported; "
+            raise InputError("per-layer-type rope_parameters (Gemma-style) are not supported; "
                              "use a model whose rope settings are shared by all layers")
         rope_type = params.get("rope_type") or params.get("type") or "default"
         rope_type = _ALIASES.get(rope_type, rope_type)
         if rope_type not in ROPE_TYPES or rope_type == "ntk":
-            raise ValueError(f"unknown rope_type {rope_type!r} in config.json; ctxjax reads "
+            raise InputError(f"unknown rope_type {rope_type!r} in config.json; ctxjax reads "
                              f"{[t for t in ROPE_TYPES if t != 'ntk']}")
         max_pos = hf_config.get("max_position_embeddings") or hf_config.get("n_positions") or 2048
+        if "rope_theta" not in params and "rope_theta" not in hf_config and params:
+            warn_once("config.json's rope settings name no rope_theta: using 10000, transformers' default too; a "
+                      "model trained with another base (e.g. 1e5, 5e5) computes something else: add rope_theta")
         fields: dict[str, Any] = {
             "rope_type": rope_type,
             "theta": float(params.get("rope_theta", hf_config.get("rope_theta", 10000.0))),
@@ -208,6 +224,10 @@ class Rope(PositionScheme):
             fields["original_max_position_embeddings"] = int(l0 or max_pos)
             if fields.get("factor") is None and rope_type in ("yarn", "longrope"):
                 fields["factor"] = max_pos / fields["original_max_position_embeddings"]
+                if fields["factor"] == 1:
+                    warn_once(f"config.json's {rope_type} scaling names no factor and no original context: "
+                              "transformers then uses factor 1, which extends nothing; add the factor the model "
+                              "was extended with")
         return cls(**fields)
 
     def original_context(self, context: int) -> int:
@@ -225,7 +245,7 @@ class Rope(PositionScheme):
         searched factors, Llama 3's bands, YaRN's betas) and only its factor grows; another type would discard them."""
         original = self.original_context(context)
         if self.rope_type != "default" and rope_type != self.rope_type:
-            raise ValueError(f"the model already uses {self.rope_type} RoPE scaling (factor {self.factor:g}, original "
+            raise InputError(f"the model already uses {self.rope_type} RoPE scaling (factor {self.factor:g}, original "
                              f"context {original}); {rope_type} would replace it: extend it with {self.rope_type} "
                              f"(its factor becomes {new_len / original:g}) or give the positional settings explicitly")
         fields = dict(rope_type=rope_type, factor=new_len / original,

@@ -2,6 +2,7 @@
 
 from ctxjax.train.configs import apply_overrides, load_config
 from ctxjax.train.defaults import default_config
-from ctxjax.train.loop import TrainingDiverged, train_and_evaluate
+from ctxjax.errors import TrainingDiverged
+from ctxjax.train.loop import train_and_evaluate
 
 __all__ = ["apply_overrides", "default_config", "load_config", "train_and_evaluate", "TrainingDiverged"]

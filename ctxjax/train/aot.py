@@ -12,6 +12,8 @@ from ctxjax.optimizer import make_optimizer
 from ctxjax.schedule import learning_rate_schedule
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train.configs import validate
+from ctxjax.train.export import exportable
+from ctxjax.train.resume import base_model_config, model_config_for_stage, with_shardings
 from ctxjax.train.state import abstract_params, state_shardings
 from ctxjax.train.step import jit_train_step
 
@@ -21,19 +23,17 @@ BATCH_DTYPES = {"tokens": jnp.int32, "positions": jnp.int32, "segment_ids": jnp.
 
 def compile_stages(config, devices=None) -> list[dict]:
     """One row per stage: shapes and XLA's memory estimate (bytes per device) of its compiled step."""
-    from ctxjax.train.loop import base_model_config, check_exportable, stage_model_config, with_shardings
-
     devices = list(devices if devices is not None else jax.devices())
     _, stages, _ = validate(config, len(devices))
     base = base_model_config(config, None, "")
-    check_exportable(config, base, stages)
+    exportable(model_config_for_stage(config, base, stages[-1]), config.export_dir)
     mesh = make_mesh(dict(config.mesh), devices)
     rows = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        first = stage_model_config(config, base, stages[0])
+        first = model_config_for_stage(config, base, stages[0])
         tx = make_optimizer(config.optimizer, learning_rate_schedule(stages), abstract_params(first))
         for stage in stages:
-            cfg = stage_model_config(config, base, stage)
+            cfg = model_config_for_stage(config, base, stage)
             abstract, shardings = state_shardings(cfg, tx, mesh)
             batch = {k: jax.ShapeDtypeStruct((stage.batch_size, stage.seq_len), dtype, sharding=batch_sharding(mesh))
                      for k, dtype in BATCH_DTYPES.items()}

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import os
+import traceback
 
 import ml_collections
 
+from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 from ctxjax.positions import ROPE_TYPES
 from ctxjax.data.config import as_data_config
@@ -20,14 +23,36 @@ from ctxjax.sharding import mesh_shape
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py` or `path/to/config.py:variant`; the file defines get_config(variant=None)."""
     path, _, variant = spec.partition(":")
+    if os.path.isdir(path):
+        raise InputError(f"config {path} is a directory; pass a recipe file, e.g. --config configs/demo.py[:tiny]")
     if not os.path.isfile(path):
-        raise ValueError(f"config file {path} does not exist; pass e.g. --config configs/demo.py[:tiny]")
+        raise InputError(f"config file {path} does not exist; pass e.g. --config configs/demo.py[:tiny]")
     module_spec = importlib.util.spec_from_file_location(f"ctxjax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} has no get_config(variant) function")
-    return module.get_config(variant or None)
+    where = f"{path}:{variant}" if variant else path
+    try:
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise InputError(f"{path} has no get_config(variant) function")
+        config = module.get_config(variant or None)
+    except InputError:
+        raise
+    except Exception as error:  # the recipe is the user's code: say where it failed, in one line
+        line = _line_in(error, path)
+        raise InputError(f"config {where} failed{line}: {type(error).__name__}: {error}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise InputError(f"get_config in {path} returned a {type(config).__name__}; return the ConfigDict of "
+                         "ctxjax.train.default_config() with your changes (see configs/demo.py)")
+    return config
+
+
+def _line_in(error: BaseException, path: str) -> str:
+    """' at line N' of the innermost frame of `error`'s traceback that is in `path` ('' if none)."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f" at line {error.lineno}"
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    return f" at line {lines[-1]}" if lines else ""
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
@@ -37,22 +62,25 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} needs the form --config.FIELD=VALUE")
+            raise InputError(f"override {item!r} needs the form --config.FIELD=VALUE")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
         parent, parts = config, key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(parent, (ml_collections.ConfigDict, dict)) or part not in parent:
-                raise ValueError(f"unknown config field {key!r}; see the config file for valid fields")
-            parent = parent[part]
+        for depth, part in enumerate(parts[:-1]):
+            parent = _child(parent, part, ".".join(parts[:depth + 1]), key)
         name = parts[-1]
-        if isinstance(parent, list) and name.isdigit():
+        if isinstance(parent, list):
+            _check_index(parent, name, key)
             parent[int(name)] = value
             continue
+        if type(parent) is dict and name not in parent:
+            # A stage (a plain dict in a list) may gain an optional field; build_stages names unknown ones.
+            parent[name] = value
+            continue
         if not isinstance(parent, (ml_collections.ConfigDict, dict)) or name not in parent:
-            raise ValueError(f"unknown config field {key!r}; valid fields are in the config file and "
+            raise InputError(f"unknown config field {key!r}; valid fields are in the config file and "
                              "ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
         current = parent[name]
         if isinstance(current, (list, tuple)) and isinstance(value, str) and all(isinstance(x, str) for x in current):
@@ -64,17 +92,76 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             now = repr(current) if len(repr(current)) <= 80 else repr(current)[:77] + "..."
             why = (" (a value is read as a Python literal: dict(...) and other calls are not; write {'key': value})"
                    if isinstance(value, str) and "(" in value else "")
-            raise ValueError(f"--config.{key}={raw} does not fit the field's type ({type(current).__name__}){why}; "
+            raise InputError(f"--config.{key}={raw} does not fit the field's type ({type(current).__name__}){why}; "
                              f"write a Python literal like its value now, {now}") from None
     return config
+
+
+def _child(parent, part: str, path: str, key: str):
+    """parent[part] for a dict or a list (`stages.0.seq_len`), or one line naming what is missing."""
+    if isinstance(parent, list):
+        _check_index(parent, part, key)
+        return parent[int(part)]
+    if not isinstance(parent, (ml_collections.ConfigDict, dict)) or part not in parent:
+        raise InputError(f"unknown config field {key!r} ({path} does not exist); valid fields are in the config "
+                         "file and ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
+    return parent[part]
+
+
+def _check_index(items: list, part: str, key: str) -> None:
+    if not part.isdigit() or int(part) >= len(items):
+        raise InputError(f"--config.{key}: {part!r} is not an index of this list of {len(items)} (0 to "
+                         f"{len(items) - 1}); to change the whole list, give it as one Python literal")
 
 
 def model_config(config) -> ModelConfig:
     return ModelConfig.from_dict(config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model))
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+# Field -> (test, what the value must be). Checked when the config is read, before anything compiles, so a
+# value that would train something else than asked (a floor above the peak, a checkpoint every step) never runs.
+_RANGES = {
+    "seed": (_integer, "an integer"),
+    "tokens_per_step": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "min_lr_ratio": (lambda v: _number(v) and 0 <= v <= 1,
+                     "between 0 and 1 (the floor of each stage's cosine decay, as a fraction of its lr)"),
+    "micro_batch_size": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: no gradient accumulation)"),
+    "loss_chunk": (lambda v: _integer(v) and v >= 1, "a positive integer (positions per chunk of the loss)"),
+    "z_loss": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: off)"),
+    "log_every": (lambda v: _integer(v) and v >= 1, "a positive integer (steps between metric syncs)"),
+    "peak_flops": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: measure the matmul peak)"),
+    "checkpoint.every_steps": (lambda v: _integer(v) and v >= 0,
+                               "an integer >= 0 (0: only at stage ends, at the end and when stopped)"),
+    "checkpoint.max_to_keep": (lambda v: v is None or (_integer(v) and v >= 1),
+                               "at least 1 (None keeps all): with none kept, a stopped run would lose everything"),
+    "optimizer.b1": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "optimizer.b2": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "optimizer.eps": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "optimizer.clip_norm": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+}
+
+
+def check_ranges(config) -> None:
+    for key, (ok, what) in _RANGES.items():
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if not ok(value):
+            raise InputError(f"{key}={value!r} must be {what} (--config.{key}=VALUE)")
+
+
 def validate(config, n_devices: int):
     """Everything that can be checked without compiling; returns (ModelConfig, stages, mesh shape)."""
+    check_ranges(config)
     cfg = model_config(config)
     as_data_config(config.data)
     stages = build_stages(config.stages, int(config.tokens_per_step), float(config.min_lr_ratio))
@@ -83,32 +170,32 @@ def validate(config, n_devices: int):
     batch_ways = sizes["data"] * sizes["fsdp"]
     for s in stages:
         if s.seq_len % sizes["sequence"]:
-            raise ValueError(f"stage {s.index}: seq_len={s.seq_len} is not divisible by the sequence mesh axis "
+            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not divisible by the sequence mesh axis "
                              f"({sizes['sequence']})")
         if sizes["sequence"] > 1 and config.ring_zigzag and s.seq_len % (2 * sizes["sequence"]):
-            raise ValueError(f"stage {s.index}: seq_len={s.seq_len} is not a multiple of 2 x sequence = "
+            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not a multiple of 2 x sequence = "
                              f"{2 * sizes['sequence']}, which zig-zag order needs; change seq_len or set "
                              "ring_zigzag=False")
         if s.batch_size % batch_ways:
-            raise ValueError(f"stage {s.index}: batch size {s.batch_size} is not divisible by data x fsdp = "
+            raise InputError(f"stage {s.index}: batch size {s.batch_size} is not divisible by data x fsdp = "
                              f"{batch_ways}; raise tokens_per_step or change the mesh")
         micro = int(config.micro_batch_size)
         if micro and (s.batch_size % micro or micro % batch_ways):
-            raise ValueError(f"stage {s.index}: micro_batch_size={micro} must divide the batch size "
+            raise InputError(f"stage {s.index}: micro_batch_size={micro} must divide the batch size "
                              f"{s.batch_size} and be divisible by data x fsdp = {batch_ways}")
         if cfg.shifted_sparse_group and s.seq_len <= cfg.shifted_sparse_group:
-            raise ValueError(f"stage {s.index}: seq_len={s.seq_len} is not longer than model.shifted_sparse_group="
+            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not longer than model.shifted_sparse_group="
                              f"{cfg.shifted_sparse_group}; S²-Attn groups are a fraction of the length (LongLoRA: a "
                              "quarter), so lower it or set it to 0 for full attention")
         if s.position:
             cfg.position.replace(**dict(s.position))  # unknown override keys fail here
         if cfg.position.name == "learned" and config.learned_extend_method not in ("interpolate", "copy"):
-            raise ValueError("learned_extend_method must be 'interpolate' or 'copy'")
+            raise InputError("learned_extend_method must be 'interpolate' or 'copy'")
     if config.eval_at_stage_end and not config.eval.source:  # fail now, not after the first stage has trained
         eval_source_spec(as_data_config(config.data))
     if config.rope_scaling and config.rope_scaling not in ROPE_TYPES:
-        raise ValueError(f"rope_scaling={config.rope_scaling!r} is unknown; use one of {ROPE_TYPES} or ''")
+        raise InputError(f"rope_scaling={config.rope_scaling!r} is unknown; use one of {ROPE_TYPES} or ''")
     if sizes["sequence"] > 1 and cfg.attention != "ring":
-        raise ValueError(f"mesh.sequence={sizes['sequence']} splits the length across devices; set "
+        raise InputError(f"mesh.sequence={sizes['sequence']} splits the length across devices; set "
                          "model.attention='ring' so attention sees the whole sequence")
     return cfg, stages, shape

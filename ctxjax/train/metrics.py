@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
 from tqdm import tqdm
+
+from ctxjax.fs import write_atomically
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -21,11 +26,7 @@ class MetricsWriter:
         # is recorded once (TensorBoard hides its own copies from purge_step on).
         path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            with open(path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(path + ".tmp", path)
+            write_atomically(path, "".join(_records_up_to(path, start_step)).encode())
         self._jsonl = open(path, "a")
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
         self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
@@ -53,6 +54,29 @@ class MetricsWriter:
             self._bar.close()
             self._tensorboard.close()
             self._jsonl.close()
+
+
+def _records_up_to(path: str, last_step: int) -> list[str]:
+    """The lines of a metrics file up to `last_step`. A line that is not a JSON record (the torn last line that a
+    kill or a full disk leaves mid-write) is dropped with a warning naming the file and line: the metrics are a
+    log of the run, and a resume must never fail on them."""
+    kept, torn = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                step = record.get("step", 0)
+            except (ValueError, AttributeError):
+                torn.append(number)
+                continue
+            if step <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if torn:
+        log.warning("%s: dropped line(s) %s, which are not whole JSON records (left by a run that was killed "
+                    "while writing)", path, ", ".join(map(str, torn)))
+    return kept
 
 
 def _plain(value):

@@ -1,0 +1,215 @@
+"""Where a run starts: the newest readable checkpoint of the work directory, else the model of an HF
+directory (`init_from_hf`), else a fresh initialisation — and the model it trains (`base_model_config`).
+
+A damaged latest checkpoint costs a warning and the steps since the previous one: the newest step that reads
+is used, and the damaged ones are moved into WORKDIR/damaged_checkpoints (never deleted) so that the resumed
+run can save those step numbers again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+
+from ctxjax import hf, lora, positions
+from ctxjax.checkpoint import Checkpointer, check_compatible, model_config_of
+from ctxjax.config import ModelConfig
+from ctxjax.errors import InputError
+from ctxjax.optimizer import make_optimizer
+from ctxjax.schedule import model_config_for, stage_at
+from ctxjax.train.configs import model_config
+from ctxjax.train.state import abstract_params, init_state, param_shardings, place_params, state_shardings
+
+log = logging.getLogger(__name__)
+
+# ModelConfig fields a run may change between restarts without changing any parameter shape.
+RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype",
+                  "shifted_sparse_group")
+# What training adds to an imported model: LoRA adapters (a resumed run must keep them as they were).
+ADAPTER_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
+
+
+@dataclasses.dataclass
+class Start:
+    """What the loop starts from."""
+
+    step: int
+    meta: dict | None  # the checkpoint's metadata (None: a fresh run)
+    base: ModelConfig  # the run's model before any stage's positional overrides
+    imported: bool  # the architecture came from a Hugging Face model
+    state: Any  # sharded train state
+    data_state: dict | None  # the data iterator's position (None: from the start)
+    tx: Any  # the optimizer
+
+
+def start_run(config, workdir: str, checkpointer: Checkpointer, mesh, stages, schedule) -> Start:
+    """The newest readable checkpoint's state (damaged newer ones set aside), or a fresh or imported one."""
+    if not checkpointer.all_steps():
+        return _fresh(config, workdir, mesh, stages, schedule)
+    step, start = checkpointer.newest_readable(
+        lambda step: _restore(config, workdir, checkpointer, mesh, stages, schedule, step))
+    damaged = [s for s in checkpointer.all_steps() if s > step]
+    if damaged:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("ctxjax: all processes read the checkpoints")
+        moved = [checkpointer.set_aside(s) for s in damaged] if jax.process_index() == 0 else []
+        log.warning("resuming from step %d; the damaged step(s) %s were moved to %s (nothing was deleted)", step,
+                    damaged, ", ".join(moved) or "damaged_checkpoints")
+    _warn_ignored_model_changes(config, start.meta, workdir)
+    return start
+
+
+def _fresh(config, workdir: str, mesh, stages, schedule) -> Start:
+    base = base_model_config(config, None, workdir)
+    imported = bool(config.init_from_hf)
+    _check_adapters_have_a_model(base, imported, workdir)
+    cfg = model_config_for_stage(config, base, stages[0])
+    tx = make_optimizer(config.optimizer, schedule, abstract_params(cfg))
+    _, shardings = state_shardings(cfg, tx, mesh)
+    if config.init_from_hf:
+        _, params = hf.load_pretrained(config.init_from_hf, **{f: getattr(base, f) for f in
+                                                             ("param_dtype", *RUNTIME_FIELDS)})
+        state = place_params(prepare_imported(params, cfg, config), tx, shardings)
+    else:
+        state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings)
+    return Start(0, None, base, imported, state, None, tx)
+
+
+def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, stages, schedule, step: int) -> Start:
+    """Step `step`: CheckpointDamaged when it cannot be read (the caller tries an older one); InputError when
+    the config cannot resume it (another model, say), which no older step would change."""
+    meta = checkpointer.restore_meta(step)
+    base = base_model_config(config, meta, workdir)
+    imported = architecture_imported(config, meta)
+    _check_adapters_have_a_model(base, imported, workdir)
+    stage = stage_at(stages, step)
+    cfg = model_config_for_stage(config, base, stage)
+    _check_same_stage_positions(meta, stage, cfg, step, workdir)
+    tx = make_optimizer(config.optimizer, schedule, abstract_params(cfg))
+    abstract, shardings = state_shardings(cfg, tx, mesh)
+    if meta.get("params_only"):  # imported: fresh optimizer state around the stored params
+        # Read straight into the layout of the stored (base) model, never whole on one host.
+        stored = with_shardings(checkpointer.saved_shapes(step)["params"],
+                                param_shardings(base.replace(lora_rank=0), mesh))
+        restored, _, _ = checkpointer.restore({"params": stored}, step)
+        state = place_params(prepare_imported(restored["params"], cfg, config), tx, shardings)
+        return Start(step, meta, base, imported, state, None, tx)
+    state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), step)
+    return Start(step, meta, base, imported, state, data_state, tx)
+
+
+def model_config_for_stage(config, base: ModelConfig, stage) -> ModelConfig:
+    """The model a stage trains (schedule.model_config_for with the run's rope_scaling and PoSE target); a
+    positional setting that does not fit is one line naming the stage."""
+    try:
+        return model_config_for(base, stage, config.rope_scaling, config.data.pose_target_len)
+    except InputError as error:
+        raise InputError(f"stage {stage.index} (seq_len {stage.seq_len}): {error}") from None
+
+
+def architecture_imported(config, checkpoint_meta) -> bool:
+    """Whether the run's architecture came from a Hugging Face model (import-hf, init_from_hf) rather than from
+    `config.model`; training checkpoints record it (older ones did not: then init_from_hf decides)."""
+    if checkpoint_meta is None:
+        return bool(config.init_from_hf)
+    if checkpoint_meta.get("params_only"):
+        return True
+    return checkpoint_meta.get("imported", bool(config.init_from_hf))
+
+
+def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
+    """The architecture of the run: the checkpoint's if the work directory has one (imported or resumed),
+    else the HF directory's (`init_from_hf`), else `config.model`; runtime and adapter fields always from config,
+    and the sliding window from config when it sets one (0 keeps the base model's).
+    A resumed run whose config asks for other parameter shapes is refused, never overwritten: for a model built
+    from `config.model` any architecture field counts; for an imported one (whose shapes the recipe does not
+    describe) only the LoRA adapters that training added."""
+    requested = model_config(config)
+    runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS + ADAPTER_FIELDS}
+    if requested.sliding_window:  # set in the config: replaces the base model's window (e.g. widened)
+        runtime["sliding_window"] = requested.sliding_window
+    if checkpoint_meta is not None:
+        saved = ModelConfig.from_dict(checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"])
+        if not checkpoint_meta.get("params_only"):
+            imported = architecture_imported(config, checkpoint_meta)
+            wanted = saved.replace(**{f: runtime[f] for f in ADAPTER_FIELDS}) if imported else requested
+            check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")}, wanted,
+                             workdir=workdir)
+            _check_same_training(config, checkpoint_meta, saved, wanted, workdir)
+        return saved.replace(**runtime)
+    if config.init_from_hf:
+        hf_config = hf.read_hf_config(config.init_from_hf)
+        return hf.model_config_from_hf(hf_config, where=os.path.join(config.init_from_hf, "config.json"),
+                                       param_dtype=requested.param_dtype, **runtime)
+    return requested
+
+
+def _check_adapters_have_a_model(base: ModelConfig, imported: bool, workdir: str) -> None:
+    if base.lora_rank and not imported:
+        raise InputError(f"model.lora_rank={base.lora_rank} trains adapters on a pretrained model, but {workdir} "
+                         "holds none: run `ctxjax import-hf HF_DIR --workdir` on it first or set "
+                         "--config.init_from_hf=HF_DIR")
+
+
+def _check_same_stage_positions(checkpoint_meta, stage, cfg: ModelConfig, start: int, workdir: str) -> None:
+    """A run stopped inside a stage resumes it with the rotation it trained with: a changed rope_scaling, stage
+    position or model.position would otherwise switch the scheme mid-stage without a word."""
+    if checkpoint_meta is None or checkpoint_meta.get("params_only") or start == stage.start:
+        return
+    saved = model_config_of(checkpoint_meta).position
+    if saved != cfg.position:
+        raise InputError(f"{workdir} stopped inside stage {stage.index}, trained with positions {saved}; the config "
+                         f"now gives {cfg.position}: resume with the same rope_scaling / stage position / "
+                         "model.position (--config.FIELD=VALUE) or choose a new --workdir")
+
+
+def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: ModelConfig, workdir: str) -> None:
+    """What a resumed run cannot change although no shape changes: which parameters train (the optimizer state
+    holds moments for exactly those) and the adapters' scale (the stored adapters were trained with it)."""
+    changes = []
+    saved_groups = checkpoint_meta.get("train_config", {}).get("optimizer", {}).get("trainable")
+    if saved_groups is not None and saved_groups != config.optimizer.trainable:
+        changes.append(f"optimizer.trainable={saved_groups!r}")
+    if saved.lora_rank and float(saved.lora_alpha) != float(wanted.lora_alpha):
+        changes.append(f"model.lora_alpha={saved.lora_alpha!r}")
+    if changes:
+        raise InputError(f"{workdir} was trained with {' and '.join(changes)}; resume with the same "
+                         "(--config.FIELD=VALUE) or choose a new --workdir")
+
+
+def _warn_ignored_model_changes(config, checkpoint_meta, workdir: str) -> None:
+    """A resumed run keeps the checkpoint's model; `config.model` supplies only the runtime and adapter fields
+    (and a window). Any other model field changed since the checkpoint was saved has no effect: say so, since
+    e.g. a new model.position would otherwise look applied."""
+    saved = (checkpoint_meta or {}).get("train_config", {}).get("model")
+    if not saved or checkpoint_meta.get("params_only"):
+        return
+    now = json.loads(json.dumps(config.model.to_dict()))  # as stored: tuples become lists
+    applied = set(RUNTIME_FIELDS + ADAPTER_FIELDS + ("sliding_window",))
+    ignored = [f"model.{k}" for k in sorted(now) if k not in applied and k in saved and saved[k] != now[k]]
+    if ignored:
+        log.warning("%s resumes with the model of its checkpoint: %s changed since it was saved and has no "
+                    "effect (change positions at a stage boundary with stages[i].position or rope_scaling, or "
+                    "choose a new --workdir)", workdir, ", ".join(ignored))
+
+
+def prepare_imported(params, cfg: ModelConfig, config):
+    """Imported weights made ready to train: a GPT-2 table shorter than the stage's context grows, and LoRA
+    adapters are added (starting as no change) when the config asks for them."""
+    params = lora.add_adapters(params, cfg, jax.random.PRNGKey(config.seed))
+    if cfg.position.name == "learned":
+        rows = params["pos_embed"]["embedding"].shape[0]
+        if rows < cfg.max_seq_len:
+            params = positions.extend(params, cfg.max_seq_len, method=config.learned_extend_method)
+    return params
+
+
+def with_shardings(abstract, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
