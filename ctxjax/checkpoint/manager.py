@@ -214,8 +214,12 @@ class Checkpointer:
             target, n = os.path.join(self.workdir, DAMAGED, f"{step}.{n}"), n + 1
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(os.path.join(self.directory, str(step)), target)
-        self._manager.reload()
+        self.reload()
         return target
+
+    def reload(self) -> None:
+        """Read the list of steps from disk again (another process may have changed it)."""
+        self._manager.reload()
 
     # ---- lifetime ----
     def wait(self) -> None:

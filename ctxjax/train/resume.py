@@ -54,16 +54,22 @@ def start_run(config, workdir: str, checkpointer: Checkpointer, mesh, stages, sc
     step, start = checkpointer.newest_readable(
         lambda step: _restore(config, workdir, checkpointer, mesh, stages, schedule, step))
     damaged = [s for s in checkpointer.all_steps() if s > step]
-    if damaged:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("ctxjax: all processes read the checkpoints")
+    if damaged:  # one process moves them; every process then sees the same steps (saves are collective)
+        _barrier("ctxjax: every process has read the checkpoints")
         moved = [checkpointer.set_aside(s) for s in damaged] if jax.process_index() == 0 else []
+        _barrier("ctxjax: the damaged checkpoints are set aside")
+        checkpointer.reload()
         log.warning("resuming from step %d; the damaged step(s) %s were moved to %s (nothing was deleted)", step,
                     damaged, ", ".join(moved) or "damaged_checkpoints")
     _warn_ignored_model_changes(config, start.meta, workdir)
     return start
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _fresh(config, workdir: str, mesh, stages, schedule) -> Start:
