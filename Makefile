@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 VENV_TF := .venv-tf
 
-.PHONY: install install-tf test demo clean
+.PHONY: install install-tf lint test demo clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV_TF)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_TF)
 	$(VENV_TF)/bin/pip install -q tensorflow-cpu==2.21.0 -e '.[tf]' pytest
 	touch $@
+
+# ruff over the whole repository (the rules and line length are in pyproject.toml); CI runs it before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
 
 test: install install-tf
 	$(PY) -m pytest $(PYTEST_ARGS)

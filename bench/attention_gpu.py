@@ -1,12 +1,13 @@
-"""One bfloat16 train step vs length on a GPU: ctxjax `cudnn` and `blockwise` vs the same model in PyTorch (sdpa).
+"""One bfloat16 train step vs length on a GPU: ctxjax `cudnn` and `blockwise` vs the same model in PyTorch
+(sdpa).
 
     PYTHONPATH=. python bench/attention_gpu.py                       # on a machine with a CUDA GPU
     PYTHONPATH=. python bench/attention_gpu.py --lengths 4096,8192 --platform cpu   # a dry run anywhere
 
 The model of bench/attention_memory.py (Llama-style, d=256, 4 layers, 4 heads of 64, vocab 8192, batch 1) in
-bfloat16 compute with float32 parameters for ctxjax (`dtype="bfloat16"`), and `torch.autocast(bfloat16)` over
-float32 parameters for PyTorch: the mixed precision each side's users train with. One process per
-implementation, all lengths in it:
+bfloat16 compute with float32 parameters for ctxjax (`ExecutionConfig(dtype="bfloat16")`), and
+`torch.autocast(bfloat16)` over float32 parameters for PyTorch: the mixed precision each side's users train
+with. One process per implementation, all lengths in it:
 - step time: the best of 3 timed steps after a warm-up step (synchronised);
 - memory: for JAX the bytes XLA plans for the compiled step (arguments, outputs, temporaries; known before
   it runs); for PyTorch `torch.cuda.max_memory_allocated` over the timed steps. Both are device memory.
@@ -46,12 +47,14 @@ def jax_step(kernel, length):
     import optax
 
     from ctxjax import ModelConfig, Transformer, init_params
+    from ctxjax.execution import ExecutionConfig
     from ctxjax.loss import chunked_cross_entropy
 
     cfg = ModelConfig(vocab_size=MODEL["vocab"], d_model=MODEL["d_model"], n_layers=MODEL["n_layers"],
                       n_heads=MODEL["n_heads"], d_ff=MODEL["d_ff"], family="llama", max_seq_len=length,
-                      attention=kernel, dtype="bfloat16", param_dtype="float32")
-    model, optimizer = Transformer(cfg), optax.adamw(1e-4)
+                      param_dtype="float32")
+    run = ExecutionConfig(attention=kernel, dtype="bfloat16")
+    model, optimizer = Transformer(cfg, run), optax.adamw(1e-4)
     params = init_params(cfg, jax.random.PRNGKey(0))
     opt_state = optimizer.init(params)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (1, length), 0, MODEL["vocab"], jnp.int32)
@@ -84,7 +87,8 @@ def torch_step(length):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=MODEL["vocab"], hidden_size=MODEL["d_model"], intermediate_size=MODEL["d_ff"],
+    cfg = LlamaConfig(vocab_size=MODEL["vocab"], hidden_size=MODEL["d_model"],
+                      intermediate_size=MODEL["d_ff"],
                       num_hidden_layers=MODEL["n_layers"], num_attention_heads=MODEL["n_heads"],
                       num_key_value_heads=MODEL["n_heads"], max_position_embeddings=length,
                       tie_word_embeddings=False, attn_implementation="sdpa")
@@ -122,7 +126,8 @@ def child(name, lengths):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     parser.add_argument("--only", default=",".join(IMPLEMENTATIONS))
     parser.add_argument("--platform", default="", help="JAX_PLATFORMS for the JAX children (e.g. cpu)")
@@ -140,7 +145,8 @@ def main():
                              capture_output=True, text=True, env=env)
         found = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if not found:
-            found = [dict(name=name, length=lengths[0], failed=(out.stderr.strip().splitlines() or ["?"])[-1][:120])]
+            last_line = (out.stderr.strip().splitlines() or ["?"])[-1][:120]
+            found = [dict(name=name, length=lengths[0], failed=last_line)]
         for r in found:
             print(json.dumps(r), flush=True)
         rows += found

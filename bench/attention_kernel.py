@@ -1,4 +1,5 @@
-"""One attention call, forward and backward, at one length: ctxjax `cpu` and `blockwise` (per tile) vs PyTorch.
+"""One attention call, forward and backward, at one length: ctxjax `cpu` and `blockwise` (per tile) vs
+PyTorch.
 
     .venv/bin/python bench/attention_kernel.py                       # 16k tokens, 4 heads of 64, batch 1
     .venv/bin/python bench/attention_kernel.py --length 4096 --tiles 512x512,1024x512
@@ -6,9 +7,9 @@
 
 The attention layer of bench/attention_memory.py's model on its own (causal, float32, random q, k, v), so
 tile sizes and kernel changes can be compared in seconds rather than whole train steps. Each measurement runs
-in its own process. For blockwise it also profiles one forward+backward and sums the durations of XLA's operations
-into matrix multiplications (the `dot` fusions) and everything else (softmax, masks, slicing, loop overhead); the
-`cpu` kernel is one fused call, so it has no such split.
+in its own process. For blockwise it also profiles one forward+backward and sums the durations of XLA's
+operations into matrix multiplications (the `dot` fusions) and everything else (softmax, masks, slicing, loop
+overhead); the `cpu` kernel is one fused call, so it has no such split.
 Independent operations may run at once on different cores, so the two sums can exceed the wall time; they
 say where the time goes, e.g. whether the matmuls alone already take longer than PyTorch's whole call.
 """
@@ -43,14 +44,16 @@ def measure_torch(length, window):
     import torch
 
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(3))
-    # sdpa has no window argument: a windowed causal mask is an explicit [L, L] boolean (as transformers does).
+    # sdpa has no window argument: a windowed causal mask is an explicit [L, L] boolean (as transformers
+    # does).
     mask = None
     if window:
         distance = torch.arange(length)[:, None] - torch.arange(length)[None, :]
         mask = (distance >= 0) & (distance < window)
 
     def attention():
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                is_causal=mask is None)
 
     def forward():
         with torch.no_grad():
@@ -118,7 +121,8 @@ def measure_jax(length, tile, window):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--tiles", default="512x512,1024x512", help="comma-separated QxK tile sizes")
     parser.add_argument("--window", type=int, default=0, help="sliding window (0: plain causal attention)")

@@ -1,4 +1,5 @@
-"""Peak memory and time of one full training step against sequence length: ctxjax kernels vs HF PyTorch (sdpa).
+"""Peak memory and time of one full training step against sequence length: ctxjax kernels vs HF PyTorch
+(sdpa).
 
     .venv/bin/python bench/attention_memory.py            # all measurements; writes docs/benchmarks.md + png
     .venv/bin/python bench/attention_memory.py --only blockwise --lengths 4096   # a quick look, prints only
@@ -68,12 +69,14 @@ def measure_jax(kernel, remat, length, cap_bytes, steps, s2_group=0):
     import optax
 
     from ctxjax import ModelConfig, Transformer, init_params
+    from ctxjax.adaptation import AdaptationConfig
+    from ctxjax.execution import ExecutionConfig
     from ctxjax.loss import objective_sums
 
     cfg = ModelConfig(vocab_size=MODEL["vocab"], d_model=MODEL["d_model"], n_layers=MODEL["n_layers"],
-                      n_heads=MODEL["n_heads"], d_ff=MODEL["d_ff"], family="llama", max_seq_len=length,
-                      attention=kernel, remat=remat, shifted_sparse_group=s2_group)
-    model = Transformer(cfg)
+                      n_heads=MODEL["n_heads"], d_ff=MODEL["d_ff"], family="llama", max_seq_len=length)
+    model = Transformer(cfg, ExecutionConfig(attention=kernel, remat=remat),
+                        AdaptationConfig(shifted_sparse_group=s2_group))
     params = init_params(cfg, jax.random.PRNGKey(0))
     optimizer = optax.adamw(1e-4)
     opt_state = optimizer.init(params)
@@ -111,7 +114,8 @@ def measure_torch(length, steps):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=MODEL["vocab"], hidden_size=MODEL["d_model"], intermediate_size=MODEL["d_ff"],
+    cfg = LlamaConfig(vocab_size=MODEL["vocab"], hidden_size=MODEL["d_model"],
+                      intermediate_size=MODEL["d_ff"],
                       num_hidden_layers=MODEL["n_layers"], num_attention_heads=MODEL["n_heads"],
                       num_key_value_heads=MODEL["n_heads"], max_position_embeddings=length,
                       tie_word_embeddings=False, attn_implementation="sdpa")
@@ -200,7 +204,8 @@ def write_report(results, out_md, out_png, command):
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
 
-    rows = ["| implementation | length | peak RSS (GiB) | step (s) | XLA-planned (GiB) | compile (s) | note |",
+    rows = ["| implementation | length | peak RSS (GiB) | step (s) | XLA-planned (GiB) | compile (s) "
+            "| note |",
             "|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         rows.append(f"| {r['name']} | {r['length']} | {_cell(r.get('peak_rss_gib'), '.2f')} | "
@@ -210,11 +215,12 @@ def write_report(results, out_md, out_png, command):
     section = (f"## Attention memory: one train step vs length\n\n"
                f"Command (about {sum(r.get('wall_s', 0) for r in results) / 60:.0f} min on this machine):\n\n"
                f"    {command}\n\n"
-               f"Model: Llama-style, d_model={MODEL['d_model']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} "
+               f"Model: Llama-style, d_model={MODEL['d_model']}, {MODEL['n_layers']} layers, "
+               f"{MODEL['n_heads']} "
                f"heads of 64, SwiGLU {MODEL['d_ff']}, vocab {MODEL['vocab']}, float32, batch 1; AdamW. "
-               f"Each row is its own process. `+remat` = `ModelConfig(remat='full')`, `+remat=attention` = "
-               f"`remat='attention'`; `+s2` = LongLoRA's "
-               f"S²-Attn in groups of L/4 (`ModelConfig(shifted_sparse_group=L // 4)`, training only).\n\n"
+               f"Each row is its own process. `+remat` = `ExecutionConfig(remat='full')`, "
+               f"`+remat=attention` = `remat='attention'`; `+s2` = LongLoRA's S²-Attn in groups of L/4 "
+               f"(`AdaptationConfig(shifted_sparse_group=L // 4)`, training only).\n\n"
                + "\n".join(rows) + f"\n\n![memory and time vs length]({out_png.name})\n")
     marker = "## Attention memory: one train step vs length"
     if marker in text:
@@ -227,12 +233,15 @@ def write_report(results, out_md, out_png, command):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
-    parser.add_argument("--lengths", default=None, help="comma-separated lengths (default: each run's own list)")
-    parser.add_argument("--cap-gib", type=float, default=16.0, help="kill a measurement whose RSS passes this")
+    parser.add_argument("--lengths", default=None,
+                        help="comma-separated lengths (default: each run's own list)")
+    parser.add_argument("--cap-gib", type=float, default=16.0,
+                        help="kill a measurement whose RSS passes this")
     parser.add_argument("--time-limit", type=float, default=1200.0, help="seconds allowed per measurement")
     parser.add_argument("--steps", type=int, default=0, help="steps per measurement, the last one timed "
                         "(default: 2 up to 16k tokens, else 1; 1 for xla)")
@@ -264,7 +273,8 @@ def main():
                 stopped.add(name)  # a longer sequence will not fit either
     if not args.no_write and args.lengths is None and args.only == ",".join(RUNS):
         command = "python bench/attention_memory.py"
-        write_report(results, REPO / "docs" / "benchmarks.md", REPO / "docs" / "attention_memory.png", command)
+        write_report(results, REPO / "docs" / "benchmarks.md", REPO / "docs" / "attention_memory.png",
+                     command)
 
 
 if __name__ == "__main__":

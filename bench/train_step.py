@@ -1,13 +1,14 @@
-"""Training throughput of one step, ctxjax vs the same Llama in Hugging Face transformers (PyTorch), side by side.
+"""Training throughput of one step, ctxjax vs the same Llama in Hugging Face transformers (PyTorch), side by
+side.
 
     python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise,cpu]
-    python bench/train_step.py --model medium --lora 8 --lengths 1024 --tokens 2048   # LoRA vs PEFT (pip install peft)
+    python bench/train_step.py --model medium --lora 8 --lengths 1024 --tokens 2048   # LoRA vs PEFT
 
 Same architecture (`--model demo`: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512, vocabulary 2048;
-`--model medium`: 155M parameters), same batch of tokens per step, float32, one forward + backward + AdamW update;
-each measurement runs in its own process after one warm-up step and reports its peak RSS too. PyTorch uses sdpa
-attention and all CPU threads. With `--lora R` both sides train only rank-R adapters on q, k, v, o (ctxjax:
-`ModelConfig.lora_rank`; PyTorch: PEFT's `LoraConfig`), everything else frozen.
+`--model medium`: 155M parameters), same batch of tokens per step, float32, one forward + backward + AdamW
+update; each measurement runs in its own process after one warm-up step and reports its peak RSS too. PyTorch
+uses sdpa attention and all CPU threads. With `--lora R` both sides train only rank-R adapters on q, k, v, o
+(ctxjax: `AdaptationConfig.lora_rank`; PyTorch: PEFT's `LoraConfig`, pip install peft), the rest frozen.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ MODELS = {
 LORA_ALPHA = 16.0
 
 
-def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: str = "xla", lora: int = 0) -> float:
+def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: str = "xla",
+                   lora: int = 0) -> float:
     import jax
     import numpy as np
     import optax
@@ -36,16 +38,19 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     from ctxjax.xla_flags import apply_cpu_flags
 
     apply_cpu_flags()  # as the ctxjax command line does
-    from ctxjax import ModelConfig, init_params
+    from ctxjax import ModelConfig, Transformer, init_params
+    from ctxjax.adaptation import AdaptationConfig
+    from ctxjax.execution import ExecutionConfig
     from ctxjax.optimizer import trainable_labels
     from ctxjax.train.state import state_from_params
     from ctxjax.train.step import make_train_step
 
-    # Every layer unrolled (configs/demo.py's scan_unroll=4 of 4 layers): on CPU a rolled scan copies each layer's
-    # weights out of the stacked parameters and its gradients back in, every step.
-    cfg = ModelConfig(**model, max_seq_len=length, attention=kernel, scan_unroll=model["n_layers"], lora_rank=lora,
-                      lora_alpha=LORA_ALPHA)
-    params = init_params(cfg, jax.random.PRNGKey(0))
+    cfg = ModelConfig(**model, max_seq_len=length)
+    # Every layer unrolled (configs/demo.py's scan_unroll=4 of 4 layers): on CPU a rolled scan copies each
+    # layer's weights out of the stacked parameters and its gradients back in, every step.
+    run = ExecutionConfig(attention=kernel, scan_unroll=model["n_layers"])
+    adaptation = AdaptationConfig(lora_rank=lora, lora_alpha=LORA_ALPHA)
+    params = init_params(cfg, jax.random.PRNGKey(0), adaptation=adaptation)
     labels = trainable_labels(params, "") if lora else None  # with adapters: only they train
     tx = optax.adamw(1e-3)
     if lora:
@@ -54,7 +59,7 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, length)).astype(np.int32)
     data = dict(tokens=tokens, positions=np.tile(np.arange(length, dtype=np.int32), (batch, 1)),
                 segment_ids=np.ones_like(tokens), targets=tokens, weights=np.ones(tokens.shape, np.float32))
-    step = jax.jit(make_train_step(cfg, tx, labels=labels), donate_argnums=0)
+    step = jax.jit(make_train_step(Transformer(cfg, run, adaptation), tx, labels=labels), donate_argnums=0)
     state, _ = step(state, data)
     jax.block_until_ready(state)
     start = time.perf_counter()
@@ -64,7 +69,8 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     return (time.perf_counter() - start) / repeats
 
 
-def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: str = "sdpa", lora: int = 0) -> float:
+def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: str = "sdpa",
+                  lora: int = 0) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -95,13 +101,15 @@ def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="128,512")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per step (batch = tokens / length)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kernels", default="xla,blockwise,cpu", help="ctxjax attention kernels to measure")
     parser.add_argument("--model", default="demo", choices=sorted(MODELS))
-    parser.add_argument("--lora", type=int, default=0, help="train rank-R adapters only, beside full training")
+    parser.add_argument("--lora", type=int, default=0,
+                        help="train rank-R adapters only, beside full training")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     model = MODELS[args.model]
@@ -120,7 +128,8 @@ def main() -> None:
     for length in map(int, args.lengths.split(",")):
         for name, kernel, rank in runs:
             out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{kernel}:{length}:{rank}",
-                                  "--tokens", str(args.tokens), "--repeats", str(args.repeats), "--model", args.model],
+                                  "--tokens", str(args.tokens), "--repeats", str(args.repeats),
+                                  "--model", args.model],
                                  capture_output=True, text=True, check=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             batch, trains = args.tokens // length, f"LoRA r={rank}" if rank else "everything"

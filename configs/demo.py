@@ -14,8 +14,8 @@ def get_config(variant=None):
     c = default_config()
     # On a CPU: four shallow layers train ~15-20% faster unrolled, and `auto` attention switches from xla to
     # blockwise for the 512-token stage, where that is faster (docs/benchmarks.md).
-    c.model.update(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128,
-                   scan_unroll=4, attention="auto")
+    c.model.update(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128)
+    c.execution.update(scan_unroll=4, attention="auto")
     c.data.update(source="stdlib", vocab_size=2048, mode="pack")
     c.rope_scaling = "yarn"  # stages past 128 tokens get YaRN with factor seq_len / 128
     c.tokens_per_step = 4096

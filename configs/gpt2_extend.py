@@ -19,7 +19,7 @@ def get_config(variant=None):
     c.data.update(min_doc_tokens=1025, mode="crop")
     c.tokens_per_step = 32768
     c.micro_batch_size = 2
-    c.model.remat = "dots_no_batch"
+    c.execution.remat = "dots_no_batch"
     c.stages = [
         dict(steps=200, seq_len=1024, lr=1e-4, warmup_steps=20),
         dict(steps=1000, seq_len=4096, lr=1e-4, warmup_steps=50),

@@ -7,8 +7,8 @@
 The model's own context (max_position_embeddings) is the original length; the 16k stage gets
 factor 4 and original_max_position_embeddings = the model's context. YaRN's paper fine-tunes ~400 steps.
 LongLoRA's recipe (adapters + trainable embeddings and norms + S²-Attn in quarter-length groups) is three
-overrides: `--config.model.lora_rank=8 --config.optimizer.trainable=embed,norm
---config.model.shifted_sparse_group=4096`.
+overrides: `--config.adaptation.lora_rank=8 --config.optimizer.trainable=embed,norm
+--config.adaptation.shifted_sparse_group=4096`.
 Mistral, Qwen2, Qwen3 and Phi-3 imports work the same; a Mistral keeps its sliding window unless the run widens
 it (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did). A model that is already scaled
 (Llama 3.1: llama3, Phi-3: longrope) is extended with its own type, which keeps its original context and settings:
@@ -24,8 +24,8 @@ from ctxjax.train.defaults import default_config, use_tiny_run_settings
 def get_config(variant=None):
     c = default_config()
     # Architecture fields are read from the imported checkpoint; these are the training-time choices.
-    c.model.update(attention="blockwise", remat="dots_no_batch", dtype="bfloat16", param_dtype="float32",
-                   max_seq_len=4096)
+    c.execution.update(attention="blockwise", remat="dots_no_batch", dtype="bfloat16")
+    c.model.update(param_dtype="float32", max_seq_len=4096)
     c.rope_scaling = "yarn"
     c.data.update(source="tfds:pg19", min_doc_tokens=16385, mode="crop")
     c.tokens_per_step = 65536

@@ -14,8 +14,8 @@ from ctxjax.train.defaults import default_config, use_tiny_run_settings
 def get_config(variant=None):
     c = default_config()
     c.model.update(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
-                   max_seq_len=8192, norm_eps=1e-5, attention="ring", remat="dots_no_batch",
-                   dtype="bfloat16", param_dtype="float32")
+                   max_seq_len=8192, norm_eps=1e-5, param_dtype="float32")
+    c.execution.update(attention="ring", remat="dots_no_batch", dtype="bfloat16")
     c.model.position = {"name": "rope", "theta": 500000.0}
     c.rope_scaling = "yarn"
     c.mesh.update(data=1, fsdp=-1, tensor=4, sequence=2)
@@ -32,7 +32,8 @@ def get_config(variant=None):
     c.export_dir = "hf"
     if variant == "tiny":  # the pod layout at toy size on 8 CPU devices: fsdp 2 x tensor 2 x sequence 2 (ring)
         use_tiny_run_settings(c)
-        c.model.update(d_model=64, n_layers=2, n_heads=8, n_kv_heads=4, d_ff=128, max_seq_len=32, attention="ring")
+        c.model.update(d_model=64, n_layers=2, n_heads=8, n_kv_heads=4, d_ff=128, max_seq_len=32)
+        c.execution.attention = "ring"
         c.mesh.update(data=1, fsdp=-1, tensor=2, sequence=2)
         c.tokens_per_step = 512
         c.micro_batch_size = 4

@@ -13,6 +13,10 @@ Layers may differ in one way: with `full_attention_layers` set, those layers att
 local layers with one global; Qwen2 windows only its upper layers).
 
 The positional scheme is a value object from `ctxjax.positions` (e.g. `Rope(rope_type="yarn", factor=4)`).
+
+This is what a model *is* — exactly what its checkpoints and `config.json` store. How it runs (kernel, tiles,
+remat, compute dtype) is `ctxjax.execution.ExecutionConfig`; how training adapts it (LoRA, S²-Attn) is
+`ctxjax.adaptation.AdaptationConfig`; which Hugging Face class an export writes is the export's business.
 """
 
 from __future__ import annotations
@@ -20,25 +24,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-
-from ctxjax.errors import InputError
-from ctxjax import attention as attention_lib
 from ctxjax import positions as positions_lib
-from ctxjax.attention.common import ATTENTION_RESIDUALS
+from ctxjax.dataclass_config import replace_fields
+from ctxjax.errors import InputError
 
 FAMILIES = ("llama", "gemma", "gpt2")
 DTYPES = ("float32", "bfloat16", "float16")
-# Rematerialisation of each block: what the backward pass keeps instead of recomputing.
-REMAT_POLICIES = {
-    "none": None,  # keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the cheap rest
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
-    # Recompute the block, except the attention of the block kernels (blockwise, cpu, ring): their output and
-    # log-sum-exp are kept, O(L) per layer, so the costliest part of a long-context layer runs forward once.
-    "attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_RESIDUALS),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +53,7 @@ class ModelConfig:
     # Qwen3: an RMSNorm over each head of q and of k (one scale per head dimension, shared by the heads), before
     # the rotation; it keeps attention logits bounded as training and context grow.
     qk_norm: bool = False
-    dtype: str = "float32"  # compute dtype of activations
-    param_dtype: str = "float32"
-    attention: str = "xla"  # kernel name in ctxjax.attention
+    param_dtype: str = "float32"  # dtype of the stored parameters (compute: ExecutionConfig.dtype)
     # Mistral's sliding window: each token attends to itself and the W - 1 positions before it; 0 = no window.
     sliding_window: int = 0
     # Layers (indices) that ignore sliding_window and rotate with `position`; the other layers use the window and
@@ -78,33 +67,10 @@ class ModelConfig:
     # Gemma 2's soft caps: scores become C tanh(scores / C) in attention, and the output logits likewise; 0 = none.
     attn_logit_softcapping: float = 0.0
     final_logit_softcapping: float = 0.0
-    # Tile of the block-based kernels (blockwise, ring, and the fused kernels' fallback): queries x keys per
-    # step of the online softmax. Larger tiles mean fewer, bigger matmuls; the default was fastest on CPU.
-    attention_block_q: int = 512
-    attention_block_k: int = 512
-    remat: str = "none"  # rematerialisation policy of each block, one of REMAT_POLICIES
-    # Layers per iteration of the scan over layers. Unrolling drops the scan's stacked per-layer buffers (on a
-    # 2-core CPU a 4-layer model trains ~15-20% faster fully unrolled); compile time grows with it.
-    scan_unroll: int = 1
-    # LongLoRA's shifted sparse attention (S²-Attn) in training: tokens attend within groups of this many
-    # positions, half the heads in groups shifted by half a group (ctxjax.attention.shifted). 0 = full
-    # attention. Training only: evaluation, generation and export always attend to the whole context.
-    shifted_sparse_group: int = 0
-    # LoRA adapters (Hu et al. 2021; LongLoRA trains them with embeddings and norms): each projection named
-    # in lora_targets gets x @ A @ B * lora_alpha / lora_rank added, B starting at zero. 0 = no adapters.
-    # Only adapters (and optimizer.trainable groups) train; export merges them into the weights.
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
-    # The Hugging Face class an export writes, e.g. "Phi3ForCausalLM" (import sets it to the checkpoint's). Models
-    # that several classes compute identically keep their own class on the way back; "" or a class that cannot
-    # express the model (Phi-3 after YaRN scaling, say): the export picks Llama, Mistral, Qwen2 or GPT-2 by features.
-    hf_architecture: str = ""
 
     def __post_init__(self):
-        for name in ("lora_targets", "full_attention_layers"):  # lists from JSON (checkpoint metadata): hashable
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.full_attention_layers, list):  # from JSON (checkpoint metadata): hashable
+            object.__setattr__(self, "full_attention_layers", tuple(self.full_attention_layers))
         self.validate()
 
     # ---- derived values (properties, so that a config never stores two copies of a fact) ----
@@ -164,21 +130,16 @@ class ModelConfig:
 
     @property
     def projections(self) -> tuple[str, ...]:
-        """Names of the per-layer projections (what lora_targets may name)."""
+        """Names of the per-layer projections (what AdaptationConfig.lora_targets may name)."""
         return ("q", "k", "v", "o", "up", "down") + (() if self.family == "gpt2" else ("gate",))
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise InputError(f"ModelConfig has no field(s) {unknown}; valid fields: "
-                             f"{sorted(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (checkpoints, logs); `from_dict` inverts it exactly."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("lora_targets", "full_attention_layers"):
-            out[name] = list(out[name])  # as JSON gives it back
+        out["full_attention_layers"] = list(out["full_attention_layers"])  # as JSON gives it back
         for name in ("position", "local_position"):
             scheme = out[name]
             if scheme is not None:
@@ -189,7 +150,6 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
-        d.setdefault("position", {"name": "rope"})
         for name in ("position", "local_position"):
             if isinstance(d.get(name), dict):
                 fields = dict(d[name])
@@ -217,33 +177,10 @@ class ModelConfig:
             fail(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly")
         if self.n_heads % self.kv_heads:
             fail(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads} (grouped-query attention)")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                fail(f"{name}={getattr(self, name)!r} is unknown; use one of {DTYPES}")
+        if self.param_dtype not in DTYPES:
+            fail(f"param_dtype={self.param_dtype!r} is unknown; use one of {DTYPES}")
         if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
             fail(f"sliding_window={self.sliding_window!r} must be an int >= 0 (0: attend to the whole context)")
-        for name in ("attention_block_q", "attention_block_k", "scan_unroll"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(f"{name}={getattr(self, name)!r} must be a positive integer")
-        group = self.shifted_sparse_group
-        if not isinstance(group, int) or group < 0 or group % 2:
-            fail(f"shifted_sparse_group={group!r} must be an even int >= 0 (0: full attention; LongLoRA uses 1/4 "
-                 "of the training length)")
-        if group and (self.n_heads % 2 or (self.kv_heads % 2 and self.kv_heads > 1)):
-            fail(f"shifted_sparse_group splits the heads in two halves; n_heads={self.n_heads} and "
-                 f"n_kv_heads={self.kv_heads} must be even (or n_kv_heads 1): this model cannot use S²-Attn, set "
-                 "shifted_sparse_group=0")
-        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
-            fail(f"lora_rank={self.lora_rank!r} must be an int >= 0 (0: no adapters; LongLoRA uses 8)")
-        if self.lora_rank and not float(self.lora_alpha) > 0:
-            fail(f"lora_alpha={self.lora_alpha!r} must be > 0 (adapters are scaled by lora_alpha / lora_rank)")
-        if not isinstance(self.lora_targets, tuple):
-            fail(f"lora_targets={self.lora_targets!r} must be a tuple of projection names, e.g. ('q', 'v')")
-        projections = self.projections
-        unknown = [t for t in self.lora_targets if t not in projections]
-        if unknown or (self.lora_rank and not self.lora_targets):
-            fail(f"lora_targets={self.lora_targets!r} names {unknown or 'no projection'}; choose from the "
-                 f"projections of a {self.family} model: {projections}")
         layers = self.full_attention_layers
         if (not isinstance(layers, tuple) or any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers)
                 or list(layers) != sorted(set(layers))):
@@ -255,9 +192,9 @@ class ModelConfig:
                      "(or drop local_position)")
             if not isinstance(self.local_position, positions_lib.PositionScheme):
                 fail(f"local_position must be a ctxjax.positions scheme or None, got {self.local_position!r}")
-            if self.local_position.name != self.position.name or self.position.name != "rope":
-                fail(f"local_position ({self.local_position.name}) and position ({self.position.name}) must both be "
-                     "rope schemes: only the rotation may differ between local and global layers")
+            problem = self.position.check_local(self.local_position)
+            if problem:
+                fail(f"local_position: {problem}")
             self.local_position.validate(self)
         for name in ("attn_logit_softcapping", "final_logit_softcapping"):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
@@ -266,13 +203,6 @@ class ModelConfig:
             fail(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be > 0 (or None: head_dim)")
         if self.qk_norm and self.family == "gpt2":
             fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
-        if not isinstance(self.hf_architecture, str):
-            fail(f"hf_architecture={self.hf_architecture!r} must be a Hugging Face class name such as "
-                 "'LlamaForCausalLM' ('' lets the export choose)")
-        if self.attention not in attention_lib.KERNELS:
-            fail(f"attention={self.attention!r} is unknown; use one of {sorted(attention_lib.KERNELS)}")
-        if self.remat not in REMAT_POLICIES:
-            fail(f"remat={self.remat!r} is unknown; use one of {tuple(REMAT_POLICIES)}")
         if not isinstance(self.position, positions_lib.PositionScheme):
             fail(f"position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got {self.position!r}")
         self.position.validate(self)

@@ -1,13 +1,16 @@
-"""Frozen config dataclasses (DataConfig, EvalConfig) built from whatever a caller holds: an instance, a
-plain dict, an ml_collections.ConfigDict from a recipe, or nothing (the defaults)."""
+"""Frozen config dataclasses (ExecutionConfig, AdaptationConfig, DataConfig, EvalConfig) built from whatever a
+caller holds: an instance, a plain dict, an ml_collections.ConfigDict from a recipe, or nothing (the defaults);
+and changed field by field, a typo being an error rather than a silently added field."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from ctxjax.errors import InputError
 
-def dataclass_from(cls, config_like: Any, overrides: dict[str, Any], *, what: str, error=ValueError):
+
+def dataclass_from(cls, config_like: Any, overrides: dict[str, Any], *, what: str, error=InputError):
     """`cls(**fields)` from `config_like` with `overrides` applied; unknown fields are one error naming
     the valid ones (a typo must never be dropped silently)."""
     if config_like is None:
@@ -27,3 +30,12 @@ def dataclass_from(cls, config_like: Any, overrides: dict[str, Any], *, what: st
     if unknown:
         raise error(f"unknown {what} config field(s) {unknown}; valid fields: {', '.join(fields)}")
     return cls(**values)
+
+
+def replace_fields(config, changes: dict[str, Any]):
+    """dataclasses.replace, with unknown field names one error naming the valid ones."""
+    valid = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise InputError(f"{type(config).__name__} has no field(s) {unknown}; valid fields: {sorted(valid)}")
+    return dataclasses.replace(config, **changes)

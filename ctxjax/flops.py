@@ -27,12 +27,12 @@ def matmul_params(cfg: ModelConfig) -> int:
     return cfg.n_layers * (attention + mlp) + d * cfg.vocab_size
 
 
-def attended_keys(cfg: ModelConfig, seq_len: int) -> float:
+def attended_keys(cfg: ModelConfig, seq_len: int, group: int = 0) -> float:
     """Keys a query sees on average over the layers: L/2 causally; with a window W < L, W - W^2 / (2L) (the first
     W queries see 1..W keys, the rest W each), on the layers that have it (`full_attention_layers` have none).
-    With S²-Attn groups of G < L positions, each group is a sequence of G."""
-    if cfg.shifted_sparse_group:
-        seq_len = min(seq_len, cfg.shifted_sparse_group)
+    With S²-Attn groups of G < L positions (`group`), each group is a sequence of G."""
+    if group:
+        seq_len = min(seq_len, group)
 
     def keys(window):
         return seq_len / 2 if not window or window >= seq_len else window - window * window / (2 * seq_len)
@@ -53,11 +53,11 @@ def frozen_matmul_params(cfg: ModelConfig, params, labels) -> int:
                if label == "freeze" and is_matmul_weight(path))
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, frozen_params: int = 0) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, frozen_params: int = 0, group: int = 0) -> float:
     """`frozen_params`: matmul weights without a weight gradient (LoRA, `trainable`): 4 FLOPs per token, not 6.
     LoRA adapters themselves (rank x (in + out) per projection, ~1% of a 4096-wide weight at rank 8) are not
-    counted."""
-    attention = 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * attended_keys(cfg, seq_len)
+    counted. `group`: S²-Attn's group size (AdaptationConfig.shifted_sparse_group), 0 for full attention."""
+    attention = 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * attended_keys(cfg, seq_len, group)
     return 6.0 * matmul_params(cfg) - 2.0 * frozen_params + attention
 
 

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
-from ctxjax.hf.config import export_model_type
+from ctxjax.errors import InputError
+from ctxjax.execution import ExecutionConfig
 from ctxjax.model import KVCache, Transformer, init_cache
 
 # The decode step sees one query against the whole cache: the reference kernel's [1, S] score rows are
@@ -106,29 +106,30 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_to_multiple: int = 1):
     return tokens, positions, segment_ids
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))
-def prefill(cfg: ModelConfig, params, tokens, positions, segment_ids, cache_len: int):
+@functools.partial(jax.jit, static_argnames=("cfg", "run", "cache_len"))
+def prefill(cfg: ModelConfig, run: ExecutionConfig, params, tokens, positions, segment_ids, cache_len: int):
     """Run the (left-padded) prompts through the model into a fresh cache of `cache_len` slots.
     Returns (logits of each row's last prompt token [B, V], cache)."""
-    cache = init_cache(cfg, tokens.shape[0], cache_len)
-    hidden, cache = Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids,
-                                           return_hidden=True, cache=cache)
+    model = Transformer(cfg, run)
+    cache = init_cache(cfg, tokens.shape[0], cache_len, run.dtype)
+    hidden, cache = model.apply({"params": params}, tokens, positions, segment_ids, return_hidden=True,
+                                cache=cache)  # [B, P, D]
     # Only the last slot's logits are needed: project one hidden state per row, not P of them.
-    logits = Transformer(cfg).apply({"params": params}, hidden[:, -1], method=Transformer.logits_from_hidden)
+    logits = model.apply({"params": params}, hidden[:, -1], method=Transformer.logits_from_hidden)  # [B, V]
     return logits, cache
 
 
-def decode_step(cfg: ModelConfig, params, tokens, positions, cache: KVCache):
+def decode_step(cfg: ModelConfig, run: ExecutionConfig, params, tokens, positions, cache: KVCache):
     """One new token per row: tokens, positions [B] -> (logits [B, V], cache)."""
-    step_cfg = cfg.replace(attention=STEP_KERNEL)
-    logits, cache = Transformer(step_cfg).apply(
+    logits, cache = Transformer(cfg, run.replace(attention=STEP_KERNEL)).apply(
         {"params": params}, tokens[:, None], positions[:, None], jnp.ones_like(tokens)[:, None], cache=cache)
     return logits[:, 0], cache
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "stop_tokens", "keep_logits"))
-def _decode(cfg, params, first_logits, cache, next_positions, rng, *, max_new_tokens: int, sampling: Sampling,
-            stop_tokens: tuple[int, ...], keep_logits: bool):
+@functools.partial(jax.jit, static_argnames=("cfg", "run", "max_new_tokens", "sampling", "stop_tokens",
+                                             "keep_logits"))
+def _decode(cfg, run, params, first_logits, cache, next_positions, rng, *, max_new_tokens: int,
+            sampling: Sampling, stop_tokens: tuple[int, ...], keep_logits: bool):
     batch, vocab = first_logits.shape
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
 
@@ -150,7 +151,7 @@ def _decode(cfg, params, first_logits, cache, next_positions, rng, *, max_new_to
 
     def step(carry):
         i, token, cache, positions, state = carry
-        logits, cache = decode_step(cfg, params, token, positions, cache)
+        logits, cache = decode_step(cfg, run, params, token, positions, cache)
         token, state = choose(i, logits, rng, state)
         return i + 1, token, cache, positions + 1, state
 
@@ -176,36 +177,39 @@ def _checked_prompts(prompts, vocab_size: int) -> list[list[int]]:
     return prompts
 
 
-def _phi3_reread_step(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> int:
-    """How many tokens transformers' Phi-3 generates before it drops its cache and reads the whole sequence again
-    (0: it does not): the first time the (padded) sequence reaches L0 + 1 tokens while fewer than L0 + 1 are
-    cached, so that LongRoPE's long factors rotate every key rather than only the keys written after the switch."""
-    position = cfg.position
-    if cfg.family != "llama" or getattr(position, "rope_type", None) != "longrope":
+def _reread_step(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> int:
+    """How many tokens to generate before dropping the cache and reading the whole sequence again (0: never):
+    when the (padded) sequence first grows past the length at which the positional scheme changes how it
+    rotates every key (LongRoPE: its long factors past L0), with fewer tokens cached than that."""
+    switch = cfg.position.rotation_switch()
+    if switch is None:
         return 0
-    try:
-        if export_model_type(cfg) != "phi3":  # the class this model is (or would be) exported as
-            return 0
-    except ValueError:  # no Hugging Face class computes it: decode as every other model
-        return 0
-    fed = position.original_max_position_embeddings + 1 - longest_prompt  # generated tokens fed when it happens
+    fed = switch + 1 - longest_prompt  # generated tokens fed when it happens
     return fed if 1 <= fed < max_new_tokens else 0
 
 
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (), seed: int = 0,
-             pad_to_multiple: int = 64, return_logits: bool = False) -> Generation:
-    """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens; see the module doc."""
+             pad_to_multiple: int = 64, return_logits: bool = False, execution: ExecutionConfig | None = None,
+             reread_on_switch: bool = False) -> Generation:
+    """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens; see the module doc.
+
+    execution: how the prefill runs (default: the `auto` kernel in float32; steps always use STEP_KERNEL).
+    reread_on_switch: when the sequence first grows past the length where the positional scheme rotates every
+    key anew (LongRoPE past L0), drop the cache and read the whole sequence again, as transformers' Phi-3 does
+    (`ctxjax.hf.rereads_on_rope_switch` says which classes do); otherwise cached keys keep their rotation, as
+    transformers' Llama does."""
+    run = execution or ExecutionConfig(attention="auto")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
     prompts = _checked_prompts(prompts, cfg.vocab_size)
     for token in stop_tokens:
         if not 0 <= int(token) < cfg.vocab_size:
             raise InputError(f"stop token {token} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")
-    rereads_at = _phi3_reread_step(cfg, max(len(p) for p in prompts), max_new_tokens)
+    rereads_at = _reread_step(cfg, max(len(p) for p in prompts), max_new_tokens) if reread_on_switch else 0
     if rereads_at:  # decode up to the crossing, then continue from the whole sequence read again
         kwargs = dict(sampling=sampling, stop_tokens=stop_tokens, pad_to_multiple=pad_to_multiple,
-                      return_logits=return_logits)
+                      return_logits=return_logits, execution=run, reread_on_switch=True)
         head = generate(cfg, params, prompts, rereads_at, seed=seed, **kwargs)
         tail = generate(cfg, params, [p + s for p, s in zip(prompts, head.sequences)], max_new_tokens - rereads_at,
                         seed=seed + 1, **kwargs)
@@ -217,14 +221,14 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     tokens, positions, segment_ids = left_pad(prompts, pad_to_multiple)
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     longest = int(lengths.max()) + max_new_tokens
-    if cfg.position.name == "learned" and longest > cfg.max_seq_len:
-        raise InputError(f"prompt + max_new_tokens reach position {longest - 1}, beyond the learned position "
-                         f"table ({cfg.max_seq_len} rows); shorten the prompt or grow the table "
-                         "(ctxjax extend-hf --positions N)")
+    limit = cfg.position.max_positions(cfg)
+    if limit is not None and longest > limit:
+        raise InputError(f"prompt + max_new_tokens reach position {longest - 1}, beyond "
+                         f"{cfg.position.limit_description(cfg)}; shorten the prompt or extend the model")
     cache_len = tokens.shape[1] + max_new_tokens  # the last sampled token is never fed back, one slot spare
-    first_logits, cache = prefill(cfg, params, tokens, positions, segment_ids, cache_len)
+    first_logits, cache = prefill(cfg, run, params, tokens, positions, segment_ids, cache_len)
     new, logits, done = _decode(
-        cfg, params, first_logits, cache, jnp.asarray(lengths), jax.random.PRNGKey(seed),
+        cfg, run, params, first_logits, cache, jnp.asarray(lengths), jax.random.PRNGKey(seed),
         max_new_tokens=int(max_new_tokens), sampling=sampling,
         stop_tokens=tuple(int(t) for t in stop_tokens), keep_logits=return_logits)
     new = np.asarray(new)

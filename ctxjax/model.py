@@ -1,12 +1,13 @@
 """The ctxjax decoder: embed -> n_layers x (attention, MLP) -> norm -> logits, one pure flax.linen module.
 
-    model = Transformer(cfg)
+    model = Transformer(cfg)                  # cfg: ModelConfig, what the model is
+    model = Transformer(cfg, execution=ExecutionConfig(attention="blockwise"), adaptation=AdaptationConfig(...))
     params = model.init(rng, tokens)["params"]
     logits = model.apply({"params": params}, tokens, positions=None, segment_ids=None)  # float32 [B, L, V]
     logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache)  # decoding
 
 Layers are stacked with `nn.scan` (compile time does not grow with depth; every layer parameter has a
-leading `layers` axis) and optionally rematerialised (`ModelConfig.remat`). Parameters and activations
+leading `layers` axis) and optionally rematerialised (`ExecutionConfig.remat`). Parameters and activations
 carry logical axis names (batch, length, embed, heads, kv_heads, head_dim, mlp, vocab, layers); a table
 in the training config maps them to mesh axes, so nothing here names a device axis.
 
@@ -27,10 +28,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ctxjax.errors import InputError
 from ctxjax import attention as attention_lib
+from ctxjax.adaptation import AdaptationConfig
 from ctxjax.attention.shifted import shifted_sparse_attention
-from ctxjax.config import REMAT_POLICIES, ModelConfig
+from ctxjax.config import ModelConfig
+from ctxjax.errors import InputError
+from ctxjax.execution import REMAT_POLICIES, ExecutionConfig
 
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -49,6 +52,7 @@ class Norm(nn.Module):
     Gemma's RMSNorm scales by (1 + w) in float32 and casts after (its weights start at zero)."""
 
     cfg: ModelConfig
+    dtype: str  # the compute dtype
     axis: str = "embed"  # logical name of the normalised axis (Qwen3's q/k norms: head_dim)
 
     @nn.compact
@@ -63,11 +67,11 @@ class Norm(nn.Module):
         init = nn.initializers.zeros if gemma else nn.initializers.ones
         scale = self.param("scale", _param(init, (self.axis,)), (d,), jnp.dtype(cfg.param_dtype))
         if gemma:
-            return (h * (1.0 + scale.astype(jnp.float32))).astype(cfg.dtype)
-        h = h.astype(cfg.dtype) * scale.astype(cfg.dtype)
+            return (h * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+        h = h.astype(self.dtype) * scale.astype(self.dtype)
         if cfg.family == "gpt2":
             bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (d,), jnp.dtype(cfg.param_dtype))
-            h = h + bias.astype(cfg.dtype)
+            h = h + bias.astype(self.dtype)
         return h
 
 
@@ -76,49 +80,50 @@ class Dense(nn.Module):
     with logical names. (flax's DenseGeneral initialises a flattened kernel and reshapes it, which breaks
     the logical sharding constraint under a mesh.)"""
 
-    cfg: ModelConfig
+    param_dtype: str
+    dtype: str  # the compute dtype
     features: tuple[int, ...]
     n_in: int  # how many trailing axes of x are contracted
     kernel_axes: tuple[str, ...]
     use_bias: bool
+    adaptation: AdaptationConfig = AdaptationConfig()
 
     @nn.compact
     def __call__(self, x):
-        cfg = self.cfg
         shape = (*x.shape[x.ndim - self.n_in:], *self.features)
-        kernel = self.param("kernel", _param(_INIT, self.kernel_axes), shape, jnp.dtype(cfg.param_dtype))
+        kernel = self.param("kernel", _param(_INIT, self.kernel_axes), shape, jnp.dtype(self.param_dtype))
         # One 2-D matmul over all leading axes: XLA:CPU runs the weight gradient of a [B, L, D] contraction
         # 2-4x slower than the same product on [B*L, D].
         lead, n_in = x.shape[:x.ndim - self.n_in], math.prod(shape[:self.n_in])
-        y = x.astype(cfg.dtype).reshape(-1, n_in) @ kernel.astype(cfg.dtype).reshape(n_in, -1)
-        y = y.reshape(*lead, *self.features)
-        if cfg.lora_rank and self.name in cfg.lora_targets:
-            y = y + self._adapter(x.astype(cfg.dtype).reshape(-1, n_in), shape).reshape(y.shape)
+        x2d = x.astype(self.dtype).reshape(-1, n_in)  # [B*L, in]
+        y = (x2d @ kernel.astype(self.dtype).reshape(n_in, -1)).reshape(*lead, *self.features)  # [B, L, *out]
+        if self.name in self.adaptation.adapted:
+            y = y + self._adapter(x2d, shape).reshape(y.shape)
         if self.use_bias:
             bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.n_in:]), self.features,
-                              jnp.dtype(cfg.param_dtype))
-            y = y + bias.astype(cfg.dtype)
+                              jnp.dtype(self.param_dtype))
+            y = y + bias.astype(self.dtype)
         return y
-
 
     def _adapter(self, x2d, shape):
         """LoRA: (x @ A) @ B * alpha / rank. A starts uniform in +-1/sqrt(fan_in) (as PEFT's Kaiming init), B at
         zero, so a fresh adapter changes nothing. The rank axis is never sharded."""
-        cfg, (n_in, rank) = self.cfg, (math.prod(shape[:self.n_in]), self.cfg.lora_rank)
+        n_in, rank = math.prod(shape[:self.n_in]), self.adaptation.lora_rank
         bound = n_in ** -0.5
         a_init = lambda key, s, dtype: jax.random.uniform(key, s, dtype, -bound, bound)  # noqa: E731
         a = self.param("lora_a", _param(a_init, (*self.kernel_axes[:self.n_in], None)),
-                       (*shape[:self.n_in], rank), jnp.dtype(cfg.param_dtype))
+                       (*shape[:self.n_in], rank), jnp.dtype(self.param_dtype))  # [*in, r]
         b = self.param("lora_b", _param(nn.initializers.zeros, (None, *self.kernel_axes[self.n_in:])),
-                       (rank, *shape[self.n_in:]), jnp.dtype(cfg.param_dtype))
-        scale = float(cfg.lora_alpha) / rank
-        return (x2d @ a.astype(cfg.dtype).reshape(n_in, rank)) @ (b.astype(cfg.dtype).reshape(rank, -1) * scale)
+                       (rank, *shape[self.n_in:]), jnp.dtype(self.param_dtype))  # [r, *out]
+        scale = float(self.adaptation.lora_alpha) / rank
+        return (x2d @ a.astype(self.dtype).reshape(n_in, rank)) @ (b.astype(self.dtype).reshape(rank, -1) * scale)
 
 
-def _dense(cfg: ModelConfig, features, axis, kernel_axes, use_bias, name):
+def _dense(cfg: ModelConfig, run: ExecutionConfig, adaptation: AdaptationConfig, features, axis, kernel_axes,
+           use_bias, name):
     features = features if isinstance(features, tuple) else (features,)
     n_in = len(axis) if isinstance(axis, tuple) else 1
-    return Dense(cfg, features, n_in, tuple(kernel_axes), use_bias, name=name)
+    return Dense(cfg.param_dtype, run.dtype, features, n_in, tuple(kernel_axes), use_bias, adaptation, name=name)
 
 
 class KVCache(NamedTuple):
@@ -136,15 +141,17 @@ class KVCache(NamedTuple):
     length: jax.Array  # [] int32
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
-    """An empty cache of `max_len` slots per row (in the activation dtype)."""
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str = "float32") -> KVCache:
+    """An empty cache of `max_len` slots per row, in the activation dtype."""
     shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
     slots = jnp.zeros((batch, max_len), jnp.int32)
-    return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype), slots, slots, jnp.zeros((), jnp.int32))
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), slots, slots, jnp.zeros((), jnp.int32))
 
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    run: ExecutionConfig
+    adaptation: AdaptationConfig
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
@@ -152,14 +159,15 @@ class Attention(nn.Module):
         layer's cached k, v [B, S, G, Dh]) are given only when decoding; then the updated (k, v) is returned
         as the second output. `is_full` (traced bool) says whether this layer is one of
         `cfg.full_attention_layers`; None when all layers are alike."""
-        cfg = self.cfg
+        cfg, run, adaptation = self.cfg, self.run, self.adaptation
         h, g, dh = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
-        q = _dense(cfg, (h, dh), -1, ("embed", "heads", "head_dim"), cfg.use_qkv_bias, "q")(x)
-        k = _dense(cfg, (g, dh), -1, ("embed", "kv_heads", "head_dim"), cfg.use_qkv_bias, "k")(x)
-        v = _dense(cfg, (g, dh), -1, ("embed", "kv_heads", "head_dim"), cfg.use_qkv_bias, "v")(x)
+        dense = functools.partial(_dense, cfg, run, adaptation)
+        q = dense((h, dh), -1, ("embed", "heads", "head_dim"), cfg.use_qkv_bias, "q")(x)  # [B, L, H, Dh]
+        k = dense((g, dh), -1, ("embed", "kv_heads", "head_dim"), cfg.use_qkv_bias, "k")(x)  # [B, L, G, Dh]
+        v = dense((g, dh), -1, ("embed", "kv_heads", "head_dim"), cfg.use_qkv_bias, "v")(x)  # [B, L, G, Dh]
         if cfg.qk_norm:
-            q = Norm(cfg, "head_dim", name="q_norm")(q)
-            k = Norm(cfg, "head_dim", name="k_norm")(k)
+            q = Norm(cfg, run.dtype, "head_dim", name="q_norm")(q)
+            k = Norm(cfg, run.dtype, "head_dim", name="k_norm")(k)
         if is_full is None or cfg.local_position is None:
             q, k = cfg.position.rotate(q, k, positions)
         else:  # both rotations are cheap next to attention; the layer's flag picks one
@@ -171,26 +179,26 @@ class Attention(nn.Module):
         kv_positions, kv_segment_ids, new_kv = positions, segment_ids, None
         if layer_kv is not None:
             kv_positions, kv_segment_ids, index = cache_slots
-            k = lax.dynamic_update_slice_in_dim(layer_kv[0], k.astype(layer_kv[0].dtype), index, axis=1)
-            v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index, axis=1)
+            k = lax.dynamic_update_slice_in_dim(layer_kv[0], k.astype(layer_kv[0].dtype), index, axis=1)  # [B, S, G, Dh]
+            v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index, axis=1)  # [B, S, G, Dh]
             new_kv = (k, v)
-        kernel = attention_lib.get_kernel(cfg.attention)
-        if cfg.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding always sees everything
-            kernel = functools.partial(shifted_sparse_attention, kernel, group=cfg.shifted_sparse_group)
+        kernel = attention_lib.get_kernel(run.attention)
+        if adaptation.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding sees everything
+            kernel = functools.partial(shifted_sparse_attention, kernel, group=adaptation.shifted_sparse_group)
 
         def attend(window):
             return kernel(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                           q_positions=positions, kv_positions=kv_positions, scale=cfg.attention_scale,
                           alibi_slopes=cfg.position.alibi_slopes(h), sliding_window=window,
-                          logit_softcap=cfg.attn_logit_softcapping, block_q=cfg.attention_block_q,
-                          block_k=cfg.attention_block_k)
+                          logit_softcap=cfg.attn_logit_softcapping, block_q=run.attention_block_q,
+                          block_k=run.attention_block_k)  # [B, L, H, Dh]
 
         if is_full is None or not cfg.sliding_window:
             out = attend(cfg.sliding_window)
         else:  # the window is static in every kernel (it decides which tiles run): one branch per kind of layer
             out = lax.cond(is_full, lambda: attend(0), lambda: attend(cfg.sliding_window))
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
-        return _dense(cfg, cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out), new_kv
+        return dense(cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out), new_kv
 
 
 class Mlp(nn.Module):
@@ -198,18 +206,21 @@ class Mlp(nn.Module):
     (gpt2: down(gelu(up x)))."""
 
     cfg: ModelConfig
+    run: ExecutionConfig
+    adaptation: AdaptationConfig
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        up = _dense(cfg, cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "up")(x)
+        dense = functools.partial(_dense, cfg, self.run, self.adaptation)
+        up = dense(cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "up")(x)  # [B, L, F]
         if cfg.family == "gpt2":
             h = jax.nn.gelu(up, approximate=True)
         else:
-            gate = _dense(cfg, cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "gate")(x)
+            gate = dense(cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "gate")(x)  # [B, L, F]
             h = (jax.nn.gelu(gate, approximate=True) if cfg.family == "gemma" else jax.nn.silu(gate)) * up
         h = _constrain(h, ("batch", "length", "mlp"))
-        return _dense(cfg, cfg.d_model, -1, ("mlp", "embed"), cfg.use_mlp_bias, "down")(h)
+        return dense(cfg.d_model, -1, ("mlp", "embed"), cfg.use_mlp_bias, "down")(h)  # [B, L, D]
 
 
 class Block(nn.Module):
@@ -218,34 +229,36 @@ class Block(nn.Module):
     outside decoding) and is_full (None when all layers are alike)."""
 
     cfg: ModelConfig
+    run: ExecutionConfig
+    adaptation: AdaptationConfig
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
-        cfg = self.cfg
-        attn_out, new_kv = Attention(cfg, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, segment_ids, cache_slots, layer_kv, is_full)
+        cfg, dtype = self.cfg, self.run.dtype
+        attn_out, new_kv = Attention(cfg, self.run, self.adaptation, name="attn")(
+            Norm(cfg, dtype, name="attn_norm")(x), positions, segment_ids, cache_slots, layer_kv, is_full)
         if cfg.family == "gemma":
-            attn_out = Norm(cfg, name="attn_post_norm")(attn_out)
-        x = x + attn_out
-        mlp_out = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+            attn_out = Norm(cfg, dtype, name="attn_post_norm")(attn_out)
+        x = x + attn_out  # [B, L, D]
+        mlp_out = Mlp(cfg, self.run, self.adaptation, name="mlp")(Norm(cfg, dtype, name="mlp_norm")(x))
         if cfg.family == "gemma":
-            mlp_out = Norm(cfg, name="mlp_post_norm")(mlp_out)
+            mlp_out = Norm(cfg, dtype, name="mlp_post_norm")(mlp_out)
         x = x + mlp_out
         return _constrain(x, ("batch", "length", "embed")), new_kv
 
 
-def _remat_policy(cfg: ModelConfig):
+def _remat_policy(run: ExecutionConfig, adaptation: AdaptationConfig):
     """The configured policy, except that a LoRA adapter's output (x A) B is recomputed from the small x A: a
     policy that keeps matmul outputs would otherwise keep it beside x W, as much memory again per adapted
     projection. (Adapter products are the matmuls that contract over exactly lora_rank.)"""
-    policy = REMAT_POLICIES[cfg.remat]
-    if not cfg.lora_rank or policy is None:
+    policy, rank = REMAT_POLICIES[run.remat], adaptation.lora_rank
+    if not rank or policy is None:
         return policy
 
     def policy_with_adapters(prim, *args, **params):
         if prim is lax.dot_general_p:
             (contracting, _), _ = params["dimension_numbers"]
-            if [args[0].shape[d] for d in contracting] == [cfg.lora_rank]:
+            if [args[0].shape[d] for d in contracting] == [rank]:
                 return False
         return policy(prim, *args, **params)
 
@@ -253,31 +266,34 @@ def _remat_policy(cfg: ModelConfig):
 
 
 class Transformer(nn.Module):
-    config: ModelConfig
+    config: ModelConfig  # what the model is
+    execution: ExecutionConfig = ExecutionConfig()  # how it runs
+    adaptation: AdaptationConfig = AdaptationConfig()  # how training adapts it
 
     def setup(self):
-        cfg = self.config
+        cfg, run = self.config, self.execution
+        self.adaptation.check(cfg)
         self.embed = nn.Embed(
             cfg.vocab_size, cfg.d_model,
-            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            dtype=run.dtype, param_dtype=cfg.param_dtype,
             embedding_init=_param(_INIT, ("vocab", "embed")),
         )
-        self.pos_embed = cfg.position.embedding(cfg)
+        self.pos_embed = cfg.position.embedding(cfg, run.dtype)
         block = Block
-        if cfg.remat != "none":
-            block = nn.remat(Block, policy=_remat_policy(cfg), prevent_cse=False)
+        if run.remat != "none":
+            block = nn.remat(Block, policy=_remat_policy(run, self.adaptation), prevent_cse=False)
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),  # layer_kv, is_full: one slice per layer
             length=cfg.n_layers,
-            unroll=min(cfg.scan_unroll, cfg.n_layers),
+            unroll=min(run.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg)
-        self.final_norm = Norm(cfg)
+        )(cfg, run, self.adaptation)
+        self.final_norm = Norm(cfg, run.dtype)
         if not cfg.tied:
-            self.lm_head = _dense(cfg, cfg.vocab_size, -1, ("embed", "vocab"), False, None)
+            self.lm_head = _dense(cfg, run, AdaptationConfig(), cfg.vocab_size, -1, ("embed", "vocab"), False, None)
 
     def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
                  cache: KVCache | None = None):
@@ -293,9 +309,10 @@ class Transformer(nn.Module):
             positions = jnp.broadcast_to(cache.length + jnp.arange(length, dtype=jnp.int32), (batch, length))
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-            if cfg.position.name == "learned" and length > cfg.max_seq_len:
+            limit = cfg.position.max_positions(cfg)
+            if limit is not None and length > limit:
                 raise InputError(
-                    f"sequence of {length} tokens is longer than the learned position table ({cfg.max_seq_len}); "
+                    f"sequence of {length} tokens is longer than {cfg.position.limit_description(cfg)}; "
                     "grow it with ctxjax.positions.extend(params, new_len) and set max_seq_len=new_len"
                 )
         if segment_ids is None:
@@ -303,7 +320,7 @@ class Transformer(nn.Module):
         positions = positions.astype(jnp.int32)
         segment_ids = segment_ids.astype(jnp.int32)
 
-        x = self.embed(tokens)
+        x = self.embed(tokens)  # [B, L, D]
         if cfg.family == "gemma":  # sqrt(d) rounded to the weights' dtype, as Gemma's embedding applies it
             x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.param_dtype).astype(x.dtype)
         if self.pos_embed is not None:
@@ -325,7 +342,7 @@ class Transformer(nn.Module):
     def logits_from_hidden(self, x):
         """Final hidden states [..., D] -> float32 logits [..., V] (tied: x @ embed^T; else lm_head)."""
         if self.config.tied:
-            logits = self.embed.attend(x.astype(self.config.dtype))
+            logits = self.embed.attend(x.astype(self.execution.dtype))
         else:
             logits = self.lm_head(x)
         logits = soft_cap(logits.astype(jnp.float32), self.config.final_logit_softcapping)
@@ -338,18 +355,17 @@ def soft_cap(logits, cap: float):
     return cap * jnp.tanh(logits / cap) if cap else logits
 
 
-MODEL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")
-
-
-def init_params(cfg: ModelConfig, rng, seq_len: int = 8):
-    """Unboxed float parameters of a fresh model (logical-axis metadata stripped)."""
+def init_params(cfg: ModelConfig, rng, seq_len: int = 8, adaptation: AdaptationConfig = AdaptationConfig()):
+    """Unboxed float parameters of a fresh model (logical-axis metadata stripped), with the adapters that
+    `adaptation` asks for."""
     tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
     # Unboxed inside jit: under a mesh the boxes' sharding constraints only make sense in a trace.
-    return jax.jit(lambda r: nn.meta.unbox(Transformer(cfg).init(r, tokens)["params"]))(rng)
+    model = Transformer(cfg, adaptation=adaptation)
+    return jax.jit(lambda r: nn.meta.unbox(model.init(r, tokens)["params"]))(rng)
 
 
-def param_logical_axes(cfg: ModelConfig):
+def param_logical_axes(cfg: ModelConfig, adaptation: AdaptationConfig = AdaptationConfig()):
     """A pytree like the params whose leaves are PartitionSpecs of logical axis names."""
     tokens = jnp.zeros((1, 8), jnp.int32)
-    abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens))
+    abstract = jax.eval_shape(lambda: Transformer(cfg, adaptation=adaptation).init(jax.random.PRNGKey(0), tokens))
     return nn.get_partition_spec(abstract)["params"]

@@ -43,12 +43,12 @@ def trainable_labels(params, patterns: str):
             r.search(param_path(path)) for r in regexes) else "freeze", params)
 
 
-def make_optimizer(opt, learning_rate: Callable[[int], float], params) -> optax.GradientTransformation:
-    """`opt`: b1, b2, eps, weight_decay, clip_norm, trainable (see the configs)."""
+def make_optimizer(opt, learning_rate: Callable[[int], float], labels) -> optax.GradientTransformation:
+    """`opt`: b1, b2, eps, weight_decay, clip_norm (see the configs); `labels`: 'train' / 'freeze' per parameter
+    (`trainable_labels(params, opt.trainable)`)."""
     adamw = optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
                         mask=decay_mask)
     chain = optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw) if opt.clip_norm else adamw
-    labels = trainable_labels(params, opt.trainable)
     if all(label == "train" for label in jax.tree.leaves(labels)):
         return chain
     # Frozen parameters get no optimizer state at all: that is the memory LongLoRA-style training saves.

@@ -1,9 +1,9 @@
 """Staged context growth: a list of stages, each with its steps, sequence length, learning rate, warm-up
-and positional-scheme overrides, turned into Optax schedules and per-step shapes.
+and positional-scheme overrides, turned into an Optax learning-rate schedule and per-step shapes.
 
 Tokens per step stay constant across stages (batch = tokens_per_step / seq_len) unless a stage sets its own
 batch size; the learning rate is one `optax.join_schedules` (warm-up then cosine decay within each stage);
-the sequence length per step is an `optax.piecewise_constant_schedule`.
+`stage_at(step)` gives a step's stage, and with it its sequence length.
 """
 
 from __future__ import annotations
@@ -122,11 +122,6 @@ def learning_rate_schedule(stages: list[Stage]) -> optax.Schedule:
     return optax.join_schedules(pieces, [s.start for s in stages[1:]])
 
 
-def seq_len_schedule(stages: list[Stage]) -> optax.Schedule:
-    scales = {s.start: s.seq_len / prev.seq_len for prev, s in zip(stages, stages[1:])}
-    return optax.piecewise_constant_schedule(float(stages[0].seq_len), scales)
-
-
 def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "", pose_target_len: int = 0) -> ModelConfig:
     """The model of one stage: the base positional scheme with the stage's overrides, and a context at least
     the stage's sequence length, or PoSE's target when that is longer (its positions reach it; for learned
@@ -140,6 +135,6 @@ def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "", po
     position, context = base.position, max(stage.seq_len, pose_target_len)
     if stage.position:
         position = position.replace(**dict(stage.position))
-    elif rope_scaling and position.name == "rope" and context > base.max_seq_len:
+    elif rope_scaling and context > base.max_seq_len:
         position = position.stretched(rope_scaling, context, base.max_seq_len)
     return base.replace(position=position, max_seq_len=max(base.max_seq_len, context))

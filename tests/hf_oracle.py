@@ -28,7 +28,8 @@ ROPE_CASES = {
     "llama3": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": L0},
     "longrope": {"rope_type": "longrope", "original_max_position_embeddings": L0,
-                 "short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]},
+                 "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                 "long_factor": [1.0 + 0.5 * i for i in range(8)]},
 }
 
 
@@ -43,7 +44,8 @@ def llama(rope_scaling=None, seed=0, **overrides) -> LlamaForCausalLM:
 
 
 def qwen3(rope_scaling=None, seed=0, **overrides):
-    """Qwen3: per-head RMSNorm on q and k; head_dim defaults to 128 (4 x 128 wide q against a hidden size of 64)."""
+    """Qwen3: per-head RMSNorm on q and k; head_dim defaults to 128 (4 x 128 wide q against a hidden size of
+    64)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -74,7 +76,8 @@ def phi3(partial_rotary_factor=1.0, longrope=True, seed=0, **overrides):
 
 def gpt2(seed=0, **overrides) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    fields = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+    fields = dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
+                  eos_token_id=0)
     model = GPT2LMHeadModel(GPT2Config(**{**fields, **overrides})).eval()
     _randomize_norms(model)
     return model
@@ -141,11 +144,12 @@ def gemma3(seed=0, **overrides):
     return model
 
 
-# Gemma 2: like GEMMA3 without q/k norms, one RoPE for all layers, and soft caps small enough to matter in a tiny
-# model (its own defaults are 50 and 30).
+# Gemma 2: like GEMMA3 without q/k norms, one RoPE for all layers, and soft caps small enough to matter in a
+# tiny model (its own defaults are 50 and 30).
 GEMMA2 = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
-              query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=0.05, final_logit_softcapping=0.5)
+              query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=0.05,
+              final_logit_softcapping=0.5)
 
 
 def gemma2(seed=0, **overrides):
@@ -158,13 +162,13 @@ def gemma2(seed=0, **overrides):
 
 
 def gemma3_multimodal(seed=0):
-    """Gemma 3 with a (tiny) SigLIP vision tower, as the 4B and larger models are published: the language model's
-    config is `text_config` and its weights sit under `language_model.`."""
+    """Gemma 3 with a (tiny) SigLIP vision tower, as the 4B and larger models are published: the language
+    model's config is `text_config` and its weights sit under `language_model.`."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
     torch.manual_seed(seed)
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, image_size=28, patch_size=14)
     config = Gemma3Config(text_config=GEMMA3, vision_config=vision.to_dict(), mm_tokens_per_image=4,
                           image_token_index=96, boi_token_index=94, eoi_token_index=95)
     model = Gemma3ForConditionalGeneration(config).eval()

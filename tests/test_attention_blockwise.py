@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_cases import cache_case, random_case
 
 from ctxjax.attention import get_kernel
 from ctxjax.attention.blockwise import blockwise_attention
-from ctxjax.attention.testing import cache_case, random_case
 from ctxjax.attention.xla import xla_attention
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -110,8 +110,8 @@ def test_bfloat16_runs_close_to_reference():
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in (case.q, case.k, case.v))
     out = blockwise_attention(q, k, v, **case.kwargs(), block_q=16, block_k=16)
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(out.astype(np.float32), xla_attention(q, k, v, **case.kwargs()).astype(np.float32),
-                               atol=3e-2)
+    want = xla_attention(q, k, v, **case.kwargs()).astype(np.float32)
+    np.testing.assert_allclose(out.astype(np.float32), want, atol=3e-2)
 
 
 @pytest.mark.parametrize(

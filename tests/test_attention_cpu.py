@@ -7,22 +7,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from ctxjax.attention import cpu
-from ctxjax.attention.blockwise import blockwise_attention
-from ctxjax.attention.testing import cache_case, random_case
-from ctxjax.attention.xla import xla_attention
+from attention_cases import cache_case, random_case
 from test_attention_blockwise import assert_same_as_xla, outputs_and_grads
 from test_attention_ring import make_mesh
 
-pytestmark = pytest.mark.skipif(not cpu.kernel_available(), reason="no C++ compiler: the cpu kernel is blockwise")
+from ctxjax.attention import cpu
+from ctxjax.attention.blockwise import blockwise_attention
+from ctxjax.attention.xla import xla_attention
+
+pytestmark = pytest.mark.skipif(not cpu.kernel_available(),
+                                reason="no C++ compiler: the cpu kernel is blockwise")
 
 
 @pytest.mark.parametrize(
     "case",
     [
         random_case(length=96, n_heads=4, n_kv_heads=2),  # packed rows, GQA, ALiBi, RoPE
-        random_case(seed=1, length=300, n_heads=8, n_kv_heads=2, head_dim=64, alibi=False),  # several tiles each way
+        # several tiles each way
+        random_case(seed=1, length=300, n_heads=8, n_kv_heads=2, head_dim=64, alibi=False),
         random_case(seed=2, length=70, n_heads=4, n_kv_heads=1, head_dim=32, alibi=False),  # multi-query
         random_case(seed=3, length=64, n_heads=2, n_kv_heads=2, n_segments=1, max_gap=3),  # PoSE-style gaps
         cache_case(),  # decoding: few queries against a partly empty cache
@@ -39,7 +41,8 @@ def test_equals_xla(case):
 
 
 def test_query_rows_that_see_nothing_give_zeros():
-    """A query whose segment has no key (cache slots all empty) gets output 0 and zero gradients, as blockwise."""
+    """A query whose segment has no key (cache slots all empty) gets output 0 and zero gradients, as
+    blockwise."""
     case = cache_case(q_len=3, filled=3)
     case = case._replace(kv_segment_ids=np.zeros_like(case.kv_segment_ids))
     out, grads = outputs_and_grads(cpu.cpu_attention, case)
@@ -57,8 +60,8 @@ def test_runs_the_native_kernel_where_it_can():
     odd = random_case(seed=4, batch=1, length=40, head_dim=24)
     odd_kernel = functools.partial(cpu.cpu_attention, **odd.kwargs())
     assert cpu.FORWARD not in jax.jit(odd_kernel).lower(odd.q, odd.k, odd.v).as_text()
-    np.testing.assert_allclose(odd_kernel(odd.q, odd.k, odd.v), xla_attention(odd.q, odd.k, odd.v, **odd.kwargs()),
-                               atol=1e-5, rtol=1e-5)
+    want = xla_attention(odd.q, odd.k, odd.v, **odd.kwargs())
+    np.testing.assert_allclose(odd_kernel(odd.q, odd.k, odd.v), want, atol=1e-5, rtol=1e-5)
     with jax.set_mesh(make_mesh(data=2)):
         assert cpu.FORWARD not in jax.jit(kernel).lower(case.q, case.k, case.v).as_text()
 
@@ -71,7 +74,7 @@ def test_bfloat16_is_computed_in_float32():
     out = kernel(q, k, v)
     assert out.dtype == jnp.bfloat16
     want = xla_attention(*(x.astype(jnp.float32) for x in (q, k, v)), **case.kwargs())
-    np.testing.assert_allclose(out.astype(jnp.float32), want, atol=1e-2)  # one bfloat16 rounding of the output
+    np.testing.assert_allclose(out.astype(jnp.float32), want, atol=1e-2)  # one bfloat16 rounding of the out
     grads = jax.grad(lambda q, k, v: kernel(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2))(q, k, v)
     assert all(g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))) for g in grads)
 

@@ -1,21 +1,21 @@
-"""Fused kernels (cudnn, splash) and `auto`: the fast-path check, the fallback, and splash itself (interpreted)."""
+"""Fused kernels (cudnn, splash) and `auto`: the fast-path check, the fallback, and splash itself
+(interpreted)."""
 
 import functools
 
 import jax
 import numpy as np
 import pytest
+from attention_cases import cache_case, random_case
+from test_attention_blockwise import assert_same_as_xla, outputs_and_grads
+from test_attention_ring import make_mesh
 
 from ctxjax.attention import KERNELS, get_kernel
 from ctxjax.attention.auto import choose_kernel
-from ctxjax.attention.blockwise import blockwise_attention
 from ctxjax.attention.fused import index_order_is_position_order, splash_fused, splash_tile
 from ctxjax.attention.ring import ring_attention
 from ctxjax.attention.shifted import group_segments, shifted_sparse_attention
-from ctxjax.attention.testing import cache_case, random_case
 from ctxjax.attention.xla import xla_attention
-from test_attention_blockwise import assert_same_as_xla, outputs_and_grads
-from test_attention_ring import make_mesh
 
 
 def ids_and_positions(case):
@@ -48,8 +48,8 @@ def test_off_platform_kernels_equal_xla(name):
 
 
 @pytest.mark.parametrize("length, window, tiles, s2_group, softcap",
-                         [(128, 0, (128, 128), 0, 0.0), (256, 40, (256, 128), 0, 0.0), (128, 0, (128, 128), 32, 0.0),
-                          (128, 0, (128, 128), 0, 1.5)],
+                         [(128, 0, (128, 128), 0, 0.0), (256, 40, (256, 128), 0, 0.0),
+                          (128, 0, (128, 128), 32, 0.0), (128, 0, (128, 128), 0, 1.5)],
                          ids=["causal", "window-larger-tiles", "s2-groups", "softcap"])
 def test_splash_interpreted_equals_xla(length, window, tiles, s2_group, softcap):
     case = random_case(seed=9, batch=1, length=length, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,

@@ -5,13 +5,13 @@ import functools
 import jax
 import numpy as np
 import pytest
+from attention_cases import random_case
 from jax.sharding import AxisType
+from test_attention_blockwise import TOL, outputs_and_grads
 
 from ctxjax.attention.ring import ring_attention, zigzag_batch, zigzag_order
 from ctxjax.attention.shifted import shifted_sparse_attention
-from ctxjax.attention.testing import random_case
 from ctxjax.attention.xla import xla_attention
-from test_attention_blockwise import TOL, outputs_and_grads
 
 ring = functools.partial(ring_attention, block_q=8, block_k=8)
 
@@ -71,7 +71,8 @@ def test_zigzag_order_gives_the_same_attention(case_and_reference):
     case, (want_out, _) = case_and_reference
     order = zigzag_order(case.q.shape[1], 4)
     shuffled = case._replace(**{f: getattr(case, f)[:, order] for f in
-                                ("q", "k", "v", "q_segment_ids", "kv_segment_ids", "q_positions", "kv_positions")})
+                                ("q", "k", "v", "q_segment_ids", "kv_segment_ids", "q_positions",
+                                 "kv_positions")})
     with jax.set_mesh(make_mesh(sequence=4)):
         out, _ = outputs_and_grads(ring, shuffled)
     undo = np.argsort(order)
@@ -100,5 +101,6 @@ def test_needs_a_sequence_mesh():
 
 def test_length_must_divide_over_shards():
     case = random_case(length=30)
-    with jax.set_mesh(make_mesh(sequence=4)), pytest.raises(ValueError, match="multiple of the 'sequence' axis"):
+    with jax.set_mesh(make_mesh(sequence=4)), \
+            pytest.raises(ValueError, match="multiple of the 'sequence' axis"):
         ring_attention(case.q, case.k, case.v, **case.kwargs())

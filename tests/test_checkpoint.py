@@ -12,9 +12,11 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from ctxjax import positions
-from ctxjax.checkpoint import (Checkpointer, check_compatible, checkpoint_meta, load_for_inference,
-                               write_params_checkpoint)
+from ctxjax.adaptation import AdaptationConfig
+from ctxjax.checkpoint import (Checkpointer, adaptation_of, check_compatible, checkpoint_meta,
+                               load_for_inference, load_params, model_config_of, write_params_checkpoint)
 from ctxjax.config import ModelConfig
+from ctxjax.lora import merge_adapters, split_adapters
 from ctxjax.model import init_params
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
@@ -111,8 +113,11 @@ def test_checkpoint_sharded_on_8_devices_restores_on_1_device_and_on_a_2x4_mesh(
         assert_trees_equal(on_one, state)
 
         mesh24 = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
-        last_axis = lambda x: NamedSharding(mesh24, PartitionSpec(*([None] * (x.ndim - 1)), "model")
-                                            if x.ndim and x.shape[-1] % 4 == 0 else PartitionSpec())
+
+        def last_axis(x):
+            return NamedSharding(mesh24, PartitionSpec(*([None] * (x.ndim - 1)), "model")
+                                 if x.ndim and x.shape[-1] % 4 == 0 else PartitionSpec())
+
         on_mesh, _, _ = ckpt.restore(abstract(state, last_axis))
         assert on_mesh["params"]["embed"]["embedding"].sharding.spec == PartitionSpec(None, "model")
         assert_trees_equal(on_mesh, state)
@@ -120,7 +125,8 @@ def test_checkpoint_sharded_on_8_devices_restores_on_1_device_and_on_a_2x4_mesh(
 
 def test_params_only_checkpoint_restores_params_alone_and_loads_for_inference(tmp_path):
     params = model_params()
-    path = write_params_checkpoint(tmp_path, CFG, params, train_config={"source": "test"})
+    path = write_params_checkpoint(tmp_path, CFG, params, train_config={"source": "test"},
+                                   hf_architecture="LlamaForCausalLM")
     assert path == str(tmp_path / "checkpoints" / "0")
     with Checkpointer(tmp_path) as ckpt:
         meta = ckpt.restore_meta()
@@ -130,8 +136,8 @@ def test_params_only_checkpoint_restores_params_alone_and_loads_for_inference(tm
         assert_trees_equal(restored["params"], params)
         with pytest.raises(ValueError, match="holds only params.*fresh optimizer state"):
             ckpt.restore(abstract(train_state()))
-    cfg, loaded, tokenizer_dir = load_for_inference(tmp_path)
-    assert cfg == CFG and tokenizer_dir is None
+    cfg, loaded, tokenizer_dir, hf_architecture = load_for_inference(tmp_path)
+    assert cfg == CFG and tokenizer_dir is None and hf_architecture == "LlamaForCausalLM"
     assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(loaded))
     assert_trees_equal(loaded, params)
 
@@ -143,18 +149,58 @@ def test_params_alone_restore_from_a_full_training_checkpoint(tmp_path):
         restored, data_state, meta = ckpt.restore({"params": abstract(state["params"])})
     assert set(restored) == {"params"} and data_state == DATA_STATE and not meta["params_only"]
     assert_trees_equal(restored["params"], state["params"])
-    _, loaded, _ = load_for_inference(tmp_path, step=3)
-    assert_trees_equal(loaded, state["params"])
+    inference = load_for_inference(tmp_path, step=3)
+    assert_trees_equal(inference.params, state["params"])
+    assert inference.cfg == CFG and inference.hf_architecture == ""
+
+
+def test_adapters_are_kept_by_load_params_and_merged_by_load_for_inference(tmp_path):
+    adaptation = AdaptationConfig(lora_rank=2, lora_targets=("q", "v"))
+    params = jax.device_get(init_params(CFG, jax.random.PRNGKey(0), adaptation=adaptation))
+    params["layers"]["attn"]["q"]["lora_b"] = np.full_like(params["layers"]["attn"]["q"]["lora_b"], 0.1)
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        meta = checkpoint_meta(CFG, adaptation=adaptation)
+        ckpt.save(1, {"params": params}, data_state={}, meta=meta, force=True)
+    meta, trained = load_params(tmp_path)
+    assert adaptation_of(meta) == adaptation and meta["format"] == 2
+    assert_trees_equal(trained, params)
+    inference = load_for_inference(tmp_path)
+    assert not split_adapters(inference.params)[1]
+    assert_trees_equal(inference.params, merge_adapters(params, adaptation))
+    q = inference.params["layers"]["attn"]["q"]["kernel"]
+    assert not np.array_equal(q, params["layers"]["attn"]["q"]["kernel"])  # the trained adapter is in it
+
+
+def test_metadata_from_before_the_config_split_is_upgraded_on_read(tmp_path):
+    """First-format metadata kept execution, LoRA and export fields inside model_config: they move where they
+    belong (how the model ran is dropped), so such checkpoints still restore, resume and export."""
+    adaptation = AdaptationConfig(lora_rank=2, lora_alpha=8.0, lora_targets=("q", "v"),
+                                  shifted_sparse_group=4)
+    old_model_config = {**CFG.to_dict(), "dtype": "bfloat16", "attention": "blockwise",
+                        "attention_block_q": 64, "attention_block_k": 64, "remat": "dots", "scan_unroll": 2,
+                        "hf_architecture": "Qwen2ForCausalLM", **adaptation.to_dict()}
+    old = {"model_config": old_model_config, "base_model_config": old_model_config, "train_config": {},
+           "stage": 0}
+    params = jax.device_get(init_params(CFG, jax.random.PRNGKey(0), adaptation=adaptation))
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(2, {"params": params}, data_state={}, meta=old, force=True)
+        meta = ckpt.restore_meta()
+        ckpt.check_compatible(CFG)
+    assert meta["format"] == 2 and meta["model_config"] == meta["base_model_config"] == CFG.to_dict()
+    assert adaptation_of(meta) == adaptation and meta["hf_architecture"] == "Qwen2ForCausalLM"
+    assert model_config_of(old) == CFG and adaptation_of(old) == adaptation  # also from the dict as stored
+    inference = load_for_inference(tmp_path)
+    assert inference.cfg == CFG and inference.hf_architecture == "Qwen2ForCausalLM"
+    assert_trees_equal(inference.params, merge_adapters(params, adaptation))
 
 
 def test_another_models_workdir_is_refused_in_one_line(tmp_path):
     write_params_checkpoint(tmp_path, CFG, model_params())
     with Checkpointer(tmp_path) as ckpt:
-        meta = ckpt.restore_meta()
-        # free: positional scaling, kernels, dtypes, spelling a default explicitly
+        # free: positional scaling, the stored dtype, spelling a default explicitly
         ckpt.check_compatible(CFG.replace(position=positions.Rope("yarn", factor=4.0,
                                                                   original_max_position_embeddings=64),
-                                          attention="blockwise", n_kv_heads=4, max_seq_len=256))
+                                          param_dtype="bfloat16", n_kv_heads=4, max_seq_len=256))
         with pytest.raises(ValueError) as error:
             ckpt.check_compatible(CFG.replace(d_model=64, n_kv_heads=2).to_dict())
     message = str(error.value)

@@ -32,8 +32,8 @@ def test_extend_hf_writes_yarn_scaling_that_transformers_reproduces(tmp_path, ca
 
 
 def test_extend_hf_grows_an_existing_scaling_instead_of_replacing_it(tmp_path, capsys):
-    """A Phi-3's LongRoPE (searched factor lists, L0 16, 4x) extended to 8x keeps its lists and L0; YaRN on top of
-    it would have discarded them, and is refused in one line."""
+    """A Phi-3's LongRoPE (searched factor lists, L0 16, 4x) extended to 8x keeps its lists and L0; YaRN on
+    top of it would have discarded them, and is refused in one line."""
     src = oracle.save(oracle.phi3())
     out = tmp_path / "phi3-8x"
     assert cli.main(["extend-hf", src, "--out", str(out), "--factor", "8"]) == 0
@@ -44,10 +44,12 @@ def test_extend_hf_grows_an_existing_scaling_instead_of_replacing_it(tmp_path, c
     toks = oracle.tokens(1, 100)
     ours = np.asarray(run_model.forward(cfg, params, jnp.asarray(toks)))
     assert np.abs(ours - oracle.logits(AutoModelForCausalLM.from_pretrained(out), toks)).max() <= 1e-4
-    assert cli.main(["extend-hf", src, "--out", str(tmp_path / "x"), "--rope-type", "yarn", "--factor", "8"]) == 2
+    yarn = ["--rope-type", "yarn", "--factor", "8"]
+    assert cli.main(["extend-hf", src, "--out", str(tmp_path / "x"), *yarn]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' progress bars
     assert err.startswith("ctxjax extend-hf: error: the model already uses longrope RoPE scaling (factor 4, "
-                          "original context 16); yarn would replace it: extend it with longrope (its factor becomes 8)")
+                          "original context 16); yarn would replace it: extend it with longrope (its factor "
+                          "becomes 8)")
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -83,7 +85,8 @@ def test_extend_hf_grows_a_gpt2_position_table(tmp_path):
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys):
     src = oracle.save(oracle.gpt2())
     capsys.readouterr()
-    assert cli.main(["extend-hf", src, "--out", str(tmp_path / "x"), "--rope-type", "yarn", "--factor", "2"]) == 2
+    yarn = ["--rope-type", "yarn", "--factor", "2"]
+    assert cli.main(["extend-hf", src, "--out", str(tmp_path / "x"), *yarn]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctxjax extend-hf: error:") and "--positions" in err and "\n" not in err
     assert cli.main(["extend-hf", str(tmp_path), "--out", str(tmp_path / "y")]) == 2

@@ -163,16 +163,18 @@ def test_mixture_repeats_and_thins_each_source_by_its_weight(tmp_path):
     spec = f"mix:2 * text:{tmp_path}/a/*.txt; 0.5*text:{tmp_path}/b/*.txt"  # spaces are fine
     source = open_source(spec)
     assert [source.text(i) for i in range(len(source))] == ["a0", "a0", "a1", "a1", "a2", "a2", "b0", "b2"]
-    assert source.local_files and source.fingerprint() != open_source(spec.replace("2 *", "3 *")).fingerprint()
+    other = open_source(spec.replace("2 *", "3 *"))
+    assert source.local_files and source.fingerprint() != other.fingerprint()
     # max_documents limits every part (each keeps its share), not the first N of the whole.
     limited = open_source(spec, DataConfig(max_documents=2))
     assert [limited.text(i) for i in range(len(limited))] == ["a0", "a0", "a1", "a1", "b0"]
     # Through the pipeline: one epoch holds every repeat, in the shuffled order.
     tokens, _ = drain_tokens(source, shuffle=True)
-    assert sorted(tokens.decode()[i:i + 2] for i in range(0, 16, 2)) == ["a0", "a0", "a1", "a1", "a2", "a2", "b0",
-                                                                         "b2"]
+    pairs = sorted(tokens.decode()[i:i + 2] for i in range(0, 16, 2))
+    assert pairs == ["a0", "a0", "a1", "a1", "a2", "a2", "b0", "b2"]
     # Evaluation reads each part's held-out documents once (repeats would only score them again).
-    assert eval_source_spec(DataConfig(source="mix:3*stdlib;1*stdlib:train")) == "mix:1*stdlib:eval;1*stdlib:eval"
+    held_out = eval_source_spec(DataConfig(source="mix:3*stdlib;1*stdlib:train"))
+    assert held_out == "mix:1*stdlib:eval;1*stdlib:eval"
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -199,7 +201,8 @@ def test_a_mixtures_repeats_are_tokenized_and_cached_once(tmp_path):
     order = np.array([6, 0, 4, 1, 3])  # a shard's documents: f, ab, cde, ab, cde
     for _ in range(2):  # tokenized, then read back from the cache
         docs = PrecomputedDocuments(tokenizer, order, str(tmp_path))
-        assert [bytes(docs.tokens(j).tolist()) for j in range(len(docs))] == [b"f", b"ab", b"cde", b"ab", b"cde"]
+        texts = [bytes(docs.tokens(j).tolist()) for j in range(len(docs))]
+        assert texts == [b"f", b"ab", b"cde", b"ab", b"cde"]
         assert docs.lengths().tolist() == [1, 2, 3, 2, 3] and len(docs._flat) == 6  # each text stored once
 
 

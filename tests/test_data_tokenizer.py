@@ -76,8 +76,10 @@ def test_an_export_with_a_trained_sentencepiece_model_encodes_the_same_in_transf
     out = save_pretrained(cfg, init_params(cfg, jax.random.PRNGKey(0)), str(tmp_path / "out"),
                           tokenizer=os.path.join(workdir, "tokenizer", "tokenizer.model"))
     config = json.load(open(os.path.join(out, "config.json")))
-    assert (config["bos_token_id"], config["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id) != (None, None)
-    # transformers encodes as ctxjax trained (no dummy "▁" prefix), with BOS first as training documents start.
+    special = (tokenizer.bos_id, tokenizer.eos_id)
+    assert (config["bos_token_id"], config["eos_token_id"]) == special != (None, None)
+    # transformers encodes as ctxjax trained (no dummy "▁" prefix), with BOS first as training documents
+    # start.
     exported = AutoTokenizer.from_pretrained(out)
     for text in (SAMPLE, "  two leading spaces", "héllo ✓\n\tx"):
         assert exported(text).input_ids == [tokenizer.bos_id] + tokenizer.encode(text)
@@ -121,8 +123,8 @@ def test_hf_tokenizer_json_loads_and_feeds_the_pipeline(corpus, tmp_path):
 
 def test_a_replaced_tokenizer_leaves_none_of_its_files_behind_and_is_announced(corpus, tmp_path, caplog):
     """An imported model's tokenizer (tokenizer.json + companions) replaced by the run's: export must not find
-    the old tokenizer_config.json and ship it as if it described the new one; and the log says it happened (the
-    imported model's embeddings belong to the old one)."""
+    the old tokenizer_config.json and ship it as if it described the new one; and the log says it happened
+    (the imported model's embeddings belong to the old one)."""
     directory = tmp_path / "work" / "tokenizer"
     directory.mkdir(parents=True)
     make_hf_tokenizer_json(str(directory))

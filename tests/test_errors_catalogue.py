@@ -41,7 +41,8 @@ class Setup:
         return str(path)
 
     def hf_dir(self, **config_changes) -> str:
-        """A tiny Llama (no tokenizer) with `config_changes` written into its config.json (None deletes a key)."""
+        """A tiny Llama (no tokenizer) with `config_changes` written into its config.json (None deletes a
+        key)."""
         directory = shutil.copytree(self.factory.llama, self.path(f"hf{len(os.listdir(self.tmp))}"))
         path = os.path.join(directory, "config.json")
         config = json.load(open(path))
@@ -68,7 +69,8 @@ def _damaged_meta(s: Setup) -> str:
 
 def _sharded_with_bad_index(s: Setup) -> str:
     directory = s.hf_dir()
-    os.rename(os.path.join(directory, "model.safetensors"), os.path.join(directory, "model-00001-of-00001.safetensors"))
+    os.rename(os.path.join(directory, "model.safetensors"),
+              os.path.join(directory, "model-00001-of-00001.safetensors"))
     s.file(os.path.join(os.path.basename(directory), "model.safetensors.index.json"), '{"weight_map": {')
     return directory
 
@@ -83,23 +85,28 @@ def _truncated_weights(s: Setup) -> str:
 
 NOT_A_STRING = json.dumps({"text": 5})
 def remote_code_dir(s: Setup) -> str:
-    """A model directory whose config names its own Python code (auto_map), which would leave a file if it ran."""
+    """A model directory whose config names its own Python code (auto_map), which would leave a file if it
+    ran."""
     directory = s.hf_dir(architectures=["CustomForCausalLM"], model_type="custom",
                          auto_map={"AutoConfig": "configuration_custom.CustomConfig",
                                    "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
     sentinel = os.path.join(directory, "code-ran")
     for module in ("configuration_custom", "modeling_custom"):
-        s.file(os.path.join(os.path.basename(directory), f"{module}.py"), f"open({sentinel!r}, 'w').close()\n")
+        s.file(os.path.join(os.path.basename(directory), f"{module}.py"),
+               f"open({sentinel!r}, 'w').close()\n")
     return directory
 
 
 CASES = {
-    "config-directory": lambda s: ["train", "--config", os.path.join(ROOT, "configs"), "--workdir", s.path("w")],
+    "config-directory": lambda s: ["train", "--config", os.path.join(ROOT, "configs"), "--workdir",
+                                   s.path("w")],
     "config-missing": lambda s: ["train", "--config", s.path("nope.py"), "--workdir", s.path("w")],
     "config-raises": lambda s: ["train", "--config", s.file("raises.py", "def get_config(variant=None):\n"
-                                                                          "    return 1 / 0\n"), "--workdir", s.path("w")],
+                                                                          "    return 1 / 0\n"),
+                                "--workdir", s.path("w")],
     "config-not-configdict": lambda s: ["train", "--config", s.file("d.py", "def get_config(variant=None):\n"
-                                                                            "    return {}\n"), "--workdir", s.path("w")],
+                                                                            "    return {}\n"),
+                                        "--workdir", s.path("w")],
     "override-unknown": lambda s: s.train("--config.model.d_modle=3"),
     "override-index": lambda s: s.train("--config.stages.5={'steps': 1}"),
     "override-type": lambda s: s.train("--config.tokens_per_step=abc"),
@@ -114,23 +121,31 @@ CASES = {
                                            "'original_max_position_embeddings': 16}"),
     "export-dir-workdir": lambda s: s.train("--config.export_dir='.'"),
     "export-dir-checkpoints": lambda s: s.train("--config.export_dir='checkpoints'"),
-    "export-dir-not-empty": lambda s: s.train(f"--config.export_dir={os.path.dirname(s.file('mine/a.txt', 'x'))!r}"),
+    "export-dir-not-empty": lambda s: s.train(
+        f"--config.export_dir={os.path.dirname(s.file('mine/a.txt', 'x'))!r}"),
     "workdir-is-file": lambda s: s.train(workdir=s.file("a-file", "x")),
-    "imported-without-tokenizer": lambda s: ["train", "--config", os.path.join(ROOT, "configs", "llama_extend.py:tiny"),
+    "imported-without-tokenizer": lambda s: ["train", "--config",
+                                             os.path.join(ROOT, "configs", "llama_extend.py:tiny"),
                                              "--workdir", s.imported(), "--config.data.tokenizer=''"],
-    "jsonl-text-not-string": lambda s: s.train(f"--config.data.source='jsonl:{s.file('d.jsonl', NOT_A_STRING)}'",
-                                               "--config.data.on_decode_error='fail'"),
-    "no-checkpoints": lambda s: ["export", "--workdir", os.path.dirname(s.file("empty/x", "")), "--out", s.path("o")],
-    "checkpoint-damaged": lambda s: ["export", "--workdir", _damaged_meta(s), "--step", "0", "--out", s.path("o")],
+    "jsonl-text-not-string": lambda s: s.train(
+        f"--config.data.source='jsonl:{s.file('d.jsonl', NOT_A_STRING)}'",
+        "--config.data.on_decode_error='fail'"),
+    "no-checkpoints": lambda s: ["export", "--workdir", os.path.dirname(s.file("empty/x", "")),
+                                 "--out", s.path("o")],
+    "checkpoint-damaged": lambda s: ["export", "--workdir", _damaged_meta(s), "--step", "0",
+                                     "--out", s.path("o")],
     "no-checkpoint-readable": lambda s: ["export", "--workdir", _damaged_meta(s), "--out", s.path("o")],
     "export-holds-workdir": lambda s: ["export", "--workdir", (w := s.imported()), "--out", w, "--overwrite"],
     "export-inside-checkpoints": lambda s: ["export", "--workdir", (w := s.imported()), "--out",
                                             os.path.join(w, "checkpoints", "9")],
-    "export-not-empty": lambda s: ["export", "--workdir", s.imported(), "--out", os.path.dirname(s.file("m/a", "x"))],
-    "export-not-ctxjax": lambda s: ["export", "--workdir", s.imported(), "--out", os.path.dirname(s.file("m/a", "x")),
-                                    "--overwrite"],
-    "hf-no-config": lambda s: ["import-hf", os.path.dirname(s.file("nomodel/a", "x")), "--workdir", s.path("w")],
-    "hf-config-not-json": lambda s: ["info", os.path.dirname(s.file("badjson/config.json", "{\"vocab_size\": "))],
+    "export-not-empty": lambda s: ["export", "--workdir", s.imported(),
+                                   "--out", os.path.dirname(s.file("m/a", "x"))],
+    "export-not-ctxjax": lambda s: ["export", "--workdir", s.imported(),
+                                    "--out", os.path.dirname(s.file("m/a", "x")), "--overwrite"],
+    "hf-no-config": lambda s: ["import-hf", os.path.dirname(s.file("nomodel/a", "x")),
+                               "--workdir", s.path("w")],
+    "hf-config-not-json": lambda s: ["info",
+                                     os.path.dirname(s.file("badjson/config.json", "{\"vocab_size\": "))],
     "hf-config-field-missing": lambda s: ["import-hf", s.hf_dir(vocab_size=None), "--workdir", s.path("w")],
     "hf-rope-factor-not-number": lambda s: ["import-hf", s.hf_dir(rope_scaling={"rope_type": "linear",
                                                                                "factor": "four"}),
@@ -138,7 +153,8 @@ CASES = {
     "hf-unsupported": lambda s: ["info", s.hf_dir(architectures=["CustomForCausalLM"], model_type="custom")],
     "hf-truncated-weights": lambda s: ["import-hf", _truncated_weights(s), "--workdir", s.path("w")],
     "hf-index-not-json": lambda s: ["import-hf", _sharded_with_bad_index(s), "--workdir", s.path("w")],
-    "hf-remote-code": lambda s: ["check-logits", remote_code_dir(s), "--workdir", s.imported(), "--lengths", "8"],
+    "hf-remote-code": lambda s: ["check-logits", remote_code_dir(s), "--workdir", s.imported(),
+                                 "--lengths", "8"],
     "prompt-file-missing": lambda s: ["generate", "--hf", s.factory.llama, "--tokenizer", "bytes",
                                       "--prompt-file", s.path("nope.txt")],
     "prompt-file-binary": lambda s: ["generate", "--hf", s.factory.llama, "--tokenizer", "bytes",

@@ -84,7 +84,8 @@ def test_compare_overlays_runs_in_one_set_of_plots(evaluated, tmp_path):
     results["run"] = "other"
     json.dump(results, open(other / "results.json", "w"))
     assert cli.main(["eval", "--compare", str(evaluated), str(other), "--out", str(tmp_path / "cmp")]) == 0
-    for name in ("ppl_vs_length.png", "per_position_loss.png", "passkey_vs_length.png", "needle_vs_length.png"):
+    for name in ("ppl_vs_length.png", "per_position_loss.png", "passkey_vs_length.png",
+                 "needle_vs_length.png"):
         assert_valid_png(tmp_path / "cmp" / name)
     table = open(tmp_path / "cmp" / "compare.md").read()
     assert "| metric | tiny | other |" in table and "eval/ppl/sliding/64" in table
@@ -134,7 +135,8 @@ def corrupt_weights_dir(llama_dir, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (lambda d, t: ["eval", "--hf", str(t / "missing")], "is not a directory"),
-    (lambda d, t: ["eval", "--hf", bad_hf_dir(t)], "config.json (a Hugging Face model config) is not valid JSON"),
+    (lambda d, t: ["eval", "--hf", bad_hf_dir(t)],
+     "config.json (a Hugging Face model config) is not valid JSON"),
     (lambda d, t: ["eval", "--hf", corrupt_weights_dir(d, t), "--tokenizer", "bytes"],
      "model.safetensors is not a readable safetensors file"),
     (lambda d, t: ["eval", "--hf", d], "no tokenizer found"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctxjax.evaluate.perplexity import perplexity_by_length, sliding_starts
-from ctxjax.evaluate.scoring import evaluation_config, model_scorer
+from ctxjax.evaluate.scoring import evaluation_execution, model_scorer
 from ctxjax.hf import load_pretrained
 
 
@@ -37,7 +37,8 @@ def run(docs, lengths, **kw):
 
 def test_each_method_matches_a_hand_computation():
     r = run([DOC], [4])
-    # Non-overlapping windows of 4: tokens 0-4 and 4-8; each window's targets see 1..4 tokens; token 9 is a tail.
+    # Non-overlapping windows of 4: tokens 0-4 and 4-8; each window's targets see 1..4 tokens; token 9 is a
+    # tail.
     nll, ppl = expected([(1, 1), (2, 2), (3, 3), (4, 4), (5, 1), (6, 2), (7, 3), (8, 4)])
     assert r["nonoverlapping"]["4"]["nll"] == pytest.approx(nll)
     assert r["nonoverlapping"]["4"]["ppl"] == pytest.approx(ppl)
@@ -46,14 +47,16 @@ def test_each_method_matches_a_hand_computation():
     # each target once: window 3 scores 5-7 (contexts 2-4), window 5 scores 8-9 (contexts 3-4).
     nll, _ = expected([(1, 1), (2, 2), (3, 3), (4, 4), (5, 2), (6, 3), (7, 4), (8, 3), (9, 4)])
     assert r["sliding"]["4"]["nll"] == pytest.approx(nll)
-    assert (r["sliding"]["4"]["tokens"], r["sliding"]["4"]["windows"], r["sliding"]["4"]["stride"]) == (9, 3, 3)
+    sliding = r["sliding"]["4"]
+    assert (sliding["tokens"], sliding["windows"], sliding["stride"]) == (9, 3, 3)
     # Fixed target set: the last 2 tokens (8, 9) with the window of 4 that ends at the document's end.
     nll, _ = expected([(8, 3), (9, 4)])
     assert r["fixed_target"]["4"]["nll"] == pytest.approx(nll)
     # Per-position loss: mean over the two non-overlapping windows, in buckets of 2 target positions.
     assert r["per_position"]["4"]["starts"] == [0, 2]
-    assert r["per_position"]["4"]["nll"] == pytest.approx([np.mean([0.1 + 1, 0.2 + 0.5, 0.5 + 1, 0.6 + 0.5]),
-                                                           np.mean([0.3 + 1 / 3, 0.4 + 0.25, 0.7 + 1 / 3, 0.8 + 0.25])])
+    assert r["per_position"]["4"]["nll"] == pytest.approx([
+        np.mean([0.1 + 1, 0.2 + 0.5, 0.5 + 1, 0.6 + 0.5]),
+        np.mean([0.3 + 1 / 3, 0.4 + 0.25, 0.7 + 1 / 3, 0.8 + 0.25])])
 
 
 def test_fixed_targets_are_the_same_at_every_length_only_the_context_grows():
@@ -81,7 +84,8 @@ def test_documents_shorter_than_the_window_and_lengths_longer_than_every_documen
 
 def test_a_length_the_model_cannot_take_is_skipped_with_the_given_reason():
     r = run([DOC], [4, 8], too_long={8: "beyond the learned position table (6 rows)"})
-    assert r["skipped"] == [{"length": 8, "method": "all", "reason": "beyond the learned position table (6 rows)"}]
+    reason = "beyond the learned position table (6 rows)"
+    assert r["skipped"] == [{"length": 8, "method": "all", "reason": reason}]
 
 
 def test_a_stride_longer_than_the_window_is_capped_at_the_window():
@@ -105,7 +109,8 @@ def test_model_scorer_equals_transformers_cross_entropy():
     model = oracle.llama()
     cfg, params = load_pretrained(oracle.save(model))
     windows = oracle.tokens(3, 21, seed=5)
-    ours = model_scorer(evaluation_config(cfg), params, batch_size=2)(windows.astype(np.int32))  # 2 + padded 1
+    score = model_scorer(cfg, evaluation_execution(), params, batch_size=2)
+    ours = score(windows.astype(np.int32))  # 2 + padded 1
     logits = torch.tensor(oracle.logits(model, windows[:, :-1]))
     theirs = torch.nn.functional.cross_entropy(logits.transpose(1, 2), torch.tensor(windows[:, 1:]),
                                                reduction="none").numpy()

@@ -1,5 +1,5 @@
-"""Passkey, multi-key passkey and needle prompts: the needle sits at the requested depth, prompts fit the length,
-the scorers accept exactly the right answer, and the grid's summary lengths follow the accuracies."""
+"""Passkey, multi-key passkey and needle prompts: the needle sits at the requested depth, prompts fit the
+length, the scorers accept exactly the right answer, and the grid's summary lengths follow the accuracies."""
 
 import re
 
@@ -29,7 +29,8 @@ def test_passkey_prompt_puts_the_key_at_the_requested_depth(length, depth):
     assert text.endswith(QUESTION)
     # The key sentence starts exactly at needle_start, after filler_before tokens of filler.
     sentence = " " + KEY_SENTENCE.format(key="48213")
-    assert TOKENIZER.decode(prompt.tokens[prompt.needle_start:prompt.needle_start + len(sentence)]) == sentence
+    needle = prompt.tokens[prompt.needle_start:prompt.needle_start + len(sentence)]
+    assert TOKENIZER.decode(needle) == sentence
     assert text.count("48213") == 2
     # Depth: the filler before the key is within half a filler unit of depth x all filler.
     assert abs(prompt.filler_before - depth * prompt.filler_total) <= LONGEST_UNIT / 2
@@ -132,7 +133,8 @@ def test_multikey_prompt_hides_distinct_named_keys_and_asks_for_the_one_at_the_d
     asked = text.split("What is the secret number of ")[1].split("?")[0]
     assert keys[asked] == trial.expected and text.endswith(f"The secret number of {asked} is")
     sentence = " " + multikey.KEY_SENTENCE.format(name=asked, key=trial.expected)
-    assert TOKENIZER.decode(prompt.tokens[prompt.needle_start:prompt.needle_start + len(sentence)]) == sentence
+    needle = prompt.tokens[prompt.needle_start:prompt.needle_start + len(sentence)]
+    assert TOKENIZER.decode(needle) == sentence
     assert abs(prompt.depth - depth) < 0.05
 
 
@@ -142,7 +144,8 @@ def test_multikey_tells_reading_the_name_from_copying_a_number():
     def answer_with(pick):
         return lambda prompts, _: [" " + pick(TOKENIZER.decode(p)) + "." for p in prompts]
 
-    by_name = answer_with(lambda t: secret_numbers(t)[t.split("What is the secret number of ")[1].split("?")[0]])
+    by_name = answer_with(
+        lambda t: secret_numbers(t)[t.split("What is the secret number of ")[1].split("?")[0]])
     first_number = answer_with(lambda t: next(iter(secret_numbers(t).values())))
     task = MultiKeyTask(TOKENIZER, distractors=3)
     grid = dict(lengths=[300, 1000], depths=[0.5], trials=24, answer_tokens=8, batch_size=8, seed=0)

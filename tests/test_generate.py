@@ -11,8 +11,9 @@ import torch
 from test_model import SCHEMES
 
 from ctxjax import ModelConfig, init_params, positions
+from ctxjax.execution import ExecutionConfig
 from ctxjax.generate import Sampling, generate, left_pad, sample_next
-from ctxjax.hf import load_pretrained
+from ctxjax.hf import architecture_of, load_pretrained, rereads_on_rope_switch
 
 RNG = np.random.RandomState(0)
 PROMPTS = [RNG.randint(0, 61, n).tolist() for n in (9, 3, 14)]  # different lengths: left padding in play
@@ -40,7 +41,8 @@ def test_unrolled_layers_decode_the_same():
     cfg = tiny(positions.Rope())
     params = init_params(cfg, jax.random.PRNGKey(0))
     rolled = generate(cfg, params, PROMPTS, 4, return_logits=True)
-    unrolled = generate(cfg.replace(scan_unroll=2), params, PROMPTS, 4, return_logits=True)
+    unrolled = generate(cfg, params, PROMPTS, 4, return_logits=True,
+                        execution=ExecutionConfig(attention="auto", scan_unroll=2))
     assert unrolled.sequences == rolled.sequences
     np.testing.assert_allclose(np.asarray(unrolled.logits), np.asarray(rolled.logits), atol=1e-5)
 
@@ -56,8 +58,9 @@ def _hf_generate(model, prompts, max_new_tokens):
     return new, torch.stack(out.logits, dim=1).float().numpy()
 
 
-# Prompt lengths chosen so that decoding crosses the thresholds of the sequence-dependent types: 58 + 12 tokens
-# pass max_position_embeddings (64, dynamic NTK); prompts of 10 and 6 + 12 tokens pass L0 = 16 (longrope).
+# Prompt lengths chosen so that decoding crosses the thresholds of the sequence-dependent types: 58 + 12
+# tokens pass max_position_embeddings (64, dynamic NTK); prompts of 10 and 6 + 12 tokens pass L0 = 16
+# (longrope).
 CROSSING = {"long": (58, 30, 5), "short": (10, 6)}
 
 
@@ -76,17 +79,21 @@ def test_greedy_tokens_and_logits_equal_transformers_generate(case):
 
 
 def test_phi3_rereads_the_sequence_once_it_passes_l0_as_transformers_phi3_does():
-    """Unlike Llama, transformers' Phi-3 drops the cache when the sequence first grows past L0 and reads it again,
-    so every key gets the long LongRoPE factors; mixing rotations (as Llama does) would give other logits."""
-    cfg, params = load_pretrained(oracle.save(oracle.phi3()))
+    """Unlike Llama, transformers' Phi-3 drops the cache when the sequence first grows past L0 and reads it
+    again, so every key gets the long LongRoPE factors; mixing rotations (as Llama does, and generate by
+    default) would give other logits."""
+    src = oracle.save(oracle.phi3())
+    assert rereads_on_rope_switch(architecture_of(src)) and not rereads_on_rope_switch("LlamaForCausalLM")
+    cfg, params = load_pretrained(src)
     rng = np.random.RandomState(1)
     for lengths in CROSSING.values():
         prompts = [rng.randint(3, 97, n).tolist() for n in lengths]
-        ours = generate(cfg, params, prompts, 12, return_logits=True, pad_to_multiple=8)
+        ours = generate(cfg, params, prompts, 12, return_logits=True, pad_to_multiple=8,
+                        reread_on_switch=True)
         theirs, their_logits = _hf_generate(oracle.phi3(), prompts, 12)
         assert ours.sequences == theirs
         np.testing.assert_allclose(ours.logits, their_logits, atol=1e-4)
-    mixed = generate(cfg.replace(hf_architecture=""), params, prompts, 12, return_logits=True, pad_to_multiple=8)
+    mixed = generate(cfg, params, prompts, 12, return_logits=True, pad_to_multiple=8)
     assert np.abs(mixed.logits - their_logits).max() > 1e-3
 
 
@@ -158,7 +165,8 @@ def test_sequence_dependent_rope_cached_differs_from_recomputed_only_after_the_t
         tokens[0, :n] = sequence[:n]
         pos = np.where(np.arange(width) < n, np.arange(width), 0)[None]
         seg = (np.arange(width) < n).astype(np.int32)[None]
-        full = np.asarray(run_model.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg)))
+        full = run_model.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg))
+        full = np.asarray(full)
         diff.append(np.abs(out.logits[0, step] - full[0, n - 1]).max())
     # Step i sees a sequence of threshold - 4 + i tokens: beyond the threshold from step 5 on.
     assert max(diff[:5]) < 1e-5, diff
@@ -172,8 +180,8 @@ def test_sampling_settings():
     assert (greedy == jnp.argmax(logits, -1)).all()
     assert (sample_next(logits, rng, Sampling(temperature=1.0, top_k=1)) == greedy).all()
     assert (sample_next(logits, rng, Sampling(temperature=1.0, top_p=1e-6)) == greedy).all()
-    draws = np.stack([np.asarray(sample_next(logits, jax.random.PRNGKey(i), Sampling(temperature=2.0, top_k=5)))
-                      for i in range(200)])
+    hot_top5 = Sampling(temperature=2.0, top_k=5)
+    draws = np.stack([np.asarray(sample_next(logits, jax.random.PRNGKey(i), hot_top5)) for i in range(200)])
     top5 = np.argsort(-np.asarray(logits), axis=-1)[:, :5]
     assert all(set(draws[:, row]) <= set(top5[row]) for row in range(3))
     assert all(len(set(draws[:, row])) > 1 for row in range(3))
@@ -205,7 +213,8 @@ def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
     (lambda cfg, p: generate(cfg, p, [[]], 4), "at least one token"),
     (lambda cfg, p: generate(cfg, p, [[1, 2]], 0), "max_new_tokens"),
     (lambda cfg, p: generate(cfg, p, [[1, 2]], 4, stop_tokens=(999,)), "outside the model's vocabulary"),
-    (lambda cfg, p: generate(cfg.replace(position=positions.Learned()), p, [[1] * 60], 8), "learned position"),
+    (lambda cfg, p: generate(cfg.replace(position=positions.Learned()), p, [[1] * 60], 8),
+     "learned position"),
     (lambda cfg, p: Sampling(temperature=-1), "temperature"),
     (lambda cfg, p: Sampling(top_p=0), "top_p"),
     (lambda cfg, p: Sampling(top_k=2.5), "top_k=2.5 must be a number \\(an int\\)"),

@@ -3,6 +3,7 @@ half written."""
 
 import json
 import os
+import re
 
 import hf_oracle as oracle
 import jax
@@ -38,7 +39,8 @@ def _one_line(excinfo):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(llama_dir, tmp_path):
-    bad = _copy_with(llama_dir, tmp_path, {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"})
+    t5 = {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}
+    bad = _copy_with(llama_dir, tmp_path, t5)
     with pytest.raises(ValueError) as e:
         load_pretrained(bad)
     assert "LlamaForCausalLM" in _one_line(e) and "GPT2LMHeadModel" in str(e.value)
@@ -63,7 +65,8 @@ def test_extra_weights(llama_dir, tmp_path):
 
 def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
     bad = _copy_with(llama_dir, tmp_path, {"intermediate_size": 128})
-    with pytest.raises(ValueError, match=r"gate_proj.weight has shape \(96, 64\) but config.json implies \(128, 64\)"):
+    with pytest.raises(ValueError,
+                       match=r"gate_proj.weight has shape \(96, 64\) but config.json implies \(128, 64\)"):
         load_pretrained(bad)
 
 
@@ -73,10 +76,12 @@ def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
     ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "beta_fast": 1, "beta_slow": 8}}, "beta_fast"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0] * 8}},
      "`short_factor` must list 8 factors"),
-    ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh",
-      "use_bidirectional_attention": True}, "use_bidirectional_attention=true makes an encoder"),
-    ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh",
-      "sliding_window": None}, "local .sliding_attention. layers but no sliding_window"),
+    ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+      "hidden_activation": "gelu_pytorch_tanh", "use_bidirectional_attention": True},
+     "use_bidirectional_attention=true makes an encoder"),
+    ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+      "hidden_activation": "gelu_pytorch_tanh", "sliding_window": None},
+     "local .sliding_attention. layers but no sliding_window"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
 ])
 def test_bad_config_values(llama_dir, tmp_path, changes, message):
@@ -98,11 +103,25 @@ def test_not_a_model_directory(tmp_path):
 def test_unknown_override_names_the_valid_fields(llama_dir):
     with pytest.raises(ValueError, match="unknown override"):
         load_pretrained(llama_dir, kernel="flash")
-    cfg, _ = load_pretrained(llama_dir, param_dtype="float32", attention="xla")
-    assert cfg.attention == "xla"
-    with pytest.raises(ValueError, match=r"config.json with the overrides \['vocab_size'\] implies .* an override "
-                                         "cannot reshape stored weights") as e:
+    cfg, _ = load_pretrained(llama_dir, param_dtype="float32", sliding_window=8)
+    assert cfg.param_dtype == "float32" and cfg.sliding_window == 8
+    with pytest.raises(ValueError, match=r"config.json with the overrides \['vocab_size'\] implies .* an "
+                                         "override cannot reshape stored weights") as e:
         load_pretrained(llama_dir, vocab_size=512)
+    _one_line(e)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(attention="xla"), "attention is not part of what a model is but of ExecutionConfig: give it as "
+                            "Transformer(cfg, execution=ExecutionConfig(attention=...))"),
+    (dict(dtype="bfloat16", remat="full"), "dtype is not part of what a model is but of ExecutionConfig"),
+    (dict(lora_rank=8), "lora_rank is not part of what a model is but of AdaptationConfig: give it as "
+                        "ctxjax.lora.add_adapters(params, cfg, AdaptationConfig(lora_rank=...), rng)"),
+])
+def test_how_a_model_runs_or_is_adapted_is_no_override(llama_dir, override, message):
+    """Settings that were ModelConfig fields before the split are refused naming where they went."""
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        load_pretrained(llama_dir, **override)
     _one_line(e)
 
 
@@ -114,8 +133,10 @@ def test_save_replaces_only_an_unchanged_ctxjax_export_and_only_when_asked(llama
     with pytest.raises(ValueError, match="overwrite=True") as e:
         save_pretrained(cfg, params, str(out))
     _one_line(e)
-    with pytest.raises(ValueError, match="is not an unchanged ctxjax export .no readable ctxjax_export.json") as e:
-        save_pretrained(cfg, params, str(out), overwrite=True)  # a directory ctxjax did not write: never replaced
+    with pytest.raises(ValueError,
+                       match="is not an unchanged ctxjax export .no readable ctxjax_export.json") as e:
+        # a directory ctxjax did not write: never replaced
+        save_pretrained(cfg, params, str(out), overwrite=True)
     _one_line(e)
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
     os.remove(out / "notes.txt")
@@ -148,8 +169,9 @@ def test_schemes_without_a_hf_equivalent_are_refused_at_export(scheme, tmp_path)
 @pytest.mark.parametrize("fields, message", [
     (dict(family="gpt2", position=positions.Learned(), n_kv_heads=1), "GPT-2 needs biases everywhere"),
     (dict(family="gpt2", position=positions.Learned(), mlp_bias=False), "GPT-2 needs biases everywhere"),
-    (dict(sliding_window=8, qkv_bias=True, o_bias=True), r"no Hugging Face Llama-family class computes this model \(llama: "
-     "no sliding window; mistral: no biases; qwen2: biases on q/k/v only; phi3: no biases"),
+    (dict(sliding_window=8, qkv_bias=True, o_bias=True),
+     r"no Hugging Face Llama-family class computes this model \(llama: no sliding window; mistral: no "
+     "biases; qwen2: biases on q/k/v only; phi3: no biases"),
     (dict(qkv_bias=True, mlp_bias=True), "qwen2: biases on q/k/v only"),  # Qwen2 would drop the MLP biases
     (dict(position=positions.Rope("linear", factor=2.0, partial_rotary_factor=0.5)),
      "llama: rotates whole heads only.*phi3: default or longrope RoPE only"),

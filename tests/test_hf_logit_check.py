@@ -8,11 +8,11 @@ import hf_oracle as oracle
 import numpy as np
 
 from ctxjax import cli
-from ctxjax.commands.check_logits import check, text_rows
+from ctxjax.evaluate.logit_report import check, text_rows
 from ctxjax.data import load_tokenizer
 from ctxjax.evaluate.documents import load_documents
 from ctxjax.hf import load_pretrained
-from ctxjax.hf.logit_check import _merge, row_differences
+from ctxjax.evaluate.logit_check import _merge, row_differences
 from ctxjax.positions import Rope
 
 
@@ -47,8 +47,9 @@ def test_an_import_checks_out_below_and_above_its_original_context(capsys):
 
 def test_a_model_computing_something_else_fails_at_the_lengths_where_it_differs(capsys):
     """Dynamic NTK equals plain RoPE up to the original context (64) and differs beyond it: a ctxjax config
-    without the scaling passes the short row and fails the long one, and the verdict is 1. (A tiny random model
-    hardly uses positions, so the difference is 3e-3 here, under the default --atol meant for real checkpoints.)"""
+    without the scaling passes the short row and fails the long one, and the verdict is 1. (A tiny random
+    model hardly uses positions, so the difference is 3e-3 here, under the default --atol meant for real
+    checkpoints.)"""
     src = oracle.save(oracle.llama(rope_scaling=oracle.ROPE_CASES["dynamic"]))
     cfg, params = load_pretrained(src)
     capsys.readouterr()
@@ -57,7 +58,8 @@ def test_a_model_computing_something_else_fails_at_the_lengths_where_it_differs(
     rows = table_rows(out)
     assert rows[40][7] == "yes" and rows[100][7] == "NO"
     assert "at length 100 the logits differ by up to" in out and "do not compute the same thing" in out
-    assert check(cfg, params, src, lengths=(40, 100), atol=1e-4) == 0  # with the scaling it computes what transformers does
+    # With the scaling it computes what transformers does.
+    assert check(cfg, params, src, lengths=(40, 100), atol=1e-4) == 0
 
 
 def test_export_check_compares_the_written_model_with_the_checkpoint_on_text(tmp_path, capsys):
@@ -75,7 +77,8 @@ def test_export_check_compares_the_written_model_with_the_checkpoint_on_text(tmp
     assert not os.path.exists(tmp_path / "o2")
     # A run compared with another model's export, and a work directory given as the export: one line each.
     other = oracle.save(oracle.llama(vocab_size=50))
-    one_line_error(capsys, ["check-logits", other, "--workdir", str(work)], "of 50 token ids and the ctxjax model has 97")
+    one_line_error(capsys, ["check-logits", other, "--workdir", str(work)],
+                   "of 50 token ids and the ctxjax model has 97")
     one_line_error(capsys, ["check-logits", str(work)], "is a ctxjax work directory, not a Hugging Face one")
 
 
@@ -83,7 +86,7 @@ def test_export_check_refuses_lengths_the_model_cannot_take_before_writing(tmp_p
     work, out = tmp_path / "work", tmp_path / "out"
     assert cli.main(["import-hf", oracle.save(oracle.gpt2()), "--workdir", str(work)]) == 0  # 64 positions
     one_line_error(capsys, ["export", "--workdir", str(work), "--out", str(out), "--check"],
-                   "--check 128 is beyond the model's learned position table (64 rows)")
+                   "--check 128 is beyond the learned position table (64 rows)")
     assert not os.path.exists(out)
 
 
@@ -120,7 +123,8 @@ def test_a_nan_anywhere_in_a_long_row_fails_the_check():
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
     one_line_error(capsys, ["check-logits", str(tmp_path / "missing")], "is not a directory")
     gpt2 = oracle.save(oracle.gpt2())  # 64 learned positions
-    one_line_error(capsys, ["check-logits", gpt2, "--lengths", "100"], "--lengths 100 is beyond the model's learned position table")
+    one_line_error(capsys, ["check-logits", gpt2, "--lengths", "100"],
+                   "--lengths 100 is beyond the learned position table")
     one_line_error(capsys, ["check-logits", gpt2, "--step", "3"], "--step needs --workdir")
     one_line_error(capsys, ["check-logits", gpt2, "--random-tokens", "--tokenizer", "bytes"], "uses no text")
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch

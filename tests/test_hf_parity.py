@@ -14,16 +14,17 @@ import run_model
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
-from ctxjax import Transformer, positions
-from ctxjax.hf import load_pretrained, save_pretrained
+from ctxjax import positions
+from ctxjax.execution import ExecutionConfig
+from ctxjax.hf import architecture_of, load_pretrained, save_pretrained
 from ctxjax.hf.config import hf_config_from_model
 
 TOL = 1e-4
 
 
-
-def ctxjax_logits(cfg, params, tokens, pos=None):
-    return np.asarray(run_model.forward(cfg, params, jnp.asarray(tokens), None if pos is None else jnp.asarray(pos)))
+def ctxjax_logits(cfg, params, tokens, pos=None, execution=ExecutionConfig()):
+    pos = None if pos is None else jnp.asarray(pos)
+    return np.asarray(run_model.forward(cfg, params, jnp.asarray(tokens), pos, execution=execution))
 
 
 @pytest.mark.parametrize("case", sorted(oracle.ROPE_CASES))
@@ -52,13 +53,13 @@ def test_llama_variants_match(variant):
     assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(model, toks)).max() <= TOL
 
 
-@pytest.mark.parametrize("arch, window", [("qwen2", 0), ("mistral", 0), ("qwen3", 0), ("qwen2", 7), ("mistral", 7),
-                                          ("qwen3", 7)],
+@pytest.mark.parametrize("arch, window", [("qwen2", 0), ("mistral", 0), ("qwen3", 0), ("qwen2", 7),
+                                          ("mistral", 7), ("qwen3", 7)],
                          ids=["qwen2", "mistral", "qwen3", "qwen2-window", "mistral-window", "qwen3-window"])
 def test_llama_family_relatives_load_and_match(arch, window):
     """Windowed models attend to the last 7 positions only: 20 tokens make the window matter, and the export
-    must bring it back (as Mistral, or Qwen2/Qwen3 with every layer windowed). Qwen3 normalises each head of q and
-    k, and its head_dim defaults to 128 (here 4 x 128 wide q against a hidden size of 64)."""
+    must bring it back (as Mistral, or Qwen2/Qwen3 with every layer windowed). Qwen3 normalises each head of q
+    and k, and its head_dim defaults to 128 (here 4 x 128 wide q against a hidden size of 64)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -71,7 +72,8 @@ def test_llama_family_relatives_load_and_match(arch, window):
         model = oracle.qwen3(**qwen_window)
     else:
         model = MistralForCausalLM(MistralConfig(**fields, sliding_window=window or None)).eval()
-    cfg, params = load_pretrained(oracle.save(model))
+    src = oracle.save(model)
+    cfg, params = load_pretrained(src)
     assert cfg.use_qkv_bias == (arch == "qwen2") and not cfg.use_o_bias and cfg.sliding_window == window
     assert cfg.qk_norm == (arch == "qwen3") and cfg.dim_per_head == (128 if arch == "qwen3" else 16)
     toks = oracle.tokens(1, 20)
@@ -79,7 +81,7 @@ def test_llama_family_relatives_load_and_match(arch, window):
     assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
     if window:  # the window does change the result
         assert np.abs(ctxjax_logits(cfg.replace(sliding_window=0), params, toks) - reference).max() > 1e-3
-    exported = save_pretrained(cfg, params, oracle.save(model) + "/export")
+    exported = save_pretrained(cfg, params, src + "/export", architecture=architecture_of(src))
     reloaded = AutoModelForCausalLM.from_pretrained(exported)
     assert type(reloaded).__name__ == type(model).__name__  # a window-less Mistral stays a Mistral
     assert np.abs(oracle.logits(reloaded, toks) - reference).max() <= TOL
@@ -95,16 +97,19 @@ def test_qwen_windows_on_the_upper_layers_only_load_and_export(arch, tmp_path):
 
     def make():
         torch.manual_seed(0)
-        return Qwen2ForCausalLM(Qwen2Config(**oracle.LLAMA, **window)).eval() if arch == "qwen2" else oracle.qwen3(**window)
+        if arch == "qwen2":
+            return Qwen2ForCausalLM(Qwen2Config(**oracle.LLAMA, **window)).eval()
+        return oracle.qwen3(**window)
 
-    cfg, params = load_pretrained(oracle.save(make()))
+    src = oracle.save(make())
+    cfg, params = load_pretrained(src)
     assert cfg.sliding_window == 7 and cfg.full_attention_layers == (0,)
     toks = oracle.tokens(1, 20)
     reference = oracle.logits(make(), toks)
     assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
     for uniform in (dict(full_attention_layers=()), dict(sliding_window=0)):  # both kinds of layer matter
         assert np.abs(ctxjax_logits(cfg.replace(**uniform), params, toks) - reference).max() > 1e-3
-    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    out = save_pretrained(cfg, params, str(tmp_path / "export"), architecture=architecture_of(src))
     assert json.load(open(f"{out}/config.json"))["layer_types"] == ["full_attention", "sliding_attention"]
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert type(reloaded).__name__ == f"{arch.capitalize()}ForCausalLM"
@@ -120,15 +125,16 @@ PHI3_CASES = {
 
 @pytest.mark.parametrize("case", sorted(PHI3_CASES))
 def test_phi3_loads_matches_below_and_above_its_original_context_and_exports_as_phi3(case, tmp_path):
-    """Phi-3 fuses q/k/v and gate/up, rotates part of each head and switches LongRoPE's factor lists past L0."""
+    """Phi-3 fuses q/k/v and gate/up, rotates part of each head and switches LongRoPE's factor lists past
+    L0."""
     make = functools.partial(oracle.phi3, **PHI3_CASES[case])
     src = oracle.save(make())
     cfg, params = load_pretrained(src)
-    assert cfg.hf_architecture == "Phi3ForCausalLM"
+    assert architecture_of(src) == "Phi3ForCausalLM"
     for length in (5, oracle.L0, oracle.L0 + 1, 40):
         toks = oracle.tokens(2, length)  # a fresh HF model per length: LongRoPE keeps state between calls
         assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(make(), toks)).max() <= TOL, length
-    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    out = save_pretrained(cfg, params, str(tmp_path / "export"), architecture=architecture_of(src))
     before, after = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
     assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
@@ -137,8 +143,8 @@ def test_phi3_loads_matches_below_and_above_its_original_context_and_exports_as_
     assert np.abs(oracle.logits(reloaded, toks) - oracle.logits(make(), toks)).max() <= TOL
 
 
-GEMMA3_YARN = {"full_attention": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": oracle.L0,
-                                  "rope_theta": 1e6},
+GEMMA3_YARN = {"full_attention": {"rope_type": "yarn", "factor": 4.0,
+                                  "original_max_position_embeddings": oracle.L0, "rope_theta": 1e6},
                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
 GEMMA_CASES = {
     "gemma3-local-global-local": (oracle.gemma3, dict()),
@@ -146,12 +152,14 @@ GEMMA_CASES = {
                                                       tie_word_embeddings=False)),
     # Gemma 3 1B's layout: no layer_types, every sixth layer global (sliding_window_pattern's default).
     "gemma3-pattern-of-six": (oracle.gemma3, dict(num_hidden_layers=7, layer_types=None)),
-    # transformers' Gemma 3 ignores an attention cap in its config (and caps the logits): ctxjax does the same.
+    # transformers' Gemma 3 ignores an attention cap in its config (and caps the logits): ctxjax does the
+    # same.
     "gemma3-caps": (oracle.gemma3, dict(attn_logit_softcapping=0.05, final_logit_softcapping=0.5)),
     # Gemma 2: soft caps on attention scores and logits, every other layer local by default, one RoPE.
     "gemma2-soft-caps": (oracle.gemma2, dict()),
-    "gemma2-yarn-untied": (oracle.gemma2, dict(rope_parameters={**GEMMA3_YARN["full_attention"], "rope_theta": 1e4},
-                                               tie_word_embeddings=False, layer_types=None)),
+    "gemma2-yarn-untied": (oracle.gemma2,
+                           dict(rope_parameters={**GEMMA3_YARN["full_attention"], "rope_theta": 1e4},
+                                tie_word_embeddings=False, layer_types=None)),
 }
 
 
@@ -162,28 +170,30 @@ def _legacy_gemma3_config(hf_dir: str) -> None:
     config = json.load(open(path))
     per_type = config.pop("rope_parameters")
     full, local = dict(per_type["full_attention"]), per_type["sliding_attention"]
-    config.update(rope_theta=full.pop("rope_theta"), rope_local_base_freq=local["rope_theta"], rope_scaling=full)
+    config.update(rope_theta=full.pop("rope_theta"), rope_local_base_freq=local["rope_theta"],
+                  rope_scaling=full)
     json.dump(config, open(path, "w"))
 
 
 @pytest.mark.parametrize("case", sorted(GEMMA_CASES))
 def test_gemma_matches_inside_and_past_its_window_and_round_trips(case, tmp_path):
-    """Gemma 3 alternates windowed local layers (RoPE base 1e4) with global ones (1e6, scaled), normalises q, k and
-    each branch's output with (1 + w) RMSNorms and scales embeddings by sqrt(d); Gemma 2 has no q/k norms, one RoPE
-    and soft caps."""
+    """Gemma 3 alternates windowed local layers (RoPE base 1e4) with global ones (1e6, scaled), normalises q,
+    k and each branch's output with (1 + w) RMSNorms and scales embeddings by sqrt(d); Gemma 2 has no q/k
+    norms, one RoPE and soft caps."""
     maker, overrides = GEMMA_CASES[case]
     make = functools.partial(maker, **overrides)
     src = oracle.save(make())
     cfg, params = load_pretrained(src)
     architecture = "Gemma3ForCausalLM" if case.startswith("gemma3") else "Gemma2ForCausalLM"
-    assert cfg.family == "gemma" and cfg.hf_architecture == architecture and cfg.sliding_window == 8
+    assert cfg.family == "gemma" and architecture_of(src) == architecture and cfg.sliding_window == 8
     assert cfg.full_attention_layers == ((5,) if case.endswith("pattern-of-six") else (1,))
     for length in (8, oracle.L0 + 1, 40):  # at, past the window; past L0
         toks = oracle.tokens(2, length)
         assert np.abs(ctxjax_logits(cfg, params, toks) - oracle.logits(make(), toks)).max() <= TOL, length
-    blockwise = cfg.replace(attention="blockwise", attention_block_q=16, attention_block_k=16)
-    assert np.abs(ctxjax_logits(blockwise, params, toks) - oracle.logits(make(), toks)).max() <= TOL
-    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    blockwise = ExecutionConfig(attention="blockwise", attention_block_q=16, attention_block_k=16)
+    ours = ctxjax_logits(cfg, params, toks, execution=blockwise)
+    assert np.abs(ours - oracle.logits(make(), toks)).max() <= TOL
+    out = save_pretrained(cfg, params, str(tmp_path / "export"))  # the class follows from the model
     before, after = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
     assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
@@ -210,7 +220,8 @@ def test_a_multimodal_gemma3s_language_model_imports_and_exports_as_a_text_model
     text-only Gemma3ForCausalLM that computes what the original does on text."""
     src = oracle.save(oracle.gemma3_multimodal())
     cfg, params = load_pretrained(src)
-    assert cfg.family == "gemma" and cfg.hf_architecture == "Gemma3ForCausalLM" and cfg.full_attention_layers == (1,)
+    assert cfg.family == "gemma" and cfg.full_attention_layers == (1,)
+    assert architecture_of(src) == "Gemma3ForConditionalGeneration"
     toks = oracle.tokens(2, 40, vocab=90)  # below the image tokens
     reference = oracle.logits(oracle.gemma3_multimodal(), toks)
     assert np.abs(ctxjax_logits(cfg, params, toks) - reference).max() <= TOL
@@ -220,8 +231,8 @@ def test_a_multimodal_gemma3s_language_model_imports_and_exports_as_a_text_model
 
 
 def test_gemma_only_features_keep_a_model_from_exporting_as_llama():
-    """A Llama-family class scales scores by 1/sqrt(head_dim) and caps nothing, Gemma 3 caps no attention scores:
-    such models are refused, not exported with silently other logits."""
+    """A Llama-family class scales scores by 1/sqrt(head_dim) and caps nothing, Gemma 3 caps no attention
+    scores: such models are refused, not exported with silently other logits."""
     cfg, params = load_pretrained(oracle.save(oracle.llama()))
     for change, reason in ((dict(query_pre_attn_scalar=4.0), "scores scaled by 1/sqrt(head_dim) only"),
                            (dict(attn_logit_softcapping=5.0), "no soft caps")):
@@ -250,12 +261,12 @@ def test_gemma3_extends_its_global_layers_only():
     (positions.Rope("default", partial_rotary_factor=0.5), "", "Phi3ForCausalLM"),
 ], ids=["phi3-after-yarn-as-llama", "partial-rotary-as-phi3"])
 def test_export_picks_a_class_that_computes_the_model(position, own_class, want, tmp_path):
-    """Phi-3 cannot express YaRN, so an imported Phi-3 rescaled with it exports as Llama; Llama rotates whole heads,
-    so a model of no particular class that rotates part of each head exports as Phi-3 (as Llama its logits were
-    silently wrong)."""
-    cfg, params = load_pretrained(oracle.save(oracle.phi3(longrope=False)), position=position,
-                                  hf_architecture=own_class)
-    reloaded = AutoModelForCausalLM.from_pretrained(save_pretrained(cfg, params, str(tmp_path / "export")))
+    """Phi-3 cannot express YaRN, so an imported Phi-3 rescaled with it exports as Llama; Llama rotates whole
+    heads, so a model of no particular class that rotates part of each head exports as Phi-3 (as Llama its
+    logits were silently wrong)."""
+    cfg, params = load_pretrained(oracle.save(oracle.phi3(longrope=False)), position=position)
+    out = save_pretrained(cfg, params, str(tmp_path / "export"), architecture=own_class)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert type(reloaded).__name__ == want
     toks = oracle.tokens(2, 40)
     assert np.abs(oracle.logits(reloaded, toks) - ctxjax_logits(cfg, params, toks)).max() <= TOL

@@ -35,8 +35,8 @@ def one_line_error(capsys, argv, *expected):
 
 
 def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_ids(tmp_path, capsys):
-    """The special ids of generation_config.json travel too: transformers' generate stops at its EOS ids (here two,
-    as Llama-3 chat models have), and an export without them never stopped."""
+    """The special ids of generation_config.json travel too: transformers' generate stops at its EOS ids (here
+    two, as Llama-3 chat models have), and an export without them never stopped."""
     model = oracle.llama(bos_token_id=3, eos_token_id=[4, 5], pad_token_id=0)
     src = oracle.with_tokenizer(oracle.save(model, dtype=torch.bfloat16))  # float32 master weights from bf16
     with open(os.path.join(src, "chat_template.jinja"), "w") as f:  # an instruct model's template travels too
@@ -48,14 +48,15 @@ def test_llama_imports_and_exports_reproducing_its_logits_tokenizer_and_special_
     assert sorted(os.listdir(work / "tokenizer")) == ["chat_template.jinja", "generation_config.json",
                                                       "tokenizer.json", "tokenizer_config.json"]
     tokenizer = load_tokenizer(str(work / "tokenizer"))
-    assert tokenizer.encode("w3 w5") == [3, 5] and tokenizer.stop_ids == (0, 4, 5)  # EOS "w0", then the config's
+    # EOS "w0", then the config's
+    assert tokenizer.encode("w3 w5") == [3, 5] and tokenizer.stop_ids == (0, 4, 5)
     assert Checkpointer(work).saved_shapes()["params"]["embed"]["embedding"].dtype == jnp.float32
 
     assert cli.main(["export", "--workdir", str(work), "--out", str(out)]) == 0
     assert "LlamaForCausalLM" in capsys.readouterr().out
     assert_same_logits(model, out)
-    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"} <= set(
-        os.listdir(out))
+    companions = {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"}
+    assert companions <= set(os.listdir(out))
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(out).apply_chat_template([{"role": "user", "content": "w3"}],
@@ -89,9 +90,9 @@ def test_rope_flags_and_param_dtype_flag_reach_the_checkpoint(tmp_path):
     argv = ["import-hf", src, "--workdir", str(work), "--rope-type", "yarn", "--factor", "4",
             "--param-dtype", "checkpoint"]
     assert cli.main(argv) == 0
-    cfg, params, tokenizer_dir = load_for_inference(str(work))
+    cfg, params, tokenizer_dir, hf_architecture = load_for_inference(str(work))
     assert cfg.position == positions.Rope("yarn", factor=4.0, original_max_position_embeddings=64)
-    assert cfg.max_seq_len == 256 and tokenizer_dir is None
+    assert cfg.max_seq_len == 256 and tokenizer_dir is None and hf_architecture == "LlamaForCausalLM"
     assert params["embed"]["embedding"].dtype == jnp.bfloat16
 
 
@@ -103,7 +104,8 @@ def test_a_training_checkpoint_exports(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     with Checkpointer(work, async_save=False) as ckpt:
         ckpt.save(7, state, data_state={"document": 3}, meta=checkpoint_meta(cfg), force=True)
-        ckpt.save(9, jax.tree.map(jnp.zeros_like, state), data_state={}, meta=checkpoint_meta(cfg), force=True)
+        zeros = jax.tree.map(jnp.zeros_like, state)
+        ckpt.save(9, zeros, data_state={}, meta=checkpoint_meta(cfg), force=True)
     assert cli.main(["export", "--workdir", str(work), "--step", "7", "--out", str(out)]) == 0
     assert_same_logits(model, out)
 
@@ -111,14 +113,16 @@ def test_a_training_checkpoint_exports(tmp_path):
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     src = oracle.save(oracle.gpt2())
     missing = tmp_path / "missing"
-    one_line_error(capsys, ["export", "--workdir", str(missing), "--out", str(tmp_path / "o")], "does not exist")
+    one_line_error(capsys, ["export", "--workdir", str(missing), "--out", str(tmp_path / "o")],
+                   "does not exist")
     (tmp_path / "empty").mkdir()
     one_line_error(capsys, ["export", "--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
                    "has no checkpoints", "import-hf")
 
     work = tmp_path / "work"
     assert cli.main(["import-hf", src, "--workdir", str(work)]) == 0
-    one_line_error(capsys, ["import-hf", src, "--workdir", str(work)], "already holds checkpoints", "--workdir")
+    one_line_error(capsys, ["import-hf", src, "--workdir", str(work)], "already holds checkpoints",
+                   "--workdir")
     one_line_error(capsys, ["export", "--workdir", str(work), "--step", "5", "--out", str(tmp_path / "o")],
                    "no checkpoint at step 5; available steps: [0]")
     busy = tmp_path / "busy"

@@ -1,7 +1,6 @@
 """Chunked cross-entropy equals the loss from full logits, values and gradients, for any chunk size."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -42,7 +41,8 @@ def test_sum_and_count_for_accumulation():
     hidden, kernel, _, targets, weights = problem(seed=1)
     total, count = cross_entropy_sum(hidden, kernel, targets, weights, chunk=8)
     assert float(count) == weights.sum()
-    np.testing.assert_allclose(total / count, cross_entropy_from_logits(hidden @ kernel, targets, weights), rtol=1e-5)
+    want = cross_entropy_from_logits(hidden @ kernel, targets, weights)
+    np.testing.assert_allclose(total / count, want, rtol=1e-5)
     # Default weights count every token.
     _, all_count = cross_entropy_sum(hidden, kernel, targets, chunk=8)
     assert float(all_count) == targets.size
@@ -66,8 +66,8 @@ def test_logits_are_never_materialised_whole():
 
 @pytest.mark.parametrize(
     "change, message",
-    [(dict(kernel=np.zeros((37, 16), np.float32)), "embedding.T"), (dict(targets=np.zeros((2, 49), np.int32)), "targets"),
-     (dict(chunk=0), "chunk")],
+    [(dict(kernel=np.zeros((37, 16), np.float32)), "embedding.T"),
+     (dict(targets=np.zeros((2, 49), np.int32)), "targets"), (dict(chunk=0), "chunk")],
 )
 def test_bad_inputs_name_the_fix(change, message):
     hidden, kernel, _, targets, weights = problem()
@@ -78,7 +78,8 @@ def test_bad_inputs_name_the_fix(change, message):
 
 
 def test_soft_capped_logits_as_gemma2_caps_them():
-    """The training loss caps logits at C tanh(logits / C) exactly as the model's logits do (values and grads)."""
+    """The training loss caps logits at C tanh(logits / C) exactly as the model's logits do (values and
+    grads)."""
     from ctxjax.model import soft_cap
 
     hidden, kernel, bias, targets, weights = problem()
@@ -93,7 +94,8 @@ def test_soft_capped_logits_as_gemma2_caps_them():
     (want, want_grads), (got, got_grads) = (jax.value_and_grad(f, argnums=(0, 1))(hidden, kernel)
                                             for f in (dense, chunked))
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert abs(float(want) - float(dense_loss(hidden, kernel, bias, targets, weights))) > 0.1  # the cap matters
+    uncapped = float(dense_loss(hidden, kernel, bias, targets, weights))
+    assert abs(float(want) - uncapped) > 0.1  # the cap matters
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5)
 
@@ -104,17 +106,18 @@ def test_objective_gradient_from_the_forward_pass_equals_autodiff(chunk, softcap
     hidden, kernel, bias, targets, weights = problem(seed=3)
 
     def reference(hidden, kernel, bias):
-        total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk, logit_softcap=softcap)
+        total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk,
+                                      logit_softcap=softcap)
         return total + z_loss * z_total
 
     def fused(hidden, kernel, bias):
-        objective, total, z_total, count = objective_sums(hidden, kernel, targets, weights, z_loss=z_loss, bias=bias,
-                                                          chunk=chunk, logit_softcap=softcap)
+        objective, total, z_total, count = objective_sums(hidden, kernel, targets, weights, z_loss=z_loss,
+                                                          bias=bias, chunk=chunk, logit_softcap=softcap)
         return objective, (total, z_total, count)
 
     want, want_grads = jax.value_and_grad(reference, argnums=(0, 1, 2))(hidden, kernel, bias)
-    (got, (total, z_total, count)), got_grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2),
-                                                                           has_aux=True))(hidden, kernel, bias)
+    fused_grad = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2), has_aux=True))
+    (got, (total, z_total, count)), got_grads = fused_grad(hidden, kernel, bias)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(total + z_loss * z_total, want, rtol=1e-5)
     assert float(count) == weights.sum()

@@ -7,6 +7,7 @@ import pytest
 import run_model
 
 from ctxjax import ModelConfig, Transformer, init_params, param_logical_axes, positions
+from ctxjax.execution import ExecutionConfig
 
 SCHEMES = {
     "rope": positions.Rope(),
@@ -23,8 +24,8 @@ def tiny(position=positions.Rope(), **kw):
                        position=position, **kw)
 
 
-def forward(cfg, params, tokens, pos=None, seg=None):
-    return run_model.forward(cfg, params, tokens, pos, seg)
+def forward(cfg, params, tokens, pos=None, seg=None, execution=ExecutionConfig()):
+    return run_model.forward(cfg, params, tokens, pos, seg, execution)
 
 
 TOKENS = jnp.asarray(np.random.RandomState(0).randint(0, 61, (2, 24)))
@@ -65,7 +66,8 @@ def test_causal_future_tokens_do_not_change_past_logits():
     cfg = tiny()
     params = init_params(cfg, jax.random.PRNGKey(3))
     changed = TOKENS.at[:, 12:].set(0)
-    np.testing.assert_allclose(forward(cfg, params, changed)[:, :12], forward(cfg, params, TOKENS)[:, :12], atol=1e-6)
+    np.testing.assert_allclose(forward(cfg, params, changed)[:, :12], forward(cfg, params, TOKENS)[:, :12],
+                               atol=1e-6)
 
 
 def test_jit_apply_matches_eager_and_gpt2_family_runs():
@@ -81,15 +83,15 @@ def test_jit_apply_matches_eager_and_gpt2_family_runs():
 def test_bfloat16_forward_runs_and_stays_close_to_float32():
     cfg = tiny()
     params = init_params(cfg, jax.random.PRNGKey(5))
-    bf16 = cfg.replace(dtype="bfloat16", param_dtype="bfloat16")
+    bf16 = cfg.replace(param_dtype="bfloat16")
     params_bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     assert jax.tree.leaves(init_params(bf16, jax.random.PRNGKey(5)))[0].dtype == jnp.bfloat16
-    out = forward(bf16, params_bf16, TOKENS)
+    out = forward(bf16, params_bf16, TOKENS, execution=ExecutionConfig(dtype="bfloat16"))
     assert out.dtype == jnp.float32  # logits are always float32
     reference = forward(cfg, params, TOKENS)
     assert np.abs(out - reference).max() < 0.05 * np.abs(reference).max()
     # Mixed precision: float32 params, bfloat16 compute.
-    mixed = forward(cfg.replace(dtype="bfloat16"), params, TOKENS)
+    mixed = forward(cfg, params, TOKENS, execution=ExecutionConfig(dtype="bfloat16"))
     assert np.abs(mixed - reference).max() < 0.05 * np.abs(reference).max()
 
 
@@ -99,11 +101,11 @@ def test_remat_policies_and_unrolling_change_speed_and_memory_not_results(change
     cfg = tiny().replace(n_layers=3)  # unroll 2 leaves a remainder layer
     params = init_params(cfg, jax.random.PRNGKey(6))
 
-    def loss(p, c):
-        return jnp.mean(Transformer(c).apply({"params": p}, TOKENS) ** 2)
+    def loss(p, run):
+        return jnp.mean(Transformer(cfg, run).apply({"params": p}, TOKENS) ** 2)
 
-    plain = jax.grad(loss)(params, cfg)
-    changed = jax.grad(loss)(params, cfg.replace(**change))
+    plain = jax.grad(loss)(params, ExecutionConfig())
+    changed = jax.grad(loss)(params, ExecutionConfig(**change))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, changed)
 
 
@@ -139,22 +141,38 @@ def test_learned_positions_beyond_the_table_are_refused_or_nan():
     (dict(family="t5"), "family='t5' is unknown"),
     (dict(n_heads=4, n_kv_heads=3), "multiple of n_kv_heads"),
     (dict(d_model=30, n_heads=4), "not divisible by n_heads"),
-    (dict(dtype="float8"), "dtype='float8' is unknown"),
+    (dict(param_dtype="float8"), "param_dtype='float8' is unknown"),
     (dict(position="rope"), "position must be a ctxjax.positions scheme"),
-    (dict(attention="flash"), "attention='flash' is unknown"),
-    (dict(remat="some"), "remat='some' is unknown"),
     (dict(n_kv_heads=-2), "n_kv_heads=-2 must be a positive integer or None"),
     (dict(d_model=64.0), "d_model=64.0 must be a positive integer"),
     (dict(norm_eps=-1.0), "norm_eps=-1.0 must be > 0"),
     (dict(d_model=60, n_heads=4), "rotary dim 15 .* must be even"),
-    (dict(n_layers=2, full_attention_layers=(2,)), r"full_attention_layers=\(2,\) must be increasing layer indices"),
+    (dict(n_layers=2, full_attention_layers=(2,)),
+     r"full_attention_layers=\(2,\) must be increasing layer indices"),
     (dict(local_position=positions.Rope(theta=1e4)), "local_position applies to the layers outside"),
-    (dict(full_attention_layers=(0,), local_position=positions.Alibi()), "must both be rope schemes"),
+    (dict(full_attention_layers=(0,), local_position=positions.Alibi()), "local layers must rotate too"),
     (dict(query_pre_attn_scalar=0.0), "query_pre_attn_scalar=0.0 must be > 0"),
 ])
 def test_bad_model_configs_fail_at_construction(fields, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**fields)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(dtype="float8"), "ExecutionConfig: dtype='float8' is unknown"),
+    (dict(attention="flash"), "ExecutionConfig: attention='flash' is unknown"),
+    (dict(remat="some"), "ExecutionConfig: remat='some' is unknown"),
+    (dict(scan_unroll=0), "ExecutionConfig: scan_unroll=0 must be a positive integer"),
+])
+def test_bad_execution_configs_fail_at_construction(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ExecutionConfig(**fields)
+
+
+@pytest.mark.parametrize("field", ["dtype", "attention", "remat", "scan_unroll", "lora_rank"])
+def test_how_a_model_runs_or_is_adapted_is_no_model_config_field(field):
+    with pytest.raises(TypeError, match=field):
+        ModelConfig(**{field: 1})
 
 
 @pytest.mark.parametrize("tokens", [jnp.zeros((8,), jnp.int32), jnp.zeros((1, 0), jnp.int32),
@@ -169,8 +187,10 @@ def test_tokens_that_are_not_a_batch_of_ids_are_a_one_line_error(tokens):
 def test_model_config_survives_json(name):
     import json
 
-    cfg = tiny(SCHEMES[name], remat="dots")
+    cfg = tiny(SCHEMES[name], sliding_window=5)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    run = ExecutionConfig(attention="blockwise", remat="dots")
+    assert ExecutionConfig(**json.loads(json.dumps(run.to_dict()))) == run
     with pytest.raises(ValueError, match="no field"):
         cfg.replace(n_head=3)
 

@@ -2,6 +2,7 @@
 rotary, which HF supports in Phi-3), HF config keys both ways, validation, ALiBi slopes, learned tables."""
 
 import math
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +47,8 @@ def test_rotation_matches_transformers_partial_rotary(params, partial):
     if params["rope_type"] == "yarn":
         hf_params["original_max_position_embeddings"] = 64
     rng = np.random.RandomState(0)
-    q, k = rng.randn(2, 100, 4, head_dim).astype(np.float32), rng.randn(2, 100, 2, head_dim).astype(np.float32)
+    q = rng.randn(2, 100, 4, head_dim).astype(np.float32)
+    k = rng.randn(2, 100, 2, head_dim).astype(np.float32)
     pos = np.stack([np.arange(100), np.arange(100) * 2 + 5])
     want_q, want_k = _hf_rotation(hf_params, partial, pos, q, k)
     rope = Rope.from_hf({"rope_parameters": hf_params, "max_position_embeddings": 256})
@@ -77,8 +79,8 @@ def test_longrope_partial_rotary_switches_factor_sets_at_original_length():
 
 def test_yarn_correction_range_matches_reference_numbers():
     def rng(theta, l0, truncate=True, d=128):
-        return yarn_correction_range(Rope("yarn", theta=theta, factor=4.0, original_max_position_embeddings=l0,
-                                          truncate=truncate), d)
+        return yarn_correction_range(Rope("yarn", theta=theta, factor=4.0,
+                                          original_max_position_embeddings=l0, truncate=truncate), d)
 
     assert rng(1e4, 4096) == (20, 46)
     assert rng(1e6, 32768) == (23, 40)
@@ -112,7 +114,8 @@ def test_static_ntk_raises_the_base_and_exports_as_default_rope():
     Rope("linear", factor=2.0),
     Rope("dynamic", factor=2.0, original_max_position_embeddings=64),
     Rope("yarn", factor=4.0, original_max_position_embeddings=32, beta_fast=16.0, truncate=False),
-    Rope("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=32),
+    Rope("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+         original_max_position_embeddings=32),
     Rope("longrope", factor=4.0, original_max_position_embeddings=32, short_factor=(1.0,) * 8,
          long_factor=(2.0,) * 8),
 ])
@@ -210,5 +213,7 @@ def test_learned_table_extend_interpolates_or_copies():
     assert params["pos_embed"]["embedding"].shape == (4, 3)  # the input is not modified
     with pytest.raises(ValueError, match="only grows"):
         positions.extend(params, 2)
-    with pytest.raises(ValueError, match="'interpolate' or 'copy'"):
+    assert positions.EXTEND_METHODS == ("interpolate", "copy")
+    with pytest.raises(ValueError, match=re.escape("extend method 'nearest' is unknown; use one of "
+                                                   "('interpolate', 'copy')")):
         positions.extend(params, 8, method="nearest")

@@ -1,7 +1,7 @@
-"""No command loses a user's work: damaged checkpoints fall back to the newest readable step, nothing a user made
-is ever replaced or deleted, what an interrupted write leaves is cleaned up, and a full disk or an unwritable
-directory is one line before anything is compiled. docs/reliability.md describes each guarantee; the faults that
-need a real process (kill -9, Ctrl-C) are in test_reliability_processes.py."""
+"""No command loses a user's work: damaged checkpoints fall back to the newest readable step, nothing a user
+made is ever replaced or deleted, what an interrupted write leaves is cleaned up, and a full disk or an
+unwritable directory is one line before anything is compiled. docs/reliability.md describes each guarantee;
+the faults that need a real process (kill -9, Ctrl-C) are in test_reliability_processes.py."""
 
 import errno
 import glob
@@ -63,20 +63,22 @@ def damage(workdir, step: int, kind: str) -> None:
         os.makedirs(step_dir)
 
 
-KINDS = {"truncated array file": "state: OUT_OF_RANGE", "no manifest.ocdbt": "state/manifest.ocdbt is missing",
+KINDS = {"truncated array file": "state: OUT_OF_RANGE",
+         "no manifest.ocdbt": "state/manifest.ocdbt is missing",
          "no _METADATA": "state/_METADATA is missing", "garbage meta": "(meta: ", "garbage data": "(data: ",
          "empty step directory": "(the step directory: it is empty)"}
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_damaged_latest_checkpoint_costs_a_warning_and_loads_the_previous_step(kind, finished, tmp_path, caplog):
+def test_a_damaged_latest_checkpoint_costs_a_warning_and_loads_the_previous_step(kind, finished, tmp_path,
+                                                                                 caplog):
     workdir = str(tmp_path / "w")
     shutil.copytree(finished, workdir)
     damage(workdir, 7, kind)
     with caplog.at_level(logging.WARNING):
-        cfg, params, _ = load_for_inference(workdir)
+        cfg, params, _, _ = load_for_inference(workdir)
     assert f"checkpoint step 7 in {workdir} is damaged" in caplog.text and KINDS[kind] in caplog.text
-    _, want, _ = load_for_inference(finished, 5)
+    _, want, _, _ = load_for_inference(finished, 5)
     jax.tree.map(np.testing.assert_array_equal, params, want)
     with pytest.raises(CheckpointDamaged, match=f"checkpoint step 7 in {workdir} is damaged") as error:
         load_for_inference(workdir, 7)  # the step asked for: no fallback, one line naming it
@@ -114,8 +116,8 @@ def test_when_no_checkpoint_reads_one_line_names_each_step_and_nothing_is_touche
     for step in (3, 5, 7):
         damage(workdir, step, "garbage meta")
     before = snapshot(workdir)
-    with pytest.raises(InputError, match="no checkpoint in .* can be read .*step 7.*step 5.*step 3.*nothing was "
-                                         "deleted") as error:
+    with pytest.raises(InputError, match="no checkpoint in .* can be read .*step 7.*step 5.*step 3.*nothing "
+                                         "was deleted") as error:
         train_and_evaluate(tiny(), workdir, devices=ONE_DEVICE)
     assert "\n" not in str(error.value)
     assert snapshot(workdir) == before
@@ -157,7 +159,8 @@ def test_export_overwrite_never_replaces_what_ctxjax_did_not_write(out, message,
 
 
 @pytest.mark.parametrize("export_dir, message", [
-    (".", "holds"), ("checkpoints", "is a work directory's checkpoints"), ("tokenizer", "is a work directory's"),
+    (".", "holds"), ("checkpoints", "is a work directory's checkpoints"),
+    ("tokenizer", "is a work directory's"),
     ("ABSOLUTE", "is not empty"),
 ])
 def test_the_export_at_the_end_of_training_is_checked_before_training(export_dir, message, tmp_path, capsys):
@@ -168,7 +171,8 @@ def test_the_export_at_the_end_of_training_is_checked_before_training(export_dir
     workdir = str(tmp_path / "w")
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py:tiny")
     _one_line_refusal(capsys, ["train", "--config", config, "--workdir", workdir,
-                               f"--config.export_dir={export_dir!r}"], f"--config.export_dir={export_dir!r}", message)
+                               f"--config.export_dir={export_dir!r}"], f"--config.export_dir={export_dir!r}",
+                      message)
     assert snapshot(mine) == {"notes.txt": b"mine"}
     assert not glob.glob(os.path.join(workdir, "checkpoints", "*"))  # refused before any step
 
@@ -249,25 +253,28 @@ def test_the_token_cache_cleans_up_after_a_killed_run_and_a_full_disk_does_not_s
 
     monkeypatch.setattr(documents, "write_atomically", full)
     with caplog.at_level(logging.WARNING):
-        pipe = make_pipeline(dict(source="stdlib", tokenizer="bytes", max_documents=3, prefetch=0), str(tmp_path))
+        pipe = make_pipeline(dict(source="stdlib", tokenizer="bytes", max_documents=3, prefetch=0),
+                             str(tmp_path))
     pipe.next_batch(2, 16)  # the run goes on without the cache
     pipe.close()
     assert "cannot cache tokens" in caplog.text and "No space left on device" in caplog.text
     assert os.listdir(tmp_path / "token_cache") == [] and not os.path.exists(stale)
 
 
-def test_a_full_disk_at_a_checkpoint_is_one_line_saying_where_a_rerun_resumes(finished, tmp_path, monkeypatch):
+def test_a_full_disk_at_a_checkpoint_is_one_line_saying_where_a_rerun_resumes(finished, tmp_path,
+                                                                              monkeypatch):
     workdir = str(tmp_path / "w")
     shutil.copytree(finished, workdir)
     with Checkpointer(workdir, async_save=False) as checkpointer:
         state = {"params": {"w": np.zeros(3, np.float32)}}
 
         def full(*args, **kwargs):
-            raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database: Failed writing')
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database: Failed '
+                             'writing')
 
         monkeypatch.setattr(checkpointer._manager, "save", full)
-        with pytest.raises(InputError, match="checkpoint step 9 could not be written to .*: the disk is full; free "
-                                             "space .* and rerun: the run resumes from step 7"):
+        with pytest.raises(InputError, match="checkpoint step 9 could not be written to .*: the disk is "
+                                             "full; free space .* and rerun: the run resumes from step 7"):
             checkpointer.save(9, state, data_state={}, meta={}, force=True)
 
 
@@ -275,7 +282,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_saying_where_a_rerun_resumes(fi
 
 @pytest.mark.parametrize("make, message", [
     (lambda w: open(w, "w").close(), "the work directory"),
-    (lambda w: (os.makedirs(w), open(os.path.join(w, "checkpoints"), "w").close()), "the checkpoints directory"),
+    (lambda w: (os.makedirs(w), open(os.path.join(w, "checkpoints"), "w").close()),
+     "the checkpoints directory"),
 ])
 def test_a_work_directory_that_is_a_file_is_one_line(make, message, tmp_path):
     workdir = str(tmp_path / "w")
@@ -332,8 +340,8 @@ def test_an_imported_model_without_a_tokenizer_is_not_given_a_new_one(tmp_path, 
     workdir = str(tmp_path / "w")
     assert cli.main(["import-hf", src, "--workdir", workdir]) == 0
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "llama_extend.py:tiny")
-    _one_line_refusal(capsys, ["train", "--config", config, "--workdir", workdir, "--config.data.tokenizer=''"],
-                      "came without a tokenizer")
+    _one_line_refusal(capsys, ["train", "--config", config, "--workdir", workdir,
+                               "--config.data.tokenizer=''"], "came without a tokenizer")
     assert not os.path.exists(os.path.join(workdir, "tokenizer"))
 
 
@@ -357,4 +365,5 @@ def test_generating_past_the_models_context_is_said(tmp_path, capsys):
     src = oracle.save(oracle.llama(vocab_size=258))  # a context of 64 tokens
     assert cli.main(["generate", "--hf", src, "--tokenizer", "bytes", "--prompt", "x" * 40,
                      "--max-new-tokens", "40"]) == 0
-    assert "prompt + --max-new-tokens reach 81 tokens, past the model's context of 64" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prompt + --max-new-tokens reach 81 tokens, past the model's context of 64" in err

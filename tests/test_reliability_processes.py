@@ -1,6 +1,7 @@
-"""Faults as they happen to real runs, in real `ctxjax train` processes: kill -9 while a checkpoint is written and
-while the export is written (tests/faults/sitecustomize.py pulls the trigger at that exact moment), Ctrl-C once
-(save and stop) and twice (stop at once). After each, rerunning the command gives what an uninterrupted run gives."""
+"""Faults as they happen to real runs, in real `ctxjax train` processes: kill -9 while a checkpoint is written
+and while the export is written (tests/faults/sitecustomize.py pulls the trigger at that exact moment), Ctrl-C
+once (save and stop) and twice (stop at once). After each, rerunning the command gives what an uninterrupted
+run gives."""
 
 import json
 import os
@@ -56,7 +57,8 @@ def _same_run(workdir, reference):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, theirs)
 
 
-def test_kill_9_while_a_checkpoint_is_written_costs_only_the_steps_since_the_last_one(tmp_path, uninterrupted):
+def test_kill_9_while_a_checkpoint_is_written_costs_only_the_steps_since_the_last_one(tmp_path,
+                                                                                      uninterrupted):
     process = _start(tmp_path, fault="checkpoint:5")
     _, err = process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL, err[-2000:]
@@ -64,7 +66,8 @@ def test_kill_9_while_a_checkpoint_is_written_costs_only_the_steps_since_the_las
     assert summary["start_step"] in (3, 5)  # step 5 if its write had finished before the kill, else step 3
     assert summary["final_step"] == 7
     _same_run(tmp_path, uninterrupted)
-    assert not [n for n in os.listdir(tmp_path / "checkpoints") if not n.isdigit()]  # no half-written leftovers
+    # no half-written leftovers
+    assert not [n for n in os.listdir(tmp_path / "checkpoints") if not n.isdigit()]
 
 
 def test_kill_9_while_exporting_leaves_no_half_export_and_the_rerun_writes_it(tmp_path, uninterrupted):

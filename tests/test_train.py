@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -74,7 +75,8 @@ def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path, ca
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:  # as if killed after logging steps 5 and 6
         f.write('{"step": 5, "loss": 99.0}\n{"step": 6, "loss": 99.0}\n')
     # Step 4 is inside stage 1 (YaRN over 16 tokens): another scaling there is refused, not switched to.
-    with pytest.raises(ValueError, match="stopped inside stage 1, trained with positions Rope\\(rope_type='yarn'"):
+    with pytest.raises(ValueError,
+                       match="stopped inside stage 1, trained with positions Rope\\(rope_type='yarn'"):
         train_and_evaluate(tiny(rope_scaling="linear"), workdir, devices=jax.devices()[:1])
     # A model field the resumed run cannot apply (the model comes from the checkpoint) is named, not silently
     # dropped; the losses below show it had no effect.
@@ -82,7 +84,8 @@ def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path, ca
     assert "resumes with the model of its checkpoint: model.norm_eps changed" in caplog.text
     assert second["start_step"] == 4 and second["final_step"] == 7
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert [r["step"] for r in records if "loss" in r] == list(range(1, 8))  # each step once, the resumed copy
+    # each step once, the resumed copy
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 8))
     want, got = losses(reference), losses(workdir)
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)
@@ -100,19 +103,21 @@ def test_data_fsdp_tensor_mesh_on_8_devices_matches_one_device(one_device_run, t
 
 def test_ring_attention_over_a_sequence_axis_in_zigzag_order_matches_one_device(one_device_run, tmp_path):
     reference, _ = one_device_run
-    config = tiny(**{"mesh.data": 2, "mesh.fsdp": 1, "mesh.sequence": 4, "model.attention": "ring",
-                     "model.attention_block_k": 4})
+    config = tiny(**{"mesh.data": 2, "mesh.fsdp": 1, "mesh.sequence": 4, "execution.attention": "ring",
+                     "execution.attention_block_k": 4})
     train_and_evaluate(config, str(tmp_path), stop_after=4)
     want, got = losses(reference), losses(str(tmp_path))
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], atol=1e-5)
     # A ring-trained checkpoint exports, under the training mesh (as at the end of a run) and without one.
     from ctxjax import cli, hf
-    from ctxjax.checkpoint import load_for_inference
+    from ctxjax.checkpoint import load_for_inference, load_params
 
-    cfg, params, _ = load_for_inference(str(tmp_path))
-    assert cfg.attention == "auto"  # ring needs a sequence mesh; auto still picks it under one
+    # How it ran (ring, its tiles) is no part of the model: the checkpoint runs anywhere with any kernel.
+    meta, _ = load_params(str(tmp_path))
+    assert "attention" not in meta["model_config"] and "attention_block_k" not in meta["model_config"]
+    cfg, params, _, _ = load_for_inference(str(tmp_path))
     with jax.set_mesh(jax.make_mesh((2, 4), ("data", "sequence"))):
-        hf.save_pretrained(cfg.replace(attention="ring"), params, str(tmp_path / "under-mesh"))
+        hf.save_pretrained(cfg, params, str(tmp_path / "under-mesh"))
     assert cli.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "exported")]) == 0
 
 
@@ -141,7 +146,8 @@ def test_incompatible_work_directory_is_refused(one_device_run, tmp_path):
 
 def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_path):
     config = tiny()
-    config.stages = [dict(steps=2, seq_len=16, lr=1e-3), dict(steps=2, seq_len=16, lr=1e30)]  # Adam: ~1e30 steps
+    # Adam: ~1e30 steps
+    config.stages = [dict(steps=2, seq_len=16, lr=1e-3), dict(steps=2, seq_len=16, lr=1e30)]
     with pytest.raises(TrainingDiverged, match="NaN/inf at step 2.*last good checkpoint \\(step 2\\)"):
         train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert os.listdir(os.path.join(tmp_path, "checkpoints")) == ["2"]
@@ -149,7 +155,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"mesh.data": 3}, "cannot fill 8 devices"),
-    ({"mesh.sequence": 2}, "set model.attention='ring'"),
+    ({"mesh.sequence": 2}, "set execution.attention='ring'"),
     ({"tokens_per_step": 500}, "tokens_per_step=500 is not divisible by seq_len=16"),
     ({"stages": [dict(steps=2, lr=1e-3)]}, r"stage 0: missing field\(s\) \['seq_len'\]"),
     ({"stages": [dict(steps=2, seq_len=16, lr=1e-3, position={"rope_tpye": "yarn"})]}, "no field"),
@@ -167,14 +173,32 @@ def test_bad_configs_fail_before_compiling(overrides, message, tmp_path):
 def test_unknown_override_keys_are_refused():
     with pytest.raises(ValueError, match="unknown config field 'model.d_modle'"):
         tiny(**{"model.d_modle": 3})
+    with pytest.raises(ValueError, match="unknown config field 'execution.atention'"):
+        tiny(**{"execution.atention": "xla"})
     with pytest.raises(ValueError, match=r"dict\(...\) and other calls are not; write \{'key': value\}"):
         apply_overrides(tiny(), ["stages=[dict(steps=2, seq_len=16, lr=1e-3)]"])
 
 
+def test_execution_fields_under_their_old_model_names():
+    """An override of a field that moved out of config.model lands in its section; a recipe that still sets
+    one in config.model is refused in one line naming the new place, before anything is compiled."""
+    config = tiny(**{"model.attention": "blockwise", "model.remat": "full", "model.dtype": "bfloat16"})
+    run = config.execution
+    assert (run.attention, run.remat, run.dtype) == ("blockwise", "full", "bfloat16")
+    assert "attention" not in config.model and "remat" not in config.model
+    old_recipe = tiny()
+    old_recipe.model.attention = "blockwise"
+    with pytest.raises(ValueError, match=re.escape("model.attention is no longer a model field: set "
+                                                   "execution.attention in the recipe")) as error:
+        compile_stages(old_recipe, jax.devices()[:1])
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "gemma2"])
-def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transformers_reproduces(arch, tmp_path):
-    """Gemma 3: the stage's YaRN goes to its global layers (plain RoPE here), its local layers keep theirs. Gemma 2
-    trains through its soft-capped logits."""
+def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transformers_reproduces(
+        arch, tmp_path):
+    """Gemma 3: the stage's YaRN goes to its global layers (plain RoPE here), its local layers keep theirs.
+    Gemma 2 trains through its soft-capped logits."""
     import hf_oracle as oracle
     import jax.numpy as jnp
     import run_model
@@ -183,13 +207,15 @@ def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transfor
     from ctxjax import cli
     from ctxjax.checkpoint import load_for_inference
 
-    unscaled = {"rope_parameters": {**oracle.GEMMA3["rope_parameters"], "full_attention": {"rope_type": "default"}}}
-    model = getattr(oracle, arch)(vocab_size=258, max_position_embeddings=16, **(unscaled if arch == "gemma3" else {}))
+    unscaled = {"rope_parameters": {**oracle.GEMMA3["rope_parameters"],
+                                    "full_attention": {"rope_type": "default"}}}
+    model = getattr(oracle, arch)(vocab_size=258, max_position_embeddings=16,
+                                  **(unscaled if arch == "gemma3" else {}))
     workdir = str(tmp_path / "run")
     assert cli.main(["import-hf", oracle.save(model), "--workdir", workdir]) == 0
     summary = train_and_evaluate(tiny("llama_extend"), workdir)  # restored straight into an 8-way FSDP layout
     assert summary["start_step"] == 0 and summary["final_step"] == 2
-    cfg, params, _ = load_for_inference(workdir)
+    cfg, params, _, _ = load_for_inference(workdir)
     assert cfg.d_model == 64 and cfg.position.rope_type == "yarn" and cfg.position.factor == 4.0
     exported = AutoModelForCausalLM.from_pretrained(summary["export_dir"])
     assert type(exported) is type(model)
@@ -200,16 +226,16 @@ def test_imported_hf_model_trains_through_llama_extend_and_exports_what_transfor
 
 
 def test_rope_scaling_of_a_stage_grows_an_already_scaled_model_and_refuses_another_type():
-    """Llama 3.1 comes with llama3 scaling (here 4x over 16 tokens): a longer stage raises its factor and keeps its
-    original context and bands; a recipe asking for YaRN would silently have dropped them."""
+    """Llama 3.1 comes with llama3 scaling (here 4x over 16 tokens): a longer stage raises its factor and
+    keeps its original context and bands; a recipe asking for YaRN would silently have dropped them."""
     from ctxjax import ModelConfig, positions
     from ctxjax.schedule import Stage, model_config_for
 
     rope = positions.Rope("llama3", factor=4.0, original_max_position_embeddings=16, low_freq_factor=2.0,
                           high_freq_factor=8.0)
     base = ModelConfig(max_seq_len=64, position=rope)
-    stage = Stage(index=0, start=0, steps=1, seq_len=256, batch_size=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
-                  position=())
+    stage = Stage(index=0, start=0, steps=1, seq_len=256, batch_size=1, lr=1e-3, warmup_steps=0,
+                  min_lr_ratio=0.1, position=())
     assert model_config_for(base, stage, "llama3").position == rope.replace(factor=16.0)
     with pytest.raises(ValueError, match="already uses llama3 RoPE scaling.*extend it with llama3"):
         model_config_for(base, stage, "yarn")
@@ -224,11 +250,14 @@ def test_rope_scaling_of_a_stage_grows_an_already_scaled_model_and_refuses_anoth
 def test_sequence_axis_must_divide_every_stage_length():
     from ctxjax.train.configs import validate
 
-    config = tiny(**{"mesh.sequence": 3, "mesh.fsdp": 1, "model.attention": "ring", "tokens_per_step": 768})
-    with pytest.raises(ValueError, match="stage 0: seq_len=16 is not divisible by the sequence mesh axis \\(3\\)"):
+    ring = {"mesh.fsdp": 1, "execution.attention": "ring"}
+    config = tiny(**ring, **{"mesh.sequence": 3, "tokens_per_step": 768})
+    with pytest.raises(ValueError,
+                       match="stage 0: seq_len=16 is not divisible by the sequence mesh axis \\(3\\)"):
         validate(config, 3)
-    config = tiny(**{"mesh.sequence": 16, "mesh.fsdp": 1, "model.attention": "ring", "tokens_per_step": 1024})
-    with pytest.raises(ValueError, match="stage 0: seq_len=16 is not a multiple of 2 x sequence = 32.*ring_zigzag"):
+    config = tiny(**ring, **{"mesh.sequence": 16, "tokens_per_step": 1024})
+    with pytest.raises(ValueError,
+                       match="stage 0: seq_len=16 is not a multiple of 2 x sequence = 32.*ring_zigzag"):
         validate(config, 16)
     validate(apply_overrides(config, ["ring_zigzag=False"]), 16)
 
@@ -251,11 +280,11 @@ def test_init_from_hf_starts_from_the_hf_weights_and_keeps_its_tokenizer(tmp_pat
 
 def test_mixed_precision_and_remat_train(tmp_path):
     """bfloat16 compute with float32 parameters and optimizer state, blocks rematerialised."""
-    config = tiny(**{"model.dtype": "bfloat16", "model.remat": "dots_no_batch", "export_dir": "",
+    config = tiny(**{"execution.dtype": "bfloat16", "execution.remat": "dots_no_batch", "export_dir": "",
                      "stages": [dict(steps=2, seq_len=16, lr=3e-3)]})
     summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert np.isfinite(summary["loss"]) and summary["final_step"] == 2
     from ctxjax.checkpoint import load_for_inference
 
-    _, params, _ = load_for_inference(str(tmp_path))
+    _, params, _, _ = load_for_inference(str(tmp_path))
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))

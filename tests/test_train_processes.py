@@ -28,7 +28,8 @@ def _env(devices: int) -> dict:
 def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
     stages = "[{'steps': 10000, 'seq_len': 16, 'lr': 0.001}]"
     process = subprocess.Popen([CTXJAX, "train", "--config", CONFIG, "--workdir", str(tmp_path),
-                                f"--config.stages={stages}", "--config.log_every=1", "--config.export_dir=''"],
+                                f"--config.stages={stages}", "--config.log_every=1",
+                               "--config.export_dir=''"],
                                env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.monotonic() + 240

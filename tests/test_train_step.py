@@ -8,20 +8,21 @@ import numpy as np
 import optax
 import pytest
 
-from ctxjax import ModelConfig, flops, positions
-from ctxjax.optimizer import decay_mask, make_optimizer
+from ctxjax import ModelConfig, Transformer, flops, positions
+from ctxjax.optimizer import decay_mask, make_optimizer, trainable_labels
 from ctxjax.sharding import make_mesh
-from ctxjax.schedule import build_stages, learning_rate_schedule, model_config_for, seq_len_schedule
+from ctxjax.schedule import build_stages, learning_rate_schedule, model_config_for, stage_at
 from ctxjax.train.state import abstract_params, init_state, state_shardings
 from ctxjax.train.step import make_train_step
 
 CFG = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
+MODEL = Transformer(CFG)
 
 
 def optimizer(trainable=""):
     opt = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
                                          trainable=trainable))
-    return make_optimizer(opt, 1e-2, abstract_params(CFG))
+    return make_optimizer(opt, 1e-2, trainable_labels(abstract_params(CFG), trainable))
 
 
 def batch(rows=4, length=16, seed=0):
@@ -39,23 +40,24 @@ def fresh_state(tx):
 
 def test_gradient_accumulation_equals_the_full_batch():
     tx = optax.sgd(1.0)  # the update is the gradient itself (Adam's first step is its sign: too sensitive)
-    full, full_metrics = jax.jit(make_train_step(CFG, tx))(fresh_state(tx), batch())
-    accumulated, acc_metrics = jax.jit(make_train_step(CFG, tx, micro_batches=4))(fresh_state(tx), batch())
+    full, full_metrics = jax.jit(make_train_step(MODEL, tx))(fresh_state(tx), batch())
+    accumulated, acc_metrics = jax.jit(make_train_step(MODEL, tx, micro_batches=4))(fresh_state(tx), batch())
     np.testing.assert_allclose(acc_metrics["loss"], full_metrics["loss"], rtol=1e-6)
     assert acc_metrics["target_tokens"] == batch()["weights"].sum()
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated["params"], full["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated["params"],
+                 full["params"])
 
 
 def test_z_loss_pulls_the_softmax_normaliser_towards_one():
     tx = optax.sgd(0.5)
-    plain, metrics = jax.jit(make_train_step(CFG, tx))(fresh_state(tx), batch())
-    with_z, z_metrics = jax.jit(make_train_step(CFG, tx, z_loss=1.0))(fresh_state(tx), batch())
+    plain, metrics = jax.jit(make_train_step(MODEL, tx))(fresh_state(tx), batch())
+    with_z, z_metrics = jax.jit(make_train_step(MODEL, tx, z_loss=1.0))(fresh_state(tx), batch())
     np.testing.assert_allclose(z_metrics["loss"], metrics["loss"], rtol=1e-6)  # the reported loss is the CE
 
     def mean_log_z(params):
         from ctxjax.train.step import loss_sums
 
-        _, z_total, count = loss_sums(CFG, params, batch(), 1024)
+        _, z_total, count = loss_sums(MODEL, params, batch(), 1024)
         return float(z_total / count)
 
     assert mean_log_z(with_z["params"]) < mean_log_z(plain["params"])
@@ -64,9 +66,10 @@ def test_z_loss_pulls_the_softmax_normaliser_towards_one():
 def test_only_trainable_groups_change_and_frozen_ones_keep_no_optimizer_state():
     tx = optimizer(trainable="embed,norm")
     before = fresh_state(tx)
-    after, _ = jax.jit(make_train_step(CFG, tx))(jax.tree.map(jnp.copy, before), batch())
+    after, _ = jax.jit(make_train_step(MODEL, tx))(jax.tree.map(jnp.copy, before), batch())
     changed = jax.tree_util.tree_map_with_path(
-        lambda path, a, b: ("/".join(k.key for k in path), bool(np.any(a != b))), before["params"], after["params"])
+        lambda path, a, b: ("/".join(k.key for k in path), bool(np.any(a != b))), before["params"],
+        after["params"])
     for name, did_change in jax.tree.leaves(changed, is_leaf=lambda x: isinstance(x, tuple)):
         assert did_change == ("embed" in name or "norm" in name), name
     moments = [x for x in jax.tree.leaves(after["opt_state"]) if getattr(x, "ndim", 0) > 0]
@@ -86,7 +89,7 @@ def test_a_non_finite_step_changes_nothing_and_records_its_step():
     state = fresh_state(tx)
     state["params"]["final_norm"]["scale"] = state["params"]["final_norm"]["scale"].at[0].set(jnp.nan)
     state["step"] = jnp.asarray(5, jnp.int32)
-    after, metrics = jax.jit(make_train_step(CFG, tx))(jax.tree.map(jnp.copy, state), batch())
+    after, metrics = jax.jit(make_train_step(MODEL, tx))(jax.tree.map(jnp.copy, state), batch())
     assert not np.isfinite(metrics["loss"]) and int(after["first_bad_step"]) == 5
     np.testing.assert_array_equal(after["params"]["layers"]["mlp"]["up"]["kernel"],
                                   state["params"]["layers"]["mlp"]["up"]["kernel"])
@@ -100,8 +103,7 @@ def test_stage_schedules_join_learning_rates_and_step_sequence_lengths():
     assert float(lr(0)) == 0.0 and np.isclose(float(lr(4)), 1e-3)
     assert np.isclose(float(lr(10)), 0.0) and np.isclose(float(lr(12)), 2e-4)  # stage 1 warms up again
     assert np.isclose(float(lr(9)), 1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 5 / 6))))
-    lengths = seq_len_schedule(stages)
-    assert [int(lengths(s)) for s in (0, 9, 10, 15)] == [128, 128, 512, 512]
+    assert [stage_at(stages, s).seq_len for s in (0, 9, 10, 15, 16)] == [128, 128, 512, 512, 512]
 
 
 def test_rope_scaling_fills_in_each_longer_stage():
@@ -124,7 +126,8 @@ def test_flops_per_token_counts_causal_attention_once():
     assert flops.flops_per_token(cfg, 1000) == 6 * matmul + 6 * 2 * 4 * 16 * 1000
     # A window of 100: the first 100 queries see 1..100 keys (50.5 on average, counted as 50), the rest 100.
     windowed = cfg.replace(sliding_window=100)
-    assert flops.flops_per_token(windowed, 1000) == 6 * matmul + 12 * 2 * 4 * 16 * (100 * 50 + 900 * 100) / 1000
+    attended = (100 * 50 + 900 * 100) / 1000
+    assert flops.flops_per_token(windowed, 1000) == 6 * matmul + 12 * 2 * 4 * 16 * attended
     assert flops.flops_per_token(windowed, 100) == flops.flops_per_token(cfg, 100)
     assert flops.measured_peak_flops(size=256, repeats=2) > 0
 

@@ -8,12 +8,13 @@
 
 from ctxjax.checkpoint.manager import (Checkpointer, checkpoint_dir, is_params_only, tokenizer_dir,
                                       workdir_protected_paths)
-from ctxjax.checkpoint.meta import check_compatible, checkpoint_meta, model_config_of, shape_differences
-from ctxjax.checkpoint.params import (ensure_no_checkpoints, load_for_inference, replace_tokenizer,
+from ctxjax.checkpoint.meta import (adaptation_of, check_compatible, checkpoint_meta, model_config_of,
+                                   shape_differences)
+from ctxjax.checkpoint.params import (ensure_no_checkpoints, load_for_inference, load_params, replace_tokenizer,
                                       write_params_checkpoint)
 
 __all__ = [
-    "Checkpointer", "check_compatible", "checkpoint_dir", "checkpoint_meta", "ensure_no_checkpoints",
-    "is_params_only", "load_for_inference", "model_config_of", "replace_tokenizer", "shape_differences",
+    "Checkpointer", "adaptation_of", "check_compatible", "checkpoint_dir", "checkpoint_meta", "ensure_no_checkpoints",
+    "is_params_only", "load_for_inference", "load_params", "model_config_of", "replace_tokenizer", "shape_differences",
     "tokenizer_dir", "workdir_protected_paths", "write_params_checkpoint",
 ]

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ctxjax.checkpoint.meta import check_compatible
+from ctxjax.checkpoint.meta import check_compatible, upgrade
 from ctxjax.errors import CheckpointDamaged, InputError
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Checkpointer:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             if not isinstance(meta, dict):
                 raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
-            return dict(meta)
+            return upgrade(meta)
 
     def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict]:
         """(state, data_state, meta) of `step` (default: latest).

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 
 from ctxjax.errors import InputError
 from ctxjax.checkpoint.manager import Checkpointer, checkpoint_dir, tokenizer_dir
-from ctxjax.checkpoint.meta import checkpoint_meta, model_config_of
+from ctxjax.checkpoint.meta import adaptation_of, checkpoint_meta, model_config_of
 from ctxjax.config import ModelConfig
 from ctxjax.data.tokenizer import Tokenizer, find_tokenizer_file
 from ctxjax.data.tokenizer_training import clear_tokenizer_dir, save_to_workdir
@@ -27,7 +28,7 @@ def ensure_no_checkpoints(workdir: str) -> None:
                              "choose a new --workdir")
 
 
-def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer=None,
+def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer=None, hf_architecture: str = "",
                             train_config: dict | None = None, **extra_meta) -> str:
     """Write `params` as the step-0, params-only checkpoint of a new work directory; returns its path.
 
@@ -39,37 +40,41 @@ def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer
     if tokenizer is not None:
         replace_tokenizer(tokenizer, tokenizer_dir(workdir))
     params = nn.meta.unbox(params)
-    meta = checkpoint_meta(cfg, train_config=train_config, stage=0, **extra_meta)
+    meta = checkpoint_meta(cfg, hf_architecture=hf_architecture, train_config=train_config, stage=0, **extra_meta)
     with Checkpointer(workdir, max_to_keep=None, async_save=False) as checkpointer:
         checkpointer.save(0, {"params": params}, data_state={}, meta=meta, force=True, wait=True)
     return os.path.join(checkpoint_dir(workdir), "0")
 
 
-def load_for_inference(workdir: str, step: int | None = None, merge_lora: bool = True):
-    """(ModelConfig, params, tokenizer_dir or None) of checkpoint `step` (default: latest), full or params-only.
-
-    Params are host numpy arrays in their stored dtype, shaped as stored (a learned position table grown by a
-    later stage included), LoRA adapters merged into their weights (unless `merge_lora=False`); the config
-    attends to the whole context (no S²-Attn) with a kernel that needs no mesh (`auto` for `ring`). Place
-    params with jax.device_put. tokenizer_dir is WORKDIR/tokenizer when it holds a tokenizer (read it with
-    ctxjax.data.load_tokenizer)."""
+def load_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+    """(metadata, params) of checkpoint `step` (default: latest; when that is damaged, the newest that reads,
+    with a warning), full or params-only. Params are host numpy arrays in their stored dtype, shaped as stored
+    (a learned position table grown by a later stage included), LoRA adapters as trained (meta's adaptation)."""
     def read(step: int):
         abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
         return checkpointer.restore(abstract, step)
 
     with Checkpointer(workdir, read_only=True) as checkpointer:
-        # The latest step, or when it is damaged the newest one that reads (with a warning); an asked-for step
-        # that is damaged is an error naming it.
+        # An asked-for step that is damaged is an error naming it.
         state, _, meta = read(checkpointer.resolve_step(step)) if step is not None else \
             checkpointer.newest_readable(read)[1]
+    return meta, state["params"]
+
+
+class Inference(NamedTuple):
+    cfg: ModelConfig
+    params: Any  # host numpy arrays, adapters merged
+    tokenizer_dir: str | None  # WORKDIR/tokenizer when it holds a tokenizer (ctxjax.data.load_tokenizer reads it)
+    hf_architecture: str  # the Hugging Face class the model came from ("" if none)
+
+
+def load_for_inference(workdir: str, step: int | None = None) -> Inference:
+    """The model of checkpoint `step` (default: latest, see load_params) as it computes: LoRA adapters merged
+    into their weights. Place params with jax.device_put and run them with any ExecutionConfig."""
+    meta, params = load_params(workdir, step)
     tokenizer = tokenizer_dir(workdir)
-    cfg, params = model_config_of(meta), state["params"]
-    if merge_lora:
-        cfg, params = merge_adapters(cfg, params)
-    cfg = cfg.replace(shifted_sparse_group=0)  # S²-Attn is for training; a trained model sees its whole context
-    if cfg.attention == "ring":  # needs a sequence mesh; `auto` still picks ring under one
-        cfg = cfg.replace(attention="auto")
-    return cfg, params, tokenizer if find_tokenizer_file(tokenizer) else None
+    return Inference(model_config_of(meta), merge_adapters(params, adaptation_of(meta)),
+                     tokenizer if find_tokenizer_file(tokenizer) else None, meta.get("hf_architecture", ""))
 
 
 def replace_tokenizer(tokenizer, directory: str) -> None:

@@ -6,64 +6,26 @@ into --out.
 
 from __future__ import annotations
 
-import argparse
 import os
 
+import flax.linen as nn
+import jax
+
+from ctxjax.checkpoint import Checkpointer
+from ctxjax.commands.arguments import add_model_arguments, floats, int_list, load_model_from_args, mesh_sizes, names
 from ctxjax.errors import InputError
-from ctxjax.commands.rope_args import add_rope_arguments, apply_rope_arguments
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the model comes from; shared with `ctxjax generate`."""
-    parser.add_argument("workdir", nargs="?", help="training work directory (its latest checkpoint, or --step)")
-    parser.add_argument("--hf", metavar="DIR", help="a Hugging Face model directory instead of a work directory")
-    parser.add_argument("--step", type=int, help="checkpoint step of WORKDIR (default: the latest)")
-    parser.add_argument("--tokenizer", help="tokenizer path or 'bytes' (default: the model's own)")
-    parser.add_argument("--attention", help="attention kernel (default: the model's; 'auto' replaces 'xla')")
-    add_rope_arguments(parser)
-
-
-def mesh_sizes(text: str) -> dict[str, int]:
-    """'fsdp=-1,tensor=2' -> {'fsdp': -1, 'tensor': 2}."""
-    try:
-        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mesh {text!r} must look like fsdp=-1,tensor=2") from None
-
-
-def load_model_from_args(args):
-    """(ModelConfig, params, Tokenizer) as the model arguments ask, with the positional overrides applied."""
-    from ctxjax.evaluate.loading import load_model
-
-    cfg, params, tokenizer = load_model(args.workdir, args.hf, args.step, args.tokenizer)
-    cfg, params = apply_rope_arguments(cfg, params, args)
-    return cfg, params, tokenizer
+from ctxjax.evaluate import as_eval_config, compare_runs, run_evaluation
+from ctxjax.evaluate.report import load_results, measured_anything, skipped_cells
+from ctxjax.evaluate.runner import workdir_eval_dir
+from ctxjax.hf import rereads_on_rope_switch
+from ctxjax.sharding import LOGICAL_RULES, make_mesh
+from ctxjax.train.state import param_shardings
 
 
 def _evaluated_step(args) -> int | None:
     """The checkpoint step evaluated (the latest when --step is not given); None for an HF directory."""
     if args.step is not None or not args.workdir:
         return args.step
-    from ctxjax.checkpoint import Checkpointer
-
     with Checkpointer(args.workdir, read_only=True) as checkpointer:
         return checkpointer.latest_step()
 
@@ -78,16 +40,16 @@ def register(subparsers) -> None:
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="overlay these evaluation output directories")
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
-    parser.add_argument("--tasks", type=_names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
+    parser.add_argument("--tasks", type=names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
     parser.add_argument("--lengths", type=int_list, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval", help="held-out documents (a ctxjax.data source spec)")
     parser.add_argument("--max-documents", type=int, default=64, help="read at most this many documents")
-    parser.add_argument("--ppl-methods", type=_names, help="subset of nonoverlapping,sliding,fixed_target")
+    parser.add_argument("--ppl-methods", type=names, help="subset of nonoverlapping,sliding,fixed_target")
     parser.add_argument("--stride", type=int, help="sliding-window stride (default: a quarter of each length)")
     parser.add_argument("--target-tokens", type=int, help="fixed target set: last K tokens of each document (default 128)")
     parser.add_argument("--max-windows", type=int, help="windows scored per length and method (default 256)")
     parser.add_argument("--batch-size", type=int, help="windows or prompts per forward pass (default 4)")
-    parser.add_argument("--depths", type=_floats, help="where the passkey or needle sits, fractions in [0, 1], comma-separated")
+    parser.add_argument("--depths", type=floats, help="where the passkey or needle sits, fractions in [0, 1], comma-separated")
     parser.add_argument("--trials", type=int, help="prompts per (length, depth) cell (default 5)")
     parser.add_argument("--distractors", type=int, help="other named keys beside the asked one (multikey task; default 3)")
     parser.add_argument("--needle", help="needle sentence (needle task)")
@@ -99,8 +61,6 @@ def register(subparsers) -> None:
 
 
 def _eval_config(args):
-    from ctxjax.evaluate import as_eval_config
-
     return as_eval_config(
         tasks=args.tasks, lengths=args.lengths, source=args.source, max_documents=args.max_documents,
         ppl_methods=args.ppl_methods, stride=args.stride, target_tokens=args.target_tokens,
@@ -110,22 +70,12 @@ def _eval_config(args):
 
 
 def _default_out(args) -> str:
-    from ctxjax.evaluate.runner import workdir_eval_dir
-
     if args.workdir:
         return workdir_eval_dir(args.workdir, args.step)
     return f"eval_{os.path.basename(os.path.normpath(args.hf))}"
 
 
 def run(args) -> int:
-    import flax.linen as nn
-    import jax
-
-    from ctxjax.evaluate import compare_runs, run_evaluation
-    from ctxjax.evaluate.report import load_results, measured_anything, skipped_cells
-    from ctxjax.sharding import LOGICAL_RULES, make_mesh
-    from ctxjax.train.state import param_shardings
-
     if args.compare:
         if not args.out:
             raise InputError("--compare needs --out DIR for the overlaid plots")
@@ -133,7 +83,7 @@ def run(args) -> int:
         print("wrote " + ", ".join(written))
         return 0
     eval_config = _eval_config(args)  # bad flags fail before the model loads
-    cfg, params, tokenizer = load_model_from_args(args)
+    cfg, params, tokenizer, architecture = load_model_from_args(args)
     out = args.out or _default_out(args)
     name = args.name or os.path.basename(os.path.normpath(args.workdir or args.hf))
     # Parameters sharded over all devices as in training (FSDP by default), so what trains also evaluates.
@@ -141,7 +91,8 @@ def run(args) -> int:
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         params = jax.device_put(params, param_shardings(cfg, mesh))
         metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=_evaluated_step(args),
-                                 run_name=name, log=lambda message: print(message, flush=True))
+                                 run_name=name, log=lambda message: print(message, flush=True),
+                                 reread_on_switch=rereads_on_rope_switch(architecture))
     results = load_results(out)
     for line in skipped_cells(results):
         print(line, flush=True)

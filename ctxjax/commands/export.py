@@ -11,14 +11,16 @@ import os
 
 from ctxjax.errors import InputError
 from ctxjax import hf
-from ctxjax.checkpoint import load_for_inference, workdir_protected_paths
-from ctxjax.commands.check_logits import (describe_checkpoint, add_tolerance_arguments, check, check_lengths,
-                                          find_tokenizer, lengths_argument)
+from ctxjax.checkpoint import adaptation_of, load_params, model_config_of, workdir_protected_paths
+from ctxjax.checkpoint import tokenizer_dir as tokenizer_dir_of
+from ctxjax.commands.arguments import add_tolerance_arguments, lengths_argument
+from ctxjax.evaluate.logit_check import require_torch
+from ctxjax.evaluate.logit_report import check, check_lengths, describe_checkpoint, find_tokenizer
 from ctxjax.fs import is_within
 from ctxjax.hf.io import check_output_dir
 from ctxjax.hf.peft import save_peft_adapter
 from ctxjax.hf.tokenizer import exportable_tokenizer
-from ctxjax.lora import split_adapters
+from ctxjax.lora import merge_adapters, split_adapters
 
 
 def register(subparsers) -> None:
@@ -55,21 +57,23 @@ def run(args) -> int:
         raise InputError("--check compares a whole model, and --peft-adapter keeps the adapters apart; "
                          "export without --peft-adapter to check, or load the adapter with peft yourself")
     if args.check:
-        from ctxjax.hf.logit_check import require_torch
-
         require_torch()  # before the export, not after it
-    cfg, params, tokenizer_dir = load_for_inference(args.workdir, args.step, merge_lora=adapter is None)
+    meta, params = load_params(args.workdir, args.step)
+    cfg, adaptation, own_class = model_config_of(meta), adaptation_of(meta), meta.get("hf_architecture", "")
     if args.check:
         check_lengths(cfg, args.check, "--check")  # before writing anything
+    tokenizer_dir = tokenizer_dir_of(args.workdir)
     tokenizer = exportable_tokenizer(tokenizer_dir)
     # Also the check that a Hugging Face class computes the model: if it fails, neither output is written.
-    architecture = hf.hf_config_from_model(cfg)["architectures"][0]
+    architecture = hf.hf_config_from_model(cfg, own_class)["architectures"][0]
+    written = dict(overwrite=args.overwrite, architecture=own_class, protected=protected,
+                   source=os.path.abspath(args.workdir))
     if adapter:
-        save_peft_adapter(cfg, params, adapter, base_model=out, overwrite=args.overwrite, protected=protected,
-                          source=os.path.abspath(args.workdir))
-        cfg, params = cfg.replace(lora_rank=0), split_adapters(params)[0]
-    hf.save_pretrained(cfg, params, out, tokenizer=tokenizer, overwrite=args.overwrite, protected=protected,
-                       source=os.path.abspath(args.workdir))
+        save_peft_adapter(cfg, params, adaptation, adapter, base_model=out, **written)
+        params = split_adapters(params)[0]
+    else:
+        params = merge_adapters(params, adaptation)
+    hf.save_pretrained(cfg, params, out, tokenizer=tokenizer, **written)
     print(f"model:     {architecture}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.position}")
     print(f"tokenizer: {tokenizer or 'none (the work directory has no Hugging Face tokenizer)'}")
     print(f"wrote {out}" + (f" and the PEFT adapter {adapter}" if adapter else ""))

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import sys
 
+from ctxjax.commands.arguments import add_model_arguments, load_model_from_args
 from ctxjax.errors import InputError
-from ctxjax.commands.eval import add_model_arguments, load_model_from_args
+from ctxjax.execution import ExecutionConfig
+from ctxjax.generate import Sampling, generate
+from ctxjax.hf import rereads_on_rope_switch
 
 
 def register(subparsers) -> None:
@@ -49,15 +52,13 @@ def read_prompt_file(path: str) -> str:
 
 
 def run(args) -> int:
-    from ctxjax.generate import Sampling, generate
-
     sampling = Sampling(args.temperature, args.top_k, args.top_p)  # bad values fail before the model loads
     texts = list(args.prompt)
     if args.prompt_file:
         texts.append(sys.stdin.read() if args.prompt_file == "-" else read_prompt_file(args.prompt_file))
     if not texts:
         raise InputError("give at least one --prompt TEXT or --prompt-file FILE")
-    cfg, params, tokenizer = load_model_from_args(args)
+    cfg, params, tokenizer, architecture = load_model_from_args(args)
     bos = [] if args.no_bos or tokenizer.bos_id is None else [tokenizer.bos_id]
     prompts = [bos + tokenizer.encode(t) for t in texts]
     stops = tuple(t for t in _stop_tokens(tokenizer, args.stop) if t < cfg.vocab_size)
@@ -66,7 +67,9 @@ def run(args) -> int:
         print(f"warning: prompt + --max-new-tokens reach {longest} tokens, past the model's context of "
               f"{cfg.max_seq_len}: expect the text to degrade there (--rope-type yarn --factor F extends it)",
               file=sys.stderr)
-    out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops, seed=args.seed)
+    out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops, seed=args.seed,
+                   execution=ExecutionConfig(attention=args.attention or "auto"),
+                   reread_on_switch=rereads_on_rope_switch(architecture))
     for text, ids in zip(texts, out.sequences):
         if len(texts) > 1:
             print(f"=== {text!r}")

@@ -30,7 +30,7 @@ def run(args) -> int:
         print(f"{field.name}: {getattr(cfg, field.name)}")
     print(f"parameters: {n_params:,}")
     try:
-        print(f"exports as: {hf.hf_config_from_model(cfg)['architectures'][0]}")
+        print(f"exports as: {hf.hf_config_from_model(cfg, architecture(config))['architectures'][0]}")
     except ValueError as error:  # e.g. overrides a class cannot express (not reachable from config.json alone)
         print(f"exports as: nothing ({error})")
     return 0

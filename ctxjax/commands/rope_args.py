@@ -56,14 +56,14 @@ def apply_rope_arguments(cfg: ModelConfig, params, args: argparse.Namespace):
         cfg = cfg.replace(sliding_window=args.sliding_window)
     rope_flags = any(getattr(args, f) is not None for f in ("rope_type", "factor", "theta"))
     if args.positions is not None:
-        if cfg.position.name != "learned":
-            raise InputError("--positions grows a learned position table; "
+        if cfg.position.max_positions(cfg) is None:
+            raise InputError(f"--positions grows a position table, and {cfg.position.name} positions have none; "
                              "for RoPE models use --rope-type/--factor")
-        params = positions.extend(params, args.positions, method=args.method)
-        cfg = cfg.replace(max_seq_len=args.positions)
+        params = cfg.position.extend(params, args.positions, method=args.method)
+        cfg = cfg.position.fitted_to_params(cfg, params)
     if not rope_flags:
         return cfg, params
-    if cfg.position.name != "rope":
+    if not isinstance(cfg.position, positions.Rope):  # these flags are the Rope scheme's own fields
         raise InputError(f"--rope-type/--factor/--theta apply to RoPE models, this one uses "
                          f"{cfg.position.name!r} positions (GPT-2: use --positions N)")
     current = cfg.position

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 
+import jax
+
 from ctxjax.errors import InputError
+from ctxjax.train import load_config, train_and_evaluate
+from ctxjax.train.aot import compile_stages
+from ctxjax.train.configs import apply_overrides
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train through the config's stages of context growth", description=__doc__,
         epilog="--config.FIELD=VALUE overrides any field of the recipe: VALUE is a Python literal, else a string, "
-               "and a,b for a list (e.g. --config.tokens_per_step=4096 --config.model.lora_rank=8 "
-               "--config.model.lora_targets=q,v). The fields and what they do: the recipe file, "
-               "ctxjax/train/defaults.py and, for model.*, ctxjax/config.py.")
+               "and a,b for a list (e.g. --config.tokens_per_step=4096 --config.adaptation.lora_rank=8 "
+               "--config.adaptation.lora_targets=q,v). The fields and what they do: the recipe file, "
+               "ctxjax/train/defaults.py and, for model.* / execution.* / adaptation.*, ctxjax/config.py, "
+               "ctxjax/execution.py and ctxjax/adaptation.py.")
     parser.add_argument("--config", required=True, help="recipe file, e.g. configs/demo.py or configs/demo.py:tiny")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics, tokenizer and exports go here")
     parser.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0")
@@ -32,8 +38,6 @@ def register(subparsers) -> None:
 
 
 def initialize_distributed(args) -> None:
-    import jax
-
     if args.coordinator_address:
         if args.num_processes is None or args.process_id is None:
             raise InputError("--coordinator-address needs --num-processes and --process-id too")
@@ -43,16 +47,9 @@ def initialize_distributed(args) -> None:
 
 
 def run(args) -> int:
-    initialize_distributed(args)
-    from ctxjax.train import load_config, train_and_evaluate
-    from ctxjax.train.configs import apply_overrides
-
+    initialize_distributed(args)  # before anything runs on a device: importing JAX alone starts no backend
     config = apply_overrides(load_config(args.config), args.config_overrides)
-    import jax
-
     if args.compile_only:
-        from ctxjax.train.aot import compile_stages
-
         for row in compile_stages(config):
             print(json.dumps(row))
         return 0

@@ -24,38 +24,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ctxjax.data import stdlib_corpus
+from ctxjax.data import stdlib_corpus, tfds_source
 from ctxjax.data.config import DataConfig, DataError
-
-
-class UndecodableDocument(Exception):
-    """Document i is not valid UTF-8 (or not valid JSON); the pipeline skips or fails by config."""
-
-
-def decode_utf8(raw: bytes | str, where: str) -> str:
-    if isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UndecodableDocument(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
-
-
-class DocumentSource:
-    """Base of all sources: `len(source)` documents, `source.text(i)` the text of one."""
-
-    spec: str = ""
-    local_files: bool = False  # True when tokenizing every document up front is cheap enough
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def text(self, i: int) -> str:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """Changes whenever the documents may have changed; keys the token cache."""
-        raise NotImplementedError
+from ctxjax.data.document_source import DocumentSource, UndecodableDocument, decode_utf8
 
 
 class ListSource(DocumentSource):
@@ -196,8 +167,7 @@ def _open_jsonl(arg: str, config: DataConfig) -> DocumentSource:
 
 
 def _open_tfds(arg: str, config: DataConfig) -> DocumentSource:
-    from ctxjax.data import tfds_source  # tensorflow_datasets is imported only when a tfds source is used
-    return tfds_source.open_tfds(arg, config)
+    return tfds_source.open_tfds(arg, config)  # tensorflow_datasets is imported only when a tfds source is used
 
 
 class MixtureSource(DocumentSource):

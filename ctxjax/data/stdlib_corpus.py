@@ -15,6 +15,8 @@ import hashlib
 import os
 import sysconfig
 
+from ctxjax.data.config import DataError
+
 SPLITS = ("train", "eval", "all")
 EVAL_MODULUS = 20  # about 5% of the files are held out
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
@@ -37,7 +39,6 @@ def is_held_out(relpath: str) -> bool:
 def stdlib_files(split: str = "train", root: str | None = None) -> list[str]:
     """Sorted absolute paths of the stdlib's *.py files in `split` ("train", "eval" or "all")."""
     if split not in SPLITS:
-        from ctxjax.data.config import DataError
         raise DataError(f"stdlib split {split!r} is unknown; use one of {SPLITS} (e.g. source='stdlib:eval')")
     root = root or stdlib_root()
     found = []

@@ -15,7 +15,7 @@ import functools
 import hashlib
 
 from ctxjax.data.config import DataConfig, DataError
-from ctxjax.data.sources import DocumentSource, decode_utf8
+from ctxjax.data.document_source import DocumentSource, decode_utf8
 
 # Text features of well-known long-document data sets, tried in order when data.text_field is None.
 TEXT_FIELD_CANDIDATES = ("text", "book_text", "content", "document", "article")

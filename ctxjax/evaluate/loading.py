@@ -4,11 +4,14 @@ its tokenizer: the loading shared by `ctxjax eval` and `ctxjax generate`."""
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
-from ctxjax.errors import InputError
 from ctxjax import hf
-from ctxjax.data import load_tokenizer
+from ctxjax.checkpoint import load_for_inference
+from ctxjax.config import ModelConfig
+from ctxjax.data import Tokenizer, load_tokenizer
 from ctxjax.data.tokenizer import find_tokenizer_file
+from ctxjax.errors import InputError
 
 
 def load_hf_model(hf_dir: str, **overrides):
@@ -19,11 +22,11 @@ def load_hf_model(hf_dir: str, **overrides):
     return hf.load_pretrained(hf_dir, **overrides)
 
 
-def load_workdir_model(workdir: str, step: int | None = None):
-    """(ModelConfig, params, tokenizer directory or None) of a training run's checkpoint."""
-    from ctxjax.checkpoint import load_for_inference  # imported here: orbax is slow to import
-
-    return load_for_inference(workdir, step=step)
+class LoadedModel(NamedTuple):
+    cfg: ModelConfig
+    params: Any
+    tokenizer: Tokenizer
+    hf_architecture: str  # the Hugging Face class it came from ("" if none): transformers' behaviour to match
 
 
 def resolve_tokenizer(explicit: str | None, *candidates: str | None):
@@ -39,15 +42,14 @@ def resolve_tokenizer(explicit: str | None, *candidates: str | None):
 
 
 def load_model(workdir: str | None = None, hf_dir: str | None = None, step: int | None = None,
-               tokenizer: str | None = None, **overrides):
-    """(ModelConfig, params, Tokenizer) from exactly one of `workdir` and `hf_dir`; `overrides` are
-    ModelConfig fields for an HF model (e.g. attention="blockwise")."""
+               tokenizer: str | None = None) -> LoadedModel:
+    """The model of exactly one of `workdir` (its checkpoint `step`, default the latest) and `hf_dir`, with its
+    tokenizer (or `tokenizer`: a path or "bytes")."""
     if (workdir is None) == (hf_dir is None):
         raise InputError("give either a work directory or --hf DIR (exactly one)")
     if hf_dir is not None:
-        cfg, params = load_hf_model(hf_dir, **overrides)
-        return cfg, params, resolve_tokenizer(tokenizer, hf_dir)
-    cfg, params, tokenizer_dir = load_workdir_model(workdir, step)
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    return cfg, params, resolve_tokenizer(tokenizer, tokenizer_dir, os.path.join(workdir, "tokenizer"))
+        cfg, params = load_hf_model(hf_dir)
+        return LoadedModel(cfg, params, resolve_tokenizer(tokenizer, hf_dir), hf.architecture_of(hf_dir))
+    cfg, params, tokenizer_dir, architecture = load_for_inference(workdir, step)
+    return LoadedModel(cfg, params, resolve_tokenizer(tokenizer, tokenizer_dir, os.path.join(workdir, "tokenizer")),
+                       architecture)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctxjax import attention as attention_lib
 from ctxjax.config import ModelConfig
+from ctxjax.execution import ExecutionConfig
 from ctxjax.model import Transformer
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -24,23 +24,17 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 LOGIT_CHUNK = 1024
 
 
-def evaluation_config(cfg: ModelConfig, attention: str | None = None) -> ModelConfig:
-    """The model config evaluation runs with: `attention` if given; else the model's own kernel unless that
-    is the quadratic-memory reference "xla", which gives way to "auto" (xla while short, a linear-memory
-    kernel when long), so that a length that trains with a linear-memory kernel also evaluates."""
-    if attention is None:
-        attention = cfg.attention
-        if attention == "xla":
-            attention = "auto" if "auto" in attention_lib.KERNELS else "xla"
-    attention_lib.get_kernel(attention)  # a one-line error for an unknown name
-    return cfg.replace(attention=attention)
+def evaluation_execution(attention: str | None = None, dtype: str = "float32") -> ExecutionConfig:
+    """How evaluation runs a model: `attention` if given, else "auto" (xla while short, a linear-memory kernel
+    when long, ring under a sequence mesh), so that any length a run trained at also evaluates."""
+    return ExecutionConfig(attention=attention or "auto", dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def window_nll(cfg: ModelConfig, params, windows):
+@functools.partial(jax.jit, static_argnames=("cfg", "run"))
+def window_nll(cfg: ModelConfig, run: ExecutionConfig, params, windows):
     """windows [B, L+1] -> NLL [B, L] float32 (see the module doc)."""
     inputs, targets = windows[:, :-1], windows[:, 1:]
-    model = Transformer(cfg)
+    model = Transformer(cfg, run)
     hidden = model.apply({"params": params}, inputs, return_hidden=True)
     batch, length, dim = hidden.shape
     chunk = min(LOGIT_CHUNK, length)
@@ -59,9 +53,10 @@ def window_nll(cfg: ModelConfig, params, windows):
     return nll.swapaxes(0, 1).reshape(batch, n_chunks * chunk)[:, :length]
 
 
-def model_scorer(cfg: ModelConfig, params, batch_size: int) -> Scorer:
-    """A scorer running `cfg` (use `evaluation_config`) on `batch_size` windows per call; the last batch is
-    padded with copies of its first window so every call of one length has one shape (one compilation)."""
+def model_scorer(cfg: ModelConfig, run: ExecutionConfig, params, batch_size: int) -> Scorer:
+    """A scorer running `cfg` (as `run` says, e.g. `evaluation_execution()`) on `batch_size` windows per call; the
+    last batch is padded with copies of its first window so every call of one length has one shape (one
+    compilation)."""
 
     def score(windows: np.ndarray) -> np.ndarray:
         out = []
@@ -70,7 +65,7 @@ def model_scorer(cfg: ModelConfig, params, batch_size: int) -> Scorer:
             n = len(batch)
             if n < batch_size:
                 batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
-            out.append(np.asarray(window_nll(cfg, params, jnp.asarray(batch, jnp.int32)))[:n])
+            out.append(np.asarray(window_nll(cfg, run, params, jnp.asarray(batch, jnp.int32)))[:n])
         return np.concatenate(out) if out else np.zeros((0, windows.shape[1] - 1), np.float32)
 
     return score

@@ -7,6 +7,7 @@ the language model of a Gemma3ForConditionalGeneration) and GPT2LMHeadModel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Sequence
@@ -16,16 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctxjax.errors import InputError, read_json
+from ctxjax.adaptation import AdaptationConfig
 from ctxjax.config import ModelConfig
-from ctxjax.hf.config import SUPPORTED, architecture, hf_config_from_model, model_config_from_hf
+from ctxjax.errors import InputError, read_json
+from ctxjax.execution import ExecutionConfig
+from ctxjax.hf.config import (SUPPORTED, architecture, hf_config_from_model, model_config_from_hf,
+                              rereads_on_rope_switch)
 from ctxjax.hf.io import MAX_SHARD_BYTES, CheckpointReader, write_checkpoint, write_directory
 from ctxjax.hf.tokenizer import special_token_ids, write_tokenizer
 from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
-from ctxjax.lora import add_adapters, merge_adapters
+from ctxjax.lora import split_adapters
 from ctxjax.model import Transformer
 
-__all__ = ["load_pretrained", "save_pretrained", "read_hf_config"]
+__all__ = ["architecture_of", "load_pretrained", "save_pretrained", "read_hf_config", "rereads_on_rope_switch"]
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
@@ -38,9 +42,13 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
     return config
 
 
+def architecture_of(hf_dir: str) -> str:
+    """The Hugging Face class of the model in `hf_dir` (e.g. "Phi3ForCausalLM"): what an export of it writes
+    again (`save_pretrained(..., architecture=)`) when that class still computes it."""
+    return architecture(read_hf_config(hf_dir))
+
+
 def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    # Traced with the reference kernel: shapes do not depend on it, and ring attention needs a sequence mesh.
-    cfg = cfg.replace(attention="xla", shifted_sparse_group=0)
     tokens = jnp.zeros((1, 1), jnp.int32)
     abstract = jax.eval_shape(lambda: nn.meta.unbox(Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]))
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
@@ -64,9 +72,11 @@ def _expected_hf_shape(cfg, tensor, shapes) -> tuple[int, ...]:
 
 def load_pretrained(hf_dir: str, **overrides: Any):
     """(ModelConfig, params) from a Hugging Face directory. `overrides` are ModelConfig fields (e.g.
-    attention='blockwise', param_dtype='float32', position=..., lora_rank=8 for fresh LoRA adapters). Params are
-    host numpy arrays in `param_dtype` (default: the checkpoint's dtype); place them with jax.device_put or a
-    sharding."""
+    param_dtype='float32', position=..., sliding_window=...): what the model is. How it runs (attention, dtype,
+    remat, ...) goes to `Transformer(cfg, execution=ExecutionConfig(...))`, and LoRA adapters are added with
+    `ctxjax.lora.add_adapters`. Params are host numpy arrays in `param_dtype` (default: the checkpoint's dtype);
+    place them with jax.device_put or a sharding."""
+    _refuse_moved_overrides(overrides)
     hf_config = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf_config, where=os.path.join(hf_dir, "config.json"), **overrides)
     reader = CheckpointReader(hf_dir)
@@ -104,13 +114,26 @@ def load_pretrained(hf_dir: str, **overrides: Any):
         for path, parts in zip(tensor.paths, per_path):
             value = np.stack(parts) if tensor.per_layer else parts[0]
             _set(params, _our_path(cfg, tensor, path), value)
-    if cfg.lora_rank:  # fresh adapters (B = 0): the model still computes what the checkpoint does
-        params = jax.device_get(add_adapters(params, cfg, jax.random.PRNGKey(0)))
     return cfg, params
 
 
+def _refuse_moved_overrides(overrides: dict[str, Any]) -> None:
+    """Settings that are not the model's (they were ModelConfig fields once) name where they went, in one line."""
+    homes = {f.name: "ExecutionConfig: give it as Transformer(cfg, execution=ExecutionConfig({}=...))"
+             for f in dataclasses.fields(ExecutionConfig)}
+    homes.update({f.name: "AdaptationConfig: give it as Transformer(cfg, adaptation=AdaptationConfig({}=...))"
+                  for f in dataclasses.fields(AdaptationConfig)})
+    for name in ("lora_rank", "lora_alpha", "lora_targets"):  # LoRA also needs adapter parameters
+        homes[name] = "AdaptationConfig: give it as ctxjax.lora.add_adapters(params, cfg, AdaptationConfig({}=...), rng)"
+    homes["hf_architecture"] = "the export: save_pretrained(..., architecture=ctxjax.hf.architecture_of(hf_dir))"
+    moved = sorted(set(overrides) & set(homes))
+    if moved:
+        raise InputError(f"{moved[0]} is not part of what a model is but of {homes[moved[0]].format(moved[0])}")
+
+
 def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, overwrite: bool = False,
-                    max_shard_bytes: int = MAX_SHARD_BYTES, *, protected: Sequence[str] = (), source: str = "") -> str:
+                    max_shard_bytes: int = MAX_SHARD_BYTES, *, architecture: str = "", protected: Sequence[str] = (),
+                    source: str = "") -> str:
     """Write `out_dir` as a Hugging Face model directory (config.json, safetensors, tokenizer files) that
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits.
 
@@ -118,13 +141,18 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     failure leaves no half-written export. An existing non-empty `out_dir` is replaced only with overwrite=True,
     and only when it is an earlier ctxjax export nobody changed since (`ctxjax_export.json` lists its files);
     `protected` paths (a work directory's checkpoints, the source model) are never replaced, held or written
-    into. `source` (the work directory or model exported) is recorded in that marker file.
+    into. `source` (the work directory or model exported) is recorded in that marker file. `architecture`: the
+    Hugging Face class to write when it computes the model (an imported model's own, `architecture_of`); else the
+    first class that does. LoRA adapters must be merged first (`ctxjax.lora.merge_adapters`) or written apart
+    (`ctxjax.hf.peft.save_peft_adapter`).
     """
-    config, params = merge_adapters(config, jax.device_get(nn.meta.unbox(params)))  # LoRA folds into the weights
-    if config.position.name == "learned":  # the table, possibly extended, is the truth about n_positions
-        config = config.replace(max_seq_len=int(params["pos_embed"]["embedding"].shape[0]))
-    hf = hf_config_from_model(config)
-    tensors = list(_hf_tensors(config, params))  # converts (and checks) everything before touching the disk
+    params = jax.device_get(nn.meta.unbox(params))
+    if split_adapters(params)[1]:
+        raise InputError("the params hold LoRA adapters: merge them first (ctxjax.lora.merge_adapters(params, "
+                         "adaptation)) or export them apart as a PEFT adapter (ctxjax.hf.peft.save_peft_adapter)")
+    config = config.position.fitted_to_params(config, params)  # e.g. a grown learned table sets the context
+    hf = hf_config_from_model(config, architecture)
+    tensors = list(_hf_tensors(config, params, hf["model_type"]))  # all converted and checked before any write
 
     def fill(directory):
         if tokenizer is not None:
@@ -136,8 +164,8 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     return write_directory(out_dir, overwrite, fill, protected=protected, source=source)
 
 
-def _hf_tensors(cfg: ModelConfig, params):
-    tensors = tensors_for(cfg)
+def _hf_tensors(cfg: ModelConfig, params, model_type: str):
+    tensors = tensors_for(cfg, model_type)
     wanted = {_our_path(cfg, t, p) for t in tensors for p in t.paths}
     have = {tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     if wanted != have:

@@ -77,11 +77,10 @@ def _fields(hf: dict[str, Any], arch: str) -> dict[str, Any]:
         fields = _gemma_fields(hf, GEMMA_ARCHITECTURES[arch])
     elif arch in MULTIMODAL_ARCHITECTURES:  # the language model alone; the vision tower's weights are left out
         text = {"tie_word_embeddings": hf.get("tie_word_embeddings", True), **(hf.get("text_config") or {})}
-        fields = _gemma_fields(text, "gemma3_text")
-        arch = "Gemma3ForCausalLM"
+        fields = _gemma_fields(text, "gemma3_text")  # exported as the text-only Gemma3ForCausalLM
     else:
         fields = _llama_fields(hf, LLAMA_ARCHITECTURES[arch])
-    fields.update(dtype=dtype, param_dtype=dtype, hf_architecture=arch)
+    fields.update(param_dtype=dtype)
     return fields
 
 
@@ -226,16 +225,17 @@ def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
+def hf_config_from_model(cfg: ModelConfig, architecture: str = "") -> dict[str, Any]:
     """A config.json dict that transformers 4.x and 5.x read to the same model (per-layer windows other than Qwen's
-    leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`)."""
+    leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`). `architecture`:
+    the class to prefer (an imported model's own) when it computes the model."""
     if cfg.family not in cfg.position.hf_families:
         raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
                          f"equivalent; export {cfg.family} models with "
                          f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
     if cfg.family == "gemma":
         return {**_gemma_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype, "use_cache": True}
-    out = _gpt2_config(cfg) if cfg.family == "gpt2" else _llama_config(cfg)
+    out = _gpt2_config(cfg) if cfg.family == "gpt2" else _llama_config(cfg, architecture)
     out.update(cfg.position.to_hf(cfg))
     out.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype, use_cache=True)
     return out
@@ -244,7 +244,8 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
 def _unfit(cfg: ModelConfig, model_type: str) -> str:
     """Why the transformers class of `model_type` cannot compute this model ("" if it can)."""
     qkv, o, mlp = cfg.use_qkv_bias, cfg.use_o_bias, cfg.use_mlp_bias
-    partial = cfg.position.name == "rope" and cfg.position.partial_rotary_factor != 1.0
+    written = cfg.position.to_hf(cfg)  # what config.json would say about positions
+    partial = "partial_rotary_factor" in written
     if cfg.query_pre_attn_scalar not in (None, cfg.dim_per_head):
         return "scores scaled by 1/sqrt(head_dim) only"
     if cfg.attn_logit_softcapping or cfg.final_logit_softcapping:
@@ -264,7 +265,7 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
     if model_type == "qwen2":
         return ("biases on q/k/v only" if not qkv or o or mlp else "rotates whole heads only" if partial else "")
     # phi3: Phi3Config validates its RoPE as default or longrope and sizes LongRoPE's lists by hidden / heads.
-    if cfg.position.name == "rope" and cfg.position.rope_type not in ("default", "ntk", "longrope"):
+    if (written.get("rope_parameters") or {}).get("rope_type", "default") not in ("default", "longrope"):
         return "default or longrope RoPE only"
     return ("no biases" if qkv or o or mlp else
             "head_dim = hidden_size / heads only" if cfg.dim_per_head * cfg.n_heads != cfg.d_model else "")
@@ -288,10 +289,17 @@ def _gemma_unfit(cfg: ModelConfig) -> str:
             else "")
 
 
-def export_model_type(cfg: ModelConfig) -> str:
-    """The class an export writes: Gemma 3 (q/k norms) or Gemma 2 for the gemma family; for the Llama family the model's own
-    (`hf_architecture`) when that class computes the model, else the first of Llama, Mistral, Qwen2, Phi-3, Qwen3
-    that does (a one-line error if none does)."""
+def rereads_on_rope_switch(architecture: str) -> bool:
+    """Whether transformers' class `architecture` drops its KV cache and reads the whole sequence again when a
+    sequence-dependent rotation switches during generation (Phi-3, when LongRoPE passes L0): what
+    `ctxjax.generate(..., reread_on_switch=)` matches."""
+    return architecture == "Phi3ForCausalLM"
+
+
+def export_model_type(cfg: ModelConfig, architecture: str = "") -> str:
+    """The class an export writes: Gemma 3 (q/k norms) or Gemma 2 for the gemma family; for the Llama family
+    `architecture` (the imported model's own class) when that class computes the model, else the first of Llama,
+    Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does)."""
     if cfg.family == "gemma":
         reason = _gemma_unfit(cfg)
         if reason:
@@ -300,7 +308,7 @@ def export_model_type(cfg: ModelConfig) -> str:
     if cfg.local_position is not None:
         raise InputError("no Hugging Face Llama-family class rotates some layers differently (local_position); "
                          "use local_position=None, or family='gemma'")
-    own = LLAMA_ARCHITECTURES.get(cfg.hf_architecture)
+    own = LLAMA_ARCHITECTURES.get(architecture)
     candidates = ([own] if own else []) + ["llama", "mistral", "qwen2", "phi3", "qwen3"]
     reasons = {t: _unfit(cfg, t) for t in candidates}
     fitting = [t for t in candidates if not reasons[t]]
@@ -310,8 +318,8 @@ def export_model_type(cfg: ModelConfig) -> str:
     return fitting[0]
 
 
-def _llama_config(cfg: ModelConfig) -> dict[str, Any]:
-    model_type = export_model_type(cfg)
+def _llama_config(cfg: ModelConfig, architecture: str) -> dict[str, Any]:
+    model_type = export_model_type(cfg, architecture)
     out = dict(
         architectures=[next(a for a, t in LLAMA_ARCHITECTURES.items() if t == model_type)],
         model_type=model_type,

@@ -19,8 +19,9 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from ctxjax.errors import InputError
+from ctxjax.adaptation import AdaptationConfig
 from ctxjax.config import ModelConfig
+from ctxjax.errors import InputError
 from ctxjax.hf.config import export_model_type
 from ctxjax.hf.io import write_directory
 from ctxjax.lora import split_adapters
@@ -33,24 +34,26 @@ PHI3_FUSED = {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate"
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, overwrite: bool = False, *,
-                      protected: Sequence[str] = (), source: str = "") -> str:
-    """Write the adapters of `params` (a `cfg` model with `lora_rank` > 0) for the base model at `base_model`."""
+def save_peft_adapter(cfg: ModelConfig, params, adaptation: AdaptationConfig, out_dir: str, base_model: str,
+                      overwrite: bool = False, *, architecture: str = "", protected: Sequence[str] = (),
+                      source: str = "") -> str:
+    """Write the adapters of `params` (trained with `adaptation`, lora_rank > 0) for the base model at `base_model`,
+    exported as `architecture` (see save_pretrained)."""
     if cfg.family == "gpt2":
         raise InputError("PEFT adapters export from Llama-family and Gemma models only; GPT-2 fuses q, k, v into one matrix "
                          "with no per-projection adapters: export the merged model instead (ctxjax export without "
                          "--peft-adapter)")
     _, adapters = split_adapters(jax.device_get(params))
-    if not cfg.lora_rank or not adapters:
-        raise InputError("this model has no LoRA adapters (model.lora_rank is 0): export the model itself")
-    r = cfg.lora_rank
+    if not adaptation.lora_rank or not adapters:
+        raise InputError("this model has no LoRA adapters (adaptation.lora_rank is 0): export the model itself")
+    r = adaptation.lora_rank
     stacked = {LLAMA_MODULES[m[-1]]: (np.asarray(a), np.asarray(b)) for m, (a, b) in adapters.items()}
     # Per layer: {HF module: (A [rank, in], B [out, rank])}, torch Linear layout.
     layers = [{module: (a[i].reshape(-1, r).T, b[i].reshape(r, -1).T) for module, (a, b) in stacked.items()}
               for i in range(cfg.n_layers)]
     ranks = {}
-    if export_model_type(cfg) == "phi3":
-        layers = [_fused(cfg, layer) for layer in layers]
+    if export_model_type(cfg, architecture) == "phi3":
+        layers = [_fused(cfg, r, layer) for layer in layers]
         ranks = {module.split(".")[-1]: a.shape[0] for module, (a, _) in layers[0].items() if a.shape[0] != r}
     tensors = {}
     for i, layer in enumerate(layers):
@@ -60,11 +63,11 @@ def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, o
             tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": r, "lora_alpha": float(cfg.lora_alpha), "lora_dropout": 0.0, "bias": "none",
+        "r": r, "lora_alpha": float(adaptation.lora_alpha), "lora_dropout": 0.0, "bias": "none",
         "target_modules": sorted(module.split(".")[-1] for module in layers[0]),
         "fan_in_fan_out": False, "inference_mode": True,
         # A fused module's adapter stacks its parts' ranks; alpha grows with it, so alpha / rank stays the same.
-        "rank_pattern": ranks, "alpha_pattern": {m: float(cfg.lora_alpha) * rank / r for m, rank in ranks.items()},
+        "rank_pattern": ranks, "alpha_pattern": {m: float(adaptation.lora_alpha) * rank / r for m, rank in ranks.items()},
     }
 
     def fill(directory):
@@ -75,7 +78,7 @@ def save_peft_adapter(cfg: ModelConfig, params, out_dir: str, base_model: str, o
     return write_directory(out_dir, overwrite, fill, protected=protected, source=source)
 
 
-def _fused(cfg: ModelConfig, layer: dict) -> dict:
+def _fused(cfg: ModelConfig, rank: int, layer: dict) -> dict:
     """One layer's adapters for Phi-3's fused Linears: the parts' A's stacked (rank r per adapted part) and their
     B's block-diagonal, so that B A is each part's update in its own rows, zero for parts without an adapter."""
     widths = {"q": cfg.n_heads * cfg.dim_per_head, "k": cfg.kv_heads * cfg.dim_per_head,
@@ -90,8 +93,8 @@ def _fused(cfg: ModelConfig, layer: dict) -> dict:
         row = 0
         for p in parts:
             if p in adapted:
-                col = adapted.index(p) * cfg.lora_rank
-                b[row:row + widths[p], col:col + cfg.lora_rank] = layer[LLAMA_MODULES[p]][1]
+                col = adapted.index(p) * rank
+                b[row:row + widths[p], col:col + rank] = layer[LLAMA_MODULES[p]][1]
             row += widths[p]
         out[module] = (a, b)
     return out

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+from ctxjax.data.tokenizer import SentencePieceTokenizer, find_tokenizer_file, generation_config_ids, load_tokenizer
 from ctxjax.errors import InputError
 
 # Files an HF tokenizer directory may hold; a SentencePiece model is stored under HF's name for it.
@@ -58,8 +59,6 @@ def _copy_files(path: str, out_dir: str) -> None:
             shutil.copy(os.path.join(path, name), os.path.join(out_dir, name))
     elif os.path.isfile(path):
         if path.endswith(".model"):  # SentencePiece
-            from ctxjax.data.tokenizer import SentencePieceTokenizer
-
             shutil.copy(path, os.path.join(out_dir, SENTENCEPIECE_FILE))
             _write_config(out_dir, SentencePieceTokenizer.from_file(path).hf_config())
         elif path.endswith(".json"):
@@ -82,8 +81,6 @@ def _write_config(out_dir: str, config: dict) -> None:
 def special_token_ids(directory: str) -> dict:
     """config.json's bos/eos/pad ids for a model directory holding its tokenizer: each from its
     generation_config.json (an imported model's) when that names it, else the tokenizer's own BOS and EOS."""
-    from ctxjax.data.tokenizer import find_tokenizer_file, generation_config_ids, load_tokenizer  # heavier package
-
     ids = dict.fromkeys(SPECIAL_IDS)
     if find_tokenizer_file(directory) is not None:
         tokenizer = load_tokenizer(directory)

@@ -42,8 +42,22 @@ class Learned(PositionScheme):
     name = "learned"
     hf_families = ("gpt2",)
 
-    def embedding(self, cfg):
-        return LearnedTable(cfg.max_seq_len, cfg.d_model, cfg.dtype, cfg.param_dtype)
+    def embedding(self, cfg, dtype):
+        return LearnedTable(cfg.max_seq_len, cfg.d_model, dtype, cfg.param_dtype)
+
+    def max_positions(self, cfg):
+        return cfg.max_seq_len
+
+    def limit_description(self, cfg):
+        return f"the learned position table ({cfg.max_seq_len} rows)"
+
+    def extend(self, params, new_len, method="interpolate"):
+        if params[TABLE[0]][TABLE[1]].shape[0] == new_len:
+            return params
+        return extend(params, new_len, method)
+
+    def fitted_to_params(self, cfg, params):
+        return cfg.replace(max_seq_len=int(params[TABLE[0]][TABLE[1]].shape[0]))
 
     def to_hf(self, cfg):
         return {"n_positions": cfg.max_seq_len}
@@ -53,6 +67,9 @@ class Learned(PositionScheme):
         return cls()
 
 
+EXTEND_METHODS = ("interpolate", "copy")
+
+
 def extend(params, new_len: int, method: str = "interpolate"):
     """Return `params` with the position table grown to `new_len` rows (set ModelConfig.max_seq_len to match).
 
@@ -60,8 +77,8 @@ def extend(params, new_len: int, method: str = "interpolate"):
       so the new table spans the same trajectory at a finer step (Position Interpolation for learned tables).
     copy: the old table is repeated (Longformer's initialisation), so local offsets keep their meaning.
     """
-    if method not in ("interpolate", "copy"):
-        raise InputError(f"extend method {method!r} is unknown; use 'interpolate' or 'copy'")
+    if method not in EXTEND_METHODS:
+        raise InputError(f"extend method {method!r} is unknown; use one of {EXTEND_METHODS}")
     try:
         table = params[TABLE[0]][TABLE[1]]
     except KeyError:

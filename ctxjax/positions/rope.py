@@ -182,6 +182,12 @@ class Rope(PositionScheme):
                              "positional settings explicitly")
         return self.replace(**rope_scalings.get(rope_type).extension(self, new_len / original, original))
 
+    def rotation_switch(self) -> int | None:
+        return self.scaling.rotation_switch(self)
+
+    def check_local(self, local) -> str:
+        return "" if isinstance(local, Rope) else f"local layers must rotate too (got {local.name} positions)"
+
     def ntk_theta(self, d: int) -> float:
         return float(self.theta) * float(self.factor) ** (d / (d - 2))
 

@@ -106,6 +106,10 @@ class RopeScaling:
         """Rope fields from HF's rope dict `params`, the whole `hf_config` and its max_position_embeddings."""
         return {key: params[key] for key in self.hf_keys if params.get(key) is not None}
 
+    def rotation_switch(self, rope: "Rope") -> int | None:
+        """The sequence length past which every key is rotated anew (LongRoPE's long factors), None if never."""
+        return None
+
     # ------------------------------------------------------------------ context extension
     def extension(self, rope: "Rope", factor: float | None, original: int,
                   given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -423,6 +427,9 @@ class LongRoPE(_TrainedContext):
             return float(rope.attention_factor)
         factor, l0 = rope.factor, rope.original_max_position_embeddings
         return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(l0))
+
+    def rotation_switch(self, rope):
+        return rope.original_max_position_embeddings
 
     def hf_top_level(self, rope):
         # transformers 4.x reads L0 only from the top level; 5.x lets the top level win too.

@@ -33,5 +33,5 @@ class Sinusoidal(PositionScheme):
     name = "sinusoidal"
     base: float = 10000.0
 
-    def embedding(self, cfg):
-        return SinusoidalTable(cfg.d_model, self.base, cfg.dtype)
+    def embedding(self, cfg, dtype):
+        return SinusoidalTable(cfg.d_model, self.base, dtype)

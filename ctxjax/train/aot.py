@@ -8,10 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ctxjax.optimizer import make_optimizer
+from ctxjax.model import Transformer
+from ctxjax.optimizer import make_optimizer, trainable_labels
 from ctxjax.schedule import learning_rate_schedule
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
-from ctxjax.train.configs import validate
+from ctxjax.train.configs import adaptation_config, execution_config, validate
 from ctxjax.train.export import exportable
 from ctxjax.train.resume import base_model_config, model_config_for_stage, with_shardings
 from ctxjax.train.state import abstract_params, state_shardings
@@ -29,20 +30,23 @@ def compile_stages(config, devices=None) -> list[dict]:
     exportable(model_config_for_stage(config, base, stages[-1]), config.export_dir)
     mesh = make_mesh(dict(config.mesh), devices)
     rows = []
+    run, adaptation = execution_config(config), adaptation_config(config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         first = model_config_for_stage(config, base, stages[0])
-        tx = make_optimizer(config.optimizer, learning_rate_schedule(stages), abstract_params(first))
+        labels = trainable_labels(abstract_params(first, adaptation), config.optimizer.trainable)
+        tx = make_optimizer(config.optimizer, learning_rate_schedule(stages), labels)
         for stage in stages:
             cfg = model_config_for_stage(config, base, stage)
-            abstract, shardings = state_shardings(cfg, tx, mesh)
+            abstract, shardings = state_shardings(cfg, tx, mesh, adaptation)
             batch = {k: jax.ShapeDtypeStruct((stage.batch_size, stage.seq_len), dtype, sharding=batch_sharding(mesh))
                      for k, dtype in BATCH_DTYPES.items()}
-            step = jit_train_step(config, cfg, tx, stage, mesh, shardings)
+            model = Transformer(cfg, run, adaptation)
+            step = jit_train_step(config, model, tx, labels, stage, mesh, shardings)
             compiled = step.lower(with_shardings(abstract, shardings), batch).compile()
             memory = compiled.memory_analysis()
             rows.append({
                 "stage": stage.index, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
-                "attention": cfg.attention, "position": cfg.position.name,
+                "attention": run.attention, "position": cfg.position.name,
                 "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
                 "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
             })

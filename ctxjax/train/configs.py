@@ -4,6 +4,7 @@ the result before anything is compiled."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import math
 import os
@@ -12,8 +13,11 @@ import traceback
 import ml_collections
 
 from ctxjax.errors import InputError
+from ctxjax.adaptation import AdaptationConfig
 from ctxjax.config import ModelConfig
-from ctxjax.positions import ROPE_TYPES
+from ctxjax.dataclass_config import dataclass_from
+from ctxjax.execution import ExecutionConfig
+from ctxjax.positions import EXTEND_METHODS, ROPE_TYPES
 from ctxjax.data.config import as_data_config
 from ctxjax.data.sources import eval_source_spec
 from ctxjax.schedule import build_stages
@@ -55,6 +59,12 @@ def _line_in(error: BaseException, path: str) -> str:
     return f" at line {lines[-1]}" if lines else ""
 
 
+# Fields that were `model.*` before the model's architecture, how it runs and how training adapts it became three
+# configs: an override under the old name lands where the field lives now (the README says so).
+MOVED = {**{f"model.{f.name}": f"execution.{f.name}" for f in dataclasses.fields(ExecutionConfig)},
+         **{f"model.{f.name}": f"adaptation.{f.name}" for f in dataclasses.fields(AdaptationConfig)}}
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
     """Each override is `FIELD.PATH=VALUE` (the `--config.` prefix already stripped); VALUE is a Python
     literal or else a string, and `a,b` for a list field means ['a', 'b']. Unknown fields are an error, never
@@ -63,6 +73,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         key, sep, raw = item.partition("=")
         if not sep:
             raise InputError(f"override {item!r} needs the form --config.FIELD=VALUE")
+        key = MOVED.get(key, key)
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -115,7 +126,23 @@ def _check_index(items: list, part: str, key: str) -> None:
 
 
 def model_config(config) -> ModelConfig:
-    return ModelConfig.from_dict(config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model))
+    fields = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+    moved = sorted(f"model.{k}" for k in fields if f"model.{k}" in MOVED)
+    if moved:  # a recipe written before the split: say where the field lives now
+        raise InputError(f"{moved[0]} is no longer a model field: set {MOVED[moved[0]]} in the recipe (the model's "
+                         "architecture, how it runs and how training adapts it are config.model, config.execution "
+                         "and config.adaptation)")
+    return ModelConfig.from_dict(fields)
+
+
+def execution_config(config) -> ExecutionConfig:
+    """How the run executes the model (config.execution): kernel, tiles, remat, scan unrolling, compute dtype."""
+    return dataclass_from(ExecutionConfig, config.execution, {}, what="execution")
+
+
+def adaptation_config(config) -> AdaptationConfig:
+    """How training adapts the model (config.adaptation): LoRA adapters, S²-Attn groups."""
+    return dataclass_from(AdaptationConfig, config.adaptation, {}, what="adaptation")
 
 
 def _integer(value) -> bool:
@@ -162,7 +189,7 @@ def check_ranges(config) -> None:
 def validate(config, n_devices: int):
     """Everything that can be checked without compiling; returns (ModelConfig, stages, mesh shape)."""
     check_ranges(config)
-    cfg = model_config(config)
+    cfg, run, adaptation = model_config(config), execution_config(config), adaptation_config(config)
     as_data_config(config.data)
     stages = build_stages(config.stages, int(config.tokens_per_step), float(config.min_lr_ratio))
     shape = mesh_shape(dict(config.mesh), n_devices)
@@ -183,19 +210,20 @@ def validate(config, n_devices: int):
         if micro and (s.batch_size % micro or micro % batch_ways):
             raise InputError(f"stage {s.index}: micro_batch_size={micro} must divide the batch size "
                              f"{s.batch_size} and be divisible by data x fsdp = {batch_ways}")
-        if cfg.shifted_sparse_group and s.seq_len <= cfg.shifted_sparse_group:
-            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not longer than model.shifted_sparse_group="
-                             f"{cfg.shifted_sparse_group}; S²-Attn groups are a fraction of the length (LongLoRA: a "
+        group = adaptation.shifted_sparse_group
+        if group and s.seq_len <= group:
+            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not longer than adaptation.shifted_sparse_group="
+                             f"{group}; S²-Attn groups are a fraction of the length (LongLoRA: a "
                              "quarter), so lower it or set it to 0 for full attention")
         if s.position:
             cfg.position.replace(**dict(s.position))  # unknown override keys fail here
-        if cfg.position.name == "learned" and config.learned_extend_method not in ("interpolate", "copy"):
-            raise InputError("learned_extend_method must be 'interpolate' or 'copy'")
+    if config.learned_extend_method not in EXTEND_METHODS:
+        raise InputError(f"learned_extend_method={config.learned_extend_method!r} must be one of {EXTEND_METHODS}")
     if config.eval_at_stage_end and not config.eval.source:  # fail now, not after the first stage has trained
         eval_source_spec(as_data_config(config.data))
     if config.rope_scaling and config.rope_scaling not in ROPE_TYPES:
         raise InputError(f"rope_scaling={config.rope_scaling!r} is unknown; use one of {ROPE_TYPES} or ''")
-    if sizes["sequence"] > 1 and cfg.attention != "ring":
+    if sizes["sequence"] > 1 and run.attention != "ring":
         raise InputError(f"mesh.sequence={sizes['sequence']} splits the length across devices; set "
-                         "model.attention='ring' so attention sees the whole sequence")
+                         "execution.attention='ring' so attention sees the whole sequence")
     return cfg, stages, shape

@@ -6,7 +6,9 @@ import dataclasses
 
 import ml_collections
 
+from ctxjax.adaptation import AdaptationConfig
 from ctxjax.config import ModelConfig
+from ctxjax.execution import ExecutionConfig
 from ctxjax.data.config import DataConfig
 from ctxjax.evaluate.config import EvalConfig
 
@@ -14,8 +16,15 @@ from ctxjax.evaluate.config import EvalConfig
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # ModelConfig fields; `position` is {"name": scheme, **fields} (see ctxjax.positions).
+    # What the model is: ModelConfig fields (ctxjax/config.py); `position` is {"name": scheme, **fields} (see
+    # ctxjax.positions). For a model imported from Hugging Face, its checkpoint says (a window set here aside).
     c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
+    # How it runs: ExecutionConfig fields (ctxjax/execution.py): attention kernel and tiles, remat, scan
+    # unrolling, compute dtype. Free to change when a run resumes.
+    c.execution = ml_collections.ConfigDict(ExecutionConfig().to_dict())
+    # How training adapts it: AdaptationConfig fields (ctxjax/adaptation.py): LoRA rank / alpha / targets,
+    # S²-Attn groups. Never exported (adapters are merged, or written as a PEFT adapter).
+    c.adaptation = ml_collections.ConfigDict(AdaptationConfig().to_dict())
     # A Hugging Face directory to start from when the work directory has no checkpoint yet
     # (same as running `ctxjax import-hf` first); "" trains from scratch.
     c.init_from_hf = ""
@@ -35,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
         clip_norm=1.0,  # global gradient-norm clipping; 0 disables
         # Comma-separated regexes over parameter paths (e.g. "embed,norm" for LongLoRA's embeddings + norms);
-        # "" trains everything, or only the adapters when model.lora_rank > 0 (adapters always train).
+        # "" trains everything, or only the adapters when adaptation.lora_rank > 0 (adapters always train).
         # Frozen parameters keep no optimizer state and get no gradients.
         trainable="",
     ))
@@ -68,7 +77,8 @@ def use_tiny_run_settings(c: ml_collections.ConfigDict) -> ml_collections.Config
     tokenizer (nothing to train), 40 documents, no prefetch thread, synchronous checkpoints at stage ends
     only, and a fixed peak FLOP/s (no start-up matmul benchmark)."""
     c.data.update(source="stdlib", tokenizer="bytes", max_documents=40, prefetch=0, min_doc_tokens=0)
-    c.model.update(vocab_size=258, attention="xla", remat="none", dtype="float32")
+    c.model.update(vocab_size=258)
+    c.execution.update(attention="xla", remat="none", dtype="float32")
     c.checkpoint.update(every_steps=0, async_save=False)
     c.micro_batch_size = 0
     c.log_every = 2

@@ -54,9 +54,10 @@ def check_export(config, workdir: str, meta: dict | None, final_cfg: ModelConfig
         raise InputError(f"--config.export_dir={config.export_dir!r}: {error}") from None
 
 
-def export(config, cfg: ModelConfig, params, workdir: str, meta: dict | None) -> str:
-    """Write the trained model as a Hugging Face directory (process 0; parameters gathered to the host). A rerun
-    of a finished run replaces its own earlier export, nothing else."""
+def export(config, cfg: ModelConfig, params, workdir: str, meta: dict | None, architecture: str = "") -> str:
+    """Write the trained model (adapters merged) as a Hugging Face directory of class `architecture` where it
+    computes the model (process 0; parameters gathered to the host). A rerun of a finished run replaces its own
+    earlier export, nothing else."""
     out = export_path(config, workdir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -65,7 +66,7 @@ def export(config, cfg: ModelConfig, params, workdir: str, meta: dict | None) ->
     if jax.process_index() != 0:
         return out
     tokenizer = exportable_tokenizer(tokenizer_dir(workdir))  # what `ctxjax export` would copy
-    return hf.save_pretrained(cfg, jax.device_get(params), out, tokenizer=tokenizer,
+    return hf.save_pretrained(cfg, jax.device_get(params), out, tokenizer=tokenizer, architecture=architecture,
                               overwrite=_own_export(out, workdir), protected=protected_paths(config, workdir, meta),
                               source=workdir)
 

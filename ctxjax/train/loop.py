@@ -24,18 +24,20 @@ from ctxjax import flops
 from ctxjax.attention.ring import zigzag_batch
 from ctxjax.checkpoint import (Checkpointer, checkpoint_dir, checkpoint_meta, replace_tokenizer, tokenizer_dir)
 from ctxjax.config import ModelConfig
-from ctxjax.data import as_data_config, find_tokenizer_file, make_global_batch, make_pipeline
+from ctxjax.data import as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch, make_pipeline
 from ctxjax.errors import InputError, TrainingDiverged
+from ctxjax.evaluate import run_evaluation
 from ctxjax.fs import ensure_writable_directory
 from ctxjax.hf.tokenizer import exportable_tokenizer
-from ctxjax.optimizer import trainable_labels
+from ctxjax.lora import merge_adapters
+from ctxjax.model import Transformer
 from ctxjax.schedule import learning_rate_schedule, stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
-from ctxjax.train.configs import validate
+from ctxjax.train.configs import execution_config, validate
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
 from ctxjax.train.resume import Start, model_config_for_stage, start_run
-from ctxjax.train.state import abstract_params, grow_learned_table, state_shardings
+from ctxjax.train.state import abstract_params, grow_positions, state_shardings
 from ctxjax.train.step import jit_train_step
 from ctxjax.train.stopping import StopRequests
 
@@ -49,7 +51,7 @@ class StageSetup:
     cfg: ModelConfig
     shardings: object
     step_fn: object
-    frozen_params: int  # matmul weights without a weight gradient, for the MFU count
+    flops_per_token: float  # for the MFU count: frozen matmul weights have no weight gradient
 
 
 def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | None = None) -> dict:
@@ -69,6 +71,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                       async_save=config.checkpoint.async_save) as checkpointer, \
             jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), StopRequests() as stop:
         start = start_run(config, workdir, checkpointer, mesh, stages, schedule)
+        run = execution_config(config)
         stage_models = [model_config_for_stage(config, start.base, s) for s in stages]  # all fit, before compiling
         check_export(config, workdir, start.meta, stage_models[-1])
         pipe = make_pipeline(_data_config(config, workdir, start), workdir,
@@ -77,18 +80,20 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             pipe.restore(start.data_state)
         metrics = MetricsWriter(workdir, last_step, start.step)
         try:
-            summary, state, cfg = _loop(config, workdir, mesh, stages, schedule, start, pipe, metrics, checkpointer,
-                                        stop, stop_after)
+            summary, state, cfg = _loop(config, workdir, mesh, stages, schedule, start, run, pipe, metrics,
+                                        checkpointer, stop, stop_after)
             checkpointer.wait()
         finally:
             metrics.close()
             pipe.close()
     if config.export_dir and summary["final_step"] == last_step:
-        summary["export_dir"] = export(config, cfg, state["params"], workdir, start.meta)
+        params = merge_adapters(state["params"], start.adaptation)  # what leaves ctxjax is a plain model
+        summary["export_dir"] = export(config, cfg, params, workdir, start.meta, start.hf_architecture)
     return summary
 
 
-def _loop(config, workdir, mesh, stages, schedule, start: Start, pipe, metrics, checkpointer, stop, stop_after):
+def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metrics, checkpointer, stop,
+          stop_after):
     """The steps from `start.step` to the end (or a stop request); returns (summary, state, last model)."""
     # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
     zigzag_shards = mesh.shape["sequence"] if config.ring_zigzag and mesh.shape["sequence"] > 1 else 0
@@ -101,14 +106,15 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, pipe, metrics, 
     def save(step):
         _raise_if_diverged(state, checkpointer)
         checkpointer.save(step, state, data_state=pipe.global_state(), force=True,
-                          meta=checkpoint_meta(setup.cfg, train_config=config.to_dict(), stage=stage.index,
-                                               base_model_config=start.base.to_dict(), imported=start.imported,
-                                               **_provenance(start.meta)))
+                          meta=checkpoint_meta(setup.cfg, adaptation=start.adaptation,
+                                               hf_architecture=start.hf_architecture, train_config=config.to_dict(),
+                                               stage=stage.index, base_model_config=start.base.to_dict(),
+                                               imported=start.imported, **_provenance(start.meta)))
 
     while step < last_step:
         if stage is None or step == stage.end:
             stage = stage_at(stages, step)
-            state, setup = _enter_stage(config, start, stage, state, setup, mesh)
+            state, setup = _enter_stage(config, start, run, stage, state, setup, mesh)
             fresh_compile = True
         local = pipe.next_batch(stage.batch_size, stage.seq_len)
         if zigzag_shards:
@@ -129,8 +135,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, pipe, metrics, 
             record = _log_record(jax.device_get(pending), schedule, step, stage)
             if interval_tokens:  # an interval holding only a freshly compiled step has no throughput
                 record["tokens_per_s"] = interval_tokens / (time.perf_counter() - interval_start)
-                record["mfu"] = record["tokens_per_s"] * flops.flops_per_token(
-                    setup.cfg, stage.seq_len, setup.frozen_params) / peak
+                record["mfu"] = record["tokens_per_s"] * setup.flops_per_token / peak
             metrics.write(step, record)
             metrics.progress(step, record)
             summary.update(record)
@@ -140,7 +145,8 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, pipe, metrics, 
         if at_stage_end or step == last_step or (every and step % every == 0) or stopping:
             save(step)
         if at_stage_end and config.eval_at_stage_end:
-            results = evaluate_stage(config, setup.cfg, state["params"], pipe.tokenizer, workdir, step)
+            results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, pipe.tokenizer, workdir,
+                                     step)
             metrics.write(step, results)
             summary.update(results)
         if stopping:
@@ -150,20 +156,22 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, pipe, metrics, 
     return summary, state, setup.cfg if setup else model_config_for_stage(config, start.base, stages[-1])
 
 
-def _enter_stage(config, start: Start, stage, state, previous: StageSetup | None, mesh):
-    """The state laid out for `stage`'s model (a learned table grown first) and its compiled step."""
+def _enter_stage(config, start: Start, run, stage, state, previous: StageSetup | None, mesh):
+    """The state laid out for `stage`'s model (its positional parameters grown first) and its compiled step."""
     cfg = model_config_for_stage(config, start.base, stage)
-    if previous is not None and cfg.position.name == "learned" and cfg.max_seq_len > previous.cfg.max_seq_len:
-        state = grow_learned_table(state, cfg.max_seq_len, config.learned_extend_method)
+    if previous is not None:
+        state = grow_positions(state, cfg, config.learned_extend_method)
     if previous is None or cfg != previous.cfg:
-        _, shardings = state_shardings(cfg, start.tx, mesh)
+        _, shardings = state_shardings(cfg, start.tx, mesh, start.adaptation)
         state = jax.device_put(state, shardings)
     else:
         shardings = previous.shardings
-    shapes = abstract_params(cfg)
+    model = Transformer(cfg, run, start.adaptation)
+    step_fn = jit_train_step(config, model, start.tx, start.labels, stage, mesh, shardings)
     # MFU counts no weight gradient for frozen matmul weights (LoRA, optimizer.trainable).
-    frozen = flops.frozen_matmul_params(cfg, shapes, trainable_labels(shapes, config.optimizer.trainable))
-    return state, StageSetup(cfg, shardings, jit_train_step(config, cfg, start.tx, stage, mesh, shardings), frozen)
+    frozen = flops.frozen_matmul_params(cfg, abstract_params(cfg, start.adaptation), start.labels)
+    per_token = flops.flops_per_token(cfg, stage.seq_len, frozen, start.adaptation.shifted_sparse_group)
+    return state, StageSetup(cfg, shardings, step_fn, per_token)
 
 
 def _log_record(values, schedule, step: int, stage) -> dict:
@@ -203,16 +211,14 @@ def _provenance(meta: dict | None) -> dict:
     return {"imported_from": meta["imported_from"]} if meta and meta.get("imported_from") else {}
 
 
-def evaluate_stage(config, cfg: ModelConfig, params, tokenizer, workdir: str, step: int) -> dict:
+def evaluate_stage(config, cfg: ModelConfig, params, adaptation, tokenizer, workdir: str, step: int) -> dict:
     """Evaluate the model as it leaves a stage, with the training sharding (params stay where they are)."""
-    from ctxjax.data.sources import eval_source_spec
-    from ctxjax.evaluate import run_evaluation
-
     eval_config = dict(config.eval)
     eval_config["source"] = eval_config.get("source") or eval_source_spec(as_data_config(config.data))
     out_dir = os.path.join(workdir, "eval", f"step_{step}")
-    # Always with full attention: S²-Attn only approximates it for training (LongLoRA evaluates that way too).
-    return run_evaluation(cfg.replace(shifted_sparse_group=0), params, tokenizer, eval_config, out_dir, step=step,
+    # With full attention (no adaptation: S²-Attn only approximates it for training; LongLoRA evaluates that way
+    # too) and the adapters merged.
+    return run_evaluation(cfg, merge_adapters(params, adaptation), tokenizer, eval_config, out_dir, step=step,
                           run_name=f"step {step}")
 
 

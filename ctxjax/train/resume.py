@@ -16,22 +16,17 @@ from typing import Any
 
 import jax
 
-from ctxjax import hf, lora, positions
-from ctxjax.checkpoint import Checkpointer, check_compatible, model_config_of
+from ctxjax import hf, lora
+from ctxjax.adaptation import AdaptationConfig
+from ctxjax.checkpoint import Checkpointer, adaptation_of, check_compatible, model_config_of
 from ctxjax.config import ModelConfig
 from ctxjax.errors import InputError
-from ctxjax.optimizer import make_optimizer
+from ctxjax.optimizer import make_optimizer, trainable_labels
 from ctxjax.schedule import model_config_for, stage_at
-from ctxjax.train.configs import model_config
+from ctxjax.train.configs import adaptation_config, model_config
 from ctxjax.train.state import abstract_params, init_state, param_shardings, place_params, state_shardings
 
 log = logging.getLogger(__name__)
-
-# ModelConfig fields a run may change between restarts without changing any parameter shape.
-RUNTIME_FIELDS = ("attention", "attention_block_q", "attention_block_k", "remat", "scan_unroll", "dtype",
-                  "shifted_sparse_group")
-# What training adds to an imported model: LoRA adapters (a resumed run must keep them as they were).
-ADAPTER_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 @dataclasses.dataclass
@@ -41,10 +36,13 @@ class Start:
     step: int
     meta: dict | None  # the checkpoint's metadata (None: a fresh run)
     base: ModelConfig  # the run's model before any stage's positional overrides
+    adaptation: AdaptationConfig  # the run's LoRA adapters and S²-Attn groups
+    hf_architecture: str  # the Hugging Face class the model came from ("" if none): what its export writes
     imported: bool  # the architecture came from a Hugging Face model
     state: Any  # sharded train state
     data_state: dict | None  # the data iterator's position (None: from the start)
     tx: Any  # the optimizer
+    labels: Any  # 'train' / 'freeze' per parameter (optimizer.trainable_labels): what the step differentiates
 
 
 def start_run(config, workdir: str, checkpointer: Checkpointer, mesh, stages, schedule) -> Start:
@@ -72,20 +70,27 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _optimizer(config, cfg: ModelConfig, adaptation: AdaptationConfig, schedule):
+    """(optimizer, trainable labels) of the run, computed once: the parameters' tree is the same at every stage."""
+    labels = trainable_labels(abstract_params(cfg, adaptation), config.optimizer.trainable)
+    return make_optimizer(config.optimizer, schedule, labels), labels
+
+
 def _fresh(config, workdir: str, mesh, stages, schedule) -> Start:
     base = base_model_config(config, None, workdir)
-    imported = bool(config.init_from_hf)
-    _check_adapters_have_a_model(base, imported, workdir)
+    adaptation, imported = adaptation_config(config), bool(config.init_from_hf)
+    _check_adaptation(base, adaptation, imported, workdir)
     cfg = model_config_for_stage(config, base, stages[0])
-    tx = make_optimizer(config.optimizer, schedule, abstract_params(cfg))
-    _, shardings = state_shardings(cfg, tx, mesh)
+    tx, labels = _optimizer(config, cfg, adaptation, schedule)
+    _, shardings = state_shardings(cfg, tx, mesh, adaptation)
     if config.init_from_hf:
-        _, params = hf.load_pretrained(config.init_from_hf, **{f: getattr(base, f) for f in
-                                                             ("param_dtype", *RUNTIME_FIELDS)})
-        state = place_params(prepare_imported(params, cfg, config), tx, shardings)
+        _, params = hf.load_pretrained(config.init_from_hf, param_dtype=base.param_dtype)
+        state = place_params(prepare_imported(params, cfg, adaptation, config), tx, shardings)
+        architecture = hf.architecture_of(config.init_from_hf)
     else:
-        state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings)
-    return Start(0, None, base, imported, state, None, tx)
+        state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings, adaptation)
+        architecture = ""
+    return Start(0, None, base, adaptation, architecture, imported, state, None, tx, labels)
 
 
 def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, stages, schedule, step: int) -> Start:
@@ -93,22 +98,23 @@ def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, stages, sch
     the config cannot resume it (another model, say), which no older step would change."""
     meta = checkpointer.restore_meta(step)
     base = base_model_config(config, meta, workdir)
-    imported = architecture_imported(config, meta)
-    _check_adapters_have_a_model(base, imported, workdir)
+    adaptation, imported = adaptation_config(config), architecture_imported(config, meta)
+    _check_adaptation(base, adaptation, imported, workdir)
+    _check_same_training(config, meta, adaptation, workdir)
     stage = stage_at(stages, step)
     cfg = model_config_for_stage(config, base, stage)
     _check_same_stage_positions(meta, stage, cfg, step, workdir)
-    tx = make_optimizer(config.optimizer, schedule, abstract_params(cfg))
-    abstract, shardings = state_shardings(cfg, tx, mesh)
+    tx, labels = _optimizer(config, cfg, adaptation, schedule)
+    abstract, shardings = state_shardings(cfg, tx, mesh, adaptation)
+    architecture = meta.get("hf_architecture", "")
     if meta.get("params_only"):  # imported: fresh optimizer state around the stored params
         # Read straight into the layout of the stored (base) model, never whole on one host.
-        stored = with_shardings(checkpointer.saved_shapes(step)["params"],
-                                param_shardings(base.replace(lora_rank=0), mesh))
+        stored = with_shardings(checkpointer.saved_shapes(step)["params"], param_shardings(base, mesh))
         restored, _, _ = checkpointer.restore({"params": stored}, step)
-        state = place_params(prepare_imported(restored["params"], cfg, config), tx, shardings)
-        return Start(step, meta, base, imported, state, None, tx)
+        state = place_params(prepare_imported(restored["params"], cfg, adaptation, config), tx, shardings)
+        return Start(step, meta, base, adaptation, architecture, imported, state, None, tx, labels)
     state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), step)
-    return Start(step, meta, base, imported, state, data_state, tx)
+    return Start(step, meta, base, adaptation, architecture, imported, state, data_state, tx, labels)
 
 
 def model_config_for_stage(config, base: ModelConfig, stage) -> ModelConfig:
@@ -132,35 +138,30 @@ def architecture_imported(config, checkpoint_meta) -> bool:
 
 def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
     """The architecture of the run: the checkpoint's if the work directory has one (imported or resumed),
-    else the HF directory's (`init_from_hf`), else `config.model`; runtime and adapter fields always from config,
-    and the sliding window from config when it sets one (0 keeps the base model's).
-    A resumed run whose config asks for other parameter shapes is refused, never overwritten: for a model built
-    from `config.model` any architecture field counts; for an imported one (whose shapes the recipe does not
-    describe) only the LoRA adapters that training added."""
+    else the HF directory's (`init_from_hf`), else `config.model`; the sliding window from config when it sets
+    one (0 keeps the base model's). A resumed run whose `config.model` asks for other parameter shapes is refused,
+    never overwritten (an imported model's shapes come from its checkpoint, which the recipe does not describe)."""
     requested = model_config(config)
-    runtime = {f: getattr(requested, f) for f in RUNTIME_FIELDS + ADAPTER_FIELDS}
-    if requested.sliding_window:  # set in the config: replaces the base model's window (e.g. widened)
-        runtime["sliding_window"] = requested.sliding_window
+    # Set in the config: replaces the base model's window (e.g. widened for a longer context).
+    window = {"sliding_window": requested.sliding_window} if requested.sliding_window else {}
     if checkpoint_meta is not None:
         saved = ModelConfig.from_dict(checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"])
-        if not checkpoint_meta.get("params_only"):
-            imported = architecture_imported(config, checkpoint_meta)
-            wanted = saved.replace(**{f: runtime[f] for f in ADAPTER_FIELDS}) if imported else requested
-            check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")}, wanted,
+        if not checkpoint_meta.get("params_only") and not architecture_imported(config, checkpoint_meta):
+            check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")}, requested,
                              workdir=workdir)
-            _check_same_training(config, checkpoint_meta, saved, wanted, workdir)
-        return saved.replace(**runtime)
+        return saved.replace(**window)
     if config.init_from_hf:
         hf_config = hf.read_hf_config(config.init_from_hf)
         return hf.model_config_from_hf(hf_config, where=os.path.join(config.init_from_hf, "config.json"),
-                                       param_dtype=requested.param_dtype, **runtime)
+                                       param_dtype=requested.param_dtype, **window)
     return requested
 
 
-def _check_adapters_have_a_model(base: ModelConfig, imported: bool, workdir: str) -> None:
-    if base.lora_rank and not imported:
-        raise InputError(f"model.lora_rank={base.lora_rank} trains adapters on a pretrained model, but {workdir} "
-                         "holds none: run `ctxjax import-hf HF_DIR --workdir` on it first or set "
+def _check_adaptation(base: ModelConfig, adaptation: AdaptationConfig, imported: bool, workdir: str) -> None:
+    adaptation.check(base)
+    if adaptation.lora_rank and not imported:
+        raise InputError(f"adaptation.lora_rank={adaptation.lora_rank} trains adapters on a pretrained model, but "
+                         f"{workdir} holds none: run `ctxjax import-hf HF_DIR --workdir` on it first or set "
                          "--config.init_from_hf=HF_DIR")
 
 
@@ -176,45 +177,45 @@ def _check_same_stage_positions(checkpoint_meta, stage, cfg: ModelConfig, start:
                          "model.position (--config.FIELD=VALUE) or choose a new --workdir")
 
 
-def _check_same_training(config, checkpoint_meta, saved: ModelConfig, wanted: ModelConfig, workdir: str) -> None:
-    """What a resumed run cannot change although no shape changes: which parameters train (the optimizer state
-    holds moments for exactly those) and the adapters' scale (the stored adapters were trained with it)."""
+def _check_same_training(config, checkpoint_meta, adaptation: AdaptationConfig, workdir: str) -> None:
+    """What a resumed run cannot change: which parameters train (the optimizer state holds moments for exactly
+    those) and the LoRA adapters its checkpoint holds (their shapes, and the scale they were trained with). An
+    imported (params-only) checkpoint has neither yet."""
+    if checkpoint_meta.get("params_only"):
+        return
     changes = []
     saved_groups = checkpoint_meta.get("train_config", {}).get("optimizer", {}).get("trainable")
     if saved_groups is not None and saved_groups != config.optimizer.trainable:
         changes.append(f"optimizer.trainable={saved_groups!r}")
-    if saved.lora_rank and float(saved.lora_alpha) != float(wanted.lora_alpha):
-        changes.append(f"model.lora_alpha={saved.lora_alpha!r}")
+    saved = adaptation_of(checkpoint_meta)
+    for name in ("lora_rank", "lora_targets", "lora_alpha"):
+        if (saved.lora_rank or adaptation.lora_rank) and getattr(saved, name) != getattr(adaptation, name):
+            changes.append(f"adaptation.{name}={getattr(saved, name)!r}")
     if changes:
         raise InputError(f"{workdir} was trained with {' and '.join(changes)}; resume with the same "
                          "(--config.FIELD=VALUE) or choose a new --workdir")
 
 
 def _warn_ignored_model_changes(config, checkpoint_meta, workdir: str) -> None:
-    """A resumed run keeps the checkpoint's model; `config.model` supplies only the runtime and adapter fields
-    (and a window). Any other model field changed since the checkpoint was saved has no effect: say so, since
-    e.g. a new model.position would otherwise look applied."""
+    """A resumed run keeps the checkpoint's model (a window set in `config.model` aside). Any other model field
+    changed since the checkpoint was saved has no effect: say so, since e.g. a new model.position would
+    otherwise look applied."""
     saved = (checkpoint_meta or {}).get("train_config", {}).get("model")
     if not saved or checkpoint_meta.get("params_only"):
         return
     now = json.loads(json.dumps(config.model.to_dict()))  # as stored: tuples become lists
-    applied = set(RUNTIME_FIELDS + ADAPTER_FIELDS + ("sliding_window",))
-    ignored = [f"model.{k}" for k in sorted(now) if k not in applied and k in saved and saved[k] != now[k]]
+    ignored = [f"model.{k}" for k in sorted(now) if k != "sliding_window" and k in saved and saved[k] != now[k]]
     if ignored:
         log.warning("%s resumes with the model of its checkpoint: %s changed since it was saved and has no "
                     "effect (change positions at a stage boundary with stages[i].position or rope_scaling, or "
                     "choose a new --workdir)", workdir, ", ".join(ignored))
 
 
-def prepare_imported(params, cfg: ModelConfig, config):
-    """Imported weights made ready to train: a GPT-2 table shorter than the stage's context grows, and LoRA
-    adapters are added (starting as no change) when the config asks for them."""
-    params = lora.add_adapters(params, cfg, jax.random.PRNGKey(config.seed))
-    if cfg.position.name == "learned":
-        rows = params["pos_embed"]["embedding"].shape[0]
-        if rows < cfg.max_seq_len:
-            params = positions.extend(params, cfg.max_seq_len, method=config.learned_extend_method)
-    return params
+def prepare_imported(params, cfg: ModelConfig, adaptation: AdaptationConfig, config):
+    """Imported weights made ready to train: a position table shorter than the stage's context grows (GPT-2's),
+    and LoRA adapters are added (starting as no change) when the config asks for them."""
+    params = lora.add_adapters(params, cfg, adaptation, jax.random.PRNGKey(config.seed))
+    return cfg.position.extend(params, cfg.max_seq_len, method=config.learned_extend_method)
 
 
 def with_shardings(abstract, shardings):

@@ -1,6 +1,9 @@
 """The training state {step, params, opt_state, first_bad_step}: how it is created (sharded from the
 start, never materialised on one device), how it is laid out on the mesh, and how it changes shape at a
-stage boundary (a learned position table growing)."""
+stage boundary (a positional scheme's parameters growing, e.g. a learned table).
+
+The parameters are those of a ModelConfig plus the LoRA adapters its AdaptationConfig adds; how the model runs
+(ExecutionConfig) never changes them."""
 
 from __future__ import annotations
 
@@ -10,15 +13,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ctxjax import positions
+from ctxjax.adaptation import AdaptationConfig
 from ctxjax.config import ModelConfig
 from ctxjax.model import Transformer
 from ctxjax.sharding import LOGICAL_RULES, logical_shardings, strip_boxes
 
+NO_ADAPTERS = AdaptationConfig()
 
-def _boxed_params(cfg: ModelConfig, rng):
+
+def _boxed_params(cfg: ModelConfig, adaptation: AdaptationConfig, rng):
     tokens = jnp.zeros((1, min(8, cfg.max_seq_len)), jnp.int32)
-    return Transformer(cfg).init(rng, tokens)["params"]
+    return Transformer(cfg, adaptation=adaptation).init(rng, tokens)["params"]
 
 
 def state_from_params(params, tx: optax.GradientTransformation):
@@ -26,20 +31,22 @@ def state_from_params(params, tx: optax.GradientTransformation):
             "first_bad_step": jnp.full((), -1, jnp.int32)}
 
 
-def abstract_params(cfg: ModelConfig):
-    return strip_boxes(jax.eval_shape(lambda: _boxed_params(cfg, jax.random.PRNGKey(0))))
+def abstract_params(cfg: ModelConfig, adaptation: AdaptationConfig = NO_ADAPTERS):
+    return strip_boxes(jax.eval_shape(lambda: _boxed_params(cfg, adaptation, jax.random.PRNGKey(0))))
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=LOGICAL_RULES):
+def param_shardings(cfg: ModelConfig, mesh: Mesh, adaptation: AdaptationConfig = NO_ADAPTERS, rules=LOGICAL_RULES):
     """NamedShardings of the model's parameters, from their logical axis names."""
-    return logical_shardings(jax.eval_shape(lambda: _boxed_params(cfg, jax.random.PRNGKey(0))), mesh, rules)
+    boxed = jax.eval_shape(lambda: _boxed_params(cfg, adaptation, jax.random.PRNGKey(0)))
+    return logical_shardings(boxed, mesh, rules)
 
 
-def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules=LOGICAL_RULES):
+def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                    adaptation: AdaptationConfig = NO_ADAPTERS, rules=LOGICAL_RULES):
     """(abstract state, shardings) for the whole state: parameters by their logical axes, optimizer moments
     like the parameter they belong to, everything else replicated."""
-    params = param_shardings(cfg, mesh, rules)
-    abstract = jax.eval_shape(lambda: state_from_params(abstract_params(cfg), tx))
+    params = param_shardings(cfg, mesh, adaptation, rules)
+    abstract = jax.eval_shape(lambda: state_from_params(abstract_params(cfg, adaptation), tx))
     replicated = NamedSharding(mesh, PartitionSpec())
     # Frozen parameters (multi_transform) hold an empty MaskedNode instead of moments: it stays as it is.
     opt_shardings = optax.tree_map_params(
@@ -51,9 +58,10 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Me
     return abstract, shardings
 
 
-def init_state(cfg: ModelConfig, tx, rng, shardings):
+def init_state(cfg: ModelConfig, tx, rng, shardings, adaptation: AdaptationConfig = NO_ADAPTERS):
     """A fresh state created directly in its sharded layout (jit with out_shardings)."""
-    init = jax.jit(lambda r: state_from_params(strip_boxes(_boxed_params(cfg, r)), tx), out_shardings=shardings)
+    init = jax.jit(lambda r: state_from_params(strip_boxes(_boxed_params(cfg, adaptation, r)), tx),
+                   out_shardings=shardings)
     return init(rng)
 
 
@@ -63,18 +71,28 @@ def place_params(params, tx, shardings):
     return jax.jit(lambda p: state_from_params(p, tx), out_shardings=shardings)(params)
 
 
-def grow_learned_table(state, new_len: int, method: str):
-    """Extend the learned position table to `new_len` rows at a stage boundary. The new rows' Adam moments
-    start at zero, as at initialisation; every other moment is kept."""
-    host = jax.device_get(state)
-    old_len = host["params"]["pos_embed"]["embedding"].shape[0]
-    params = positions.extend(host["params"], new_len, method=method)
+def grow_positions(state, cfg: ModelConfig, method: str):
+    """The state for a stage of model `cfg` whose positional scheme holds more positions than the state's
+    parameters (a learned table growing at a stage boundary: `PositionScheme.extend`). Parameters that grow
+    keep their rows; their new rows' Adam moments start at zero, as at initialisation. Unchanged when nothing
+    grows."""
+    params = cfg.position.extend(state["params"], cfg.max_seq_len, method=method)
+    if params is state["params"]:
+        return state
+    host = jax.device_get({**state, "params": params})
+    old = {_names(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+    new = {_names(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(host["params"])[0]}
+    grown = {path: (old[path], new[path]) for path in new if new[path] != old[path]}
 
     def grow(path, leaf):
-        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if "pos_embed" in names and getattr(leaf, "ndim", 0) == 2 and leaf.shape[0] == old_len:
-            return np.concatenate([leaf, np.zeros((new_len - old_len, leaf.shape[1]), leaf.dtype)])
+        names = _names(path)
+        for param, (before, after) in grown.items():  # a moment of a grown parameter: its path ends with it
+            if names[-len(param):] == param and getattr(leaf, "shape", None) == before:
+                return np.pad(leaf, [(0, a - b) for a, b in zip(after, before)])
         return leaf
 
-    opt_state = jax.tree_util.tree_map_with_path(grow, host["opt_state"])
-    return {**host, "params": params, "opt_state": opt_state}
+    return {**host, "opt_state": jax.tree_util.tree_map_with_path(grow, host["opt_state"])}
+
+
+def _names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)

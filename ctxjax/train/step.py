@@ -11,6 +11,7 @@ from ctxjax.config import ModelConfig
 from ctxjax.loss import loss_sums as chunked_loss_sums
 from ctxjax.loss import objective_sums as chunked_objective_sums
 from ctxjax.model import Transformer
+from ctxjax.sharding import batch_sharding
 
 
 def output_kernel(cfg: ModelConfig, params):
@@ -20,34 +21,35 @@ def output_kernel(cfg: ModelConfig, params):
     return params["lm_head"]["kernel"]
 
 
-def _loss_inputs(cfg: ModelConfig, params, batch):
+def _loss_inputs(model: Transformer, params, batch):
     """Final hidden states, output kernel and targets of one batch: the arguments of the chunked loss."""
-    hidden = Transformer(cfg).apply({"params": params}, batch["tokens"], positions=batch["positions"],
-                                    segment_ids=batch["segment_ids"], return_hidden=True)
-    return hidden, output_kernel(cfg, params).astype(hidden.dtype), batch["targets"], batch["weights"]
+    hidden = model.apply({"params": params}, batch["tokens"], positions=batch["positions"],
+                         segment_ids=batch["segment_ids"], return_hidden=True)  # [B, L, D]
+    return hidden, output_kernel(model.config, params).astype(hidden.dtype), batch["targets"], batch["weights"]
 
 
-def loss_sums(cfg: ModelConfig, params, batch, loss_chunk: int):
+def loss_sums(model: Transformer, params, batch, loss_chunk: int):
     """(sum of token losses, sum of log(Z)^2, number of target tokens) of one batch."""
-    return chunked_loss_sums(*_loss_inputs(cfg, params, batch), chunk=loss_chunk,
-                             logit_softcap=cfg.final_logit_softcapping)
+    return chunked_loss_sums(*_loss_inputs(model, params, batch), chunk=loss_chunk,
+                             logit_softcap=model.config.final_logit_softcapping)
 
 
-def objective_sums(cfg: ModelConfig, params, batch, loss_chunk: int, z_loss: float):
+def objective_sums(model: Transformer, params, batch, loss_chunk: int, z_loss: float):
     """(token losses + z_loss * log(Z)^2, token losses, log(Z)^2, target tokens), summed over one batch; the
     objective's gradient is computed inside the chunked loss (`ctxjax.loss.objective_sums`)."""
-    return chunked_objective_sums(*_loss_inputs(cfg, params, batch), z_loss=z_loss, chunk=loss_chunk,
-                                  logit_softcap=cfg.final_logit_softcapping)
+    return chunked_objective_sums(*_loss_inputs(model, params, batch), z_loss=z_loss, chunk=loss_chunk,
+                                  logit_softcap=model.config.final_logit_softcapping)
 
 
 def _is_none(x) -> bool:
     return x is None
 
 
-def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro_batches: int = 1,
+def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, micro_batches: int = 1,
                     loss_chunk: int = 1024, z_loss: float = 0.0, labels=None):
-    """state = {step, params, opt_state, first_bad_step} -> (new state, metrics). Not jitted here: the
-    caller jits it with shardings and donation. The objective is cross-entropy + z_loss * mean log(Z)^2.
+    """state = {step, params, opt_state, first_bad_step} -> (new state, metrics) of `model` (a Transformer with
+    its ModelConfig, ExecutionConfig and AdaptationConfig). Not jitted here: the caller jits it with shardings
+    and donation. The objective is cross-entropy + z_loss * mean log(Z)^2.
 
     `labels` ('train'/'freeze' per parameter, `optimizer.trainable_labels`): the loss is differentiated with
     respect to the trainable parameters only, so frozen weights cost no weight-gradient matmuls (LoRA's saving)."""
@@ -62,7 +64,8 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro
 
     def grads_of(params, batch):
         def objective(trainable):
-            value, total, _, count = objective_sums(cfg, with_frozen(trainable, params), batch, loss_chunk, z_loss)
+            value, total, _, count = objective_sums(model, with_frozen(trainable, params), batch, loss_chunk,
+                                                    z_loss)
             return value, (total, count)
 
         (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(trainable_part(params))
@@ -109,17 +112,12 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, *, micro
     return train_step
 
 
-def jit_train_step(config, cfg: ModelConfig, tx, stage, mesh, shardings):
+def jit_train_step(config, model: Transformer, tx, labels, stage, mesh, shardings):
     """The stage's train step jitted with the state's shardings, the batch sharding and a donated state
-    (updated in place: no second copy of parameters and optimizer state)."""
-    from ctxjax.sharding import batch_sharding
-
-    from ctxjax.optimizer import trainable_labels
-    from ctxjax.train.state import abstract_params
-
+    (updated in place: no second copy of parameters and optimizer state). `labels`: trainable_labels of the
+    params."""
     micro = int(config.micro_batch_size) or stage.batch_size
-    step = make_train_step(cfg, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk),
-                           z_loss=float(config.z_loss),
-                           labels=trainable_labels(abstract_params(cfg), config.optimizer.trainable))
+    step = make_train_step(model, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk),
+                           z_loss=float(config.z_loss), labels=labels)
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)

@@ -1,9 +1,10 @@
-"""Fault injection for tests/test_reliability_processes.py: a `ctxjax` process started with PYTHONPATH=tests/faults
-and CTXJAX_FAULT set kills itself with SIGKILL at that moment, as a power cut or the OOM killer would — no
-sleeping and no racing a timer.
+"""Fault injection for tests/test_reliability_processes.py: a `ctxjax` process started with
+PYTHONPATH=tests/faults and CTXJAX_FAULT set kills itself with SIGKILL at that moment, as a power cut or the
+OOM killer would — no sleeping and no racing a timer.
 
     CTXJAX_FAULT=checkpoint:N   right after checkpoint step N's (async) save was started, while it is written
-    CTXJAX_FAULT=export         in the middle of writing the Hugging Face export (config.json written, no weights)
+    CTXJAX_FAULT=export         in the middle of writing the Hugging Face export (config.json written, no
+                                weights)
 """
 
 import os

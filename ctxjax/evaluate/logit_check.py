@@ -7,7 +7,7 @@ per row how far the next-token distributions are apart. Two uses: a Hugging Face
 run against its export (will the PyTorch deployment compute what was trained?). Rows longer than the original
 context check the RoPE scaling where the implementations are most likely to part (YaRN, LongRoPE, dynamic NTK).
 
-PyTorch and transformers are imported only here, so the rest of ctxjax.hf still needs neither.
+PyTorch and transformers are imported only here (when a check runs), so the rest of ctxjax needs neither.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
+from ctxjax.errors import InputError
+from ctxjax.execution import ExecutionConfig
 from ctxjax.model import Transformer
 
 # ctxjax's logits are made and compared this many positions at a time: [L, V] float32 at 128k tokens and a
@@ -75,20 +76,24 @@ def reference_logits(model, row: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(row[None].astype(np.int64))).logits[0].float().numpy()
 
 
+# In float32 as the reference runs; "auto" picks a linear-memory kernel for long rows.
+FLOAT32 = ExecutionConfig(attention="auto", dtype="float32")
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _hidden(cfg: ModelConfig, params, tokens):
-    return Transformer(cfg).apply({"params": params}, tokens, return_hidden=True)
+    return Transformer(cfg, FLOAT32).apply({"params": params}, tokens, return_hidden=True)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _logits(cfg: ModelConfig, params, hidden):
-    return Transformer(cfg).apply({"params": params}, hidden, method=Transformer.logits_from_hidden)
+    return Transformer(cfg, FLOAT32).apply({"params": params}, hidden, method=Transformer.logits_from_hidden)
 
 
 def as_float32(cfg: ModelConfig, params):
-    """The model computing and holding its weights in float32, as the reference does."""
+    """The model holding its weights in float32, as the reference does."""
     params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-    return cfg.replace(dtype="float32", param_dtype="float32"), params
+    return cfg.replace(param_dtype="float32"), params
 
 
 def row_differences(ours: np.ndarray, theirs: np.ndarray) -> dict:
@@ -131,12 +136,9 @@ def _merge(stats: Sequence[dict], offsets: Sequence[int]) -> dict:
 def compare_logits(cfg: ModelConfig, params, reference, rows: Sequence[np.ndarray]) -> list[dict]:
     """For each 1-D token row: {length, max_abs, position (of max_abs), mean_abs, mean_kl, max_kl,
     top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers' model `reference` (a Hugging
-    Face directory, or the PyTorch model `load_reference` gave). ctxjax runs with the kernel evaluation uses (the
-    model's, or `auto` for the quadratic `xla`, so long rows fit)."""
-    from ctxjax.evaluate.scoring import evaluation_config  # here: ctxjax.evaluate imports ctxjax.hf
-
+    Face directory, or the PyTorch model `load_reference` gave)."""
     reference = load_reference(reference, cfg.vocab_size) if isinstance(reference, str) else reference
-    cfg, params = as_float32(evaluation_config(cfg), params)
+    cfg, params = as_float32(cfg, params)
     params = jax.device_put(params)
     results = []
     for row in rows:
