@@ -1,7 +1,7 @@
 """The demo: a small Llama-style model trained from scratch on the embedded corpus (the Python standard
 library's source) at 128 tokens, then grown to 256 and 512 tokens with YaRN at the stage boundaries,
-exported to a Hugging Face directory. About 2 minutes of training on 2 CPU cores; `make demo` then evaluates it
-(about 3 minutes in all).
+exported to a Hugging Face directory. About 2 minutes of training on 2 CPU cores; `make demo` then evaluates
+it (about 3 minutes in all).
 
     python train.py --config configs/demo.py --workdir runs/demo
     python train.py --config configs/demo.py:tiny --workdir /tmp/demo-tiny     # seconds, for tests

@@ -9,13 +9,13 @@ factor 4 and original_max_position_embeddings = the model's context. YaRN's pape
 LongLoRA's recipe (adapters + trainable embeddings and norms + S²-Attn in quarter-length groups) is three
 overrides: `--config.adaptation.lora_rank=8 --config.optimizer.trainable=embed,norm
 --config.adaptation.shifted_sparse_group=4096`.
-Mistral, Qwen2, Qwen3 and Phi-3 imports work the same; a Mistral keeps its sliding window unless the run widens
-it (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did). A model that is already scaled
-(Llama 3.1: llama3, Phi-3: longrope) is extended with its own type, which keeps its original context and settings:
-`--config.rope_scaling=llama3` or `=longrope` (YaRN would replace them and is refused). Gemma 2 and 3 import too;
-Gemma 3's scaling goes to its global layers only (the local ones never look past their window), and its 4B and
-larger models (image+text checkpoints, of which ctxjax reads the language model) already scale linearly there:
-`--config.rope_scaling=linear`.
+Mistral, Qwen2, Qwen3 and Phi-3 imports work the same; a Mistral keeps its sliding window unless the run
+widens it (`--config.model.sliding_window=16384`, as MistralLite and YaRN-Mistral did). A model that is
+already scaled (Llama 3.1: llama3, Phi-3: longrope) is extended with its own type, which keeps its original
+context and settings: `--config.rope_scaling=llama3` or `=longrope` (YaRN would replace them and is refused).
+Gemma 2 and 3 import too; Gemma 3's scaling goes to its global layers only (the local ones never look past
+their window), and its 4B and larger models (image+text checkpoints, of which ctxjax reads the language model)
+already scale linearly there: `--config.rope_scaling=linear`.
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings

@@ -30,7 +30,8 @@ def get_config(variant=None):
     c.optimizer.weight_decay = 0.0
     c.checkpoint.update(every_steps=50, max_to_keep=2)
     c.export_dir = "hf"
-    if variant == "tiny":  # the pod layout at toy size on 8 CPU devices: fsdp 2 x tensor 2 x sequence 2 (ring)
+    # The pod layout at toy size on 8 CPU devices: fsdp 2 x tensor 2 x sequence 2 (ring).
+    if variant == "tiny":
         use_tiny_run_settings(c)
         c.model.update(d_model=64, n_layers=2, n_heads=8, n_kv_heads=4, d_ff=128, max_seq_len=32)
         c.execution.attention = "ring"

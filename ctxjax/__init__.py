@@ -5,5 +5,6 @@ from ctxjax.config import ModelConfig
 from ctxjax.execution import ExecutionConfig
 from ctxjax.model import Transformer, init_params, param_logical_axes
 
-__all__ = ["AdaptationConfig", "ExecutionConfig", "ModelConfig", "Transformer", "init_params", "param_logical_axes"]
+__all__ = ["AdaptationConfig", "ExecutionConfig", "ModelConfig", "Transformer", "init_params",
+           "param_logical_axes"]
 __version__ = "0.1.0"

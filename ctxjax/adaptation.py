@@ -35,13 +35,14 @@ class AdaptationConfig:
         if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
             fail(f"lora_rank={self.lora_rank!r} must be an int >= 0 (0: no adapters; LongLoRA uses 8)")
         if self.lora_rank and not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
-            fail(f"lora_alpha={self.lora_alpha!r} must be > 0 (adapters are scaled by lora_alpha / lora_rank)")
+            fail(f"lora_alpha={self.lora_alpha!r} must be > 0 (adapters are scaled by lora_alpha / "
+                 "lora_rank)")
         if not isinstance(self.lora_targets, tuple) or (self.lora_rank and not self.lora_targets):
             fail(f"lora_targets={self.lora_targets!r} must name projections, e.g. ('q', 'v')")
         group = self.shifted_sparse_group
         if not isinstance(group, int) or isinstance(group, bool) or group < 0 or group % 2:
-            fail(f"shifted_sparse_group={group!r} must be an even int >= 0 (0: full attention; LongLoRA uses 1/4 "
-                 "of the training length)")
+            fail(f"shifted_sparse_group={group!r} must be an even int >= 0 (0: full attention; LongLoRA uses "
+                 "1/4 of the training length)")
 
     @property
     def adapted(self) -> tuple[str, ...]:
@@ -49,15 +50,16 @@ class AdaptationConfig:
         return self.lora_targets if self.lora_rank else ()
 
     def check(self, cfg) -> None:
-        """Refuse (one line) what `cfg`'s model cannot take: unknown projections, S²-Attn with odd head counts."""
+        """Refuse (one line) what `cfg`'s model cannot take: unknown projections, S²-Attn with odd head
+        counts."""
         unknown = [t for t in self.lora_targets if t not in cfg.projections]
         if unknown:
-            raise InputError(f"lora_targets={self.lora_targets!r} names {unknown}; choose from the projections of "
-                             f"a {cfg.family} model: {cfg.projections}")
+            raise InputError(f"lora_targets={self.lora_targets!r} names {unknown}; choose from the "
+                             f"projections of a {cfg.family} model: {cfg.projections}")
         if self.shifted_sparse_group and (cfg.n_heads % 2 or (cfg.kv_heads % 2 and cfg.kv_heads > 1)):
-            raise InputError(f"shifted_sparse_group splits the heads in two halves; n_heads={cfg.n_heads} and "
-                             f"n_kv_heads={cfg.kv_heads} must be even (or n_kv_heads 1): this model cannot use "
-                             "S²-Attn, set shifted_sparse_group=0")
+            raise InputError(f"shifted_sparse_group splits the heads in two halves; n_heads={cfg.n_heads} "
+                             f"and n_kv_heads={cfg.kv_heads} must be even (or n_kv_heads 1): this model "
+                             "cannot use S²-Attn, set shifted_sparse_group=0")
 
     def replace(self, **changes: Any) -> "AdaptationConfig":
         return replace_fields(self, changes)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxjax.commands import check_logits, eval as evaluate, export, extend_hf, generate, import_hf, info, train
+from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, generate, import_hf, info,
+                             train)
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
 from ctxjax.xla_flags import apply_cpu_flags
 

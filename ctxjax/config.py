@@ -3,9 +3,9 @@
 One config covers three families:
 - "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA, optional
   per-head q/k norms (Qwen3).
-- "gemma" (Gemma 2 and 3): RMSNorm scaled by (1 + w), embeddings times sqrt(d_model), tanh-GELU gated MLP, a second
-  norm after attention and after the MLP (before each residual add), tied embeddings; optional soft caps on the
-  attention scores and the output logits (Gemma 2).
+- "gemma" (Gemma 2 and 3): RMSNorm scaled by (1 + w), embeddings times sqrt(d_model), tanh-GELU gated MLP, a
+  second norm after attention and after the MLP (before each residual add), tied embeddings; optional soft
+  caps on the attention scores and the output logits (Gemma 2).
 - "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
 
 Layers may differ in one way: with `full_attention_layers` set, those layers attend to the whole context with
@@ -50,21 +50,24 @@ class ModelConfig:
     o_bias: bool | None = None
     mlp_bias: bool | None = None
     tie_embeddings: bool | None = None  # None: gpt2 yes, llama no
-    # Qwen3: an RMSNorm over each head of q and of k (one scale per head dimension, shared by the heads), before
-    # the rotation; it keeps attention logits bounded as training and context grow.
+    # Qwen3: an RMSNorm over each head of q and of k (one scale per head dimension, shared by the heads),
+    # before the rotation; it keeps attention logits bounded as training and context grow.
     qk_norm: bool = False
     param_dtype: str = "float32"  # dtype of the stored parameters (compute: ExecutionConfig.dtype)
     # Mistral's sliding window: each token attends to itself and the W - 1 positions before it; 0 = no window.
     sliding_window: int = 0
-    # Layers (indices) that ignore sliding_window and rotate with `position`; the other layers use the window and
-    # `local_position`. () = every layer alike. Gemma 3: every sixth layer; Qwen2: layers below max_window_layers.
+    # Layers (indices) that ignore sliding_window and rotate with `position`; the other layers use the window
+    # and `local_position`. () = every layer alike. Gemma 3: every sixth layer; Qwen2: layers below
+    # max_window_layers.
     full_attention_layers: tuple[int, ...] = ()
-    # The positional scheme of the local layers when it differs from `position` (Gemma 3: RoPE base 10k locally,
-    # 1M and the context scaling globally); None: `position`. Context extension rescales `position` only.
+    # The positional scheme of the local layers when it differs from `position` (Gemma 3: RoPE base 10k
+    # locally, 1M and the context scaling globally); None: `position`. Context extension rescales `position`
+    # only.
     local_position: positions_lib.PositionScheme | None = None
     # Attention logits are scaled by query_pre_attn_scalar ** -0.5 (Gemma); None: head_dim ** -0.5.
     query_pre_attn_scalar: float | None = None
-    # Gemma 2's soft caps: scores become C tanh(scores / C) in attention, and the output logits likewise; 0 = none.
+    # Gemma 2's soft caps: scores become C tanh(scores / C) in attention, and the output logits likewise; 0 =
+    # none.
     attn_logit_softcapping: float = 0.0
     final_logit_softcapping: float = 0.0
 
@@ -144,7 +147,8 @@ class ModelConfig:
             scheme = out[name]
             if scheme is not None:
                 fields = {f.name: getattr(scheme, f.name) for f in dataclasses.fields(scheme)}
-                out[name] = {"name": scheme.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+                out[name] = {"name": scheme.name,
+                             **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
         return out
 
     @classmethod
@@ -174,22 +178,26 @@ class ModelConfig:
         if self.norm_eps is not None and not self.norm_eps > 0:
             fail(f"norm_eps={self.norm_eps!r} must be > 0 (or None: the family's default)")
         if self.head_dim is None and self.d_model % self.n_heads:
-            fail(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly")
+            fail(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim "
+                 "explicitly")
         if self.n_heads % self.kv_heads:
-            fail(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads} (grouped-query attention)")
+            fail(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads} (grouped-query "
+                 "attention)")
         if self.param_dtype not in DTYPES:
             fail(f"param_dtype={self.param_dtype!r} is unknown; use one of {DTYPES}")
         if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
-            fail(f"sliding_window={self.sliding_window!r} must be an int >= 0 (0: attend to the whole context)")
+            fail(f"sliding_window={self.sliding_window!r} must be an int >= 0 (0: attend to the whole "
+                 "context)")
         layers = self.full_attention_layers
-        if (not isinstance(layers, tuple) or any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers)
+        if (not isinstance(layers, tuple)
+            or any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers)
                 or list(layers) != sorted(set(layers))):
-            fail(f"full_attention_layers={layers!r} must be increasing layer indices in [0, {self.n_layers}), e.g. "
-                 "(5, 11) (() : every layer alike)")
+            fail(f"full_attention_layers={layers!r} must be increasing layer indices in [0, "
+                 f"{self.n_layers}), e.g. (5, 11) (() : every layer alike)")
         if self.local_position is not None:
             if not layers:
-                fail("local_position applies to the layers outside full_attention_layers; set full_attention_layers "
-                     "(or drop local_position)")
+                fail("local_position applies to the layers outside full_attention_layers; set "
+                     "full_attention_layers (or drop local_position)")
             if not isinstance(self.local_position, positions_lib.PositionScheme):
                 fail(f"local_position must be a ctxjax.positions scheme or None, got {self.local_position!r}")
             problem = self.position.check_local(self.local_position)
@@ -198,11 +206,13 @@ class ModelConfig:
             self.local_position.validate(self)
         for name in ("attn_logit_softcapping", "final_logit_softcapping"):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
-                fail(f"{name}={getattr(self, name)!r} must be a number >= 0 (0: no cap; Gemma 2 uses 50 and 30)")
+                fail(f"{name}={getattr(self, name)!r} must be a number >= 0 (0: no cap; Gemma 2 uses 50 and "
+                     "30)")
         if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
             fail(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be > 0 (or None: head_dim)")
         if self.qk_norm and self.family == "gpt2":
             fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
         if not isinstance(self.position, positions_lib.PositionScheme):
-            fail(f"position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got {self.position!r}")
+            fail("position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got "
+                 f"{self.position!r}")
         self.position.validate(self)

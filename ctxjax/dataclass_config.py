@@ -1,6 +1,6 @@
 """Frozen config dataclasses (ExecutionConfig, AdaptationConfig, DataConfig, EvalConfig) built from whatever a
-caller holds: an instance, a plain dict, an ml_collections.ConfigDict from a recipe, or nothing (the defaults);
-and changed field by field, a typo being an error rather than a silently added field."""
+caller holds: an instance, a plain dict, an ml_collections.ConfigDict from a recipe, or nothing (the
+defaults); and changed field by field, a typo being an error rather than a silently added field."""
 
 from __future__ import annotations
 

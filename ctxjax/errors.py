@@ -1,9 +1,10 @@
 """The exceptions a user meets, and what the command line makes of them.
 
-- `InputError`: bad input — a config field, a data source, a checkpoint, a Hugging Face directory, an argument.
-  The message is one line naming the file, field or step concerned and the fix; `ctxjax` prints it and exits 2.
-  (A subclass of ValueError, which is what bad values have always raised.)
-- `CheckpointDamaged`: an `InputError` for one step of a work directory that cannot be read; resuming skips it.
+- `InputError`: bad input — a config field, a data source, a checkpoint, a Hugging Face directory, an
+  argument. The message is one line naming the file, field or step concerned and the fix; `ctxjax` prints it
+  and exits 2. (A subclass of ValueError, which is what bad values have always raised.)
+- `CheckpointDamaged`: an `InputError` for one step of a work directory that cannot be read; resuming
+  skips it.
 - `TrainingDiverged`: the loss became NaN/inf; `ctxjax train` exits 3 after saying which step.
 
 Anything else is a bug in ctxjax (or in a library under it) and keeps its traceback (exit 1).
@@ -40,8 +41,8 @@ EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
 
 
 def read_json(path: str, what: str = "") -> Any:
-    """json.load of `path`, with any failure (missing, unreadable, not UTF-8, not JSON) as one InputError naming
-    the file (`what` says what it should be, e.g. "a Hugging Face config")."""
+    """json.load of `path`, with any failure (missing, unreadable, not UTF-8, not JSON) as one InputError
+    naming the file (`what` says what it should be, e.g. "a Hugging Face config")."""
     kind = f" ({what})" if what else ""
     try:
         with open(path, encoding="utf-8") as f:
@@ -53,7 +54,8 @@ def read_json(path: str, what: str = "") -> Any:
     except UnicodeDecodeError as e:
         raise InputError(f"{path}{kind} is not UTF-8 text (byte {e.start}); is it the right file?") from None
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}{kind} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise InputError(f"{path}{kind} is not valid JSON: {e.msg} at line {e.lineno} column "
+                         f"{e.colno}") from None
     except OSError as e:
         raise InputError(f"cannot read {path}{kind}: {e.strerror}") from None
 

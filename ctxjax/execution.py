@@ -2,7 +2,8 @@
 
 None of it changes what the model computes beyond float rounding, so none of it is stored with a model: a run
 may resume, an evaluation run and an export be written with any of these settings. The model takes it
-beside its ModelConfig: `Transformer(cfg, execution=ExecutionConfig(attention="blockwise", dtype="bfloat16"))`.
+beside its ModelConfig:
+`Transformer(cfg, execution=ExecutionConfig(attention="blockwise", dtype="bfloat16"))`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Model FLOPs per trained token and the machine's matmul peak, for an honest MFU.
 
 FLOPs per token of one forward+backward pass (backward = 2x forward):
-    6 * N_matmul                       weights used in matmuls (embedding lookups excluded, output projection in)
+    6 * N_matmul                       weights used in matmuls (embedding lookups excluded, output
+                                       projection in)
   + 12 * n_layers * n_heads * head_dim * K  attention scores and weighted values, K the keys a query sees on
                                              average: L/2 causally (half of full attention's L), less with a
                                              sliding window or S²-Attn groups
@@ -28,9 +29,9 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 
 def attended_keys(cfg: ModelConfig, seq_len: int, group: int = 0) -> float:
-    """Keys a query sees on average over the layers: L/2 causally; with a window W < L, W - W^2 / (2L) (the first
-    W queries see 1..W keys, the rest W each), on the layers that have it (`full_attention_layers` have none).
-    With S²-Attn groups of G < L positions (`group`), each group is a sequence of G."""
+    """Keys a query sees on average over the layers: L/2 causally; with a window W < L, W - W^2 / (2L) (the
+    first W queries see 1..W keys, the rest W each), on the layers that have it (`full_attention_layers` have
+    none). With S²-Attn groups of G < L positions (`group`), each group is a sequence of G."""
     if group:
         seq_len = min(seq_len, group)
 
@@ -54,9 +55,10 @@ def frozen_matmul_params(cfg: ModelConfig, params, labels) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, frozen_params: int = 0, group: int = 0) -> float:
-    """`frozen_params`: matmul weights without a weight gradient (LoRA, `trainable`): 4 FLOPs per token, not 6.
-    LoRA adapters themselves (rank x (in + out) per projection, ~1% of a 4096-wide weight at rank 8) are not
-    counted. `group`: S²-Attn's group size (AdaptationConfig.shifted_sparse_group), 0 for full attention."""
+    """`frozen_params`: matmul weights without a weight gradient (LoRA, `trainable`): 4 FLOPs per token,
+    not 6. LoRA adapters themselves (rank x (in + out) per projection, ~1% of a 4096-wide weight at rank 8)
+    are not counted. `group`: S²-Attn's group size (AdaptationConfig.shifted_sparse_group), 0 for full
+    attention."""
     attention = 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * attended_keys(cfg, seq_len, group)
     return 6.0 * matmul_params(cfg) - 2.0 * frozen_params + attention
 

@@ -85,7 +85,8 @@ def write_directory_atomically(target: str, fill: Callable[[str], None]) -> str:
     target = os.path.abspath(target)
     parent, name = os.path.dirname(target), os.path.basename(target)
     os.makedirs(parent, exist_ok=True)
-    for stale in stale_temporaries(parent, name):  # a kill between the two renames below: put the old one back
+    # A kill between the two renames below: put the old one back.
+    for stale in stale_temporaries(parent, name):
         if not os.path.exists(target) and os.path.isdir(os.path.join(stale, name)):
             os.rename(os.path.join(stale, name), target)
     remove_stale_temporaries(parent, name)
@@ -115,7 +116,8 @@ def is_within(path: str, directory: str) -> bool:
 
 def ensure_writable_directory(path: str, what: str) -> None:
     """Create `path` if needed and prove a file can be written in it, or one InputError saying why (it is a
-    file, it is read-only, the disk is full) — before hours of compiling and training, not at the first save."""
+    file, it is read-only, the disk is full) — before hours of compiling and training, not at the first
+    save."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{what} {path} is a file, not a directory; move it away or choose another path")
     try:
@@ -125,5 +127,5 @@ def ensure_writable_directory(path: str, what: str) -> None:
         os.remove(probe)
     except OSError as e:
         reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-        raise InputError(f"cannot write to {what} {path} ({reason}); make it writable or choose another path") \
-            from None
+        raise InputError(f"cannot write to {what} {path} ({reason}); "
+                         "make it writable or choose another path") from None

@@ -67,7 +67,8 @@ class Sampling:
 class Generation:
     sequences: list[list[int]]  # new tokens per prompt, up to (not including) the first stop token
     stopped: list[bool]  # whether each row ended on a stop token (else it reached max_new_tokens)
-    logits: np.ndarray | None = None  # [B, max_new_tokens, V] float32 when requested; rows past a stop hold junk
+    # [B, max_new_tokens, V] float32 when requested; rows past a stop hold junk
+    logits: np.ndarray | None = None
 
 
 def sample_next(logits, rng, sampling: Sampling):
@@ -167,13 +168,13 @@ def _checked_prompts(prompts, vocab_size: int) -> list[list[int]]:
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise InputError("prompts must be a non-empty list of prompts, each a list of token ids")
     if any(not isinstance(p, (list, tuple, np.ndarray)) for p in prompts):
-        raise InputError("prompts must be a list of prompts, each a list of token ids: wrap a single prompt as "
-                         "[prompt]")
+        raise InputError("prompts must be a list of prompts, each a list of token ids: wrap a single prompt "
+                         "as [prompt]")
     prompts = [[int(t) for t in p] for p in prompts]
     bad = [t for p in prompts for t in p if not 0 <= t < vocab_size]
     if bad:
-        raise InputError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); check "
-                         "that the tokenizer belongs to this model")
+        raise InputError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1}); "
+                         "check that the tokenizer belongs to this model")
     return prompts
 
 
@@ -205,15 +206,17 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     prompts = _checked_prompts(prompts, cfg.vocab_size)
     for token in stop_tokens:
         if not 0 <= int(token) < cfg.vocab_size:
-            raise InputError(f"stop token {token} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")
+            raise InputError(f"stop token {token} is outside the model's vocabulary "
+                             f"(0..{cfg.vocab_size - 1})")
     rereads_at = _reread_step(cfg, max(len(p) for p in prompts), max_new_tokens) if reread_on_switch else 0
     if rereads_at:  # decode up to the crossing, then continue from the whole sequence read again
         kwargs = dict(sampling=sampling, stop_tokens=stop_tokens, pad_to_multiple=pad_to_multiple,
                       return_logits=return_logits, execution=run, reread_on_switch=True)
         head = generate(cfg, params, prompts, rereads_at, seed=seed, **kwargs)
-        tail = generate(cfg, params, [p + s for p, s in zip(prompts, head.sequences)], max_new_tokens - rereads_at,
-                        seed=seed + 1, **kwargs)
-        # A row that stopped before the crossing is done; the continuation of its (shorter) sequence is dropped.
+        tail = generate(cfg, params, [p + s for p, s in zip(prompts, head.sequences)],
+                        max_new_tokens - rereads_at, seed=seed + 1, **kwargs)
+        # A row that stopped before the crossing is done; the continuation of its (shorter) sequence is
+        # dropped.
         return Generation([s if stopped else s + t for s, t, stopped in zip(head.sequences, tail.sequences,
                                                                              head.stopped)],
                           [a or b for a, b in zip(head.stopped, tail.stopped)],
@@ -237,4 +240,5 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
         row = row[row >= 0].tolist()
         cut = next((i for i, t in enumerate(row) if t in stop_tokens), len(row))
         sequences.append(row[:cut])
-    return Generation(sequences, [bool(d) for d in np.asarray(done)], np.asarray(logits) if return_logits else None)
+    return Generation(sequences, [bool(d) for d in np.asarray(done)],
+                      np.asarray(logits) if return_logits else None)

@@ -1,9 +1,10 @@
 """LoRA adapters outside the model: giving imported weights fresh adapters, and merging trained ones back.
 
-The adapters themselves live in `model.Dense` (`lora_a`, `lora_b` next to a projection's `kernel`, switched on by
-`AdaptationConfig.lora_rank`). A model imported from Hugging Face has none, so training adds fresh ones
+The adapters themselves live in `model.Dense` (`lora_a`, `lora_b` next to a projection's `kernel`, switched on
+by `AdaptationConfig.lora_rank`). A model imported from Hugging Face has none, so training adds fresh ones
 (`add_adapters`: B = 0, the model's output is unchanged); export and inference merge them
-(`merge_adapters`: kernel += A @ B * alpha / rank), so what leaves ctxjax is a plain model of the same architecture.
+(`merge_adapters`: kernel += A @ B * alpha / rank), so what leaves ctxjax is a plain model of the same
+architecture.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def is_adapter(path: tuple[str, ...]) -> bool:
 
 
 def fresh_adapters(cfg: ModelConfig, adaptation: AdaptationConfig, rng) -> dict:
-    """The adapter parameters of a newly initialised `cfg` model, as a flat {path tuple: array} dict. Inside jit
-    everything else the init computes is dead code, so no full-size weight is ever made."""
+    """The adapter parameters of a newly initialised `cfg` model, as a flat {path tuple: array} dict. Inside
+    jit everything else the init computes is dead code, so no full-size weight is ever made."""
     tokens = jnp.zeros((1, min(8, cfg.max_seq_len)), jnp.int32)
 
     def init(key):
@@ -58,15 +59,16 @@ def split_adapters(params):
 
 def merge_adapters(params, adaptation: AdaptationConfig):
     """params with every adapter folded into its kernel (a plain model of the same architecture). Host (numpy)
-    params stay numpy; the sum is formed in float32 and stored in the kernel's dtype. Without adapters, the params
-    come back as they are."""
+    params stay numpy; the sum is formed in float32 and stored in the kernel's dtype. Without adapters, the
+    params come back as they are."""
     base, adapters = split_adapters(params)
     if not adapters:
         return params
     ranks = {a.shape[-1] for a, _ in adapters.values()}
     if ranks != {adaptation.lora_rank}:  # the scale alpha / rank would be wrong (or a division by zero)
         raise InputError(f"the params hold LoRA adapters of rank {sorted(ranks)} but the adaptation says "
-                         f"lora_rank={adaptation.lora_rank}; pass the AdaptationConfig the params were trained with")
+                         f"lora_rank={adaptation.lora_rank}; pass the AdaptationConfig the params were "
+                         "trained with")
     xp = np if all(isinstance(v, np.ndarray) for v in jax.tree.leaves(params)) else jnp
     scale = float(adaptation.lora_alpha) / adaptation.lora_rank
     flat = flax.traverse_util.flatten_dict(base)
@@ -76,6 +78,6 @@ def merge_adapters(params, adaptation: AdaptationConfig):
         layers, rank = a.shape[0], a.shape[-1]
         delta = xp.matmul(xp.asarray(a, xp.float32).reshape(layers, -1, rank),
                           xp.asarray(b, xp.float32).reshape(layers, rank, -1))
-        flat[(*module, "kernel")] = (xp.asarray(kernel, xp.float32) + scale * delta.reshape(kernel.shape)).astype(
-            kernel.dtype)
+        flat[(*module, "kernel")] = (xp.asarray(kernel, xp.float32)
+                                     + scale * delta.reshape(kernel.shape)).astype(kernel.dtype)
     return flax.traverse_util.unflatten_dict(flat)

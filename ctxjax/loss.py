@@ -1,4 +1,5 @@
-"""Next-token cross-entropy from final hidden states, in chunks of the length: [L, V] logits never exist at once.
+"""Next-token cross-entropy from final hidden states, in chunks of the length: [L, V] logits never exist at
+once.
 
 At 32k tokens and a 32k vocabulary the float32 logits alone are 4 GiB, and autodiff keeps them (and the
 softmax) for the backward pass. Here the length is cut into chunks; a `lax.scan` over the chunks computes each
@@ -21,8 +22,8 @@ DEFAULT_CHUNK = 1024
 
 
 def _flat_logits(kernel, bias, hidden, softcap):
-    """Float32 logits [B*c, V] of one chunk hidden [B, c, D] (bias, then Gemma 2's final cap C tanh(x / C) as the
-    model's logits_from_hidden applies it) and the cap's tanh for its derivative (None without a cap)."""
+    """Float32 logits [B*c, V] of one chunk hidden [B, c, D] (bias, then Gemma 2's final cap C tanh(x / C) as
+    the model's logits_from_hidden applies it) and the cap's tanh for its derivative (None without a cap)."""
     # A 2-D [B*c, D] x [D, V] product: XLA:CPU's kernel gradient of the 3-D einsum is several times slower.
     batch, chunk, dim = hidden.shape
     logits = jnp.dot(hidden.reshape(batch * chunk, dim), kernel, preferred_element_type=jnp.float32)
@@ -72,18 +73,19 @@ def _checked_weights(hidden, kernel, targets, weights, chunk):
     """Float32 weights (all ones when None), after one-line errors for inputs that do not fit together."""
     batch, length, dim = hidden.shape
     if kernel.ndim != 2 or kernel.shape[0] != dim:
-        raise InputError(f"kernel must be [d_model={dim}, vocab]; got {kernel.shape} (for tied embeddings pass "
-                         f"embedding.T)")
+        raise InputError(f"kernel must be [d_model={dim}, vocab]; got {kernel.shape} (for tied embeddings "
+                         f"pass embedding.T)")
     if targets.shape != (batch, length):
-        raise InputError(f"targets must be [{batch}, {length}] like hidden's first two axes; got {targets.shape}")
+        raise InputError(f"targets must be [{batch}, {length}] like hidden's first two axes; got "
+                         f"{targets.shape}")
     if not isinstance(chunk, int) or chunk < 1:
         raise InputError(f"chunk must be a positive int; got {chunk!r}")
     return jnp.ones((batch, length), jnp.float32) if weights is None else weights.astype(jnp.float32)
 
 
 def _chunked(arrays, length, chunk):
-    """[B, L, ...] arrays -> [n_chunks, B, chunk, ...], the last chunk padded (weights pad with 0), with n_chunks
-    and the chunk actually used."""
+    """[B, L, ...] arrays -> [n_chunks, B, chunk, ...], the last chunk padded (weights pad with 0), with
+    n_chunks and the chunk actually used."""
     chunk = min(chunk, length)
     n_chunks = -(-length // chunk)
     extra = n_chunks * chunk - length
@@ -96,8 +98,9 @@ def _chunked(arrays, length, chunk):
 
 
 def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_loss, need):
-    """`_chunk_sums` of one chunk and the gradient of its total + z_loss * z_total with respect to hidden, kernel
-    and bias (None where `need` says no one asks): d/dlogits = w (softmax (1 + 2 z_loss log Z) - onehot(target))."""
+    """`_chunk_sums` of one chunk and the gradient of its total + z_loss * z_total with respect to hidden,
+    kernel and bias (None where `need` says no one asks): d/dlogits = w (softmax (1 + 2 z_loss log Z) -
+    onehot(target))."""
     batch, chunk, dim = hidden.shape
     logits, capped = _flat_logits(kernel, bias, hidden, softcap)
     targets, weights = targets.reshape(-1), weights.reshape(-1)
@@ -119,7 +122,8 @@ def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_los
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _objective(hidden, kernel, bias, targets, weights, chunk, softcap, z_loss):
-    total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk, logit_softcap=softcap)
+    total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk,
+                                  logit_softcap=softcap)
     return total + z_loss * z_total, total, z_total
 
 
@@ -151,7 +155,8 @@ def _objective_fwd(hidden, kernel, bias, targets, weights, chunk, softcap, z_los
 def _objective_bwd(chunk, softcap, z_loss, grads, cotangents):
     d_objective, d_total, d_z_total = cotangents
     if not all(isinstance(c, jax.custom_derivatives.SymbolicZero) for c in (d_total, d_z_total)):
-        raise InputError("objective_sums differentiates its objective only; differentiate loss_sums for the parts")
+        raise InputError("objective_sums differentiates its objective only; differentiate loss_sums for the "
+                         "parts")
     return tuple(None if g is None else g * d_objective.astype(g.dtype) for g in grads) + (None, None)
 
 
@@ -169,8 +174,8 @@ def objective_sums(hidden, kernel, targets, weights=None, *, z_loss=0.0, bias=No
     frozen inputs (LoRA's frozen output layer) are not computed. Only the objective may be differentiated.
     """
     weights = _checked_weights(hidden, kernel, targets, weights, chunk)
-    objective, total, z_total = _objective(hidden, kernel, bias, targets, weights, min(chunk, hidden.shape[1]),
-                                           float(logit_softcap), float(z_loss))
+    objective, total, z_total = _objective(hidden, kernel, bias, targets, weights,
+                                           min(chunk, hidden.shape[1]), float(logit_softcap), float(z_loss))
     return objective, total, z_total, jnp.sum(weights)
 
 

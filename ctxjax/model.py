@@ -1,7 +1,8 @@
 """The ctxjax decoder: embed -> n_layers x (attention, MLP) -> norm -> logits, one pure flax.linen module.
 
     model = Transformer(cfg)                  # cfg: ModelConfig, what the model is
-    model = Transformer(cfg, execution=ExecutionConfig(attention="blockwise"), adaptation=AdaptationConfig(...))
+    model = Transformer(cfg, execution=ExecutionConfig(attention="blockwise"),
+                        adaptation=AdaptationConfig(...))
     params = model.init(rng, tokens)["params"]
     logits = model.apply({"params": params}, tokens, positions=None, segment_ids=None)  # float32 [B, L, V]
     logits, cache = model.apply({"params": params}, tokens, positions, segment_ids, cache=cache)  # decoding
@@ -70,7 +71,8 @@ class Norm(nn.Module):
             return (h * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
         h = h.astype(self.dtype) * scale.astype(self.dtype)
         if cfg.family == "gpt2":
-            bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (d,), jnp.dtype(cfg.param_dtype))
+            bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (d,),
+                              jnp.dtype(cfg.param_dtype))
             h = h + bias.astype(self.dtype)
         return h
 
@@ -100,14 +102,14 @@ class Dense(nn.Module):
         if self.name in self.adaptation.adapted:
             y = y + self._adapter(x2d, shape).reshape(y.shape)
         if self.use_bias:
-            bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.n_in:]), self.features,
-                              jnp.dtype(self.param_dtype))
+            bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.n_in:]),
+                              self.features, jnp.dtype(self.param_dtype))
             y = y + bias.astype(self.dtype)
         return y
 
     def _adapter(self, x2d, shape):
-        """LoRA: (x @ A) @ B * alpha / rank. A starts uniform in +-1/sqrt(fan_in) (as PEFT's Kaiming init), B at
-        zero, so a fresh adapter changes nothing. The rank axis is never sharded."""
+        """LoRA: (x @ A) @ B * alpha / rank. A starts uniform in +-1/sqrt(fan_in) (as PEFT's Kaiming init), B
+        at zero, so a fresh adapter changes nothing. The rank axis is never sharded."""
         n_in, rank = math.prod(shape[:self.n_in]), self.adaptation.lora_rank
         bound = n_in ** -0.5
         a_init = lambda key, s, dtype: jax.random.uniform(key, s, dtype, -bound, bound)  # noqa: E731
@@ -116,14 +118,16 @@ class Dense(nn.Module):
         b = self.param("lora_b", _param(nn.initializers.zeros, (None, *self.kernel_axes[self.n_in:])),
                        (rank, *shape[self.n_in:]), jnp.dtype(self.param_dtype))  # [r, *out]
         scale = float(self.adaptation.lora_alpha) / rank
-        return (x2d @ a.astype(self.dtype).reshape(n_in, rank)) @ (b.astype(self.dtype).reshape(rank, -1) * scale)
+        return ((x2d @ a.astype(self.dtype).reshape(n_in, rank))
+                @ (b.astype(self.dtype).reshape(rank, -1) * scale))
 
 
 def _dense(cfg: ModelConfig, run: ExecutionConfig, adaptation: AdaptationConfig, features, axis, kernel_axes,
            use_bias, name):
     features = features if isinstance(features, tuple) else (features,)
     n_in = len(axis) if isinstance(axis, tuple) else 1
-    return Dense(cfg.param_dtype, run.dtype, features, n_in, tuple(kernel_axes), use_bias, adaptation, name=name)
+    return Dense(cfg.param_dtype, run.dtype, features, n_in, tuple(kernel_axes), use_bias, adaptation,
+                 name=name)
 
 
 class KVCache(NamedTuple):
@@ -171,7 +175,8 @@ class Attention(nn.Module):
         if is_full is None or cfg.local_position is None:
             q, k = cfg.position.rotate(q, k, positions)
         else:  # both rotations are cheap next to attention; the layer's flag picks one
-            (q_full, k_full), (q, k) = cfg.position.rotate(q, k, positions), cfg.local_position.rotate(q, k, positions)
+            (q_full, k_full), (q, k) = (cfg.position.rotate(q, k, positions),
+                                        cfg.local_position.rotate(q, k, positions))
             q, k = jnp.where(is_full, q_full, q), jnp.where(is_full, k_full, k)
         q = _constrain(q, ("batch", "length", "heads", "head_dim"))
         k = _constrain(k, ("batch", "length", "kv_heads", "head_dim"))
@@ -179,12 +184,15 @@ class Attention(nn.Module):
         kv_positions, kv_segment_ids, new_kv = positions, segment_ids, None
         if layer_kv is not None:
             kv_positions, kv_segment_ids, index = cache_slots
-            k = lax.dynamic_update_slice_in_dim(layer_kv[0], k.astype(layer_kv[0].dtype), index, axis=1)  # [B, S, G, Dh]
-            v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index, axis=1)  # [B, S, G, Dh]
+            k = lax.dynamic_update_slice_in_dim(layer_kv[0], k.astype(layer_kv[0].dtype), index,
+                                                axis=1)  # [B, S, G, Dh]
+            v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index,
+                                                axis=1)  # [B, S, G, Dh]
             new_kv = (k, v)
         kernel = attention_lib.get_kernel(run.attention)
         if adaptation.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding sees everything
-            kernel = functools.partial(shifted_sparse_attention, kernel, group=adaptation.shifted_sparse_group)
+            kernel = functools.partial(shifted_sparse_attention, kernel,
+                                       group=adaptation.shifted_sparse_group)
 
         def attend(window):
             return kernel(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
@@ -195,15 +203,16 @@ class Attention(nn.Module):
 
         if is_full is None or not cfg.sliding_window:
             out = attend(cfg.sliding_window)
-        else:  # the window is static in every kernel (it decides which tiles run): one branch per kind of layer
+        else:
+            # The window is static in every kernel (it decides which tiles run): one branch per kind of layer.
             out = lax.cond(is_full, lambda: attend(0), lambda: attend(cfg.sliding_window))
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         return dense(cfg.d_model, (-2, -1), ("heads", "head_dim", "embed"), cfg.use_o_bias, "o")(out), new_kv
 
 
 class Mlp(nn.Module):
-    """SwiGLU (llama: down(silu(gate x) * up x)), gated tanh-GELU (gemma: down(gelu(gate x) * up x)) or tanh-GELU
-    (gpt2: down(gelu(up x)))."""
+    """SwiGLU (llama: down(silu(gate x) * up x)), gated tanh-GELU (gemma: down(gelu(gate x) * up x)) or
+    tanh-GELU (gpt2: down(gelu(up x)))."""
 
     cfg: ModelConfig
     run: ExecutionConfig
@@ -286,14 +295,16 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),  # layer_kv, is_full: one slice per layer
+            # layer_kv, is_full: one slice per layer
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
             length=cfg.n_layers,
             unroll=min(run.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, run, self.adaptation)
         self.final_norm = Norm(cfg, run.dtype)
         if not cfg.tied:
-            self.lm_head = _dense(cfg, run, AdaptationConfig(), cfg.vocab_size, -1, ("embed", "vocab"), False, None)
+            self.lm_head = _dense(cfg, run, AdaptationConfig(), cfg.vocab_size, -1, ("embed", "vocab"), False,
+                                  None)
 
     def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
                  cache: KVCache | None = None):
@@ -331,7 +342,8 @@ class Transformer(nn.Module):
             x, _ = self.layers(x, positions, segment_ids, None, None, is_full)
         else:
             slot_positions = lax.dynamic_update_slice_in_dim(cache.positions, positions, cache.length, axis=1)
-            slot_segments = lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.length, axis=1)
+            slot_segments = lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.length,
+                                                            axis=1)
             x, (k, v) = self.layers(x, positions, segment_ids, (slot_positions, slot_segments, cache.length),
                                     (cache.k, cache.v), is_full)
             cache = KVCache(k, v, slot_positions, slot_segments, cache.length + length)
@@ -367,5 +379,6 @@ def init_params(cfg: ModelConfig, rng, seq_len: int = 8, adaptation: AdaptationC
 def param_logical_axes(cfg: ModelConfig, adaptation: AdaptationConfig = AdaptationConfig()):
     """A pytree like the params whose leaves are PartitionSpecs of logical axis names."""
     tokens = jnp.zeros((1, 8), jnp.int32)
-    abstract = jax.eval_shape(lambda: Transformer(cfg, adaptation=adaptation).init(jax.random.PRNGKey(0), tokens))
+    abstract = jax.eval_shape(
+        lambda: Transformer(cfg, adaptation=adaptation).init(jax.random.PRNGKey(0), tokens))
     return nn.get_partition_spec(abstract)["params"]

@@ -36,16 +36,16 @@ def trainable_labels(params, patterns: str):
     regexes = [re.compile(p.strip()) for p in patterns.split(",") if p.strip()]
     for regex in regexes:
         if not any(regex.search(p) for p in paths):
-            raise InputError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths look like "
-                             f"{paths[:4]}")
+            raise InputError(f"trainable pattern {regex.pattern!r} matches no parameter; parameter paths "
+                             f"look like {paths[:4]}")
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "train" if is_adapter(param_path(path).split("/")) or any(
             r.search(param_path(path)) for r in regexes) else "freeze", params)
 
 
 def make_optimizer(opt, learning_rate: Callable[[int], float], labels) -> optax.GradientTransformation:
-    """`opt`: b1, b2, eps, weight_decay, clip_norm (see the configs); `labels`: 'train' / 'freeze' per parameter
-    (`trainable_labels(params, opt.trainable)`)."""
+    """`opt`: b1, b2, eps, weight_decay, clip_norm (see the configs); `labels`: 'train' / 'freeze' per
+    parameter (`trainable_labels(params, opt.trainable)`)."""
     adamw = optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
                         mask=decay_mask)
     chain = optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw) if opt.clip_norm else adamw

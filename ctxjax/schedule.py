@@ -41,7 +41,8 @@ _STAGE_RANGES = (
     ("batch_size", _positive_int, "a positive integer"),
     ("lr", lambda v: _number(v) and v > 0, "a number > 0 (the stage's peak learning rate)"),
     ("warmup_steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-    ("min_lr_ratio", lambda v: _number(v) and 0 <= v <= 1, "between 0 and 1 (the decay's floor, a fraction of lr)"),
+    ("min_lr_ratio", lambda v: _number(v) and 0 <= v <= 1,
+     "between 0 and 1 (the decay's floor, a fraction of lr)"),
 )
 
 
@@ -63,7 +64,8 @@ class Stage:
 
 
 def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) -> list[Stage]:
-    """Validate the config's stage list (one-line errors naming stage and field) and place it on the step axis."""
+    """Validate the config's stage list (one-line errors naming stage and field) and place it on the step
+    axis."""
     if not raw_stages:
         raise InputError("config.stages is empty; give at least one stage with steps, seq_len and lr")
     stages, start = [], 0
@@ -74,7 +76,8 @@ def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) ->
         raw = dict(raw)
         unknown = sorted(set(raw) - STAGE_FIELDS)
         if unknown:
-            raise InputError(f"stage {i}: unknown field(s) {unknown}; stage fields are {sorted(STAGE_FIELDS)}")
+            raise InputError(f"stage {i}: unknown field(s) {unknown}; stage fields are "
+                             f"{sorted(STAGE_FIELDS)}")
         missing = [f for f in REQUIRED if f not in raw or raw[f] is None]
         if missing:
             raise InputError(f"stage {i}: missing field(s) {missing}; every stage needs {list(REQUIRED)}")
@@ -92,8 +95,8 @@ def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) ->
         if not 0 <= warmup <= steps:
             raise InputError(f"stage {i}: warmup_steps={warmup} must be between 0 and steps={steps}")
         if raw.get("position") is not None and not _is_mapping(raw["position"]):
-            raise InputError(f"stage {i}: position={raw['position']!r} must be a dict of positional fields, e.g. "
-                             "dict(rope_type='yarn', factor=4.0, original_max_position_embeddings=128)")
+            raise InputError(f"stage {i}: position={raw['position']!r} must be a dict of positional fields, "
+                             "e.g. dict(rope_type='yarn', factor=4.0, original_max_position_embeddings=128)")
         stages.append(Stage(i, start, steps, seq_len, int(batch), float(raw["lr"]), warmup,
                             float(raw.get("min_lr_ratio", min_lr_ratio)),
                             tuple(sorted(dict(raw.get("position") or {}).items()))))
@@ -117,12 +120,14 @@ def learning_rate_schedule(stages: list[Stage]) -> optax.Schedule:
     for s in stages:
         decay = optax.cosine_decay_schedule(s.lr, max(s.steps - s.warmup_steps, 1), alpha=s.min_lr_ratio)
         if s.warmup_steps:
-            decay = optax.join_schedules([optax.linear_schedule(0.0, s.lr, s.warmup_steps), decay], [s.warmup_steps])
+            decay = optax.join_schedules([optax.linear_schedule(0.0, s.lr, s.warmup_steps), decay],
+                                         [s.warmup_steps])
         pieces.append(decay)
     return optax.join_schedules(pieces, [s.start for s in stages[1:]])
 
 
-def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "", pose_target_len: int = 0) -> ModelConfig:
+def model_config_for(base: ModelConfig, stage: Stage, rope_scaling: str = "",
+                     pose_target_len: int = 0) -> ModelConfig:
     """The model of one stage: the base positional scheme with the stage's overrides, and a context at least
     the stage's sequence length, or PoSE's target when that is longer (its positions reach it; for learned
     positions, the size the table is grown to).

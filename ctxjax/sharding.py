@@ -55,8 +55,8 @@ def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:
                              f"{n_devices} is not divisible by {known}")
         shape[fill[0]] = n_devices // known
     if math.prod(shape) != n_devices:
-        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices but {n_devices} are "
-                         "available; make the product match or set one axis to -1")
+        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices but {n_devices} "
+                         "are available; make the product match or set one axis to -1")
     return tuple(shape)
 
 
@@ -90,7 +90,8 @@ def _divisible_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> 
 def strip_boxes(tree):
     """Leaves of flax's logical-partitioning boxes without applying their sharding constraint (which would
     run eagerly, outside jit, under an active mesh)."""
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+    return jax.tree.map(lambda x: (x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata)
+                                   else x),
                         tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 

@@ -1,10 +1,11 @@
 """XLA:CPU settings that the command line applies before JAX starts a backend.
 
-XLA:CPU hands reductions fused with elementwise work to YNNPACK by default, which turns them into matrix-vector
-products. For the RMSNorm weight gradients (a [L, D] -> [D] sum per norm per layer) that took about 0.07 s each
-at 16k tokens on the 2-core machine of docs/benchmarks.md; letting YNNPACK take only the matmuls themselves cut
-the 16k train step from 11.1 s to 10.6 s there. XLA aborts the process on a flag it does not know, so the flag
-is only added for the jaxlib versions it was checked with; a flag the user set in XLA_FLAGS is left alone.
+XLA:CPU hands reductions fused with elementwise work to YNNPACK by default, which turns them into
+matrix-vector products. For the RMSNorm weight gradients (a [L, D] -> [D] sum per norm per layer) that took
+about 0.07 s each at 16k tokens on the 2-core machine of docs/benchmarks.md; letting YNNPACK take only the
+matmuls themselves cut the 16k train step from 11.1 s to 10.6 s there. XLA aborts the process on a flag it
+does not know, so the flag is only added for the jaxlib versions it was checked with; a flag the user set in
+XLA_FLAGS is left alone.
 """
 
 from __future__ import annotations

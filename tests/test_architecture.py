@@ -22,8 +22,9 @@ from ctxjax.train import train_and_evaluate
 PACKAGE = pathlib.Path(__file__).parent.parent / "ctxjax"
 # Lower layers first; a module may import its own layer or a lower one (docs/architecture.md).
 LAYERS = {
-    "core": ("errors", "fs", "dataclass_config", "xla_flags", "config", "execution", "adaptation", "positions",
-             "attention", "model", "loss", "sharding", "schedule", "flops", "lora", "optimizer", "__init__"),
+    "core": ("errors", "fs", "dataclass_config", "xla_flags", "config", "execution", "adaptation",
+             "positions", "attention", "model", "loss", "sharding", "schedule", "flops", "lora", "optimizer",
+             "__init__"),
     "io": ("hf", "checkpoint", "data"),
     "apps": ("train", "evaluate", "generate"),
     "commands": ("commands", "cli", "__main__"),
@@ -48,9 +49,11 @@ def runtime_imports(path: pathlib.Path):
     """(ctxjax module imported, line, inside a function?) for every import that runs (TYPE_CHECKING blocks
     are for type checkers only)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(node.test)
                for child in node.body for n in ast.walk(child)}
-    in_function = {id(n) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    in_function = {id(n) for node in ast.walk(tree)
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                    for n in ast.walk(node)}
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     for node in ast.walk(tree):
@@ -61,8 +64,10 @@ def runtime_imports(path: pathlib.Path):
         else:
             base = node.module or ""
             if node.level:  # relative import
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            # `from ctxjax.data import pipeline` imports the submodule, `from ctxjax.data import X` the package
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            # `from ctxjax.data import pipeline` imports the submodule, `from ctxjax.data import X` the
+            # package
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         for target in targets:
             if target == "ctxjax" or target.startswith("ctxjax."):
@@ -71,7 +76,8 @@ def runtime_imports(path: pathlib.Path):
                 yield target, node.lineno, id(node) in in_function
 
 
-GRAPH = {module: sorted({t for t, _, _ in runtime_imports(path)} - {module}) for module, path in MODULES.items()}
+GRAPH = {module: sorted({t for t, _, _ in runtime_imports(path)} - {module})
+         for module, path in MODULES.items()}
 
 
 def test_imports_run_downward_through_the_layers_and_never_inside_functions():
@@ -80,9 +86,11 @@ def test_imports_run_downward_through_the_layers_and_never_inside_functions():
         for target, line, inside in runtime_imports(path):
             where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
             if layer(target) > layer(module):
-                problems.append(f"{where}: upward ({list(LAYERS)[layer(module)]} -> {list(LAYERS)[layer(target)]})")
+                problems.append(f"{where}: upward ({list(LAYERS)[layer(module)]} -> "
+                                f"{list(LAYERS)[layer(target)]})")
             if inside:
-                problems.append(f"{where} inside a function (only optional heavy dependencies are imported there)")
+                problems.append(f"{where} inside a function (only optional heavy dependencies are imported "
+                                "there)")
     assert not problems, "\n".join(problems)
 
 
@@ -113,7 +121,8 @@ def test_no_code_outside_the_positional_schemes_asks_a_scheme_for_its_name():
             code = line.split("#")[0]
             if ".name ==" in code and "position" in code or ".name !=" in code and "position" in code:
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
-            if any(f'"{name}"' in code and "position" in code for name in positions.SCHEMES if name != "none"):
+            if any(f'"{name}"' in code and "position" in code for name in positions.SCHEMES
+                   if name != "none"):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 
@@ -144,7 +153,8 @@ def halved():
 
 
 def test_a_scheme_defined_in_a_test_file_trains_one_step_and_evaluates(halved, tmp_path):
-    config = tiny(**{"model.position": halved, "stages": [dict(steps=1, seq_len=16, lr=1e-3)], "export_dir": ""})
+    config = tiny(**{"model.position": halved, "stages": [dict(steps=1, seq_len=16, lr=1e-3)],
+                     "export_dir": ""})
     summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert summary["final_step"] == 1 and jnp.isfinite(summary["loss"])
     from ctxjax.checkpoint import load_for_inference

@@ -23,7 +23,8 @@ Kernels:
 - `cpu`: a fused C++ kernel for XLA:CPU (float32, one device), built on first use; blockwise otherwise.
 - `auto`: the best of these for the platform, the mesh and the length.
 
-`shifted.shifted_sparse_attention` wraps any of them into LongLoRA's S²-Attn (`ModelConfig.shifted_sparse_group`).
+`shifted.shifted_sparse_attention` wraps any of them into LongLoRA's S²-Attn
+(`ModelConfig.shifted_sparse_group`).
 """
 
 from __future__ import annotations

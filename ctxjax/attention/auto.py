@@ -10,10 +10,10 @@ from ctxjax.attention.fused import cudnn_attention, splash_attention
 from ctxjax.attention.ring import SEQUENCE_AXIS, ring_attention
 from ctxjax.attention.xla import xla_attention
 
-# Up to this many scores per head the whole matrix is small and one einsum beats the block loops. On the 2-core
-# CPU of docs/benchmarks.md the demo model's train step is faster with xla at 128 tokens and with blockwise
-# at 512 (`bench/train_step.py`); at 4k blockwise is 15x faster. Decoding (one query row) stays on xla.
-# Longer sequences on CPU go to the fused `cpu` kernel, which itself runs blockwise where it cannot.
+# Up to this many scores per head the whole matrix is small and one einsum beats the block loops. On the
+# 2-core CPU of docs/benchmarks.md the demo model's train step is faster with xla at 128 tokens and with
+# blockwise at 512 (`bench/train_step.py`); at 4k blockwise is 15x faster. Decoding (one query row) stays on
+# xla. Longer sequences on CPU go to the fused `cpu` kernel, which itself runs blockwise where it cannot.
 XLA_MAX_SCORES = 256 * 256
 
 

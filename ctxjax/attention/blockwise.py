@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ctxjax.attention.common import block_size, check_inputs, from_grouped, keep_for_backward, repeat, to_grouped
+from ctxjax.attention.common import (block_size, check_inputs, from_grouped, keep_for_backward, repeat,
+                                     to_grouped)
 
 DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_K = 512
@@ -62,11 +63,13 @@ def _block_logits(qb, kb, q_seg, kv_seg, q_pos, kv_pos, slopes, window, softcap=
     """
     if keys_first:
         logits = jnp.einsum("bgkd,bgqrd->bgkqr", kb, qb, preferred_element_type=F32)
-        distance, same_segment = q_pos[:, None, :] - kv_pos[:, :, None], q_seg[:, None, :] == kv_seg[:, :, None]
+        distance, same_segment = (q_pos[:, None, :] - kv_pos[:, :, None],
+                                  q_seg[:, None, :] == kv_seg[:, :, None])
         per_pair, per_head = (lambda x: x[:, None, :, :, None]), (lambda s: s[None, :, None, None, :])
     else:
         logits = jnp.einsum("bgqrd,bgkd->bgqrk", qb, kb, preferred_element_type=F32)
-        distance, same_segment = q_pos[:, :, None] - kv_pos[:, None, :], q_seg[:, :, None] == kv_seg[:, None, :]
+        distance, same_segment = (q_pos[:, :, None] - kv_pos[:, None, :],
+                                  q_seg[:, :, None] == kv_seg[:, None, :])
         per_pair, per_head = (lambda x: x[:, None, :, None, :]), (lambda s: s[None, :, None, :, None])
     cap_slope = None
     if softcap:  # Gemma 2: C tanh(s / C) on the scaled scores, before any bias and the mask
@@ -109,10 +112,11 @@ def forward_pass(state, g, block_q, block_k, window=0, softcap=0.0):
             ks = j * block_k
 
             def attend(carry):  # slices inside the branch: a skipped block copies nothing
-                acc, m, l = carry
+                acc, m, l = carry  # noqa: E741
                 kb, vb = _slice(g.k, ks, block_k), _slice(g.v, ks, block_k)
                 logits, _, _ = _block_logits(qb, kb, q_seg, _slice(g.kv_segment_ids, ks, block_k, 1), q_pos,
-                                             _slice(g.kv_positions, ks, block_k, 1), g.slopes, window, softcap)
+                                             _slice(g.kv_positions, ks, block_k, 1), g.slopes, window,
+                                             softcap)
                 m_new = jnp.maximum(m, logits.max(-1))
                 # A row with nothing visible yet keeps max -inf; shift by 0 then so exp gives 0, not NaN.
                 m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -131,8 +135,9 @@ def forward_pass(state, g, block_q, block_k, window=0, softcap=0.0):
 
 
 def finish(state, dtype):
-    """Normalised output [B, G, Lq, R, Dh] and log-sum-exp [B, G, Lq, R] (-inf, output 0 for rows seeing nothing)."""
-    acc, m, l = state
+    """Normalised output [B, G, Lq, R, Dh] and log-sum-exp [B, G, Lq, R] (-inf, output 0 for rows seeing
+    nothing)."""
+    acc, m, l = state  # noqa: E741
     seen = l > 0
     out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
@@ -163,29 +168,34 @@ def backward_pass(g, lse, delta, d_out, block_q, block_k, window=0, softcap=0.0)
 
             def attend(dkb, dvb, d_slopes):
                 qb, dob = _slice(g.q, qs, block_q), _slice(d_out, qs, block_q)
-                logits, distance, cap_slope = _block_logits(qb, kb, _slice(g.q_segment_ids, qs, block_q, 1), kv_seg,
-                                                            _slice(g.q_positions, qs, block_q, 1), kv_pos, g.slopes,
-                                                            window, softcap, keys_first=True)
+                logits, distance, cap_slope = _block_logits(qb, kb, _slice(g.q_segment_ids, qs, block_q, 1),
+                                                            kv_seg, _slice(g.q_positions, qs, block_q, 1),
+                                                            kv_pos, g.slopes, window, softcap,
+                                                            keys_first=True)
                 p = jnp.exp(logits - _slice(lse, qs, block_q)[:, :, None])  # [B, G, bk, bq, R]
-                dvb = dvb + jnp.einsum("bgkqr,bgqrd->bgkd", p.astype(dob.dtype), dob, preferred_element_type=F32)
+                dvb = dvb + jnp.einsum("bgkqr,bgqrd->bgkd", p.astype(dob.dtype), dob,
+                                       preferred_element_type=F32)
                 dp = jnp.einsum("bgkd,bgqrd->bgkqr", vb, dob, preferred_element_type=F32)
                 ds = p * (dp - _slice(delta, qs, block_q)[:, :, None])  # w.r.t. the logits after cap and bias
                 if d_slopes is not None:  # logits hold -slope * distance, and ds is 0 where hidden
                     d_slopes = d_slopes - jnp.einsum("bgkqr,bkq->gr", ds, distance.astype(F32))
                 if cap_slope is not None:  # through C tanh(s / C): w.r.t. the scaled scores q.k
                     ds = ds * cap_slope
-                dkb = dkb + jnp.einsum("bgkqr,bgqrd->bgkd", ds.astype(qb.dtype), qb, preferred_element_type=F32)
+                dkb = dkb + jnp.einsum("bgkqr,bgqrd->bgkd", ds.astype(qb.dtype), qb,
+                                       preferred_element_type=F32)
                 # As dQ^T = K^T dS^T: transposing the small K block and result, not the large dS block.
-                dq_block = jnp.einsum("bgkd,bgkqr->bgdqr", kb, ds.astype(kb.dtype), preferred_element_type=F32)
+                dq_block = jnp.einsum("bgkd,bgkqr->bgdqr", kb, ds.astype(kb.dtype),
+                                      preferred_element_type=F32)
                 dq_block = dq_block.transpose(0, 1, 3, 4, 2)
                 return dq_block, dkb, dvb, d_slopes
 
             def skip(dkb, dvb, d_slopes):
                 return jnp.zeros(g.q.shape[:2] + (block_q,) + g.q.shape[3:], F32), dkb, dvb, d_slopes
 
-            # Only block-sized values pass through the cond: the full dq buffer is updated in place outside it.
-            dq_block, dkb, dvb, d_slopes = lax.cond(_may_interact(q_bounds, i, kv_bounds, j, window), attend, skip,
-                                                    dkb, dvb, d_slopes)
+            # Only block-sized values pass through the cond: the full dq buffer is updated in place outside
+            # it.
+            dq_block, dkb, dvb, d_slopes = lax.cond(_may_interact(q_bounds, i, kv_bounds, j, window), attend,
+                                                    skip, dkb, dvb, d_slopes)
             return _update(dq, _slice(dq, qs, block_q) + dq_block, qs), dkb, dvb, d_slopes
 
         zeros = jnp.zeros(kb.shape, F32)
@@ -208,13 +218,15 @@ def _grouped_attention(g, block_q, block_k, window, softcap):
 
 
 def _grouped_attention_fwd(g, block_q, block_k, window, softcap):
-    out, lse = keep_for_backward(*finish(forward_pass(init_state(g), g, block_q, block_k, window, softcap), g.q.dtype))
+    out, lse = keep_for_backward(*finish(forward_pass(init_state(g), g, block_q, block_k, window, softcap),
+                                         g.q.dtype))
     return out, (g, out, lse)
 
 
 def _grouped_attention_bwd(block_q, block_k, window, softcap, residuals, d_out):
     g, out, lse = residuals
-    dq, dk, dv, d_slopes = backward_pass(g, lse, row_delta(out, d_out), d_out, block_q, block_k, window, softcap)
+    dq, dk, dv, d_slopes = backward_pass(g, lse, row_delta(out, d_out), d_out, block_q, block_k, window,
+                                         softcap)
     return (g._replace(q=dq.astype(g.q.dtype), k=dk.astype(g.k.dtype), v=dv.astype(g.v.dtype),
                        q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,
                        slopes=d_slopes),)
@@ -231,8 +243,9 @@ def blockwise_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, 
     Lengths need not be multiples of the blocks: they are padded (padded keys are never visible, padded
     query rows are dropped). A block larger than the length shrinks to the length.
     """
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
-                 logit_softcap)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
+                 sliding_window, logit_softcap)
     bq, bk = block_size(block_q, q.shape[1]), block_size(block_k, k.shape[1])
-    g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes, bq, bk)
+    g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes, bq,
+                   bk)
     return from_grouped(_grouped_attention(g, bq, bk, sliding_window, float(logit_softcap)), q.shape[1])

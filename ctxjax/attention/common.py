@@ -12,8 +12,8 @@ from jax.ad_checkpoint import checkpoint_name
 from ctxjax.errors import InputError
 
 # The values the block kernels' backward passes need from their forward (output and log-sum-exp) carry this
-# name, so that `ModelConfig(remat="attention")` keeps them and a rematerialised layer does not run the attention
-# forward again: O(L) floats per layer instead of a second pass over every tile.
+# name, so that `ModelConfig(remat="attention")` keeps them and a rematerialised layer does not run the
+# attention forward again: O(L) floats per layer instead of a second pass over every tile.
 ATTENTION_RESIDUALS = "attention_residuals"
 
 # Padded keys get this position: no real query position (< 2**31 - 1) reaches it, so they are never visible.
@@ -26,10 +26,12 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
                  sliding_window=0, logit_softcap=0.0):
     """Raise a one-line ValueError naming the fix when shapes break the kernel contract."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise InputError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}")
+        raise InputError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
     batch, q_len, n_heads, head_dim = q.shape
     if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise InputError(f"k and v must be [{batch}, kv_length, kv_heads, {head_dim}]; got {k.shape}, {v.shape}")
+        raise InputError(f"k and v must be [{batch}, kv_length, kv_heads, {head_dim}]; got {k.shape}, "
+                         f"{v.shape}")
     n_kv = k.shape[2]
     if n_heads % n_kv:
         raise InputError(f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv})")
@@ -44,17 +46,20 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
     if not isinstance(sliding_window, int) or sliding_window < 0:
         raise InputError(f"sliding_window must be an int >= 0 (0: no window); got {sliding_window!r}")
     if not isinstance(logit_softcap, (int, float)) or not logit_softcap >= 0:
-        raise InputError(f"logit_softcap must be a number >= 0 (0: none; Gemma 2 uses 50); got {logit_softcap!r}")
+        raise InputError("logit_softcap must be a number >= 0 (0: none; Gemma 2 uses 50); got "
+                         f"{logit_softcap!r}")
     if alibi_slopes is not None and jnp.shape(alibi_slopes) != (n_heads,):
-        raise InputError(f"alibi_slopes must be [{n_heads}] (one per query head); got {jnp.shape(alibi_slopes)}")
+        raise InputError(f"alibi_slopes must be [{n_heads}] (one per query head); got "
+                         f"{jnp.shape(alibi_slopes)}")
 
 
 def contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                     sliding_window, logit_softcap, block_q, block_k):
-    """A kernel's keyword arguments as one dict, for the fused kernels to pass on to their blockwise fallback."""
+    """A kernel's keyword arguments as one dict, for the fused kernels to pass on to their blockwise
+    fallback."""
     return dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-                kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
-                logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
+                kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes,
+                sliding_window=sliding_window, logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
 
 
 class Grouped(NamedTuple):

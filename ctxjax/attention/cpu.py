@@ -1,15 +1,16 @@
 """`cpu`: fused flash attention for XLA:CPU, the C++ kernel in `cpu_kernel.cc` called through the XLA FFI.
 
 On CPU the pure-JAX `blockwise` kernel is limited by XLA running each tile's matmuls and softmax passes as
-separate operations; this kernel keeps a tile's scores in cache from one matmul through the softmax to the next
-(docs/benchmarks.md has the numbers). It takes the whole contract (segments, positions, ALiBi, GQA without copies,
-sliding windows, soft caps) with head_dim a multiple of 16, on a single device, and computes in float32 (bfloat16
-and float16 inputs are upcast, the output cast back). Anything else, another platform, or a machine where the
-kernel cannot be built, runs `blockwise` instead, so a config naming `cpu` still runs everywhere.
+separate operations; this kernel keeps a tile's scores in cache from one matmul through the softmax to the
+next (docs/benchmarks.md has the numbers). It takes the whole contract (segments, positions, ALiBi, GQA
+without copies, sliding windows, soft caps) with head_dim a multiple of 16, on a single device, and computes
+in float32 (bfloat16 and float16 inputs are upcast, the output cast back). Anything else, another platform, or
+a machine where the kernel cannot be built, runs `blockwise` instead, so a config naming `cpu` still runs
+everywhere.
 
-The kernel is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`; a few seconds) for this
-machine's instruction set, and cached under `$CTXJAX_CACHE` (default `~/.cache/ctxjax`) by source, compiler
-flags, jax version and CPU, so later processes load it at once. `CTXJAX_CPU_KERNEL=0` turns it off.
+The kernel is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`; a few seconds) for
+this machine's instruction set, and cached under `$CTXJAX_CACHE` (default `~/.cache/ctxjax`) by source,
+compiler flags, jax version and CPU, so later processes load it at once. `CTXJAX_CPU_KERNEL=0` turns it off.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernel.cc")
 LANES = 16  # the kernel's vector width in floats: head_dim and key tiles are multiples of it
-# Tiles: about 64 query rows (positions x query heads per K/V head) by 256 keys keep a tile's scores, probabilities
-# and gradients (3 x 64 KiB) in a core's L2 cache; larger or smaller tiles were slower at 4k and 16k.
+# Tiles: about 64 query rows (positions x query heads per K/V head) by 256 keys keep a tile's scores,
+# probabilities and gradients (3 x 64 KiB) in a core's L2 cache; larger or smaller tiles were slower at 4k and
+# 16k.
 TILE_ROWS = 64
 TILE_K = 256
 FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)  # computed in float32
@@ -49,7 +51,8 @@ def _cache_dir() -> Path:
 
 
 def _cpu_signature() -> str:
-    """What -march=native compiles for: a library built on another CPU (shared home directory) is not reused."""
+    """What -march=native compiles for: a library built on another CPU (shared home directory) is not
+    reused."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -67,9 +70,11 @@ def _build(compiler: str, arch_flags: list[str]) -> Path:
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:  # build aside, then rename: safe across processes
+    # Build aside, then rename: safe across processes.
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
         built = Path(tmp) / library.name
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
+                       text=True)
         os.replace(built, library)
     return library
 
@@ -99,7 +104,8 @@ def kernel_available() -> bool:
 
 
 def _single_device() -> bool:
-    """The FFI call has no sharding rule: under a multi-device mesh the partitioner would gather every input."""
+    """The FFI call has no sharding rule: under a multi-device mesh the partitioner would gather every
+    input."""
     mesh = jax.sharding.get_abstract_mesh()
     return mesh.empty or mesh.size == 1
 
@@ -153,23 +159,26 @@ def _fused_bwd(tile_q, tile_k, window, softcap, residuals, d_out):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes=None,
-                  sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
+                  alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
+                  block_k=DEFAULT_BLOCK_K):
     """The fused CPU kernel (head_dim a multiple of 16, one device; computed in float32); blockwise otherwise.
 
     It picks its own tiles (`TILE_ROWS`, `TILE_K`); `block_q`/`block_k` only reach the blockwise fallback.
     """
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
-                 logit_softcap)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
+                 sliding_window, logit_softcap)
     if not usable(q, k):
-        return blockwise_attention(q, k, v, **contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions,
-                                                              scale, alibi_slopes, sliding_window, logit_softcap,
-                                                              block_q, block_k))
+        return blockwise_attention(q, k, v, **contract_kwargs(q_segment_ids, kv_segment_ids, q_positions,
+                                                              kv_positions, scale, alibi_slopes,
+                                                              sliding_window, logit_softcap, block_q,
+                                                              block_k))
     group = q.shape[2] // k.shape[2]
     tile_q = max(1, min(TILE_ROWS // group, q.shape[1]))
     tile_k = min(TILE_K, round_up(k.shape[1], LANES))
     dtype = q.dtype
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes, tile_q,
-                   tile_k)
-    return from_grouped(_fused(g, tile_q, tile_k, sliding_window, float(logit_softcap)), q.shape[1]).astype(dtype)
+    g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
+                   tile_q, tile_k)
+    return from_grouped(_fused(g, tile_q, tile_k, sliding_window, float(logit_softcap)),
+                        q.shape[1]).astype(dtype)

@@ -36,7 +36,8 @@ def index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv
         return jnp.asarray(False)
     same_side = jnp.all(q_segment_ids == kv_segment_ids) & jnp.all(q_positions == kv_positions)
     seg_next, seg_prev = q_segment_ids[:, 1:], q_segment_ids[:, :-1]
-    increasing = jnp.where(seg_next == seg_prev, q_positions[:, 1:] > q_positions[:, :-1], seg_next > seg_prev)
+    increasing = jnp.where(seg_next == seg_prev, q_positions[:, 1:] > q_positions[:, :-1],
+                           seg_next > seg_prev)
     return same_side & jnp.all(increasing)
 
 
@@ -56,34 +57,36 @@ def _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, 
 
 def _with_fallback(fast_ok, fused, q, k, v, kwargs):
     """Run `fused(q, k, v)` when `fast_ok` holds at run time, blockwise attention otherwise."""
-    return lax.cond(fast_ok, lambda q, k, v: fused(q, k, v), lambda q, k, v: blockwise_attention(q, k, v, **kwargs),
-                    q, k, v)
+    return lax.cond(fast_ok, lambda q, k, v: fused(q, k, v),
+                    lambda q, k, v: blockwise_attention(q, k, v, **kwargs), q, k, v)
 
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                     alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
                     block_k=DEFAULT_BLOCK_K):
-    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi, no soft cap); blockwise otherwise."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
-                 logit_softcap)
+    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi, no soft cap); blockwise
+    otherwise."""
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
+                 sliding_window, logit_softcap)
     kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                               sliding_window, logit_softcap, block_q, block_k)
-    usable = (jax.default_backend() == "gpu" and alibi_slopes is None and not logit_softcap and q.shape[1] == k.shape[1]
+    usable = (jax.default_backend() == "gpu" and alibi_slopes is None and not logit_softcap
+              and q.shape[1] == k.shape[1]
               and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
     # (W - 1, 0): each query sees itself and the W - 1 tokens before it.
     window = (sliding_window - 1, 0) if sliding_window else None
-    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=True, local_window_size=window,
-                              implementation="cudnn")
+    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=True,
+                              local_window_size=window, implementation="cudnn")
     fast_ok = (_index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
                & _one_segment_per_row(q_segment_ids))
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)
 
 
 def splash_tile(requested: int, length: int) -> int:
-    """The tile splash uses for a requested size: a multiple of 128 (TPU lanes) that divides `length` (a multiple
-    of 128 itself), as close to `requested` from below as there is."""
+    """The tile splash uses for a requested size: a multiple of 128 (TPU lanes) that divides `length` (a
+    multiple of 128 itself), as close to `requested` from below as there is."""
     tile = max(SPLASH_BLOCK, min(requested, length) // SPLASH_BLOCK * SPLASH_BLOCK)
     while length % tile:
         tile -= SPLASH_BLOCK
@@ -93,7 +96,8 @@ def splash_tile(requested: int, length: int) -> int:
 def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, logit_softcap=0.0, block_q=SPLASH_BLOCK,
                  block_k=SPLASH_BLOCK, interpret=False):
     """Splash attention with causal-by-index (and sliding-window) and segment masks and an optional logit soft
-    cap, in tiles of about `block_q` x `block_k` (`splash_tile`); `interpret=True` runs it on CPU for tests."""
+    cap, in tiles of about `block_q` x `block_k` (`splash_tile`); `interpret=True` runs it on CPU for
+    tests."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module; import lazily
 
     batch, length, n_heads, head_dim = q.shape
@@ -112,7 +116,8 @@ def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, logit_softcap=0.
     kernel = splash.make_splash_mqa_single_device(mask=mask, block_sizes=tiles, interpret=interpret,
                                                   attn_logits_soft_cap=float(logit_softcap) or None)
     # One multi-query kernel per (batch row, K/V head): its query heads share that K/V head, uncopied.
-    qg = (q * jnp.asarray(scale, q.dtype)).reshape(batch, length, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
+    qg = ((q * jnp.asarray(scale, q.dtype)).reshape(batch, length, n_kv, group, head_dim)
+          .transpose(0, 2, 3, 1, 4))
     kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     def per_row(qr, kr, vr, seg):
@@ -127,8 +132,8 @@ def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_
                      alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
                      block_k=DEFAULT_BLOCK_K):
     """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
-                 logit_softcap)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
+                 sliding_window, logit_softcap)
     kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                               sliding_window, logit_softcap, block_q, block_k)
     length = q.shape[1]
@@ -136,7 +141,8 @@ def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_
               and length % SPLASH_BLOCK == 0)
     if not usable:
         return blockwise_attention(q, k, v, **kwargs)
-    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale, sliding_window=sliding_window,
-                              logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
+    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale,
+                              sliding_window=sliding_window, logit_softcap=logit_softcap, block_q=block_q,
+                              block_k=block_k)
     fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)

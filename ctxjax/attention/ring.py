@@ -13,9 +13,9 @@ divide the shapes; length over `sequence`.
 Load balance. Causality is by position, so the kernel does not care in which order tokens sit along the
 length: a hidden key block is skipped wherever it lives. With plain order the last shard does S times the
 work of the first. `zigzag_order` gives the order in which shard i holds chunks i and 2S-1-i of the sequence
-(equal causal work per shard); `zigzag_batch` permutes tokens, positions, segment ids, targets and weights with
-it once when the batch is made (not in every layer), and the model computes the same loss. The trainer does so
-whenever the mesh has a sequence axis (`ring_zigzag`).
+(equal causal work per shard); `zigzag_batch` permutes tokens, positions, segment ids, targets and weights
+with it once when the batch is made (not in every layer), and the model computes the same loss. The trainer
+does so whenever the mesh has a sequence axis (`ring_zigzag`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 from ctxjax.errors import InputError
 from ctxjax.attention import blockwise
-from ctxjax.attention.common import block_size, check_inputs, from_grouped, keep_for_backward, repeat, to_grouped
+from ctxjax.attention.common import (block_size, check_inputs, from_grouped, keep_for_backward, repeat,
+                                     to_grouped)
 
 SEQUENCE_AXIS = "sequence"
 BATCH_AXES = ("data", "fsdp")
@@ -122,14 +123,14 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
                    alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=blockwise.DEFAULT_BLOCK_Q,
                    block_k=blockwise.DEFAULT_BLOCK_K):
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
-    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes, sliding_window,
-                 logit_softcap)
+    check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
+                 sliding_window, logit_softcap)
     mesh = _active_mesh()
     n_shards = mesh.shape[SEQUENCE_AXIS]
     batch, length, n_heads, _ = q.shape
     if k.shape[1] != length:
-        raise InputError(f"ring attention needs queries and keys of one length (got {length} and {k.shape[1]}); "
-                         f"use 'blockwise' or 'xla' for decoding with a cache")
+        raise InputError(f"ring attention needs queries and keys of one length (got {length} and "
+                         f"{k.shape[1]}); use 'blockwise' or 'xla' for decoding with a cache")
     if length % n_shards:
         raise InputError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
     batch_axes = _dividing_axes(mesh, BATCH_AXES, batch)
@@ -141,10 +142,12 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
     def local(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes):
         g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                        bq, bk)
-        return from_grouped(_ring_grouped(g, bq, bk, (sliding_window, float(logit_softcap)), n_shards), local_length)
+        return from_grouped(_ring_grouped(g, bq, bk, (sliding_window, float(logit_softcap)), n_shards),
+                            local_length)
 
     slopes_spec = None if alibi_slopes is None else P(head_axis)
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(tokens, tokens, tokens, ids, ids, ids, ids, slopes_spec),
+    sharded = jax.shard_map(local, mesh=mesh,
+                            in_specs=(tokens, tokens, tokens, ids, ids, ids, ids, slopes_spec),
                             out_specs=tokens, check_vma=False)
     return sharded(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes)
 
@@ -157,11 +160,12 @@ def zigzag_order(length: int, n_shards: int) -> np.ndarray:
     if length % (2 * n_shards):
         raise InputError(f"zig-zag order needs a length that is a multiple of 2 * {n_shards}; got {length}")
     chunks = np.arange(length).reshape(2 * n_shards, length // (2 * n_shards))
-    return np.concatenate([np.concatenate([chunks[i], chunks[2 * n_shards - 1 - i]]) for i in range(n_shards)])
+    return np.concatenate([np.concatenate([chunks[i], chunks[2 * n_shards - 1 - i]])
+                           for i in range(n_shards)])
 
 
 def zigzag_batch(batch: dict, n_shards: int) -> dict:
-    """Every [B, L] field of a batch in `zigzag_order`: tokens, positions, segment ids, targets and weights move
-    together, and the loss (a weighted sum over tokens) is unchanged."""
+    """Every [B, L] field of a batch in `zigzag_order`: tokens, positions, segment ids, targets and weights
+    move together, and the loss (a weighted sum over tokens) is unchanged."""
     order = zigzag_order(next(iter(batch.values())).shape[1], n_shards)
     return {key: value[:, order] for key, value in batch.items()}

@@ -28,11 +28,11 @@ def group_segments(segment_ids, positions, group: int, shift: int):
     return jnp.take_along_axis(ranks, jnp.argsort(order, axis=-1), axis=-1)
 
 
-def shifted_sparse_attention(kernel, q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, group,
-                             alibi_slopes=None, **kwargs):
+def shifted_sparse_attention(kernel, q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                             group, alibi_slopes=None, **kwargs):
     """`kernel` (the contract of ctxjax.attention) run on each half of the heads with that half's groups.
-    Heads [0, H/2) use groups starting at position 0, heads [H/2, H) groups shifted by group/2. Positions, ALiBi
-    distances and a model's own sliding window are untouched."""
+    Heads [0, H/2) use groups starting at position 0, heads [H/2, H) groups shifted by group/2. Positions,
+    ALiBi distances and a model's own sliding window are untouched."""
     n_heads, n_kv, q_len = q.shape[2], k.shape[2], q.shape[1]
     kv_half = n_kv // 2 if n_kv > 1 else n_kv  # one shared K/V head serves both halves
     # Queries and keys are ranked together, so that one (segment, group) pair gets one id on both sides.
@@ -46,5 +46,6 @@ def shifted_sparse_attention(kernel, q, k, v, *, q_segment_ids, kv_segment_ids, 
         outputs.append(kernel(
             q[:, :, heads], k[:, :, kv_heads], v[:, :, kv_heads],
             q_segment_ids=ids[:, :q_len], kv_segment_ids=ids[:, q_len:], q_positions=q_positions,
-            kv_positions=kv_positions, alibi_slopes=None if alibi_slopes is None else alibi_slopes[heads], **kwargs))
+            kv_positions=kv_positions, alibi_slopes=None if alibi_slopes is None else alibi_slopes[heads],
+            **kwargs))
     return jnp.concatenate(outputs, axis=2)

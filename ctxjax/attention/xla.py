@@ -20,8 +20,8 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sli
     return visible[:, None, None]
 
 
-def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes=None,
-                  sliding_window=0, logit_softcap=0.0, block_q=None, block_k=None):
+def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
+                  alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=None, block_k=None):
     del block_q, block_k  # one block: the whole score matrix
     batch, q_len, n_heads, head_dim = q.shape
     kv_len, n_kv = k.shape[1], k.shape[2]

@@ -4,7 +4,8 @@ Every step directory holds three items:
 - `state`: the train state, any pytree of arrays ({'step', 'params', 'opt_state'}, or {'params'} alone for a
   params-only checkpoint); saved sharded as it is, restored into whatever shardings the caller asks for.
 - `data`: the data iterator's JSON state, so a resumed run continues the token stream where it stopped.
-- `meta`: JSON with the model config, train config, stage, step and `params_only` (see ctxjax.checkpoint.meta).
+- `meta`: JSON with the model config, train config, stage, step and `params_only` (see
+  ctxjax.checkpoint.meta).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash never leaves a
 checkpoint that looks finished. Async saves copy arrays to host memory before `save` returns, so the caller
@@ -121,7 +122,8 @@ class Checkpointer:
         kept as it is (False). `meta` comes from `checkpoint_meta(...)`; its step and params_only are set here
         from `step` and `state`, so they cannot disagree with what is stored."""
         if self.read_only:
-            raise InputError(f"this Checkpointer of {self.workdir} was opened read_only; open it without to save")
+            raise InputError(f"this Checkpointer of {self.workdir} was opened read_only; open it without to "
+                             "save")
         if step in self._manager.all_steps() or not (force or self.should_save(step)):
             return False
         meta = {**meta, "step": int(step), "params_only": is_params_only(state)}
@@ -156,9 +158,9 @@ class Checkpointer:
         step = self.resolve_step(step)
         meta = self.restore_meta(step)
         if meta.get("params_only") and not is_params_only(abstract_state):
-            raise InputError(f"checkpoint {step} in {self.workdir} holds only params (it was imported or written "
-                             "by write_params_checkpoint); restore {'params': abstract_params} and build fresh "
-                             "optimizer state")
+            raise InputError(f"checkpoint {step} in {self.workdir} holds only params (it was imported or "
+                             "written by write_params_checkpoint); restore {'params': abstract_params} and "
+                             "build fresh optimizer state")
         restore_args = jax.tree.map(_restore_arg, abstract_state)
         with self._reading(step, "data"):
             data = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
@@ -171,7 +173,8 @@ class Checkpointer:
         return state, dict(data or {}), meta
 
     def check_compatible(self, model_config, step: int | None = None) -> dict:
-        """restore_meta(step), after refusing (one line) a checkpoint of a model with other parameter shapes."""
+        """restore_meta(step), after refusing (one line) a checkpoint of a model with other parameter
+        shapes."""
         meta = self.restore_meta(step)
         check_compatible(meta, model_config, workdir=self.workdir)
         return meta
@@ -190,8 +193,9 @@ class Checkpointer:
 
     def newest_readable(self, read: Callable[[int], T], *, at_most: int | None = None) -> tuple[int, T]:
         """(step, read(step)) for the newest step (at most `at_most`) that `read` gets through without
-        CheckpointDamaged; each damaged step costs one warning. When none reads: one InputError naming every step
-        tried and why (nothing is deleted). Other errors (another model's checkpoint, say) propagate at once."""
+        CheckpointDamaged; each damaged step costs one warning. When none reads: one InputError naming every
+        step tried and why (nothing is deleted). Other errors (another model's checkpoint, say) propagate at
+        once."""
         steps = [s for s in reversed(self.all_steps()) if at_most is None or s <= at_most]
         if not steps:
             raise InputError(_no_checkpoints_message(self.workdir))
@@ -202,12 +206,13 @@ class Checkpointer:
             except CheckpointDamaged as error:
                 damaged.append(error)
                 log.warning("%s%s", error, "; trying the previous step" if step != steps[-1] else "")
-        raise InputError(f"no checkpoint in {self.directory} can be read ({'; '.join(map(str, damaged))}); nothing "
-                         "was deleted: repair or move the checkpoints away, or choose a new --workdir")
+        raise InputError(f"no checkpoint in {self.directory} can be read ({'; '.join(map(str, damaged))}); "
+                         "nothing was deleted: repair or move the checkpoints away, or choose a new "
+                         "--workdir")
 
     def set_aside(self, step: int) -> str:
-        """Move damaged step `step` out of the checkpoints into WORKDIR/damaged_checkpoints (a resumed run could
-        not save that step again while it is there); returns where it went."""
+        """Move damaged step `step` out of the checkpoints into WORKDIR/damaged_checkpoints (a resumed run
+        could not save that step again while it is there); returns where it went."""
         target = os.path.join(self.workdir, DAMAGED, str(step))
         n = 1
         while os.path.exists(target):
@@ -239,8 +244,8 @@ class Checkpointer:
 
 class _Reading:
     """Turns whatever Orbax, tensorstore or the JSON reader raise while reading one item of one step into
-    CheckpointDamaged naming both (the checkpoints are fine on disk when nothing was changed by hand or a failing
-    disk, so any failure here means damage)."""
+    CheckpointDamaged naming both (the checkpoints are fine on disk when nothing was changed by hand or a
+    failing disk, so any failure here means damage)."""
 
     def __init__(self, checkpointer: Checkpointer, step: int, item: str):
         self.checkpointer, self.step, self.item = checkpointer, step, item
@@ -252,7 +257,8 @@ class _Reading:
         missing = _missing_file(os.path.join(step_dir, self.item), self.item)
         if missing:  # found before Orbax tries: it would fail more slowly and less clearly
             self._damaged(self.item, f"{missing} is missing")
-        # Orbax logs its own warnings about what it could not find before it raises; the one line below says it.
+        # Orbax logs its own warnings about what it could not find before it raises; the one line below says
+        # it.
         self._absl_level = _ABSL.level
         _ABSL.setLevel(logging.ERROR)
         return self
@@ -266,8 +272,8 @@ class _Reading:
         self._damaged(self.item, (why[:160] + "...") if len(why) > 160 else why or type(error).__name__)
 
     def _damaged(self, item: str, why: str):
-        raise CheckpointDamaged(f"checkpoint step {self.step} in {self.checkpointer.workdir} is damaged ({item}: "
-                                f"{why})", self.step, item) from None
+        raise CheckpointDamaged(f"checkpoint step {self.step} in {self.checkpointer.workdir} is damaged "
+                                f"({item}: {why})", self.step, item) from None
 
 
 class _Writing:
@@ -283,15 +289,16 @@ class _Writing:
     def __exit__(self, kind, error, tb):
         text = str(error) if error is not None else ""
         full = isinstance(error, OSError) and error.errno == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text
-        refused = isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT)
+        refused = isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM,
+                                                                 errno.ENOENT)
         if not (full or refused):
             return False
         steps = [s for s in self.checkpointer.all_steps() if self.step is None or s < self.step]
         why = "the disk is full" if full else (getattr(error, "strerror", None) or text.split(":")[0])
         which = f"checkpoint step {self.step}" if self.step is not None else "a checkpoint"
-        raise InputError(f"{which} could not be written to {self.checkpointer.directory}: {why}; free space (or "
-                         f"make it writable) and rerun: the run resumes from step {steps[-1] if steps else 0}") \
-            from None
+        raise InputError(f"{which} could not be written to {self.checkpointer.directory}: {why}; free space "
+                         "(or make it writable) and rerun: the run resumes from step "
+                         f"{steps[-1] if steps else 0}") from None
 
 
 _ABSL = logging.getLogger("absl")
@@ -306,16 +313,17 @@ def _missing_file(item_dir: str, item: str) -> str:
     """The first required path of an item that does not exist ('' when all do)."""
     if not os.path.isdir(item_dir):
         return item_dir
-    return next((os.path.join(item_dir, n) for n in _REQUIRED[item] if not os.path.exists(os.path.join(item_dir, n))),
+    return next((os.path.join(item_dir, n) for n in _REQUIRED[item]
+                 if not os.path.exists(os.path.join(item_dir, n))),
                 "")
 
 
 def _silence_abandoned_io() -> None:
     """A failed Orbax read or write leaves tensorstore I/O in flight: its callbacks find the event loop closed
     ('RuntimeError: Event loop is closed' tracebacks from a background thread), its futures' errors are never
-    retrieved (asyncio logs them at exit) and its coroutines are collected at shutdown. Harmless, and not to be
-    shown to a user who already got one line about the damaged checkpoint or the full disk. Installed once, on
-    import: the tracebacks start before the failure reaches the caller."""
+    retrieved (asyncio logs them at exit) and its coroutines are collected at shutdown. Harmless, and not to
+    be shown to a user who already got one line about the damaged checkpoint or the full disk. Installed once,
+    on import: the tracebacks start before the failure reaches the caller."""
     previous = sys.unraisablehook
     if getattr(previous, "_ctxjax_filter", False):
         return
@@ -330,7 +338,8 @@ def _silence_abandoned_io() -> None:
 
     hook._ctxjax_filter = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(lambda record: "exception was never retrieved" not in record.getMessage())
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage())
 
 
 _silence_abandoned_io()
@@ -351,7 +360,8 @@ def _check_json(name: str, value) -> None:
     try:
         json.dumps(value)
     except TypeError as e:
-        raise InputError(f"checkpoint {name} must be JSON-able (plain dicts, lists, numbers, strings): {e}") from None
+        raise InputError(f"checkpoint {name} must be JSON-able (plain dicts, lists, numbers, strings): "
+                         f"{e}") from None
 
 
 def _no_checkpoints_message(workdir: str) -> str:

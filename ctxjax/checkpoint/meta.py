@@ -2,7 +2,8 @@
 
 meta = {"format": 2,
         "model_config": ModelConfig.to_dict(),        what the model is
-        "adaptation": AdaptationConfig.to_dict(),     the LoRA adapters its params carry (training's, not the model's)
+        "adaptation": AdaptationConfig.to_dict(),     the LoRA adapters its params carry (training's, not the
+                                                      model's)
         "hf_architecture": "Phi3ForCausalLM" | "",    the class an export writes again (import-hf sets it)
         "train_config": {...}, "stage": int, "step": int, "params_only": bool,
         ...extra keys the caller adds (e.g. "imported_from")}
@@ -43,7 +44,8 @@ def upgrade(meta: dict) -> dict:
         if isinstance(meta.get(key), dict):
             old = meta[key]
             if key == "model_config":
-                adaptation = {f.name: old[f.name] for f in dataclasses.fields(AdaptationConfig) if f.name in old}
+                adaptation = {f.name: old[f.name] for f in dataclasses.fields(AdaptationConfig)
+                              if f.name in old}
                 meta.setdefault("adaptation", AdaptationConfig(**adaptation).to_dict())
                 meta.setdefault("hf_architecture", old.get("hf_architecture", ""))
             meta[key] = {k: v for k, v in old.items() if k in architecture_fields}
@@ -62,15 +64,16 @@ def adaptation_of(meta: dict) -> AdaptationConfig:
 def _shape_fields(cfg: ModelConfig) -> dict[str, Any]:
     """What decides the parameter tree and its shapes, as effective values (n_kv_heads=None and
     n_kv_heads=n_heads are the same model)."""
-    return {"family": cfg.family, "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
-            "n_heads": cfg.n_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "d_ff": cfg.mlp_dim,
-            "qkv_bias": cfg.use_qkv_bias, "o_bias": cfg.use_o_bias, "mlp_bias": cfg.use_mlp_bias,
-            "tie_embeddings": cfg.tied, "position table": cfg.position.max_positions(cfg) is not None}
+    return {"family": cfg.family, "vocab_size": cfg.vocab_size, "d_model": cfg.d_model,
+            "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "kv_heads": cfg.kv_heads,
+            "head_dim": cfg.dim_per_head, "d_ff": cfg.mlp_dim, "qkv_bias": cfg.use_qkv_bias,
+            "o_bias": cfg.use_o_bias, "mlp_bias": cfg.use_mlp_bias, "tie_embeddings": cfg.tied,
+            "position table": cfg.position.max_positions(cfg) is not None}
 
 
 def shape_differences(saved: ModelConfig | dict, wanted: ModelConfig | dict) -> list[str]:
-    """'field saved -> wanted' for every difference that changes parameter shapes. A position table may grow (a
-    stage boundary extends it) but not shrink; everything else (RoPE scaling, dtypes, kernels) is free."""
+    """'field saved -> wanted' for every difference that changes parameter shapes. A position table may grow
+    (a stage boundary extends it) but not shrink; everything else (RoPE scaling, dtypes, kernels) is free."""
     saved, wanted = _as_config(saved), _as_config(wanted)
     a, b = _shape_fields(saved), _shape_fields(wanted)
     diffs = [f"{k} {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
@@ -80,7 +83,8 @@ def shape_differences(saved: ModelConfig | dict, wanted: ModelConfig | dict) -> 
     return diffs
 
 
-def check_compatible(meta: dict, model_config: ModelConfig | dict, *, workdir: str = "this work directory") -> None:
+def check_compatible(meta: dict, model_config: ModelConfig | dict, *,
+                     workdir: str = "this work directory") -> None:
     """Raise a one-line InputError when the checkpoint described by `meta` (Checkpointer.restore_meta) holds a
     model whose parameters differ in shape from `model_config`: the work directory belongs to another run."""
     if "model_config" not in meta:
@@ -88,9 +92,9 @@ def check_compatible(meta: dict, model_config: ModelConfig | dict, *, workdir: s
                          "ctxjax); choose a new --workdir")
     diffs = shape_differences(upgrade(meta)["model_config"], model_config)
     if diffs:
-        raise InputError(f"{workdir} holds another model's checkpoint (step {meta.get('step')}; checkpoint -> "
-                         f"config: {'; '.join(diffs)}); to resume it, set the checkpoint's values, or choose a new "
-                         "--workdir (checkpoints are never overwritten)")
+        raise InputError(f"{workdir} holds another model's checkpoint (step {meta.get('step')}; checkpoint "
+                         f"-> config: {'; '.join(diffs)}); to resume it, set the checkpoint's values, or "
+                         "choose a new --workdir (checkpoints are never overwritten)")
 
 
 def _as_dict(model_config: ModelConfig | dict) -> dict:

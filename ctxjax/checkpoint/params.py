@@ -1,5 +1,5 @@
-"""Params-only checkpoints in, params out: the step-0 checkpoint `ctxjax import-hf` writes, and the loader that
-`ctxjax export`, eval and generate use (no optimizer, no mesh, no train config needed)."""
+"""Params-only checkpoints in, params out: the step-0 checkpoint `ctxjax import-hf` writes, and the loader
+that `ctxjax export`, eval and generate use (no optimizer, no mesh, no train config needed)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def ensure_no_checkpoints(workdir: str) -> None:
                              "choose a new --workdir")
 
 
-def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer=None, hf_architecture: str = "",
-                            train_config: dict | None = None, **extra_meta) -> str:
+def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer=None,
+                            hf_architecture: str = "", train_config: dict | None = None, **extra_meta) -> str:
     """Write `params` as the step-0, params-only checkpoint of a new work directory; returns its path.
 
     tokenizer: written to WORKDIR/tokenizer first (a path to HF tokenizer files or a directory of them, a
@@ -40,7 +40,8 @@ def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer
     if tokenizer is not None:
         replace_tokenizer(tokenizer, tokenizer_dir(workdir))
     params = nn.meta.unbox(params)
-    meta = checkpoint_meta(cfg, hf_architecture=hf_architecture, train_config=train_config, stage=0, **extra_meta)
+    meta = checkpoint_meta(cfg, hf_architecture=hf_architecture, train_config=train_config, stage=0,
+                           **extra_meta)
     with Checkpointer(workdir, max_to_keep=None, async_save=False) as checkpointer:
         checkpointer.save(0, {"params": params}, data_state={}, meta=meta, force=True, wait=True)
     return os.path.join(checkpoint_dir(workdir), "0")
@@ -49,7 +50,8 @@ def write_params_checkpoint(workdir: str, cfg: ModelConfig, params, *, tokenizer
 def load_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     """(metadata, params) of checkpoint `step` (default: latest; when that is damaged, the newest that reads,
     with a warning), full or params-only. Params are host numpy arrays in their stored dtype, shaped as stored
-    (a learned position table grown by a later stage included), LoRA adapters as trained (meta's adaptation)."""
+    (a learned position table grown by a later stage included), LoRA adapters as trained (meta's
+    adaptation)."""
     def read(step: int):
         abstract = {"params": checkpointer.saved_shapes(step)["params"]}  # no shardings: numpy on the host
         return checkpointer.restore(abstract, step)
@@ -64,7 +66,8 @@ def load_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
 class Inference(NamedTuple):
     cfg: ModelConfig
     params: Any  # host numpy arrays, adapters merged
-    tokenizer_dir: str | None  # WORKDIR/tokenizer when it holds a tokenizer (ctxjax.data.load_tokenizer reads it)
+    # WORKDIR/tokenizer when it holds a tokenizer (ctxjax.data.load_tokenizer reads it)
+    tokenizer_dir: str | None
     hf_architecture: str  # the Hugging Face class the model came from ("" if none)
 
 
@@ -78,7 +81,8 @@ def load_for_inference(workdir: str, step: int | None = None) -> Inference:
 
 
 def replace_tokenizer(tokenizer, directory: str) -> None:
-    """Make `tokenizer` (a Tokenizer, or what hf.tokenizer.write_tokenizer copies) the only one in `directory` (load_tokenizer must not find a stale one of another kind)."""
+    """Make `tokenizer` (a Tokenizer, or what hf.tokenizer.write_tokenizer copies) the only one in `directory`
+    (load_tokenizer must not find a stale one of another kind)."""
     os.makedirs(directory, exist_ok=True)
     if isinstance(tokenizer, Tokenizer):
         save_to_workdir(tokenizer, directory)

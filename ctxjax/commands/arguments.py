@@ -39,7 +39,8 @@ def mesh_sizes(text: str) -> dict[str, int]:
 def lengths_argument(text: str) -> tuple[int, ...]:
     lengths = int_list(text)
     if not lengths or min(lengths) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive comma-separated token counts, e.g. 128,4096; got {text!r}")
+        raise argparse.ArgumentTypeError("expected positive comma-separated token counts, e.g. 128,4096; "
+                                         f"got {text!r}")
     return lengths
 
 
@@ -59,8 +60,10 @@ def fraction_or_positive(upper: float | None):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the model comes from; shared with `ctxjax generate`."""
-    parser.add_argument("workdir", nargs="?", help="training work directory (its latest checkpoint, or --step)")
-    parser.add_argument("--hf", metavar="DIR", help="a Hugging Face model directory instead of a work directory")
+    parser.add_argument("workdir", nargs="?",
+                        help="training work directory (its latest checkpoint, or --step)")
+    parser.add_argument("--hf", metavar="DIR",
+                        help="a Hugging Face model directory instead of a work directory")
     parser.add_argument("--step", type=int, help="checkpoint step of WORKDIR (default: the latest)")
     parser.add_argument("--tokenizer", help="tokenizer path or 'bytes' (default: the model's own)")
     parser.add_argument("--attention", help="attention kernel (default: the model's; 'auto' replaces 'xla')")
@@ -78,7 +81,9 @@ def load_model_from_args(args):
 def add_tolerance_arguments(parser) -> None:
     """--atol and --min-top1; shared with `ctxjax export --check`."""
     parser.add_argument("--atol", type=fraction_or_positive(None), default=DEFAULT_ATOL,
-                        help=f"largest logit difference accepted (default {DEFAULT_ATOL}, for real checkpoints; "
-                             "exact float32 gives about 1e-6 on small models, so check those with 1e-4)")
+                        help=f"largest logit difference accepted (default {DEFAULT_ATOL}, for real "
+                             "checkpoints; exact float32 gives about 1e-6 on small models, so check those "
+                             "with 1e-4)")
     parser.add_argument("--min-top1", type=fraction_or_positive(1.0), default=DEFAULT_MIN_TOP1,
-                        help=f"smallest share of positions whose top token agrees (default {DEFAULT_MIN_TOP1})")
+                        help="smallest share of positions whose top token agrees (default "
+                             f"{DEFAULT_MIN_TOP1})")

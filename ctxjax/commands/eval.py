@@ -1,7 +1,7 @@
-"""`ctxjax eval WORKDIR | --hf DIR [--rope-type yarn --factor 4] --tasks ppl,passkey,needle --lengths 512,1024`:
-perplexity by length (non-overlapping, sliding, fixed target set; loss by position), passkey retrieval (also
-with distractor keys: multikey) and needle in a haystack, written as results.json, summary.md and PNG plots
-into --out.
+"""`ctxjax eval WORKDIR | --hf DIR [--rope-type yarn --factor 4] --tasks ppl,passkey,needle --lengths
+512,1024`: perplexity by length (non-overlapping, sliding, fixed target set; loss by position), passkey
+retrieval (also with distractor keys: multikey) and needle in a haystack, written as results.json, summary.md
+and PNG plots into --out.
 `ctxjax eval --compare OUT1 OUT2 ... --out DIR` overlays earlier evaluations in one set of plots."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 
 from ctxjax.checkpoint import Checkpointer
-from ctxjax.commands.arguments import add_model_arguments, floats, int_list, load_model_from_args, mesh_sizes, names
+from ctxjax.commands.arguments import (add_model_arguments, floats, int_list, load_model_from_args,
+                                       mesh_sizes, names)
 from ctxjax.errors import InputError
 from ctxjax.evaluate import as_eval_config, compare_runs, run_evaluation
 from ctxjax.evaluate.report import load_results, measured_anything, skipped_cells
@@ -34,24 +35,32 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="perplexity by length, passkey and needle retrieval, plots",
                                    description=__doc__)
     add_model_arguments(parser)
-    parser.add_argument("--out", help="output directory (default: WORKDIR/eval/latest, WORKDIR/eval/step_N with --step, "
-                        "or eval_<name> for --hf)")
+    parser.add_argument("--out", help="output directory (default: WORKDIR/eval/latest, WORKDIR/eval/step_N "
+                                      "with --step, or eval_<name> for --hf)")
     parser.add_argument("--name", help="run name in tables and plot legends (default: the directory's name)")
-    parser.add_argument("--compare", nargs="+", metavar="RUN", help="overlay these evaluation output directories")
+    parser.add_argument("--compare", nargs="+", metavar="RUN",
+                        help="overlay these evaluation output directories")
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
-    parser.add_argument("--tasks", type=names, default=("ppl", "passkey"), help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
-    parser.add_argument("--lengths", type=int_list, help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
-    parser.add_argument("--source", default="stdlib:eval", help="held-out documents (a ctxjax.data source spec)")
+    parser.add_argument("--tasks", type=names, default=("ppl", "passkey"),
+                        help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
+    parser.add_argument("--lengths", type=int_list,
+                        help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
+    parser.add_argument("--source", default="stdlib:eval",
+                        help="held-out documents (a ctxjax.data source spec)")
     parser.add_argument("--max-documents", type=int, default=64, help="read at most this many documents")
     parser.add_argument("--ppl-methods", type=names, help="subset of nonoverlapping,sliding,fixed_target")
-    parser.add_argument("--stride", type=int, help="sliding-window stride (default: a quarter of each length)")
-    parser.add_argument("--target-tokens", type=int, help="fixed target set: last K tokens of each document (default 128)")
+    parser.add_argument("--stride", type=int,
+                        help="sliding-window stride (default: a quarter of each length)")
+    parser.add_argument("--target-tokens", type=int,
+                        help="fixed target set: last K tokens of each document (default 128)")
     parser.add_argument("--max-windows", type=int, help="windows scored per length and method (default 256)")
     parser.add_argument("--batch-size", type=int, help="windows or prompts per forward pass (default 4)")
-    parser.add_argument("--depths", type=floats, help="where the passkey or needle sits, fractions in [0, 1], comma-separated")
+    parser.add_argument("--depths", type=floats,
+                        help="where the passkey or needle sits, fractions in [0, 1], comma-separated")
     parser.add_argument("--trials", type=int, help="prompts per (length, depth) cell (default 5)")
-    parser.add_argument("--distractors", type=int, help="other named keys beside the asked one (multikey task; default 3)")
+    parser.add_argument("--distractors", type=int,
+                        help="other named keys beside the asked one (multikey task; default 3)")
     parser.add_argument("--needle", help="needle sentence (needle task)")
     parser.add_argument("--question", help="question asked after the haystack (needle task)")
     parser.add_argument("--answer", help="text the reply must contain (needle task)")
@@ -64,9 +73,9 @@ def _eval_config(args):
     return as_eval_config(
         tasks=args.tasks, lengths=args.lengths, source=args.source, max_documents=args.max_documents,
         ppl_methods=args.ppl_methods, stride=args.stride, target_tokens=args.target_tokens,
-        max_windows=args.max_windows, batch_size=args.batch_size, attention=args.attention, depths=args.depths,
-        trials=args.trials, distractors=args.distractors, needle=args.needle, question=args.question, answer=args.answer,
-        haystack=args.haystack, seed=args.seed)
+        max_windows=args.max_windows, batch_size=args.batch_size, attention=args.attention,
+        depths=args.depths, trials=args.trials, distractors=args.distractors, needle=args.needle,
+        question=args.question, answer=args.answer, haystack=args.haystack, seed=args.seed)
 
 
 def _default_out(args) -> str:
@@ -97,8 +106,9 @@ def run(args) -> int:
     for line in skipped_cells(results):
         print(line, flush=True)
     if not measured_anything(results):
-        raise InputError(f"nothing was evaluated: every length was skipped ({'; '.join(skipped_cells(results)[:2])}); "
-                         "choose other --lengths or a --source with longer documents")
+        raise InputError("nothing was evaluated: every length was skipped "
+                         f"({'; '.join(skipped_cells(results)[:2])}); choose other --lengths or a --source "
+                         "with longer documents")
     for key, value in metrics.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"results, summary and plots in {os.path.abspath(out)} (summary.md, results.json, *.png)")

@@ -1,9 +1,10 @@
-"""`ctxjax export --workdir W [--step N] --out DIR [--peft-adapter ADAPTER_DIR]`: a checkpoint of a work directory
-(latest, or step N; a training checkpoint or an imported params-only one) as a Hugging Face model directory that
-`transformers` loads, with the work directory's tokenizer when it has a Hugging Face form. LoRA adapters are
-merged into the weights, or with --peft-adapter written apart as a PEFT adapter for the model in DIR (which then
-holds everything else the run trained, e.g. embeddings and norms). With --check, the written model is then run in
-transformers beside the checkpoint (`ctxjax check-logits`); a difference makes the command exit 1."""
+"""`ctxjax export --workdir W [--step N] --out DIR [--peft-adapter ADAPTER_DIR]`: a checkpoint of a work
+directory (latest, or step N; a training checkpoint or an imported params-only one) as a Hugging Face model
+directory that `transformers` loads, with the work directory's tokenizer when it has a Hugging Face form. LoRA
+adapters are merged into the weights, or with --peft-adapter written apart as a PEFT adapter for the model in
+DIR (which then holds everything else the run trained, e.g. embeddings and norms). With --check, the written
+model is then run in transformers beside the checkpoint (`ctxjax check-logits`); a difference makes the
+command exit 1."""
 
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ def register(subparsers) -> None:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", required=True, help="output directory (a new Hugging Face model directory)")
     parser.add_argument("--peft-adapter", metavar="ADAPTER_DIR",
-                        help="keep LoRA adapters apart: write them here as a PEFT adapter of the model in --out")
+                        help="keep LoRA adapters apart: write them here as a PEFT adapter of the model in "
+                             "--out")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier, unchanged ctxjax export there (never anything else)")
     parser.add_argument("--check", nargs="?", const=(128,), type=lengths_argument, metavar="LENGTHS",
-                        help="then compare the export's logits in transformers with the checkpoint's, one row per "
-                             "length (default 128; e.g. --check 128,4096); needs torch and transformers")
+                        help="then compare the export's logits in transformers with the checkpoint's, one "
+                             "row per length (default 128; e.g. --check 128,4096); needs torch and "
+                             "transformers")
     add_tolerance_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -80,5 +83,6 @@ def run(args) -> int:
     if args.check:
         print()
         return check(cfg, params, out, lengths=args.check, tokenizer=find_tokenizer(None, out, tokenizer_dir),
-                     atol=args.atol, min_top1=args.min_top1, ours=describe_checkpoint(args.workdir, args.step))
+                     atol=args.atol, min_top1=args.min_top1,
+                     ours=describe_checkpoint(args.workdir, args.step))
     return 0

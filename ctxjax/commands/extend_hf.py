@@ -13,7 +13,8 @@ from ctxjax.hf.tokenizer import TOKENIZER_FILES
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("extend-hf", help="rescale a Hugging Face model's positions for a longer context",
+    parser = subparsers.add_parser("extend-hf",
+                                   help="rescale a Hugging Face model's positions for a longer context",
                                    description=__doc__)
     parser.add_argument("hf_dir", help="Hugging Face model directory (config.json + safetensors)")
     parser.add_argument("--out", required=True, help="output directory (a new Hugging Face model directory)")
@@ -31,7 +32,8 @@ def run(args) -> int:
     cfg, params = apply_rope_arguments(cfg, params, args)
     has_tokenizer = any(os.path.exists(os.path.join(args.hf_dir, n)) for n in TOKENIZER_FILES)
     out = hf.save_pretrained(cfg, params, args.out, tokenizer=args.hf_dir if has_tokenizer else None,
-                             overwrite=args.overwrite, protected=[args.hf_dir], source=os.path.abspath(args.hf_dir))
+                             overwrite=args.overwrite, protected=[args.hf_dir],
+                             source=os.path.abspath(args.hf_dir))
     print(f"positions: {before.position} -> {cfg.position}")
     print(f"context:   {before.max_seq_len} -> {cfg.max_seq_len} tokens")
     print(f"wrote {out}")

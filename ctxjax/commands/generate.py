@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     parser.add_argument("--prompt-file", help="a file whose whole text is one more prompt ('-': stdin)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="tokens to generate per prompt (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: no cut)")
@@ -46,7 +47,8 @@ def read_prompt_file(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as e:
-        raise InputError(f"--prompt-file {path} is not UTF-8 text (byte {e.start}); give a text file") from None
+        raise InputError(f"--prompt-file {path} is not UTF-8 text (byte {e.start}); give a text "
+                         "file") from None
     except OSError as e:
         raise InputError(f"--prompt-file {path}: {e.strerror}") from None
 
@@ -67,8 +69,8 @@ def run(args) -> int:
         print(f"warning: prompt + --max-new-tokens reach {longest} tokens, past the model's context of "
               f"{cfg.max_seq_len}: expect the text to degrade there (--rope-type yarn --factor F extends it)",
               file=sys.stderr)
-    out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops, seed=args.seed,
-                   execution=ExecutionConfig(attention=args.attention or "auto"),
+    out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops,
+                   seed=args.seed, execution=ExecutionConfig(attention=args.attention or "auto"),
                    reread_on_switch=rereads_on_rope_switch(architecture))
     for text, ids in zip(texts, out.sequences):
         if len(texts) > 1:

@@ -36,7 +36,8 @@ def run(args) -> int:
     cfg, params = apply_rope_arguments(cfg, params, args)
     # Only a file with the vocabulary makes a usable tokenizer; tokenizer_config.json etc. travel with it.
     has_tokenizer = any(os.path.exists(os.path.join(args.hf_dir, n)) for n in (HF_FILE, SENTENCEPIECE_FILE))
-    path = write_params_checkpoint(args.workdir, cfg, params, tokenizer=args.hf_dir if has_tokenizer else None,
+    path = write_params_checkpoint(args.workdir, cfg, params,
+                                   tokenizer=args.hf_dir if has_tokenizer else None,
                                    hf_architecture=hf.architecture_of(args.hf_dir),
                                    imported_from=os.path.abspath(args.hf_dir))
     print(f"positions: {before.position} -> {cfg.position}")

@@ -14,7 +14,8 @@ from ctxjax.model import init_params
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="show the ModelConfig ctxjax reads from a Hugging Face directory",
+    parser = subparsers.add_parser("info",
+                                   help="show the ModelConfig ctxjax reads from a Hugging Face directory",
                                    description=__doc__)
     parser.add_argument("hf_dir", help="a Hugging Face model directory (config.json + weights)")
     parser.set_defaults(run=run)
@@ -31,6 +32,7 @@ def run(args) -> int:
     print(f"parameters: {n_params:,}")
     try:
         print(f"exports as: {hf.hf_config_from_model(cfg, architecture(config))['architectures'][0]}")
-    except ValueError as error:  # e.g. overrides a class cannot express (not reachable from config.json alone)
+    except ValueError as error:
+        # E.g. overrides a class cannot express (not reachable from config.json alone).
         print(f"exports as: nothing ({error})")
     return 0

@@ -57,8 +57,8 @@ def apply_rope_arguments(cfg: ModelConfig, params, args: argparse.Namespace):
     rope_flags = any(getattr(args, f) is not None for f in ("rope_type", "factor", "theta"))
     if args.positions is not None:
         if cfg.position.max_positions(cfg) is None:
-            raise InputError(f"--positions grows a position table, and {cfg.position.name} positions have none; "
-                             "for RoPE models use --rope-type/--factor")
+            raise InputError(f"--positions grows a position table, and {cfg.position.name} positions have "
+                             "none; for RoPE models use --rope-type/--factor")
         params = cfg.position.extend(params, args.positions, method=args.method)
         cfg = cfg.position.fitted_to_params(cfg, params)
     if not rope_flags:

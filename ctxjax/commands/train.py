@@ -20,20 +20,24 @@ from ctxjax.train.configs import apply_overrides
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train through the config's stages of context growth", description=__doc__,
-        epilog="--config.FIELD=VALUE overrides any field of the recipe: VALUE is a Python literal, else a string, "
-               "and a,b for a list (e.g. --config.tokens_per_step=4096 --config.adaptation.lora_rank=8 "
-               "--config.adaptation.lora_targets=q,v). The fields and what they do: the recipe file, "
-               "ctxjax/train/defaults.py and, for model.* / execution.* / adaptation.*, ctxjax/config.py, "
-               "ctxjax/execution.py and ctxjax/adaptation.py.")
-    parser.add_argument("--config", required=True, help="recipe file, e.g. configs/demo.py or configs/demo.py:tiny")
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics, tokenizer and exports go here")
+        epilog="--config.FIELD=VALUE overrides any field of the recipe: VALUE is a Python literal, else a "
+               "string, and a,b for a list (e.g. --config.tokens_per_step=4096 "
+               "--config.adaptation.lora_rank=8 --config.adaptation.lora_targets=q,v). The fields and what "
+               "they do: the recipe file, ctxjax/train/defaults.py and, for model.* / execution.* / "
+               "adaptation.*, ctxjax/config.py, ctxjax/execution.py and ctxjax/adaptation.py.")
+    parser.add_argument("--config", required=True,
+                        help="recipe file, e.g. configs/demo.py or configs/demo.py:tiny")
+    parser.add_argument("--workdir", required=True,
+                        help="checkpoints, metrics, tokenizer and exports go here")
     parser.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0")
     parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
     parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() with settings from the environment (Cloud TPU)")
+                        help="call jax.distributed.initialize() with settings from the environment "
+                             "(Cloud TPU)")
     parser.add_argument("--compile-only", action="store_true",
-                        help="compile every stage's step ahead of time, print its memory estimate, train nothing")
+                        help="compile every stage's step ahead of time, print its memory estimate, train "
+                             "nothing")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
 

@@ -16,6 +16,6 @@ from ctxjax.data.tokenizer_training import resolve_tokenizer, train_sentencepiec
 __all__ = [
     "BATCH_KEYS", "ByteTokenizer", "DataConfig", "DataError", "DocumentSource", "HuggingFaceTokenizer",
     "ListSource", "Pipeline", "SentencePieceTokenizer", "Tokenizer", "as_data_config", "check_vocab_fits",
-    "eval_source_spec", "find_tokenizer_file", "load_tokenizer", "make_eval_pipeline", "make_global_batch", "make_pipeline",
-    "open_source", "resolve_tokenizer", "train_sentencepiece",
+    "eval_source_spec", "find_tokenizer_file", "load_tokenizer", "make_eval_pipeline", "make_global_batch",
+    "make_pipeline", "open_source", "resolve_tokenizer", "train_sentencepiece",
 ]

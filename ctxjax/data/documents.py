@@ -47,8 +47,8 @@ class DocumentTokenizer:
             if self.on_decode_error == "fail":
                 raise DataError(f"{e}; fix or remove it, or set data.on_decode_error='skip'") from None
             if not self.skipped:
-                log.warning("skipping documents that cannot be read as text (not UTF-8, not JSON, no text string; "
-                            "counted in pipeline.stats()); first: %s", e)
+                log.warning("skipping documents that cannot be read as text (not UTF-8, not JSON, no text "
+                            "string; counted in pipeline.stats()); first: %s", e)
             self.skipped.add(doc_id)
             return None
 
@@ -71,8 +71,9 @@ class DocumentTokenizer:
 
 
 class PrecomputedDocuments:
-    """All of a shard's documents tokenized once, kept as one flat array plus offsets. A document that a mixture
-    repeats (`source.base_id`) is tokenized and stored once; `rows` maps each shard document to its tokens."""
+    """All of a shard's documents tokenized once, kept as one flat array plus offsets. A document that a
+    mixture repeats (`source.base_id`) is tokenized and stored once; `rows` maps each shard document to its
+    tokens."""
 
     def __init__(self, doc_tokenizer: DocumentTokenizer, doc_ids: np.ndarray, cache_dir: str | None = None):
         path = os.path.join(cache_dir, doc_tokenizer.cache_key(doc_ids) + ".npz") if cache_dir else None
@@ -89,8 +90,8 @@ class PrecomputedDocuments:
             pieces.extend(doc_tokenizer.tokenize(unique_ids[start:start + _ENCODE_BATCH]))
         self.skipped = len(doc_tokenizer.skipped)
         if self.skipped:
-            log.warning("skipped %d of %d documents of %s: not readable as text", self.skipped, len(unique_ids),
-                        doc_tokenizer.source.spec)
+            log.warning("skipped %d of %d documents of %s: not readable as text", self.skipped,
+                        len(unique_ids), doc_tokenizer.source.spec)
         self._offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
         self._flat = np.concatenate(pieces) if pieces else _EMPTY
         if path:
@@ -109,7 +110,8 @@ class PrecomputedDocuments:
                 # Caches written before repeats were stored once hold one piece per document, in order.
                 self._rows = cached["rows"] if "rows" in cached else np.arange(len(self._offsets) - 1)
             return True
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged by hand or by the disk
+        except (OSError, ValueError, KeyError, EOFError,
+                zipfile.BadZipFile) as e:  # damaged by hand or by the disk
             log.warning("token cache %s cannot be read (%s); tokenizing again", path, e)
             return False
 

@@ -158,8 +158,8 @@ class Pipeline:
             if state.get(key) != have:
                 raise DataError(f"data iterator state was saved with {key}={state.get(key)!r}, this run has "
                                 f"{have!r}; set data.{key} to {state.get(key)!r} to resume")
-        # The same spec over other documents (data.max_documents changed, files added): the cursors would point
-        # into another order. States written before this check have no count.
+        # The same spec over other documents (data.max_documents changed, files added): the cursors would
+        # point into another order. States written before this check have no count.
         if state.get("documents", len(self.source)) != len(self.source):
             raise DataError(f"data iterator state was saved over {state['documents']} documents, "
                             f"data.source={self.source.spec!r} now gives {len(self.source)}; restore "

@@ -167,7 +167,8 @@ def _open_jsonl(arg: str, config: DataConfig) -> DocumentSource:
 
 
 def _open_tfds(arg: str, config: DataConfig) -> DocumentSource:
-    return tfds_source.open_tfds(arg, config)  # tensorflow_datasets is imported only when a tfds source is used
+    # tensorflow_datasets is imported only when a tfds source is used.
+    return tfds_source.open_tfds(arg, config)
 
 
 class MixtureSource(DocumentSource):
@@ -179,14 +180,15 @@ class MixtureSource(DocumentSource):
         self.sources, self.spec = list(sources), spec
         for src in self.sources:
             if getattr(src, "sequential", False):
-                raise DataError(f"data.source={spec!r}: {src.spec!r} is prepared as tfrecord, read only in order, "
-                                "which a mixture cannot interleave; prepare it with tfds build "
+                raise DataError(f"data.source={spec!r}: {src.spec!r} is prepared as tfrecord, read only in "
+                                "order, which a mixture cannot interleave; prepare it with tfds build "
                                 "--file_format=array_record")
         self.counts = [round(w * len(src)) for src, w in zip(self.sources, weights)]
         for src, w, count in zip(self.sources, weights, self.counts):
             if not 1 <= count < 2**31:
                 raise DataError(f"data.source={spec!r}: weight {w:g} x {len(src)} documents of {src.spec!r} "
-                                f"makes {count:g} per epoch; choose a weight between {1 / len(src):.3g} and {2**31 / len(src):.3g}")
+                                f"makes {count:g} per epoch; choose a weight between {1 / len(src):.3g} and "
+                                f"{2**31 / len(src):.3g}")
         self.starts = np.cumsum([0, *self.counts])
         self.base_starts = [int(x) for x in np.cumsum([0, *(len(src) for src in self.sources)])]
         self.local_files = all(src.local_files for src in self.sources)
@@ -228,8 +230,8 @@ def mixture_parts(arg: str, spec: str) -> list[tuple[float, str]]:
         except ValueError:
             value = float("nan")
         if not (math.isfinite(value) and value > 0) or not inner or inner.startswith("mix:"):
-            raise DataError(f"data.source={spec!r}: {item!r} is not WEIGHT*SPEC with a finite weight > 0 and a "
-                            f"source other than mix; write e.g. {MIX_EXAMPLE} (a glob may not hold ';')")
+            raise DataError(f"data.source={spec!r}: {item!r} is not WEIGHT*SPEC with a finite weight > 0 and "
+                            f"a source other than mix; write e.g. {MIX_EXAMPLE} (a glob may not hold ';')")
         parts.append((value, inner))
     if not parts:
         raise DataError(f"data.source={spec!r} names no source; write e.g. {MIX_EXAMPLE}")
@@ -238,7 +240,8 @@ def mixture_parts(arg: str, spec: str) -> list[tuple[float, str]]:
 
 def _open_mix(arg: str, config: DataConfig) -> DocumentSource:
     parts = mixture_parts(arg, f"mix:{arg}")
-    return MixtureSource([open_source(inner, config) for _, inner in parts], [w for w, _ in parts], f"mix:{arg}")
+    return MixtureSource([open_source(inner, config) for _, inner in parts], [w for w, _ in parts],
+                         f"mix:{arg}")
 
 
 SOURCE_KINDS: dict[str, Callable[[str, DataConfig], DocumentSource]] = {

@@ -31,7 +31,8 @@ class Tokenizer:
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """Tokens that end a generation: EOS (and for an imported model, every EOS its generation config names)."""
+        """Tokens that end a generation: EOS (and for an imported model, every EOS its generation config
+        names)."""
         return () if self.eos_id is None else (self.eos_id,)
 
     def encode(self, text: str) -> list[int]:
@@ -80,13 +81,14 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode([int(i) for i in ids])
 
     def hf_config(self) -> dict:
-        """The tokenizer_config.json with which transformers' LlamaTokenizer encodes text to the same ids: a dummy
-        prefix only if this model adds one (ctxjax's never do; transformers' default would add one) and BOS first,
-        as training documents start (data.add_bos)."""
+        """The tokenizer_config.json with which transformers' LlamaTokenizer encodes text to the same ids: a
+        dummy prefix only if this model adds one (ctxjax's never do; transformers' default would add one) and
+        BOS first, as training documents start (data.add_bos)."""
         sp = self._sp
         first = sp.encode("a", out_type=str)
         pieces = {name: sp.id_to_piece(i) for name, i in
-                  (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id())) if i >= 0}
+                  (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()))
+                  if i >= 0}
         return {"tokenizer_class": "LlamaTokenizer", "add_bos_token": self.bos_id is not None,
                 "add_eos_token": False, "add_prefix_space": bool(first) and first[0].startswith("\u2581"),
                 "legacy": False, **pieces}
@@ -118,7 +120,8 @@ class HuggingFaceTokenizer(Tokenizer):
     only an end-of-text token (GPT-2) uses it for both.
     """
 
-    def __init__(self, json_text: str, special_tokens: dict | None = None, generation_eos: Sequence[int] = ()):
+    def __init__(self, json_text: str, special_tokens: dict | None = None,
+                 generation_eos: Sequence[int] = ()):
         from tokenizers import Tokenizer as HFTokenizer
 
         self._generation_eos = tuple(generation_eos)
@@ -197,8 +200,8 @@ class ByteTokenizer(Tokenizer):
 
 
 def generation_config_ids(directory: str) -> dict:
-    """The bos/eos/pad ids that a generation_config.json beside a tokenizer names (an imported model's; EOS may be
-    a list), or {}."""
+    """The bos/eos/pad ids that a generation_config.json beside a tokenizer names (an imported model's; EOS
+    may be a list), or {}."""
     path = os.path.join(directory, "generation_config.json")
     if not os.path.exists(path):
         return {}

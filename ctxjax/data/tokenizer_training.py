@@ -82,7 +82,8 @@ def _read_json(path: str) -> dict | None:
 
 
 def clear_tokenizer_dir(directory: str) -> None:
-    """Remove every file of WORKDIR/tokenizer, which holds only the run's tokenizer, before another is written."""
+    """Remove every file of WORKDIR/tokenizer, which holds only the run's tokenizer, before another is
+    written."""
     if os.path.isdir(directory):
         for name in os.listdir(directory):
             if os.path.isfile(os.path.join(directory, name)):
@@ -91,14 +92,14 @@ def clear_tokenizer_dir(directory: str) -> None:
 
 def save_to_workdir(tokenizer: Tokenizer, directory: str, trained_with: dict | None = None) -> None:
     """Make `tokenizer` the one in `directory`, removing every other file there (the directory holds only the
-    run's tokenizer): a replaced imported tokenizer's companions (tokenizer_config.json, vocab.json, ...) would
-    otherwise be exported as if they still described it."""
+    run's tokenizer): a replaced imported tokenizer's companions (tokenizer_config.json, vocab.json, ...)
+    would otherwise be exported as if they still described it."""
     if find_tokenizer_file(directory):
         if _fingerprint_at(directory) == tokenizer.fingerprint():
             return
         if not os.path.exists(os.path.join(directory, TRAINED_META_FILE)):  # imported with a model, or given
-            log.warning("replacing the tokenizer in %s (imported with the model, or given by an earlier run) with "
-                        "another: a pretrained model's embeddings belong to its own tokenizer; set "
+            log.warning("replacing the tokenizer in %s (imported with the model, or given by an earlier run) "
+                        "with another: a pretrained model's embeddings belong to its own tokenizer; set "
                         "data.tokenizer='' to keep it", directory)
     clear_tokenizer_dir(directory)
     tokenizer.save(directory)

@@ -1,4 +1,5 @@
-"""EvalConfig: what `ctxjax eval` (and the evaluation at a training stage boundary) measures, one field each."""
+"""EvalConfig: what `ctxjax eval` (and the evaluation at a training stage boundary) measures, one field
+each."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from ctxjax.dataclass_config import dataclass_from
 TASKS = ("ppl", "passkey", "multikey", "needle")
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
 
-# gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's recall).
-DEFAULT_NEEDLE = ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.")
+# gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's
+# recall).
+DEFAULT_NEEDLE = ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a "
+                  "sunny day.")
 DEFAULT_QUESTION = "What is the best thing to do in San Francisco?"
 DEFAULT_ANSWER = "Dolores Park"
 
@@ -51,8 +54,8 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
-        # Lists from the CLI, JSON or ml_collections become tuples, so the config stays hashable; a single value or
-        # a comma-separated string ("ppl,passkey", "512,1024") is a list too.
+        # Lists from the CLI, JSON or ml_collections become tuples, so the config stays hashable; a single
+        # value or a comma-separated string ("ppl,passkey", "512,1024") is a list too.
         for name, kind in (("tasks", str), ("lengths", int), ("ppl_methods", str), ("depths", float)):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -74,7 +77,8 @@ class EvalConfig:
         if self.lengths is not None and (not self.lengths or any(int(n) < 2 for n in self.lengths)):
             fail(f"lengths={list(self.lengths)} must be integers >= 2 (e.g. --lengths 512,1024,2048)")
         if any(not 0 <= d <= 1 for d in self.depths) or not self.depths:
-            fail(f"depths={list(self.depths)} must be fractions in [0, 1] (0 = key at the start of the filler)")
+            fail(f"depths={list(self.depths)} must be fractions in [0, 1] (0 = key at the start of the "
+                 "filler)")
         for name in ("target_tokens", "max_windows", "batch_size", "trials", "key_digits"):
             if int(getattr(self, name)) < 1:
                 fail(f"{name}={getattr(self, name)} must be at least 1")
@@ -84,7 +88,8 @@ class EvalConfig:
             fail(f"max_documents={self.max_documents} must be at least 1 (or None for all)")
         if self.stride is not None and self.stride < 1:
             fail(f"stride={self.stride} must be at least 1")
-        if "needle" in self.tasks and not (self.needle.strip() and self.question.strip() and self.answer.strip()):
+        if "needle" in self.tasks and not (self.needle.strip() and self.question.strip()
+                                           and self.answer.strip()):
             fail("the needle task needs a non-empty needle, question and answer")
 
     def replace(self, **changes: Any) -> "EvalConfig":

@@ -1,4 +1,5 @@
-"""Held-out documents as token arrays, read through ctxjax.data (the same sources and tokenizers as training)."""
+"""Held-out documents as token arrays, read through ctxjax.data (the same sources and tokenizers as
+training)."""
 
 from __future__ import annotations
 
@@ -29,4 +30,5 @@ def load_documents(spec: str, tokenizer, max_documents: int | None, add_bos: boo
     """Token arrays (int32) of the source's documents, each starting with BOS when `add_bos` and the
     tokenizer has one, so the first real token is scored with the context the model was trained with."""
     bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-    return [np.asarray(bos + ids, np.int32) for ids in tokenizer.encode_batch(load_texts(spec, max_documents))]
+    return [np.asarray(bos + ids, np.int32)
+            for ids in tokenizer.encode_batch(load_texts(spec, max_documents))]

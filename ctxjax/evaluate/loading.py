@@ -37,19 +37,20 @@ def resolve_tokenizer(explicit: str | None, *candidates: str | None):
         if path and find_tokenizer_file(path):
             return load_tokenizer(path)
     where = ", ".join(p for p in candidates if p) or "the model directory"
-    raise InputError(f"no tokenizer found in {where}; pass --tokenizer PATH (a tokenizer.json, a SentencePiece "
-                     ".model, a directory holding one, or 'bytes')")
+    raise InputError(f"no tokenizer found in {where}; pass --tokenizer PATH (a tokenizer.json, a "
+                     "SentencePiece .model, a directory holding one, or 'bytes')")
 
 
 def load_model(workdir: str | None = None, hf_dir: str | None = None, step: int | None = None,
                tokenizer: str | None = None) -> LoadedModel:
-    """The model of exactly one of `workdir` (its checkpoint `step`, default the latest) and `hf_dir`, with its
-    tokenizer (or `tokenizer`: a path or "bytes")."""
+    """The model of exactly one of `workdir` (its checkpoint `step`, default the latest) and `hf_dir`, with
+    its tokenizer (or `tokenizer`: a path or "bytes")."""
     if (workdir is None) == (hf_dir is None):
         raise InputError("give either a work directory or --hf DIR (exactly one)")
     if hf_dir is not None:
         cfg, params = load_hf_model(hf_dir)
         return LoadedModel(cfg, params, resolve_tokenizer(tokenizer, hf_dir), hf.architecture_of(hf_dir))
     cfg, params, tokenizer_dir, architecture = load_for_inference(workdir, step)
-    return LoadedModel(cfg, params, resolve_tokenizer(tokenizer, tokenizer_dir, os.path.join(workdir, "tokenizer")),
+    return LoadedModel(cfg, params, resolve_tokenizer(tokenizer, tokenizer_dir,
+                                                      os.path.join(workdir, "tokenizer")),
                        architecture)

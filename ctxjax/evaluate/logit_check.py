@@ -5,7 +5,8 @@ through `transformers.AutoModelForCausalLM.from_pretrained(hf_dir)` in PyTorch, 
 per row how far the next-token distributions are apart. Two uses: a Hugging Face model imported into ctxjax
 (is the import exact for *this* checkpoint, not only for the tiny random models of the tests?) and a trained
 run against its export (will the PyTorch deployment compute what was trained?). Rows longer than the original
-context check the RoPE scaling where the implementations are most likely to part (YaRN, LongRoPE, dynamic NTK).
+context check the RoPE scaling where the implementations are most likely to part (YaRN, LongRoPE, dynamic
+NTK).
 
 PyTorch and transformers are imported only here (when a check runs), so the rest of ctxjax needs neither.
 """
@@ -43,10 +44,13 @@ def require_torch():
 def check_hf_directory(hf_dir: str) -> None:
     """A one-line error unless `hf_dir` is a local directory that is not a ctxjax work directory."""
     if not os.path.isdir(hf_dir):  # and never a hub name: nothing is downloaded
-        raise InputError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + weights)")
-    if not os.path.isfile(os.path.join(hf_dir, "config.json")) and os.path.isdir(os.path.join(hf_dir, "checkpoints")):
-        raise InputError(f"{hf_dir} is a ctxjax work directory, not a Hugging Face one; compare it with its export: "
-                         f"check-logits {os.path.join(hf_dir, 'hf')} --workdir {hf_dir} (or `ctxjax export` first)")
+        raise InputError(f"{hf_dir} is not a directory; pass a Hugging Face model directory (config.json + "
+                         "weights)")
+    if (not os.path.isfile(os.path.join(hf_dir, "config.json"))
+            and os.path.isdir(os.path.join(hf_dir, "checkpoints"))):
+        raise InputError(f"{hf_dir} is a ctxjax work directory, not a Hugging Face one; compare it with its "
+                         f"export: check-logits {os.path.join(hf_dir, 'hf')} --workdir {hf_dir} "
+                         "(or `ctxjax export` first)")
 
 
 def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
@@ -56,16 +60,20 @@ def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
     torch, transformers = require_torch()
     transformers.utils.logging.disable_progress_bar()
     try:
-        # Never the directory's own code (auto_map): transformers would otherwise ask on stdin, and run it on "y".
-        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, trust_remote_code=False)
+        # Never the directory's own code (auto_map): transformers would otherwise ask on stdin, and run it on
+        # "y".
+        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32,
+                                                                  trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - any failure to load is the user's to fix, in one line
         detail = (str(error).splitlines() or [type(error).__name__])[0]
         raise InputError(f"transformers cannot load {hf_dir} ({type(error).__name__}: {detail}); "
-                         "pass a directory written by `ctxjax export` or a Hugging Face model directory") from None
+                         "pass a directory written by `ctxjax export` or a Hugging Face model "
+                         "directory") from None
     vocab = model.get_output_embeddings().weight.shape[0]
     if expected_vocab_size is not None and vocab != expected_vocab_size:
-        raise InputError(f"{hf_dir} holds a model of {vocab} token ids and the ctxjax model has {expected_vocab_size}: "
-                         "compare a checkpoint with its own export (check-logits W/hf --workdir W)")
+        raise InputError(f"{hf_dir} holds a model of {vocab} token ids and the ctxjax model has "
+                         f"{expected_vocab_size}: compare a checkpoint with its own export (check-logits "
+                         "W/hf --workdir W)")
     return model.eval()
 
 
@@ -105,8 +113,9 @@ def row_differences(ours: np.ndarray, theirs: np.ndarray) -> dict:
     kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
     per_row = diff.max(-1)
     return dict(max_abs=float(per_row.max()), argmax_row=int(per_row.argmax()), sum_abs=float(diff.sum()),
-                sum_kl=float(kl.sum()), max_kl=float(kl.max()), top1=int(np.sum(ours.argmax(-1) == theirs.argmax(-1))),
-                count=int(diff.size), rows=int(diff.shape[0]))
+                sum_kl=float(kl.sum()), max_kl=float(kl.max()),
+                top1=int(np.sum(ours.argmax(-1) == theirs.argmax(-1))), count=int(diff.size),
+                rows=int(diff.shape[0]))
 
 
 def _logsumexp(x):
@@ -127,7 +136,8 @@ def _merge(stats: Sequence[dict], offsets: Sequence[int]) -> dict:
         max_abs=stats[worst]["max_abs"],
         position=offsets[worst] + stats[worst]["argmax_row"],
         mean_abs=sum(s["sum_abs"] for s in stats) / sum(s["count"] for s in stats),
-        mean_kl=max(0.0, sum(s["sum_kl"] for s in stats) / rows),  # >= 0 but for rounding (also NaN stays NaN)
+        # >= 0 but for rounding (also NaN stays NaN)
+        mean_kl=max(0.0, sum(s["sum_kl"] for s in stats) / rows),
         max_kl=max((s["max_kl"] for s in stats), key=_nan_high),
         top1_agreement=sum(s["top1"] for s in stats) / rows,
     )
@@ -135,8 +145,8 @@ def _merge(stats: Sequence[dict], offsets: Sequence[int]) -> dict:
 
 def compare_logits(cfg: ModelConfig, params, reference, rows: Sequence[np.ndarray]) -> list[dict]:
     """For each 1-D token row: {length, max_abs, position (of max_abs), mean_abs, mean_kl, max_kl,
-    top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers' model `reference` (a Hugging
-    Face directory, or the PyTorch model `load_reference` gave)."""
+    top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers' model `reference` (a
+    Hugging Face directory, or the PyTorch model `load_reference` gave)."""
     reference = load_reference(reference, cfg.vocab_size) if isinstance(reference, str) else reference
     cfg, params = as_float32(cfg, params)
     params = jax.device_put(params)

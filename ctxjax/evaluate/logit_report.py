@@ -56,14 +56,14 @@ def check_lengths(cfg, lengths, flag: str = "--lengths") -> None:
         raise InputError(f"{flag} must be positive token counts, e.g. 128,4096; got {lengths}")
     limit = cfg.position.max_positions(cfg)
     if limit is not None and max(lengths) > limit:
-        raise InputError(f"{flag} {max(lengths)} is beyond {cfg.position.limit_description(cfg)}; choose {flag} "
-                         f"up to {limit}")
+        raise InputError(f"{flag} {max(lengths)} is beyond {cfg.position.limit_description(cfg)}; choose "
+                         f"{flag} up to {limit}")
 
 
 def _tokens_fit(tokenizer, vocab_size: int) -> None:
     if tokenizer.vocab_size > vocab_size:
-        raise InputError(f"the tokenizer has {tokenizer.vocab_size} ids and the model {vocab_size}: pass the model's "
-                         "own --tokenizer, or --random-tokens")
+        raise InputError(f"the tokenizer has {tokenizer.vocab_size} ids and the model {vocab_size}: pass the "
+                         "model's own --tokenizer, or --random-tokens")
 
 
 def format_table(results: list[dict], atol: float, min_top1: float) -> list[str]:
@@ -82,9 +82,9 @@ def _passes(result: dict, atol: float, min_top1: float) -> bool:
 
 def check(cfg, params, reference, *, lengths, tokenizer=None, source: str = DEFAULT_SOURCE, seed: int = 0,
           atol: float = DEFAULT_ATOL, min_top1: float = DEFAULT_MIN_TOP1, ours: str = "ctxjax") -> int:
-    """Compare (cfg, params) with transformers' model `reference` (a Hugging Face directory, or the model loaded
-    from one) over one row per length, print the table and the verdict; 0 when every row is within tolerance,
-    else 1. Text rows when there is a tokenizer, else random ids."""
+    """Compare (cfg, params) with transformers' model `reference` (a Hugging Face directory, or the model
+    loaded from one) over one row per length, print the table and the verdict; 0 when every row is within
+    tolerance, else 1. Text rows when there is a tokenizer, else random ids."""
     if not atol > 0 or not 0 < min_top1 <= 1:
         raise InputError(f"atol must be > 0 and min_top1 in (0, 1]; got {atol}, {min_top1}")
     check_lengths(cfg, lengths)
@@ -104,11 +104,12 @@ def check(cfg, params, reference, *, lengths, tokenizer=None, source: str = DEFA
     failed = [r for r in results if not _passes(r, atol, min_top1)]
     if failed:
         r = failed[0]
-        print(f"at length {r['length']} the logits differ by up to {r['max_abs']:.3g} (position {r['position']}) and "
-              f"the top tokens agree at {100 * r['top1_agreement']:.1f}% of positions, beyond --atol {atol} / "
-              f"--min-top1 {min_top1}: the two models do not compute the same thing")
+        print(f"at length {r['length']} the logits differ by up to {r['max_abs']:.3g} (position "
+              f"{r['position']}) and the top tokens agree at {100 * r['top1_agreement']:.1f}% of positions, "
+              f"beyond --atol {atol} / --min-top1 {min_top1}: the two models do not compute the same thing")
         return 1
-    print(f"every length within --atol {atol} and --min-top1 {min_top1}: ctxjax and transformers give the same answers")
+    print(f"every length within --atol {atol} and --min-top1 {min_top1}: ctxjax and transformers give the "
+          "same answers")
     return 0
 
 

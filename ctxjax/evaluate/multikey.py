@@ -24,8 +24,8 @@ from ctxjax.evaluate.retrieval import Trial, build_prompt, template_tokens
 INTRO = "Several secret numbers are hidden in the text below, each with a name. Remember them all."
 KEY_SENTENCE = "The secret number of {name} is {key}."
 QUESTION = "What is the secret number of {name}? The secret number of {name} is"
-_ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "ivory", "jolly", "keen",
-               "lunar")
+_ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "ivory", "jolly",
+               "keen", "lunar")
 _NOUNS = ("falcon", "harbor", "meadow", "lantern", "river", "orchard", "pebble", "comet", "willow", "canyon",
           "beacon", "thistle")
 NAMES = tuple(f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS)
@@ -57,7 +57,8 @@ class MultiKeyTask:
         budget = length - template_tokens(self.prefix, needle, question) - sum(map(len, others))
         if budget < 0:
             raise InputError(f"a prompt of {length} tokens cannot hold the template and {self.distractors} "
-                             f"distractors ({length - budget} tokens without filler); use lengths >= {length - budget}")
+                             f"distractors ({length - budget} tokens without filler); use lengths >= "
+                             f"{length - budget}")
         units: list[list[int]] = []
         while len(self.filler[len(units) % len(self.filler)]) <= budget:  # as much filler as fits
             units.append(self.filler[len(units) % len(self.filler)])

@@ -21,7 +21,8 @@ from ctxjax.evaluate.retrieval import Trial, build_prompt
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
          "I will quiz you about the important information there.")
-FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+          "There and back again.")
 KEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
 
@@ -39,7 +40,8 @@ class PasskeyTask:
     def random_key(self, rng: np.random.RandomState) -> str:
         return random_key(rng, self.key_digits)
 
-    def make_trial(self, length: int, depth: float, rng: np.random.RandomState, key: str | None = None) -> Trial:
+    def make_trial(self, length: int, depth: float, rng: np.random.RandomState,
+                   key: str | None = None) -> Trial:
         key = key or self.random_key(rng)
         needle = self.tokenizer.encode(" " + KEY_SENTENCE.format(key=key))
         return Trial(build_prompt(self.prefix, self.filler, needle, self.question, length, depth), key)

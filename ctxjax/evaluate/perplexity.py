@@ -127,9 +127,10 @@ def perplexity_by_length(docs: list[np.ndarray], lengths, scorer_for_length, *, 
         if "nonoverlapping" in methods:
             results["nonoverlapping"][str(length)] = summarize(nll, mask, n_docs)
         if "sliding" in methods:
-            step = min(stride or max(1, length // 4), length)  # a stride beyond L would leave targets unscored
-            nll, mask, n_docs = score_windows(docs, [sliding_starts(len(d), length, step) for d in docs], length,
-                                              scorer, max_windows)
+            # A stride beyond L would leave targets unscored.
+            step = min(stride or max(1, length // 4), length)
+            nll, mask, n_docs = score_windows(docs, [sliding_starts(len(d), length, step) for d in docs],
+                                              length, scorer, max_windows)
             results["sliding"][str(length)] = {**summarize(nll, mask, n_docs), "stride": step}
         if "fixed_target" in methods:
             if length < target_tokens:
@@ -139,5 +140,6 @@ def perplexity_by_length(docs: list[np.ndarray], lengths, scorer_for_length, *, 
             nll, mask, n_docs = score_windows(
                 fixed_docs, [fixed_target_starts(len(d), length, target_tokens) for d in fixed_docs], length,
                 scorer, max_windows)
-            results["fixed_target"][str(length)] = {**summarize(nll, mask, n_docs), "target_tokens": target_tokens}
+            results["fixed_target"][str(length)] = {**summarize(nll, mask, n_docs),
+                                                    "target_tokens": target_tokens}
     return results

@@ -49,7 +49,8 @@ def plot_perplexity(runs: dict[str, dict], path: str) -> str | None:
                 ax.plot(*_lengths_and(values, "ppl"), marker="o", label=label)
         _length_axis(ax, [int(n) for r in runs.values() for n in (r.get("ppl", {}).get(method) or {})])
         values = [v["ppl"] for r in runs.values() for v in (r.get("ppl", {}).get(method) or {}).values()]
-        if values and max(values) > 10 * min(values):  # a blow-up past the trained length: show it on a log scale
+        # A blow-up past the trained length: show it on a log scale.
+        if values and max(values) > 10 * min(values):
             ax.set_yscale("log")
         ax.set_ylabel("perplexity")
         ax.set_title(METHOD_TITLES[method])
@@ -111,7 +112,8 @@ def plot_retrieval_vs_length(runs: dict[str, dict], task: str, path: str) -> str
             by_length.setdefault(c["length"], []).append(c["accuracy"])
         if by_length:
             lengths = sorted(by_length)
-            ax.plot(lengths, [sum(by_length[n]) / len(by_length[n]) for n in lengths], marker="o", label=label)
+            ax.plot(lengths, [sum(by_length[n]) / len(by_length[n]) for n in lengths], marker="o",
+                    label=label)
             drawn = True
     if not drawn:
         return None

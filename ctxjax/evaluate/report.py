@@ -17,7 +17,8 @@ RETRIEVAL_TITLES = {"passkey": "Passkey retrieval", "multikey": "Multi-key passk
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
-    """{"eval/ppl/sliding/1024": 7.1, "eval/passkey/acc/1024": 0.8, "eval/passkey/max_length_80": 1024, ...}."""
+    """{"eval/ppl/sliding/1024": 7.1, "eval/passkey/acc/1024": 0.8, "eval/passkey/max_length_80": 1024,
+    ...}."""
     out: dict[str, float] = {}
     for method in PPL_METHODS:
         for length, value in (results.get("ppl", {}).get(method) or {}).items():
@@ -43,7 +44,8 @@ def skipped_cells(results: dict) -> list[str]:
 
 def measured_anything(results: dict) -> bool:
     ppl = results.get("ppl", {})
-    return any(ppl.get(m) for m in PPL_METHODS) or any(results[t]["cells"] for t in RETRIEVAL_TITLES if t in results)
+    return any(ppl.get(m) for m in PPL_METHODS) or any(results[t]["cells"] for t in RETRIEVAL_TITLES
+                                                       if t in results)
 
 
 def _skips(skipped: list[dict]) -> list[str]:
@@ -54,8 +56,10 @@ def _skips(skipped: list[dict]) -> list[str]:
 
 def _ppl_section(ppl: dict) -> list[str]:
     methods = [m for m in PPL_METHODS if m in ppl]
-    lengths = sorted({int(n) for m in methods for n in ppl[m]} | {int(n) for n in ppl.get("per_position", {})})
-    titles = {"nonoverlapping": "non-overlapping", "sliding": "sliding window", "fixed_target": "fixed target set"}
+    lengths = sorted({int(n) for m in methods for n in ppl[m]}
+                     | {int(n) for n in ppl.get("per_position", {})})
+    titles = {"nonoverlapping": "non-overlapping", "sliding": "sliding window",
+              "fixed_target": "fixed target set"}
     header = ["length"] + [titles[m] for m in methods]
     lines = ["## Perplexity by context length", "",
              "Cells: perplexity (scored tokens, documents).", "",
@@ -66,7 +70,8 @@ def _ppl_section(ppl: dict) -> list[str]:
             v = ppl[m].get(str(n))
             detail = {"sliding": f", stride {v.get('stride')}" if v else "",
                       "fixed_target": f", last {v.get('target_tokens')} tokens" if v else ""}.get(m, "")
-            row.append(f"{v['ppl']:.3f} ({v['tokens']} tokens, {v['documents']} docs{detail})" if v else "skipped")
+            row.append(f"{v['ppl']:.3f} ({v['tokens']} tokens, {v['documents']} docs{detail})" if v
+                       else "skipped")
         lines.append("| " + " | ".join(row) + " |")
     return lines + [""] + _skips(ppl.get("skipped", [])) + [""]
 
@@ -78,11 +83,12 @@ def _retrieval_section(task: str, results: dict) -> list[str]:
         lengths = sorted({c["length"] for c in cells})
         depths = sorted({c["depth"] for c in cells})
         acc = {(c["length"], c["depth"]): c for c in cells}
-        lines += [f"Accuracy per cell ({cells[0]['trials']} trials each); rows: depth of the needle, columns: "
-                  "prompt length in tokens.", "",
+        lines += [f"Accuracy per cell ({cells[0]['trials']} trials each); rows: depth of the needle, "
+                  "columns: prompt length in tokens.", "",
                   "| depth | " + " | ".join(map(str, lengths)) + " |", "|" + "---|" * (len(lengths) + 1)]
         for d in depths:
-            lines.append(f"| {d:.0%} | " + " | ".join(f"{acc[(n, d)]['accuracy']:.0%}" for n in lengths) + " |")
+            lines.append(f"| {d:.0%} | " + " | ".join(f"{acc[(n, d)]['accuracy']:.0%}" for n in lengths)
+                         + " |")
         lines.append("")
     for key, label in (("max_length_80", "80%"), ("max_length_20", "20%")):
         value = results[key]
@@ -99,7 +105,8 @@ def summary_markdown(results: dict) -> str:
     if model:
         lines += [f"model: {model.get('params', '?')} parameters, positions {model.get('position')}, "
                   f"max_seq_len {model.get('max_seq_len')}, attention kernel {model.get('attention')}"
-                  + (f", sliding window {model['sliding_window']}" if model.get("sliding_window") else ""), ""]
+                  + (f", sliding window {model['sliding_window']}" if model.get("sliding_window") else ""),
+                  ""]
     if "ppl" in results:
         lines += _ppl_section(results["ppl"])
     for task in RETRIEVAL_TITLES:
@@ -121,7 +128,8 @@ def write_plots(runs: dict[str, dict], out_dir: str) -> list[str]:
                                                "loss by position, one window of each length"))
         for task, title in RETRIEVAL_TITLES.items():
             if task in results:
-                written.append(plots.plot_retrieval_heatmap(results[task], os.path.join(out_dir, f"{task}_heatmap.png"),
+                written.append(plots.plot_retrieval_heatmap(results[task],
+                                                            os.path.join(out_dir, f"{task}_heatmap.png"),
                                                             title))
     else:
         common = set.intersection(*(set(r.get("ppl", {}).get("per_position", {})) for r in runs.values()))
@@ -131,7 +139,8 @@ def write_plots(runs: dict[str, dict], out_dir: str) -> list[str]:
             written.append(plots.plot_per_position(curves, os.path.join(out_dir, "per_position_loss.png"),
                                                    f"loss by position, window of {longest}"))
         for task in RETRIEVAL_TITLES:
-            written.append(plots.plot_retrieval_vs_length(runs, task, os.path.join(out_dir, f"{task}_vs_length.png")))
+            written.append(plots.plot_retrieval_vs_length(runs, task,
+                                                          os.path.join(out_dir, f"{task}_vs_length.png")))
     return [os.path.basename(p) for p in written if p]
 
 

@@ -38,16 +38,17 @@ def template_tokens(prefix: Sequence[int], needle: Sequence[int], question: Sequ
 
 
 def build_prompt(prefix: Sequence[int], filler_units: Sequence[Sequence[int]], needle: Sequence[int],
-                 question: Sequence[int], length: int, depth: float, first_unit: int = 0, cycle: bool = True) -> Prompt:
+                 question: Sequence[int], length: int, depth: float, first_unit: int = 0,
+                 cycle: bool = True) -> Prompt:
     """prefix + filler + needle (at `depth` of the filler) + filler + question, at most `length` tokens.
 
-    Filler units are taken in order from `first_unit` (cycling, unless `cycle` is False: then each unit at most
-    once) while they fit; the needle goes between the units where the filler before it comes closest to `depth`
-    of all the filler."""
+    Filler units are taken in order from `first_unit` (cycling, unless `cycle` is False: then each unit at
+    most once) while they fit; the needle goes between the units where the filler before it comes closest to
+    `depth` of all the filler."""
     fixed = template_tokens(prefix, needle, question)
     if length < fixed:
-        raise InputError(f"a prompt of {length} tokens cannot hold the template ({fixed} tokens without filler); "
-                         f"use lengths >= {fixed}")
+        raise InputError(f"a prompt of {length} tokens cannot hold the template ({fixed} tokens without "
+                         f"filler); use lengths >= {fixed}")
     if (cycle and not filler_units) or any(len(u) == 0 for u in filler_units):
         raise InputError("the filler needs at least one non-empty unit of text")
     units, used = [], 0
@@ -71,9 +72,10 @@ class Trial:
     expected: str  # what the scorer looks for
 
 
-def run_grid(make_trial: Callable[[int, float, np.random.RandomState], Trial], score: Callable[[str, str], bool],
-             complete: Completer, *, lengths: Sequence[int], depths: Sequence[float], trials: int,
-             answer_tokens: int, batch_size: int, seed: int, skip: dict[int, str] | None = None) -> dict:
+def run_grid(make_trial: Callable[[int, float, np.random.RandomState], Trial],
+             score: Callable[[str, str], bool], complete: Completer, *, lengths: Sequence[int],
+             depths: Sequence[float], trials: int, answer_tokens: int, batch_size: int, seed: int,
+             skip: dict[int, str] | None = None) -> dict:
     """Accuracy per (length, depth) cell over `trials` prompts each, and the summary lengths.
 
     `make_trial(length, depth, rng)` may raise ValueError (e.g. a length shorter than the template): that

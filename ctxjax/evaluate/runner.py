@@ -61,7 +61,8 @@ def model_completer(cfg: ModelConfig, run: ExecutionConfig, params, tokenizer: T
 
 
 def _on_device(params):
-    """Host arrays (e.g. from ctxjax.hf.load_pretrained) moved once; arrays already placed stay as they are."""
+    """Host arrays (e.g. from ctxjax.hf.load_pretrained) moved once; arrays already placed stay as they
+    are."""
     return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
 
 
@@ -77,8 +78,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     run = evaluation_execution(eval_config.attention)
     lengths = eval_config.resolved_lengths(cfg.max_seq_len)
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-    results: dict = {"model": {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len, "params": n_params,
-                               "attention": run.attention, "family": cfg.family,
+    results: dict = {"model": {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len,
+                               "params": n_params, "attention": run.attention, "family": cfg.family,
                                "sliding_window": cfg.sliding_window},
                      "eval_config": dataclasses.asdict(eval_config), "lengths": list(lengths)}
     if "ppl" in eval_config.tasks:
@@ -92,7 +93,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     complete = model_completer(cfg, run, params, tokenizer, eval_config.batch_size, reread_on_switch)
     tasks = {}
     if "passkey" in eval_config.tasks:
-        tasks["passkey"] = (PasskeyTask(tokenizer, eval_config.key_digits, eval_config.add_bos), passkey_correct)
+        tasks["passkey"] = (PasskeyTask(tokenizer, eval_config.key_digits, eval_config.add_bos),
+                            passkey_correct)
     if "multikey" in eval_config.tasks:
         tasks["multikey"] = (MultiKeyTask(tokenizer, eval_config.key_digits, eval_config.distractors,
                                           eval_config.add_bos), passkey_correct)
@@ -103,7 +105,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
         tasks["needle"] = (task, needle_found)
     for name, (task, score) in tasks.items():
         answer_tokens = eval_config.answer_tokens or task.answer_tokens()
-        log(f"{name}: lengths {list(lengths)} x depths {list(eval_config.depths)}, {eval_config.trials} trials each")
+        log(f"{name}: lengths {list(lengths)} x depths {list(eval_config.depths)}, {eval_config.trials} "
+            "trials each")
         results[name] = run_grid(
             task.make_trial, score, complete, lengths=lengths, depths=eval_config.depths,
             trials=eval_config.trials, answer_tokens=answer_tokens, batch_size=eval_config.batch_size,
@@ -111,9 +114,10 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     return results
 
 
-def run_evaluation(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_config: EvalConfig | dict | None,
-                   out_dir: str, step: int | None = None, run_name: str | None = None,
-                   log: Log = _quiet, reread_on_switch: bool = False) -> dict[str, float]:
+def run_evaluation(cfg: ModelConfig, params, tokenizer: Tokenizer | str,
+                   eval_config: EvalConfig | dict | None, out_dir: str, step: int | None = None,
+                   run_name: str | None = None, log: Log = _quiet,
+                   reread_on_switch: bool = False) -> dict[str, float]:
     """Evaluate, write results.json / summary.md / PNG plots into `out_dir`, and return flat metrics
     ({"eval/ppl/sliding/1024": ..., "eval/passkey/acc/1024": ..., ...}) for the training log.
 

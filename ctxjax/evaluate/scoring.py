@@ -54,8 +54,8 @@ def window_nll(cfg: ModelConfig, run: ExecutionConfig, params, windows):
 
 
 def model_scorer(cfg: ModelConfig, run: ExecutionConfig, params, batch_size: int) -> Scorer:
-    """A scorer running `cfg` (as `run` says, e.g. `evaluation_execution()`) on `batch_size` windows per call; the
-    last batch is padded with copies of its first window so every call of one length has one shape (one
+    """A scorer running `cfg` (as `run` says, e.g. `evaluation_execution()`) on `batch_size` windows per call;
+    the last batch is padded with copies of its first window so every call of one length has one shape (one
     compilation)."""
 
     def score(windows: np.ndarray) -> np.ndarray:

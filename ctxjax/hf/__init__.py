@@ -1,8 +1,8 @@
 """Hugging Face checkpoints <-> ctxjax: `load_pretrained(hf_dir) -> (ModelConfig, params)` and
 `save_pretrained(config, params, out_dir)`, numpy and safetensors only (no torch needed).
 
-Supported: LlamaForCausalLM-style models (llama, mistral, qwen2, qwen3, phi3), Gemma2ForCausalLM, Gemma3ForCausalLM (also
-the language model of a Gemma3ForConditionalGeneration) and GPT2LMHeadModel.
+Supported: LlamaForCausalLM-style models (llama, mistral, qwen2, qwen3, phi3), Gemma2ForCausalLM,
+Gemma3ForCausalLM (also the language model of a Gemma3ForConditionalGeneration) and GPT2LMHeadModel.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from ctxjax.hf.weights import Tensor, canonical_name, is_ignored, tensors_for
 from ctxjax.lora import split_adapters
 from ctxjax.model import Transformer
 
-__all__ = ["architecture_of", "load_pretrained", "save_pretrained", "read_hf_config", "rereads_on_rope_switch"]
+__all__ = ["architecture_of", "load_pretrained", "save_pretrained", "read_hf_config",
+           "rereads_on_rope_switch"]
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def architecture_of(hf_dir: str) -> str:
 
 def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     tokens = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(lambda: nn.meta.unbox(Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]))
+    abstract = jax.eval_shape(
+        lambda: nn.meta.unbox(Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]))
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
     return {tuple(k.key for k in path): leaf.shape for path, leaf in flat}
 
@@ -72,10 +74,10 @@ def _expected_hf_shape(cfg, tensor, shapes) -> tuple[int, ...]:
 
 def load_pretrained(hf_dir: str, **overrides: Any):
     """(ModelConfig, params) from a Hugging Face directory. `overrides` are ModelConfig fields (e.g.
-    param_dtype='float32', position=..., sliding_window=...): what the model is. How it runs (attention, dtype,
-    remat, ...) goes to `Transformer(cfg, execution=ExecutionConfig(...))`, and LoRA adapters are added with
-    `ctxjax.lora.add_adapters`. Params are host numpy arrays in `param_dtype` (default: the checkpoint's dtype);
-    place them with jax.device_put or a sharding."""
+    param_dtype='float32', position=..., sliding_window=...): what the model is. How it runs (attention,
+    dtype, remat, ...) goes to `Transformer(cfg, execution=ExecutionConfig(...))`, and LoRA adapters are added
+    with `ctxjax.lora.add_adapters`. Params are host numpy arrays in `param_dtype` (default: the checkpoint's
+    dtype); place them with jax.device_put or a sharding."""
     _refuse_moved_overrides(overrides)
     hf_config = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf_config, where=os.path.join(hf_dir, "config.json"), **overrides)
@@ -90,11 +92,11 @@ def load_pretrained(hf_dir: str, **overrides: Any):
     missing = [n for n in expected if n not in available]
     extra = sorted(set(available) - set(expected))
     if missing:
-        raise InputError(f"checkpoint in {hf_dir} lacks {len(missing)} weight(s) its config.json implies, e.g. "
-                         f"{missing[:3]}; check that config.json belongs to these weights")
+        raise InputError(f"checkpoint in {hf_dir} lacks {len(missing)} weight(s) its config.json implies, "
+                         f"e.g. {missing[:3]}; check that config.json belongs to these weights")
     if extra:
-        raise InputError(f"checkpoint in {hf_dir} has {len(extra)} weight(s) ctxjax does not map, e.g. {extra[:3]}; "
-                         "check that config.json belongs to these weights")
+        raise InputError(f"checkpoint in {hf_dir} has {len(extra)} weight(s) ctxjax does not map, e.g. "
+                         f"{extra[:3]}; check that config.json belongs to these weights")
 
     shapes = _param_shapes(cfg)
     dtype = jnp.dtype(cfg.param_dtype)
@@ -105,8 +107,9 @@ def load_pretrained(hf_dir: str, **overrides: Any):
         for name in _layer_names(cfg, tensor):
             value = reader[available[name]]
             if value.shape != want:
-                fix = (f" with the overrides {sorted(overrides)} implies {want}; an override cannot reshape stored "
-                       "weights (a GPT-2 position table grows with ctxjax.positions.extend)" if overrides else
+                fix = (f" with the overrides {sorted(overrides)} implies {want}; an override cannot reshape "
+                       "stored weights (a GPT-2 position table grows with ctxjax.positions.extend)"
+                       if overrides else
                        f" implies {want}; check hidden_size / heads / intermediate_size in config.json")
                 raise InputError(f"weight {name} has shape {tuple(value.shape)} but config.json{fix}")
             for parts, part in zip(per_path, tensor.from_hf(cfg, value)):
@@ -118,41 +121,47 @@ def load_pretrained(hf_dir: str, **overrides: Any):
 
 
 def _refuse_moved_overrides(overrides: dict[str, Any]) -> None:
-    """Settings that are not the model's (they were ModelConfig fields once) name where they went, in one line."""
+    """Settings that are not the model's (they were ModelConfig fields once) name where they went, in one
+    line."""
     homes = {f.name: "ExecutionConfig: give it as Transformer(cfg, execution=ExecutionConfig({}=...))"
              for f in dataclasses.fields(ExecutionConfig)}
     homes.update({f.name: "AdaptationConfig: give it as Transformer(cfg, adaptation=AdaptationConfig({}=...))"
                   for f in dataclasses.fields(AdaptationConfig)})
     for name in ("lora_rank", "lora_alpha", "lora_targets"):  # LoRA also needs adapter parameters
-        homes[name] = "AdaptationConfig: give it as ctxjax.lora.add_adapters(params, cfg, AdaptationConfig({}=...), rng)"
-    homes["hf_architecture"] = "the export: save_pretrained(..., architecture=ctxjax.hf.architecture_of(hf_dir))"
+        homes[name] = ("AdaptationConfig: give it as ctxjax.lora.add_adapters(params, cfg, "
+                       "AdaptationConfig({}=...), rng)")
+    homes["hf_architecture"] = ("the export: save_pretrained(..., "
+                                "architecture=ctxjax.hf.architecture_of(hf_dir))")
     moved = sorted(set(overrides) & set(homes))
     if moved:
-        raise InputError(f"{moved[0]} is not part of what a model is but of {homes[moved[0]].format(moved[0])}")
+        raise InputError(f"{moved[0]} is not part of what a model is but of "
+                         f"{homes[moved[0]].format(moved[0])}")
 
 
 def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, overwrite: bool = False,
-                    max_shard_bytes: int = MAX_SHARD_BYTES, *, architecture: str = "", protected: Sequence[str] = (),
-                    source: str = "") -> str:
+                    max_shard_bytes: int = MAX_SHARD_BYTES, *, architecture: str = "",
+                    protected: Sequence[str] = (), source: str = "") -> str:
     """Write `out_dir` as a Hugging Face model directory (config.json, safetensors, tokenizer files) that
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits.
 
     Everything is written to a temporary sibling directory first and renamed into place at the end, so a
-    failure leaves no half-written export. An existing non-empty `out_dir` is replaced only with overwrite=True,
-    and only when it is an earlier ctxjax export nobody changed since (`ctxjax_export.json` lists its files);
-    `protected` paths (a work directory's checkpoints, the source model) are never replaced, held or written
-    into. `source` (the work directory or model exported) is recorded in that marker file. `architecture`: the
-    Hugging Face class to write when it computes the model (an imported model's own, `architecture_of`); else the
-    first class that does. LoRA adapters must be merged first (`ctxjax.lora.merge_adapters`) or written apart
-    (`ctxjax.hf.peft.save_peft_adapter`).
+    failure leaves no half-written export. An existing non-empty `out_dir` is replaced only with
+    overwrite=True, and only when it is an earlier ctxjax export nobody changed since (`ctxjax_export.json`
+    lists its files); `protected` paths (a work directory's checkpoints, the source model) are never replaced,
+    held or written into. `source` (the work directory or model exported) is recorded in that marker file.
+    `architecture`: the Hugging Face class to write when it computes the model (an imported model's own,
+    `architecture_of`); else the first class that does. LoRA adapters must be merged first
+    (`ctxjax.lora.merge_adapters`) or written apart (`ctxjax.hf.peft.save_peft_adapter`).
     """
     params = jax.device_get(nn.meta.unbox(params))
     if split_adapters(params)[1]:
-        raise InputError("the params hold LoRA adapters: merge them first (ctxjax.lora.merge_adapters(params, "
-                         "adaptation)) or export them apart as a PEFT adapter (ctxjax.hf.peft.save_peft_adapter)")
+        raise InputError("the params hold LoRA adapters: merge them first "
+                         "(ctxjax.lora.merge_adapters(params, adaptation)) or export them apart as a PEFT "
+                         "adapter (ctxjax.hf.peft.save_peft_adapter)")
     config = config.position.fitted_to_params(config, params)  # e.g. a grown learned table sets the context
     hf = hf_config_from_model(config, architecture)
-    tensors = list(_hf_tensors(config, params, hf["model_type"]))  # all converted and checked before any write
+    # All converted and checked before any write.
+    tensors = list(_hf_tensors(config, params, hf["model_type"]))
 
     def fill(directory):
         if tokenizer is not None:
@@ -177,8 +186,9 @@ def _hf_tensors(cfg: ModelConfig, params, model_type: str):
         values = [np.asarray(_get(params, _our_path(cfg, t, p))) for p in t.paths]
         for path, value in zip(t.paths, values):
             if value.shape != shapes[_our_path(cfg, t, path)]:
-                raise InputError(f"param {'/'.join(_our_path(cfg, t, path))} has shape {value.shape}, the config "
-                                 f"implies {shapes[_our_path(cfg, t, path)]}; pass the matching ModelConfig")
+                raise InputError(f"param {'/'.join(_our_path(cfg, t, path))} has shape {value.shape}, the "
+                                 f"config implies {shapes[_our_path(cfg, t, path)]}; pass the matching "
+                                 "ModelConfig")
         values = [v.astype(jnp.dtype(cfg.param_dtype), copy=False) for v in values]  # as config.json says
         if t.per_layer:
             for i, name in enumerate(_layer_names(cfg, t)):

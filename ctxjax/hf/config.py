@@ -1,5 +1,5 @@
-"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3), Gemma 2 and
-3 (text) and GPT-2."""
+"""Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3),
+Gemma 2 and 3 (text) and GPT-2."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ LLAMA_ARCHITECTURES = {
     "Phi3ForCausalLM": "phi3",
 }
 GEMMA_ARCHITECTURES = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text"}
-# Gemma 3 4B and larger (the 128k models) ship as image+text checkpoints: ctxjax reads their language model, whose
-# config is `text_config`, and exports it as a text-only Gemma3ForCausalLM.
+# Gemma 3 4B and larger (the 128k models) ship as image+text checkpoints: ctxjax reads their language model,
+# whose config is `text_config`, and exports it as a text-only Gemma3ForCausalLM.
 MULTIMODAL_ARCHITECTURES = {"Gemma3ForConditionalGeneration": "gemma3"}
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
 SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **MULTIMODAL_ARCHITECTURES, **GPT2_ARCHITECTURES}
@@ -75,7 +75,8 @@ def _fields(hf: dict[str, Any], arch: str) -> dict[str, Any]:
         fields = _gpt2_fields(hf)
     elif arch in GEMMA_ARCHITECTURES:
         fields = _gemma_fields(hf, GEMMA_ARCHITECTURES[arch])
-    elif arch in MULTIMODAL_ARCHITECTURES:  # the language model alone; the vision tower's weights are left out
+    elif arch in MULTIMODAL_ARCHITECTURES:
+        # The language model alone; the vision tower's weights are left out.
         text = {"tie_word_embeddings": hf.get("tie_word_embeddings", True), **(hf.get("text_config") or {})}
         fields = _gemma_fields(text, "gemma3_text")  # exported as the text-only Gemma3ForCausalLM
     else:
@@ -87,7 +88,8 @@ def _fields(hf: dict[str, Any], arch: str) -> dict[str, Any]:
 def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     act = hf.get("hidden_act", "silu")
     if act != "silu":
-        raise InputError(f"hidden_act={act!r} is not supported for the Llama family; ctxjax implements SwiGLU (silu)")
+        raise InputError(f"hidden_act={act!r} is not supported for the Llama family; ctxjax implements "
+                         "SwiGLU (silu)")
     max_pos = int(hf.get("max_position_embeddings", 2048))
     bias = bool(hf.get("attention_bias", False))
     return dict(
@@ -112,13 +114,14 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
 
 
 def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
-    """Gemma2Config / Gemma3TextConfig as transformers 5 reads them (their defaults where a key is absent). Gemma 2:
-    every other layer local, one RoPE for all, soft caps 50 (attention) and 30 (logits) by default; Gemma 3: every
-    sixth layer global, q/k norms, a local RoPE base of its own, no caps by default."""
+    """Gemma2Config / Gemma3TextConfig as transformers 5 reads them (their defaults where a key is absent).
+    Gemma 2: every other layer local, one RoPE for all, soft caps 50 (attention) and 30 (logits) by default;
+    Gemma 3: every sixth layer global, q/k norms, a local RoPE base of its own, no caps by default."""
     gemma3 = model_type == "gemma3_text"
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_new"):
-        raise InputError(f"hidden_activation={act!r} is not supported for Gemma; ctxjax implements the tanh GELU")
+        raise InputError(f"hidden_activation={act!r} is not supported for Gemma; ctxjax implements the tanh "
+                         "GELU")
     if hf.get("use_bidirectional_attention"):
         raise InputError("use_bidirectional_attention=true makes an encoder; ctxjax trains causal decoders")
     n_layers = int(hf.get("num_hidden_layers", 26))
@@ -126,14 +129,17 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     full = _full_layers(hf, n_layers, lambda i: (i + 1) % pattern == 0)
     window = int(hf.get("sliding_window", 4096) or 0)
     if len(full) < n_layers and not window:
-        raise InputError("config.json gives Gemma local (sliding_attention) layers but no sliding_window, which "
-                         "transformers cannot run either; set sliding_window (Gemma uses 4096, Gemma 3 1B 512)")
+        raise InputError("config.json gives Gemma local (sliding_attention) layers but no sliding_window, "
+                         "which transformers cannot run either; set sliding_window (Gemma uses 4096, Gemma 3 "
+                         "1B 512)")
     max_pos = int(hf.get("max_position_embeddings", 131072 if gemma3 else 8192))
     if gemma3:
-        full_rope, local_rope = (positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": p})
+        full_rope, local_rope = (positions.Rope.from_hf({"max_position_embeddings": max_pos,
+                                                         "rope_parameters": p})
                                  for p in _gemma3_rope_parameters(hf))
         # All layers of one kind rotate alike: with that kind's RoPE.
-        rotation = (dict(position=local_rope) if not full else dict(position=full_rope) if len(full) == n_layers
+        rotation = (dict(position=local_rope) if not full else dict(position=full_rope)
+                    if len(full) == n_layers
                     else dict(position=full_rope, local_position=local_rope))
     else:
         rotation = dict(position=positions.Rope.from_hf(hf))
@@ -157,24 +163,27 @@ def _gemma_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         # (transformers 5 passes it to no kernel).
         attn_logit_softcapping=0.0 if gemma3 else float(hf.get("attn_logit_softcapping", 50.0) or 0.0),
         final_logit_softcapping=float(hf.get("final_logit_softcapping", None if gemma3 else 30.0) or 0.0),
-        sliding_window=window,  # kept when every layer is full: the export writes it back, and transformers needs it
+        # Kept when every layer is full: the export writes it back, and transformers needs it.
+        sliding_window=window,
         full_attention_layers=full,
         **rotation,
     )
 
 
 def _full_layers(hf: dict[str, Any], n_layers: int, full_by_default) -> tuple[int, ...]:
-    """The layers config.json's `layer_types` marks full_attention (the rest are sliding_attention); without the
-    key, those for which `full_by_default(i)` holds, as the config class fills it in."""
+    """The layers config.json's `layer_types` marks full_attention (the rest are sliding_attention); without
+    the key, those for which `full_by_default(i)` holds, as the config class fills it in."""
     types = hf.get("layer_types") or [FULL if full_by_default(i) else SLIDING for i in range(n_layers)]
     if len(types) != n_layers or set(types) - {FULL, SLIDING}:
-        raise InputError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
+        raise InputError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got "
+                         f"{types}")
     return tuple(i for i, t in enumerate(types) if t == FULL)
 
 
 def _gemma3_rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
-    """(global, local) RoPE settings: transformers 5's per-layer-type `rope_parameters`, or 4.x's `rope_theta` +
-    `rope_scaling` (global) and `rope_local_base_freq` (local); global base 1M and local 10k by default."""
+    """(global, local) RoPE settings: transformers 5's per-layer-type `rope_parameters`, or 4.x's
+    `rope_theta` + `rope_scaling` (global) and `rope_local_base_freq` (local); global base 1M and local 10k by
+    default."""
     per_type = hf.get("rope_parameters") or {}
     full = dict(per_type.get(FULL) or {"rope_type": "default"})
     local = dict(per_type.get(SLIDING) or {"rope_type": "default"})
@@ -185,14 +194,15 @@ def _gemma3_rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
 
 
 def _windows(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
-    """sliding_window and full_attention_layers as transformers reads config.json: Mistral's window on every layer
-    (4096 when the key is absent), Phi-3's likewise; Qwen2's and Qwen3's when use_sliding_window is on, on the
-    layers `layer_types` names, by default those from max_window_layers up; Llama has none."""
+    """sliding_window and full_attention_layers as transformers reads config.json: Mistral's window on every
+    layer (4096 when the key is absent), Phi-3's likewise; Qwen2's and Qwen3's when use_sliding_window is on,
+    on the layers `layer_types` names, by default those from max_window_layers up; Llama has none."""
     if model_type == "mistral":
         return dict(sliding_window=int(hf.get("sliding_window", 4096) or 0))
     if model_type == "phi3":
         return dict(sliding_window=int(hf.get("sliding_window") or 0))
-    if model_type not in ("qwen2", "qwen3") or not hf.get("use_sliding_window") or not hf.get("sliding_window"):
+    if (model_type not in ("qwen2", "qwen3") or not hf.get("use_sliding_window")
+            or not hf.get("sliding_window")):
         return dict(sliding_window=0)
     n_layers = int(hf["num_hidden_layers"])
     first_windowed = int(hf.get("max_window_layers", 28))
@@ -205,11 +215,11 @@ def _windows(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
 def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise InputError(f"GPT-2 activation_function={act!r} is not supported; ctxjax implements the tanh GELU "
-                         "('gelu_new')")
+        raise InputError(f"GPT-2 activation_function={act!r} is not supported; ctxjax implements the tanh "
+                         "GELU ('gelu_new')")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
-        raise InputError("GPT-2 attention scaling other than 1/sqrt(head_dim) (scale_attn_by_inverse_layer_idx, "
-                         "scale_attn_weights=false) is not supported")
+        raise InputError("GPT-2 attention scaling other than 1/sqrt(head_dim) "
+                         "(scale_attn_by_inverse_layer_idx, scale_attn_weights=false) is not supported")
     d = int(hf.get("n_embd", hf.get("hidden_size", 768)))
     return dict(
         family="gpt2",
@@ -226,15 +236,16 @@ def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def hf_config_from_model(cfg: ModelConfig, architecture: str = "") -> dict[str, Any]:
-    """A config.json dict that transformers 4.x and 5.x read to the same model (per-layer windows other than Qwen's
-    leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`). `architecture`:
-    the class to prefer (an imported model's own) when it computes the model."""
+    """A config.json dict that transformers 4.x and 5.x read to the same model (per-layer windows other than
+    Qwen's leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`).
+    `architecture`: the class to prefer (an imported model's own) when it computes the model."""
     if cfg.family not in cfg.position.hf_families:
-        raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging Face "
-                         f"equivalent; export {cfg.family} models with "
+        raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging "
+                         f"Face equivalent; export {cfg.family} models with "
                          f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
     if cfg.family == "gemma":
-        return {**_gemma_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype, "use_cache": True}
+        return {**_gemma_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype,
+                "use_cache": True}
     out = _gpt2_config(cfg) if cfg.family == "gpt2" else _llama_config(cfg, architecture)
     out.update(cfg.position.to_hf(cfg))
     out.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype, use_cache=True)
@@ -263,7 +274,8 @@ def _unfit(cfg: ModelConfig, model_type: str) -> str:
     if model_type == "mistral":
         return "no biases" if qkv or o or mlp else "rotates whole heads only" if partial else ""
     if model_type == "qwen2":
-        return ("biases on q/k/v only" if not qkv or o or mlp else "rotates whole heads only" if partial else "")
+        return ("biases on q/k/v only" if not qkv or o or mlp else "rotates whole heads only" if partial
+                else "")
     # phi3: Phi3Config validates its RoPE as default or longrope and sizes LongRoPE's lists by hidden / heads.
     if (written.get("rope_parameters") or {}).get("rope_type", "default") not in ("default", "longrope"):
         return "default or longrope RoPE only"
@@ -285,8 +297,8 @@ def _gemma_unfit(cfg: ModelConfig) -> str:
         return "Gemma 2 rotates every layer alike (a local_position needs Gemma 3's q/k norms)"
     if cfg.qk_norm and cfg.attn_logit_softcapping:
         return "Gemma 3 (q/k norms) caps no attention scores: set attn_logit_softcapping=0"
-    return ("q/k/v/o biases only together, none on the MLP" if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias
-            else "")
+    return ("q/k/v/o biases only together, none on the MLP"
+            if cfg.use_qkv_bias != cfg.use_o_bias or cfg.use_mlp_bias else "")
 
 
 def rereads_on_rope_switch(architecture: str) -> bool:
@@ -298,23 +310,25 @@ def rereads_on_rope_switch(architecture: str) -> bool:
 
 def export_model_type(cfg: ModelConfig, architecture: str = "") -> str:
     """The class an export writes: Gemma 3 (q/k norms) or Gemma 2 for the gemma family; for the Llama family
-    `architecture` (the imported model's own class) when that class computes the model, else the first of Llama,
-    Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does)."""
+    `architecture` (the imported model's own class) when that class computes the model, else the first of
+    Llama, Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does)."""
     if cfg.family == "gemma":
         reason = _gemma_unfit(cfg)
         if reason:
-            raise InputError(f"no Hugging Face Gemma class computes this model ({reason}); change the model to fit")
+            raise InputError(f"no Hugging Face Gemma class computes this model ({reason}); change the model "
+                             "to fit")
         return "gemma3_text" if cfg.qk_norm else "gemma2"
     if cfg.local_position is not None:
-        raise InputError("no Hugging Face Llama-family class rotates some layers differently (local_position); "
-                         "use local_position=None, or family='gemma'")
+        raise InputError("no Hugging Face Llama-family class rotates some layers differently "
+                         "(local_position); use local_position=None, or family='gemma'")
     own = LLAMA_ARCHITECTURES.get(architecture)
     candidates = ([own] if own else []) + ["llama", "mistral", "qwen2", "phi3", "qwen3"]
     reasons = {t: _unfit(cfg, t) for t in candidates}
     fitting = [t for t in candidates if not reasons[t]]
     if not fitting:
-        raise InputError("no Hugging Face Llama-family class computes this model (" + "; ".join(
-            f"{t}: {reasons[t]}" for t in dict.fromkeys(candidates)) + "); change the model to fit one of them")
+        raise InputError("no Hugging Face Llama-family class computes this model ("
+                         + "; ".join(f"{t}: {reasons[t]}" for t in dict.fromkeys(candidates))
+                         + "); change the model to fit one of them")
     return fitting[0]
 
 
@@ -329,7 +343,8 @@ def _llama_config(cfg: ModelConfig, architecture: str) -> dict[str, Any]:
     )
     window = cfg.sliding_window or None
     if model_type in ("qwen2", "qwen3"):
-        # transformers 5 reads layer_types; 4.x windows the layers from max_window_layers up (the leading full ones).
+        # transformers 5 reads layer_types; 4.x windows the layers from max_window_layers up (the leading full
+        # ones).
         types = _layer_types(cfg)
         leading = next((i for i, t in enumerate(types) if t == SLIDING), cfg.n_layers)
         out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=leading)
@@ -359,8 +374,10 @@ def _gemma_config(cfg: ModelConfig) -> dict[str, Any]:
         hidden_activation="gelu_pytorch_tanh",
         max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
         attention_bias=cfg.use_qkv_bias,
-        query_pre_attn_scalar=int(cfg.query_pre_attn_scalar or cfg.dim_per_head),  # whole (checked); the configs want int
-        # transformers builds a sliding mask even when no layer uses it, so a window-less model gets its context.
+        # Whole (checked); the configs want int.
+        query_pre_attn_scalar=int(cfg.query_pre_attn_scalar or cfg.dim_per_head),
+        # transformers builds a sliding mask even when no layer uses it, so a window-less model gets its
+        # context.
         sliding_window=cfg.sliding_window or cfg.max_seq_len,
         layer_types=_layer_types(cfg),
         attn_logit_softcapping=cfg.attn_logit_softcapping or None,
@@ -370,26 +387,29 @@ def _gemma_config(cfg: ModelConfig) -> dict[str, Any]:
     if model_type == "gemma2":
         return {**out, **full_rope}
     full_layers = set(cfg.full_attention_layers)
-    every = min(full_layers, default=-1) + 1  # early transformers 4.x versions of Gemma 3 read only this period
+    # Early transformers 4.x versions of Gemma 3 read only this period.
+    every = min(full_layers, default=-1) + 1
     if every and full_layers == {i for i in range(cfg.n_layers) if (i + 1) % every == 0}:
         out["sliding_window_pattern"] = every
     local_params = (cfg.local_position or cfg.position).to_hf(cfg)["rope_parameters"]
     full_params = full_rope["rope_parameters"]
     # transformers 5 reads rope_parameters per kind of layer; 4.x reads the three keys after it.
-    return dict(out, rope_parameters={FULL: full_params, SLIDING: local_params}, rope_theta=full_params["rope_theta"],
-                rope_scaling=full_rope["rope_scaling"], rope_local_base_freq=local_params["rope_theta"],
-                use_bidirectional_attention=False)
+    return dict(out, rope_parameters={FULL: full_params, SLIDING: local_params},
+                rope_theta=full_params["rope_theta"], rope_scaling=full_rope["rope_scaling"],
+                rope_local_base_freq=local_params["rope_theta"], use_bidirectional_attention=False)
 
 
 def _decoder_sizes(cfg: ModelConfig) -> dict[str, Any]:
     """The size keys Llama-family and Gemma configs share."""
     return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-                num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
-                head_dim=cfg.dim_per_head, rms_norm_eps=cfg.eps, tie_word_embeddings=cfg.tied)
+                num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head, rms_norm_eps=cfg.eps,
+                tie_word_embeddings=cfg.tied)
 
 
 def _layer_types(cfg: ModelConfig) -> list[str]:
-    """transformers' `layer_types`: the full_attention_layers full, the rest sliding (all full without a window)."""
+    """transformers' `layer_types`: the full_attention_layers full, the rest sliding (all full without a
+    window)."""
     full = cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers
     return [FULL if f else SLIDING for f in full]
 

@@ -19,8 +19,8 @@ from ctxjax.fs import is_within, write_directory_atomically
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard size
-# Written last into every directory ctxjax exports: which files it wrote (names and sizes) and from what. Only a
-# directory whose files still match it may be replaced (`overwrite`): nothing a user made is ever deleted.
+# Written last into every directory ctxjax exports: which files it wrote (names and sizes) and from what. Only
+# a directory whose files still match it may be replaced (`overwrite`): nothing a user made is ever deleted.
 EXPORT_MARKER = "ctxjax_export.json"
 
 
@@ -33,7 +33,8 @@ class CheckpointReader:
             weight_map = read_json(index_path, "the index of a sharded safetensors checkpoint")
             if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
                 raise InputError(f"{index_path} has no \"weight_map\" object; is it a safetensors index?")
-            self._file_of = {name: os.path.join(hf_dir, file) for name, file in weight_map["weight_map"].items()}
+            self._file_of = {name: os.path.join(hf_dir, file)
+                             for name, file in weight_map["weight_map"].items()}
         elif os.path.exists(single_path):
             self._file_of = {name: single_path for name in self._open(single_path).keys()}
         else:
@@ -50,12 +51,14 @@ class CheckpointReader:
         path = self._file_of[name]
         if path not in self._handles:
             if not os.path.exists(path):
-                raise InputError(f"shard {os.path.basename(path)} named by {INDEX} is missing from the checkpoint")
+                raise InputError(f"shard {os.path.basename(path)} named by {INDEX} is missing from the "
+                                 "checkpoint")
             self._handles[path] = self._open(path)
         try:
             return self._handles[path].get_tensor(name)
         except Exception as e:  # safetensors' own error type: a file cut short or overwritten
-            raise InputError(f"cannot read {name} from {path} ({e}); the file is damaged: copy it again") from None
+            raise InputError(f"cannot read {name} from {path} ({e}); the file is damaged: copy it "
+                             "again") from None
 
     def _open(self, path: str):
         try:
@@ -96,7 +99,8 @@ def write_directory(out_dir: str, overwrite: bool, fill: Callable[[str], None], 
                     protected: Sequence[str] = (), source: str = "") -> str:
     """Create `out_dir` by `fill(tmp)` on a temporary sibling directory renamed into place at the end, so a
     failure leaves no half-written directory; see `check_output_dir` for what may be replaced. A marker file
-    (EXPORT_MARKER) records what was written, so that a later `overwrite` can prove the directory is ctxjax's."""
+    (EXPORT_MARKER) records what was written, so that a later `overwrite` can prove the directory is
+    ctxjax's."""
     out_dir = os.path.abspath(out_dir)
     check_output_dir(out_dir, overwrite, protected)
 
@@ -110,22 +114,24 @@ def write_directory(out_dir: str, overwrite: bool, fill: Callable[[str], None], 
 
 
 def check_output_dir(out_dir: str, overwrite: bool, protected: Sequence[str] = (), *,
-                     not_empty: str = "pass --overwrite (overwrite=True) to replace an earlier ctxjax export, or "
-                                      "choose a new directory") -> None:
+                     not_empty: str = "pass --overwrite (overwrite=True) to replace an earlier ctxjax "
+                                      "export, or choose a new directory") -> None:
     """Refuse (one line) to write `out_dir` when it is, holds or lies inside a `protected` path (a work
-    directory's checkpoints and tokenizer, the model it came from), when it is a file, or when it is not empty —
-    unless `overwrite` and it is an export ctxjax wrote that nobody changed since. Nothing else is ever replaced,
-    with `overwrite` or without. `not_empty`: the advice when it is not empty and `overwrite` is off."""
+    directory's checkpoints and tokenizer, the model it came from), when it is a file, or when it is not
+    empty — unless `overwrite` and it is an export ctxjax wrote that nobody changed since. Nothing else is
+    ever replaced, with `overwrite` or without. `not_empty`: the advice when it is not empty and `overwrite`
+    is off."""
     for path in map(os.path.abspath, protected):
         if os.path.realpath(out_dir) == os.path.realpath(path):
-            raise InputError(f"the output directory {out_dir} is a work directory's checkpoints, logs or tokenizer, "
-                             "or the model exported from: an export never replaces it; choose a new directory")
+            raise InputError(f"the output directory {out_dir} is a work directory's checkpoints, logs or "
+                             "tokenizer, or the model exported from: an export never replaces it; choose a "
+                             "new directory")
         if is_within(path, out_dir):
-            raise InputError(f"the output directory {out_dir} holds {path}, which an export must never replace; "
-                             "choose a new directory")
+            raise InputError(f"the output directory {out_dir} holds {path}, which an export must never "
+                             "replace; choose a new directory")
         if is_within(out_dir, path):
-            raise InputError(f"the output directory {out_dir} is inside {path}, where an export must never write; "
-                             "choose a new directory outside it")
+            raise InputError(f"the output directory {out_dir} is inside {path}, where an export must never "
+                             "write; choose a new directory outside it")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"{out_dir} exists and is not a directory; choose another output path")
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
@@ -134,8 +140,8 @@ def check_output_dir(out_dir: str, overwrite: bool, protected: Sequence[str] = (
         raise InputError(f"{out_dir} is not empty; {not_empty}")
     changed = export_changes(out_dir)
     if changed:
-        raise InputError(f"{out_dir} is not an unchanged ctxjax export ({changed}), and ctxjax replaces nothing "
-                         "else; choose a new directory, or move its files away yourself")
+        raise InputError(f"{out_dir} is not an unchanged ctxjax export ({changed}), and ctxjax replaces "
+                         "nothing else; choose a new directory, or move its files away yourself")
 
 
 def export_source(out_dir: str) -> str | None:
@@ -148,7 +154,8 @@ def export_source(out_dir: str) -> str | None:
 
 
 def export_changes(out_dir: str) -> str:
-    """'' when `out_dir` holds exactly the files a ctxjax export wrote there (same names and sizes), else why not."""
+    """'' when `out_dir` holds exactly the files a ctxjax export wrote there (same names and sizes), else why
+    not."""
     try:
         with open(os.path.join(out_dir, EXPORT_MARKER)) as f:
             written = json.load(f)["files"]

@@ -1,5 +1,6 @@
-"""Tokenizer files that travel with an exported model, so `AutoTokenizer.from_pretrained(out_dir)` works, and the
-special token ids its config.json names (transformers' `generate` stops at the config's EOS, not the tokenizer's)."""
+"""Tokenizer files that travel with an exported model, so `AutoTokenizer.from_pretrained(out_dir)` works, and
+the special token ids its config.json names (transformers' `generate` stops at the config's EOS, not the
+tokenizer's)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,27 @@ import json
 import os
 import shutil
 
-from ctxjax.data.tokenizer import SentencePieceTokenizer, find_tokenizer_file, generation_config_ids, load_tokenizer
+from ctxjax.data.tokenizer import (SentencePieceTokenizer, find_tokenizer_file, generation_config_ids,
+                                   load_tokenizer)
 from ctxjax.errors import InputError
 
 # Files an HF tokenizer directory may hold; a SentencePiece model is stored under HF's name for it.
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json")  # where transformers 4.43+ keeps chat templates
-# Travels with an HF tokenizer directory: its BOS/EOS/pad ids (EOS often a list, e.g. Llama-3's chat-turn ends)
-# name that tokenizer's tokens, so it is copied, replaced and cleared together with it.
+                   # where transformers 4.43+ keeps chat templates
+                   "chat_template.jinja", "chat_template.json")
+# Travels with an HF tokenizer directory: its BOS/EOS/pad ids (EOS often a list, e.g. Llama-3's chat-turn
+# ends) name that tokenizer's tokens, so it is copied, replaced and cleared together with it.
 GENERATION_CONFIG = "generation_config.json"
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def exportable_tokenizer(tokenizer_dir: str | None) -> str | None:
-    """What save_pretrained should copy from a work directory's tokenizer: a directory of HF tokenizer files as it
-    is (tokenizer.json, its config, chat template, generation ids); a SentencePiece model trained by ctxjax as its
-    file (so a tokenizer_config.json naming its class is written); nothing for the byte tokenizer, which has no
-    Hugging Face form."""
+    """What save_pretrained should copy from a work directory's tokenizer: a directory of HF tokenizer files
+    as it is (tokenizer.json, its config, chat template, generation ids); a SentencePiece model trained by
+    ctxjax as its file (so a tokenizer_config.json naming its class is written); nothing for the byte
+    tokenizer, which has no Hugging Face form."""
     if tokenizer_dir is None:
         return None
     present = {n for n in TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer_dir, n))}
@@ -46,8 +49,8 @@ def write_tokenizer(tokenizer, out_dir: str) -> None:
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
         _write_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"})
     else:
-        raise InputError(f"cannot save tokenizer of type {type(tokenizer).__name__}; pass a path to its files, "
-                         "a tokenizers.Tokenizer or a transformers tokenizer")
+        raise InputError(f"cannot save tokenizer of type {type(tokenizer).__name__}; pass a path to its "
+                         "files, a tokenizers.Tokenizer or a transformers tokenizer")
 
 
 def _copy_files(path: str, out_dir: str) -> None:
@@ -55,7 +58,8 @@ def _copy_files(path: str, out_dir: str) -> None:
         found = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(path, n))]
         if not found:
             raise InputError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
-        for name in found + ([GENERATION_CONFIG] if os.path.exists(os.path.join(path, GENERATION_CONFIG)) else []):
+        for name in found + ([GENERATION_CONFIG] if os.path.exists(os.path.join(path, GENERATION_CONFIG))
+                             else []):
             shutil.copy(os.path.join(path, name), os.path.join(out_dir, name))
     elif os.path.isfile(path):
         if path.endswith(".model"):  # SentencePiece
@@ -65,8 +69,8 @@ def _copy_files(path: str, out_dir: str) -> None:
             shutil.copy(path, os.path.join(out_dir, "tokenizer.json"))
             _write_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"})
         else:
-            raise InputError(f"unknown tokenizer file {path}; pass a tokenizer.json, a SentencePiece .model or a "
-                             "directory of HF tokenizer files")
+            raise InputError(f"unknown tokenizer file {path}; pass a tokenizer.json, a SentencePiece .model "
+                             "or a directory of HF tokenizer files")
     else:
         raise InputError(f"tokenizer path {path} does not exist")
 

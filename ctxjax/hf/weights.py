@@ -84,7 +84,8 @@ def _out_proj_from_conv(cfg, w):
     return [w.reshape(cfg.n_heads, cfg.dim_per_head, cfg.d_model)]
 
 
-def _fuse_columns(cfg, xs):  # kernels [D, ...] -> Conv1D [D, sum of outputs], e.g. GPT-2's columns [q | k | v]
+# Kernels [D, ...] -> Conv1D [D, sum of outputs], e.g. GPT-2's columns [q | k | v].
+def _fuse_columns(cfg, xs):
     return np.concatenate([x.reshape(x.shape[0], -1) for x in xs], axis=1)
 
 
@@ -133,20 +134,25 @@ def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     out = [
         Tensor("model.embed_tokens.weight", (("embed", "embedding"),), _same, _same_back),
         Tensor("model.norm.weight", (("final_norm", "scale"),), _same, _same_back),
-        *(Tensor(layer + f"{theirs}.weight", ((ours, "scale"),), _same, _same_back) for theirs, ours in norms),
-        Tensor(layer + "self_attn.o_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_linear, _out_proj_back),
+        *(Tensor(layer + f"{theirs}.weight", ((ours, "scale"),), _same, _same_back)
+          for theirs, ours in norms),
+        Tensor(layer + "self_attn.o_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_linear,
+               _out_proj_back),
     ]
-    lm_head = [] if cfg.tied else [Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed, _transposed_back)]
+    lm_head = [] if cfg.tied else [Tensor("lm_head.weight", (("lm_head", "kernel"),), _transposed,
+                                          _transposed_back)]
     if model_type == "phi3":  # no biases; q, k, v fused and gate, up fused
         return out + [
             Tensor(layer + "self_attn.qkv_proj.weight", tuple(("attn", n, "kernel") for n in "qkv"),
                    _fuse_rows, _split_qkv_rows),
             Tensor(layer + "mlp.gate_up_proj.weight", (("mlp", "gate", "kernel"), ("mlp", "up", "kernel")),
                    _fuse_rows, _split_gate_up_rows),
-            Tensor(layer + "mlp.down_proj.weight", (("mlp", "down", "kernel"),), _transposed, _transposed_back),
+            Tensor(layer + "mlp.down_proj.weight", (("mlp", "down", "kernel"),), _transposed,
+                   _transposed_back),
         ] + lm_head
     if cfg.qk_norm:  # Qwen3, Gemma 3
-        out += [Tensor(layer + f"self_attn.{n}_norm.weight", (("attn", f"{n}_norm", "scale"),), _same, _same_back)
+        out += [Tensor(layer + f"self_attn.{n}_norm.weight", (("attn", f"{n}_norm", "scale"),), _same,
+                       _same_back)
                 for n in "qk"]
     for name, heads in (("q", _q_heads), ("k", _kv_heads), ("v", _kv_heads)):
         out.append(Tensor(layer + f"self_attn.{name}_proj.weight", (("attn", name, "kernel"),),
@@ -157,7 +163,8 @@ def llama_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     if cfg.use_o_bias:
         out.append(Tensor(layer + "self_attn.o_proj.bias", (("attn", "o", "bias"),), _same, _same_back))
     for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-        out.append(Tensor(layer + f"mlp.{theirs}.weight", (("mlp", ours, "kernel"),), _transposed, _transposed_back))
+        out.append(Tensor(layer + f"mlp.{theirs}.weight", (("mlp", ours, "kernel"),), _transposed,
+                          _transposed_back))
         if cfg.use_mlp_bias:
             out.append(Tensor(layer + f"mlp.{theirs}.bias", (("mlp", ours, "bias"),), _same, _same_back))
     return out + lm_head
@@ -174,7 +181,8 @@ def gpt2_tensors(cfg: ModelConfig) -> list[Tensor]:
         Tensor("ln_f.bias", (("final_norm", "bias"),), _same, _same_back),
         Tensor(layer + "attn.c_attn.weight", qkv, _fuse_columns, _split_qkv),
         Tensor(layer + "attn.c_attn.bias", qkv_bias, _fuse_qkv_bias, _split_qkv_bias),
-        Tensor(layer + "attn.c_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_conv, _out_proj_from_conv),
+        Tensor(layer + "attn.c_proj.weight", (("attn", "o", "kernel"),), _out_proj_to_conv,
+               _out_proj_from_conv),
         Tensor(layer + "attn.c_proj.bias", (("attn", "o", "bias"),), _same, _same_back),
         Tensor(layer + "mlp.c_fc.weight", (("mlp", "up", "kernel"),), _same, _same_back),
         Tensor(layer + "mlp.c_fc.bias", (("mlp", "up", "bias"),), _same, _same_back),
@@ -200,15 +208,16 @@ def tensors_for(cfg: ModelConfig, model_type: str | None = None) -> list[Tensor]
 # HF names that are buffers or duplicates, never weights: causal-mask buffers of GPT-2, rotary caches.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 # The image half of a multimodal Gemma 3 checkpoint: ctxjax reads its language model only.
-IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                    "model.multi_modal_projector.")
 # Where a multimodal Gemma 3 checkpoint keeps its language model (files on the hub; transformers' own layout).
 LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model.",
                            "language_model.lm_head.": "lm_head."}
 
 
 def canonical_name(cfg: ModelConfig, name: str) -> str:
-    """GPT-2 files store the base model with or without the `transformer.` prefix, multimodal Gemma 3 files their
-    language model under `language_model.`; accept them as the text model's names."""
+    """GPT-2 files store the base model with or without the `transformer.` prefix, multimodal Gemma 3 files
+    their language model under `language_model.`; accept them as the text model's names."""
     if cfg.family == "gpt2" and name.startswith("transformer."):
         return name[len("transformer."):]
     for prefix, plain in LANGUAGE_MODEL_PREFIXES.items():

@@ -35,11 +35,12 @@ def unregister(name: str) -> None:
 
 
 def make(name: str, **params: Any) -> PositionScheme:
-    """Build a scheme by name, e.g. make('rope', rope_type='yarn', factor=4.0, original_max_position_embeddings=2048)."""
+    """Build a scheme by name, e.g. make('rope', rope_type='yarn', factor=4.0,
+    original_max_position_embeddings=2048)."""
     if name not in SCHEMES:
         raise InputError(f"unknown positional scheme {name!r}; choose one of {sorted(SCHEMES)}")
     return SCHEMES[name]().replace(**params)
 
 
-__all__ = ["PositionScheme", "SCHEMES", "make", "register", "unregister", "Rope", "ROPE_TYPES", "Alibi", "alibi_slopes", "Learned",
-           "EXTEND_METHODS", "extend", "Sinusoidal", "NoPE"]
+__all__ = ["PositionScheme", "SCHEMES", "make", "register", "unregister", "Rope", "ROPE_TYPES", "Alibi",
+           "alibi_slopes", "Learned", "EXTEND_METHODS", "extend", "Sinusoidal", "NoPE"]

@@ -58,9 +58,9 @@ class PositionScheme:
         return f"the {self.max_positions(cfg)} positions of {self.name} positions"
 
     def extend(self, params, new_len: int, method: str = "interpolate"):
-        """`params` with the scheme's own parameters grown for `new_len` positions (a learned table's new rows,
-        initialised by `method`: interpolate or copy); unchanged for schemes without parameters or that already
-        hold `new_len`."""
+        """`params` with the scheme's own parameters grown for `new_len` positions (a learned table's new
+        rows, initialised by `method`: interpolate or copy); unchanged for schemes without parameters or that
+        already hold `new_len`."""
         return params
 
     def fitted_to_params(self, cfg: "ModelConfig", params) -> "ModelConfig":
@@ -70,7 +70,8 @@ class PositionScheme:
     def stretched(self, rope_type: str, new_len: int, context: int) -> "PositionScheme":
         """This scheme scaled with `rope_type` to `new_len` tokens (a training stage's `rope_scaling`): only
         rotations scale; any other scheme stays as it is."""
-        warn_once(f"rope_scaling={rope_type!r} leaves {self.name} positions as they are: it scales rotations only")
+        warn_once(f"rope_scaling={rope_type!r} leaves {self.name} positions as they are: it scales rotations "
+                  "only")
         return self
 
     def check_local(self, local: "PositionScheme") -> str:

@@ -86,7 +86,8 @@ def extend(params, new_len: int, method: str = "interpolate"):
                          "extend applies to models with position=Learned()") from None
     old_len = table.shape[0]
     if new_len < old_len:
-        raise InputError(f"new_len={new_len} is shorter than the current table ({old_len} rows); extend only grows")
+        raise InputError(f"new_len={new_len} is shorter than the current table ({old_len} rows); extend only "
+                         "grows")
     old = np.asarray(table, dtype=np.float32)
     if method == "copy":
         new = old[np.arange(new_len) % old_len]

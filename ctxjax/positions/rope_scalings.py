@@ -107,7 +107,8 @@ class RopeScaling:
         return {key: params[key] for key in self.hf_keys if params.get(key) is not None}
 
     def rotation_switch(self, rope: "Rope") -> int | None:
-        """The sequence length past which every key is rotated anew (LongRoPE's long factors), None if never."""
+        """The sequence length past which every key is rotated anew (LongRoPE's long factors), None if
+        never."""
         return None
 
     # ------------------------------------------------------------------ context extension

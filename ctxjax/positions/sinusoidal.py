@@ -1,4 +1,5 @@
-"""Fixed sinusoidal position vectors (Vaswani et al.) added to the token embeddings: no parameters, any length.
+"""Fixed sinusoidal position vectors (Vaswani et al.) added to the token embeddings: no parameters, any
+length.
 
 Layout: [sin(p * w_0..w_{D/2-1}), cos(p * w_0..w_{D/2-1})] with w_i = 10000^(-2i/D).
 """

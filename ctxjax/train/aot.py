@@ -38,7 +38,8 @@ def compile_stages(config, devices=None) -> list[dict]:
         for stage in stages:
             cfg = model_config_for_stage(config, base, stage)
             abstract, shardings = state_shardings(cfg, tx, mesh, adaptation)
-            batch = {k: jax.ShapeDtypeStruct((stage.batch_size, stage.seq_len), dtype, sharding=batch_sharding(mesh))
+            batch = {k: jax.ShapeDtypeStruct((stage.batch_size, stage.seq_len), dtype,
+                                             sharding=batch_sharding(mesh))
                      for k, dtype in BATCH_DTYPES.items()}
             model = Transformer(cfg, run, adaptation)
             step = jit_train_step(config, model, tx, labels, stage, mesh, shardings)

@@ -28,7 +28,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py` or `path/to/config.py:variant`; the file defines get_config(variant=None)."""
     path, _, variant = spec.partition(":")
     if os.path.isdir(path):
-        raise InputError(f"config {path} is a directory; pass a recipe file, e.g. --config configs/demo.py[:tiny]")
+        raise InputError(f"config {path} is a directory; pass a recipe file, e.g. --config "
+                         "configs/demo.py[:tiny]")
     if not os.path.isfile(path):
         raise InputError(f"config file {path} does not exist; pass e.g. --config configs/demo.py[:tiny]")
     module_spec = importlib.util.spec_from_file_location(f"ctxjax_config_{abs(hash(path))}", path)
@@ -59,8 +60,8 @@ def _line_in(error: BaseException, path: str) -> str:
     return f" at line {lines[-1]}" if lines else ""
 
 
-# Fields that were `model.*` before the model's architecture, how it runs and how training adapts it became three
-# configs: an override under the old name lands where the field lives now (the README says so).
+# Fields that were `model.*` before the model's architecture, how it runs and how training adapts it became
+# three configs: an override under the old name lands where the field lives now (the README says so).
 MOVED = {**{f"model.{f.name}": f"execution.{f.name}" for f in dataclasses.fields(ExecutionConfig)},
          **{f"model.{f.name}": f"adaptation.{f.name}" for f in dataclasses.fields(AdaptationConfig)}}
 
@@ -94,17 +95,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             raise InputError(f"unknown config field {key!r}; valid fields are in the config file and "
                              "ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
         current = parent[name]
-        if isinstance(current, (list, tuple)) and isinstance(value, str) and all(isinstance(x, str) for x in current):
+        if (isinstance(current, (list, tuple)) and isinstance(value, str)
+                and all(isinstance(x, str) for x in current)):
             # a,b,c for a list of names
             value = type(current)(part.strip() for part in value.split(",") if part.strip())
         try:
             parent[name] = value
         except TypeError:
             now = repr(current) if len(repr(current)) <= 80 else repr(current)[:77] + "..."
-            why = (" (a value is read as a Python literal: dict(...) and other calls are not; write {'key': value})"
+            why = (" (a value is read as a Python literal: dict(...) and other calls are not; "
+                   "write {'key': value})"
                    if isinstance(value, str) and "(" in value else "")
-            raise InputError(f"--config.{key}={raw} does not fit the field's type ({type(current).__name__}){why}; "
-                             f"write a Python literal like its value now, {now}") from None
+            raise InputError(f"--config.{key}={raw} does not fit the field's type "
+                             f"({type(current).__name__}){why}; write a Python literal like its value now, "
+                             f"{now}") from None
     return config
 
 
@@ -114,8 +118,8 @@ def _child(parent, part: str, path: str, key: str):
         _check_index(parent, part, key)
         return parent[int(part)]
     if not isinstance(parent, (ml_collections.ConfigDict, dict)) or part not in parent:
-        raise InputError(f"unknown config field {key!r} ({path} does not exist); valid fields are in the config "
-                         "file and ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
+        raise InputError(f"unknown config field {key!r} ({path} does not exist); valid fields are in the "
+                         "config file and ctxjax/train/defaults.py (model.*: ctxjax/config.py)")
     return parent[part]
 
 
@@ -129,14 +133,15 @@ def model_config(config) -> ModelConfig:
     fields = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
     moved = sorted(f"model.{k}" for k in fields if f"model.{k}" in MOVED)
     if moved:  # a recipe written before the split: say where the field lives now
-        raise InputError(f"{moved[0]} is no longer a model field: set {MOVED[moved[0]]} in the recipe (the model's "
-                         "architecture, how it runs and how training adapts it are config.model, config.execution "
-                         "and config.adaptation)")
+        raise InputError(f"{moved[0]} is no longer a model field: set {MOVED[moved[0]]} in the recipe (the "
+                         "model's architecture, how it runs and how training adapts it are config.model, "
+                         "config.execution and config.adaptation)")
     return ModelConfig.from_dict(fields)
 
 
 def execution_config(config) -> ExecutionConfig:
-    """How the run executes the model (config.execution): kernel, tiles, remat, scan unrolling, compute dtype."""
+    """How the run executes the model (config.execution): kernel, tiles, remat, scan unrolling, compute
+    dtype."""
     return dataclass_from(ExecutionConfig, config.execution, {}, what="execution")
 
 
@@ -154,7 +159,8 @@ def _number(value) -> bool:
 
 
 # Field -> (test, what the value must be). Checked when the config is read, before anything compiles, so a
-# value that would train something else than asked (a floor above the peak, a checkpoint every step) never runs.
+# value that would train something else than asked (a floor above the peak, a checkpoint every step) never
+# runs.
 _RANGES = {
     "seed": (_integer, "an integer"),
     "tokens_per_step": (lambda v: _integer(v) and v >= 1, "a positive integer"),
@@ -168,7 +174,8 @@ _RANGES = {
     "checkpoint.every_steps": (lambda v: _integer(v) and v >= 0,
                                "an integer >= 0 (0: only at stage ends, at the end and when stopped)"),
     "checkpoint.max_to_keep": (lambda v: v is None or (_integer(v) and v >= 1),
-                               "at least 1 (None keeps all): with none kept, a stopped run would lose everything"),
+                               "at least 1 (None keeps all): with none kept, a stopped run would lose "
+                               "everything"),
     "optimizer.b1": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     "optimizer.b2": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     "optimizer.eps": (lambda v: _number(v) and v > 0, "a number > 0"),
@@ -197,8 +204,8 @@ def validate(config, n_devices: int):
     batch_ways = sizes["data"] * sizes["fsdp"]
     for s in stages:
         if s.seq_len % sizes["sequence"]:
-            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not divisible by the sequence mesh axis "
-                             f"({sizes['sequence']})")
+            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not divisible by the sequence mesh "
+                             f"axis ({sizes['sequence']})")
         if sizes["sequence"] > 1 and config.ring_zigzag and s.seq_len % (2 * sizes["sequence"]):
             raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not a multiple of 2 x sequence = "
                              f"{2 * sizes['sequence']}, which zig-zag order needs; change seq_len or set "
@@ -212,13 +219,14 @@ def validate(config, n_devices: int):
                              f"{s.batch_size} and be divisible by data x fsdp = {batch_ways}")
         group = adaptation.shifted_sparse_group
         if group and s.seq_len <= group:
-            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not longer than adaptation.shifted_sparse_group="
-                             f"{group}; S²-Attn groups are a fraction of the length (LongLoRA: a "
-                             "quarter), so lower it or set it to 0 for full attention")
+            raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not longer than "
+                             f"adaptation.shifted_sparse_group={group}; S²-Attn groups are a fraction of the "
+                             "length (LongLoRA: a quarter), so lower it or set it to 0 for full attention")
         if s.position:
             cfg.position.replace(**dict(s.position))  # unknown override keys fail here
     if config.learned_extend_method not in EXTEND_METHODS:
-        raise InputError(f"learned_extend_method={config.learned_extend_method!r} must be one of {EXTEND_METHODS}")
+        raise InputError(f"learned_extend_method={config.learned_extend_method!r} must be one of "
+                         f"{EXTEND_METHODS}")
     if config.eval_at_stage_end and not config.eval.source:  # fail now, not after the first stage has trained
         eval_source_spec(as_data_config(config.data))
     if config.rope_scaling and config.rope_scaling not in ROPE_TYPES:

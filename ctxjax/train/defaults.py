@@ -17,7 +17,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     # What the model is: ModelConfig fields (ctxjax/config.py); `position` is {"name": scheme, **fields} (see
-    # ctxjax.positions). For a model imported from Hugging Face, its checkpoint says (a window set here aside).
+    # ctxjax.positions). For a model imported from Hugging Face, its checkpoint says (a window set here
+    # aside).
     c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
     # How it runs: ExecutionConfig fields (ctxjax/execution.py): attention kernel and tiles, remat, scan
     # unrolling, compute dtype. Free to change when a run resumes.
@@ -28,7 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
     # A Hugging Face directory to start from when the work directory has no checkpoint yet
     # (same as running `ctxjax import-hf` first); "" trains from scratch.
     c.init_from_hf = ""
-    c.data = ml_collections.ConfigDict({f.name: getattr(DataConfig(), f.name) for f in dataclasses.fields(DataConfig)})
+    c.data = ml_collections.ConfigDict({f.name: getattr(DataConfig(), f.name)
+                                        for f in dataclasses.fields(DataConfig)})
     # Stages of context growth: steps, seq_len, lr (peak), optional warmup_steps, min_lr_ratio, batch_size
     # (default tokens_per_step // seq_len) and position (overrides of model.position fields, e.g.
     # {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}).
@@ -66,7 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
     # written to WORKDIR/eval/step_N and logged with the metrics. `eval` holds EvalConfig fields; its
     # source defaults to the held-out split of data.source.
     c.eval_at_stage_end = False
-    c.eval = ml_collections.ConfigDict({f.name: getattr(EvalConfig(), f.name) for f in dataclasses.fields(EvalConfig)})
+    c.eval = ml_collections.ConfigDict({f.name: getattr(EvalConfig(), f.name)
+                                        for f in dataclasses.fields(EvalConfig)})
     c.eval.update(tasks=("ppl",), ppl_methods=("fixed_target",), source="", max_documents=16, max_windows=16)
     c.peak_flops = 0.0  # FLOP/s of the accelerator for MFU; 0 measures a float32 matmul at start-up
     return c

@@ -1,6 +1,7 @@
 """The Hugging Face export at the end of a training run (`config.export_dir`), under the same rule as
 `ctxjax export`: it never replaces the work directory, its checkpoints or tokenizer, the model the run started
-from, or any directory it did not write itself. Checked before training, so a bad export_dir costs no hours."""
+from, or any directory it did not write itself. Checked before training, so a bad export_dir costs no
+hours."""
 
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ def exportable(final_cfg: ModelConfig, export_dir: str) -> None:
         hf.hf_config_from_model(final_cfg)
     except InputError as error:
         raise InputError(f"{error} (this is the model the last stage trains, which the run would export to "
-                         "--config.export_dir; change the stages' positions, or set --config.export_dir='' and "
-                         "export a checkpoint with `ctxjax export` later)") from None
+                         "--config.export_dir; change the stages' positions, or set --config.export_dir='' "
+                         "and export a checkpoint with `ctxjax export` later)") from None
 
 
 def check_export(config, workdir: str, meta: dict | None, final_cfg: ModelConfig) -> None:
@@ -48,16 +49,18 @@ def check_export(config, workdir: str, meta: dict | None, final_cfg: ModelConfig
         return
     out = export_path(config, workdir)
     try:
-        check_output_dir(out, overwrite=_own_export(out, workdir), protected=protected_paths(config, workdir, meta),
-                         not_empty="only an earlier export of this run is replaced; choose a new or empty directory")
+        check_output_dir(out, overwrite=_own_export(out, workdir),
+                         protected=protected_paths(config, workdir, meta),
+                         not_empty="only an earlier export of this run is replaced; choose a new or empty "
+                                   "directory")
     except InputError as error:
         raise InputError(f"--config.export_dir={config.export_dir!r}: {error}") from None
 
 
 def export(config, cfg: ModelConfig, params, workdir: str, meta: dict | None, architecture: str = "") -> str:
     """Write the trained model (adapters merged) as a Hugging Face directory of class `architecture` where it
-    computes the model (process 0; parameters gathered to the host). A rerun of a finished run replaces its own
-    earlier export, nothing else."""
+    computes the model (process 0; parameters gathered to the host). A rerun of a finished run replaces its
+    own earlier export, nothing else."""
     out = export_path(config, workdir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -66,9 +69,9 @@ def export(config, cfg: ModelConfig, params, workdir: str, meta: dict | None, ar
     if jax.process_index() != 0:
         return out
     tokenizer = exportable_tokenizer(tokenizer_dir(workdir))  # what `ctxjax export` would copy
-    return hf.save_pretrained(cfg, jax.device_get(params), out, tokenizer=tokenizer, architecture=architecture,
-                              overwrite=_own_export(out, workdir), protected=protected_paths(config, workdir, meta),
-                              source=workdir)
+    return hf.save_pretrained(cfg, jax.device_get(params), out, tokenizer=tokenizer,
+                              architecture=architecture, overwrite=_own_export(out, workdir),
+                              protected=protected_paths(config, workdir, meta), source=workdir)
 
 
 def _own_export(out: str, workdir: str) -> bool:

@@ -22,9 +22,11 @@ import numpy as np
 
 from ctxjax import flops
 from ctxjax.attention.ring import zigzag_batch
-from ctxjax.checkpoint import (Checkpointer, checkpoint_dir, checkpoint_meta, replace_tokenizer, tokenizer_dir)
+from ctxjax.checkpoint import (Checkpointer, checkpoint_dir, checkpoint_meta, replace_tokenizer,
+                               tokenizer_dir)
 from ctxjax.config import ModelConfig
-from ctxjax.data import as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch, make_pipeline
+from ctxjax.data import (as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch,
+                         make_pipeline)
 from ctxjax.errors import InputError, TrainingDiverged
 from ctxjax.evaluate import run_evaluation
 from ctxjax.fs import ensure_writable_directory
@@ -72,7 +74,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), StopRequests() as stop:
         start = start_run(config, workdir, checkpointer, mesh, stages, schedule)
         run = execution_config(config)
-        stage_models = [model_config_for_stage(config, start.base, s) for s in stages]  # all fit, before compiling
+        # All fit, before compiling.
+        stage_models = [model_config_for_stage(config, start.base, s) for s in stages]
         check_export(config, workdir, start.meta, stage_models[-1])
         pipe = make_pipeline(_data_config(config, workdir, start), workdir,
                              model_vocab_size=start.base.vocab_size)
@@ -107,8 +110,9 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
         _raise_if_diverged(state, checkpointer)
         checkpointer.save(step, state, data_state=pipe.global_state(), force=True,
                           meta=checkpoint_meta(setup.cfg, adaptation=start.adaptation,
-                                               hf_architecture=start.hf_architecture, train_config=config.to_dict(),
-                                               stage=stage.index, base_model_config=start.base.to_dict(),
+                                               hf_architecture=start.hf_architecture,
+                                               train_config=config.to_dict(), stage=stage.index,
+                                               base_model_config=start.base.to_dict(),
                                                imported=start.imported, **_provenance(start.meta)))
 
     while step < last_step:
@@ -145,8 +149,8 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
         if at_stage_end or step == last_step or (every and step % every == 0) or stopping:
             save(step)
         if at_stage_end and config.eval_at_stage_end:
-            results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, pipe.tokenizer, workdir,
-                                     step)
+            results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, pipe.tokenizer,
+                                     workdir, step)
             metrics.write(step, results)
             summary.update(results)
         if stopping:
@@ -157,7 +161,8 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
 
 
 def _enter_stage(config, start: Start, run, stage, state, previous: StageSetup | None, mesh):
-    """The state laid out for `stage`'s model (its positional parameters grown first) and its compiled step."""
+    """The state laid out for `stage`'s model (its positional parameters grown first) and its compiled
+    step."""
     cfg = model_config_for_stage(config, start.base, stage)
     if previous is not None:
         state = grow_positions(state, cfg, config.learned_extend_method)
@@ -182,16 +187,16 @@ def _log_record(values, schedule, step: int, stage) -> dict:
 
 
 def _data_config(config, workdir: str, start: Start):
-    """The run's data config. A model taken from an HF directory keeps that directory's tokenizer (import-hf has
-    already copied it into WORKDIR/tokenizer, where the pipeline looks first); process 0 copies all its files
-    there on a fresh init_from_hf run, as import-hf does. An imported model without any tokenizer is refused: a
-    tokenizer trained on the data would not match its embeddings."""
+    """The run's data config. A model taken from an HF directory keeps that directory's tokenizer (import-hf
+    has already copied it into WORKDIR/tokenizer, where the pipeline looks first); process 0 copies all its
+    files there on a fresh init_from_hf run, as import-hf does. An imported model without any tokenizer is
+    refused: a tokenizer trained on the data would not match its embeddings."""
     data_config = as_data_config(config.data)
     if data_config.tokenizer:
         return data_config
     if find_tokenizer_file(tokenizer_dir(workdir)):
-        # A resumed or imported model keeps the tokenizer it was trained with, even when the data settings that
-        # trained it changed (the pipeline would otherwise train a new one, unrelated to the embeddings).
+        # A resumed or imported model keeps the tokenizer it was trained with, even when the data settings
+        # that trained it changed (the pipeline would otherwise train a new one, unrelated to the embeddings).
         return as_data_config(data_config, tokenizer=tokenizer_dir(workdir)) if start.meta else data_config
     if config.init_from_hf and start.meta is None:
         if exportable_tokenizer(config.init_from_hf):
@@ -200,8 +205,8 @@ def _data_config(config, workdir: str, start: Start):
             return as_data_config(data_config, tokenizer=config.init_from_hf)
     if start.imported:
         source = config.init_from_hf or (start.meta or {}).get("imported_from", "a Hugging Face model")
-        raise InputError(f"{workdir} trains a model imported from {source} that came without a tokenizer, and "
-                         "data.tokenizer is empty: a new tokenizer would not match its embeddings; set "
+        raise InputError(f"{workdir} trains a model imported from {source} that came without a tokenizer, "
+                         "and data.tokenizer is empty: a new tokenizer would not match its embeddings; set "
                          "--config.data.tokenizer=PATH (its tokenizer.json or tokenizer.model)")
     return data_config
 
@@ -216,8 +221,8 @@ def evaluate_stage(config, cfg: ModelConfig, params, adaptation, tokenizer, work
     eval_config = dict(config.eval)
     eval_config["source"] = eval_config.get("source") or eval_source_spec(as_data_config(config.data))
     out_dir = os.path.join(workdir, "eval", f"step_{step}")
-    # With full attention (no adaptation: S²-Attn only approximates it for training; LongLoRA evaluates that way
-    # too) and the adapters merged.
+    # With full attention (no adaptation: S²-Attn only approximates it for training; LongLoRA evaluates that
+    # way too) and the adapters merged.
     return run_evaluation(cfg, merge_adapters(params, adaptation), tokenizer, eval_config, out_dir, step=step,
                           run_name=f"step {step}")
 
@@ -227,5 +232,6 @@ def _raise_if_diverged(state, checkpointer) -> None:
     if bad >= 0:
         last_good = checkpointer.latest_step()
         raise TrainingDiverged(
-            f"loss became NaN/inf at step {bad}; training stopped and the last good checkpoint (step {last_good}) "
-            "is kept: lower the learning rate or raise warmup_steps, then rerun to resume from it")
+            f"loss became NaN/inf at step {bad}; training stopped and the last good checkpoint (step "
+            f"{last_good}) is kept: lower the learning rate or raise warmup_steps, then rerun to resume from "
+            "it")

@@ -22,8 +22,8 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
-        # A run killed after its last checkpoint logged steps that the resumed run repeats: drop them, so each step
-        # is recorded once (TensorBoard hides its own copies from purge_step on).
+        # A run killed after its last checkpoint logged steps that the resumed run repeats: drop them, so each
+        # step is recorded once (TensorBoard hides its own copies from purge_step on).
         path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(path):
             write_atomically(path, "".join(_records_up_to(path, start_step)).encode())
@@ -46,7 +46,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         self._bar.n = step
-        shown = {k: metrics[k] for k in ("loss", "tokens_per_s", "seq_len", "stage", "lr", "mfu") if k in metrics}
+        shown = {k: metrics[k] for k in ("loss", "tokens_per_s", "seq_len", "stage", "lr", "mfu")
+                 if k in metrics}
         self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()})
 
     def close(self) -> None:
@@ -57,9 +58,9 @@ class MetricsWriter:
 
 
 def _records_up_to(path: str, last_step: int) -> list[str]:
-    """The lines of a metrics file up to `last_step`. A line that is not a JSON record (the torn last line that a
-    kill or a full disk leaves mid-write) is dropped with a warning naming the file and line: the metrics are a
-    log of the run, and a resume must never fail on them."""
+    """The lines of a metrics file up to `last_step`. A line that is not a JSON record (the torn last line
+    that a kill or a full disk leaves mid-write) is dropped with a warning naming the file and line: the
+    metrics are a log of the run, and a resume must never fail on them."""
     kept, torn = [], []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):

@@ -57,8 +57,8 @@ def start_run(config, workdir: str, checkpointer: Checkpointer, mesh, stages, sc
         moved = [checkpointer.set_aside(s) for s in damaged] if jax.process_index() == 0 else []
         _barrier("ctxjax: the damaged checkpoints are set aside")
         checkpointer.reload()
-        log.warning("resuming from step %d; the damaged step(s) %s were moved to %s (nothing was deleted)", step,
-                    damaged, ", ".join(moved) or "damaged_checkpoints")
+        log.warning("resuming from step %d; the damaged step(s) %s were moved to %s (nothing was deleted)",
+                    step, damaged, ", ".join(moved) or "damaged_checkpoints")
     _warn_ignored_model_changes(config, start.meta, workdir)
     return start
 
@@ -71,7 +71,8 @@ def _barrier(name: str) -> None:
 
 
 def _optimizer(config, cfg: ModelConfig, adaptation: AdaptationConfig, schedule):
-    """(optimizer, trainable labels) of the run, computed once: the parameters' tree is the same at every stage."""
+    """(optimizer, trainable labels) of the run, computed once: the parameters' tree is the same at every
+    stage."""
     labels = trainable_labels(abstract_params(cfg, adaptation), config.optimizer.trainable)
     return make_optimizer(config.optimizer, schedule, labels), labels
 
@@ -127,8 +128,8 @@ def model_config_for_stage(config, base: ModelConfig, stage) -> ModelConfig:
 
 
 def architecture_imported(config, checkpoint_meta) -> bool:
-    """Whether the run's architecture came from a Hugging Face model (import-hf, init_from_hf) rather than from
-    `config.model`; training checkpoints record it (older ones did not: then init_from_hf decides)."""
+    """Whether the run's architecture came from a Hugging Face model (import-hf, init_from_hf) rather than
+    from `config.model`; training checkpoints record it (older ones did not: then init_from_hf decides)."""
     if checkpoint_meta is None:
         return bool(config.init_from_hf)
     if checkpoint_meta.get("params_only"):
@@ -139,16 +140,18 @@ def architecture_imported(config, checkpoint_meta) -> bool:
 def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
     """The architecture of the run: the checkpoint's if the work directory has one (imported or resumed),
     else the HF directory's (`init_from_hf`), else `config.model`; the sliding window from config when it sets
-    one (0 keeps the base model's). A resumed run whose `config.model` asks for other parameter shapes is refused,
-    never overwritten (an imported model's shapes come from its checkpoint, which the recipe does not describe)."""
+    one (0 keeps the base model's). A resumed run whose `config.model` asks for other parameter shapes is
+    refused, never overwritten (an imported model's shapes come from its checkpoint, which the recipe does not
+    describe)."""
     requested = model_config(config)
     # Set in the config: replaces the base model's window (e.g. widened for a longer context).
     window = {"sliding_window": requested.sliding_window} if requested.sliding_window else {}
     if checkpoint_meta is not None:
-        saved = ModelConfig.from_dict(checkpoint_meta.get("base_model_config") or checkpoint_meta["model_config"])
+        saved = ModelConfig.from_dict(checkpoint_meta.get("base_model_config")
+                                      or checkpoint_meta["model_config"])
         if not checkpoint_meta.get("params_only") and not architecture_imported(config, checkpoint_meta):
-            check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")}, requested,
-                             workdir=workdir)
+            check_compatible({"model_config": saved.to_dict(), "step": checkpoint_meta.get("step")},
+                             requested, workdir=workdir)
         return saved.replace(**window)
     if config.init_from_hf:
         hf_config = hf.read_hf_config(config.init_from_hf)
@@ -160,21 +163,21 @@ def base_model_config(config, checkpoint_meta, workdir: str) -> ModelConfig:
 def _check_adaptation(base: ModelConfig, adaptation: AdaptationConfig, imported: bool, workdir: str) -> None:
     adaptation.check(base)
     if adaptation.lora_rank and not imported:
-        raise InputError(f"adaptation.lora_rank={adaptation.lora_rank} trains adapters on a pretrained model, but "
-                         f"{workdir} holds none: run `ctxjax import-hf HF_DIR --workdir` on it first or set "
-                         "--config.init_from_hf=HF_DIR")
+        raise InputError(f"adaptation.lora_rank={adaptation.lora_rank} trains adapters on a pretrained "
+                         f"model, but {workdir} holds none: run `ctxjax import-hf HF_DIR --workdir` on it "
+                         "first or set --config.init_from_hf=HF_DIR")
 
 
 def _check_same_stage_positions(checkpoint_meta, stage, cfg: ModelConfig, start: int, workdir: str) -> None:
-    """A run stopped inside a stage resumes it with the rotation it trained with: a changed rope_scaling, stage
-    position or model.position would otherwise switch the scheme mid-stage without a word."""
+    """A run stopped inside a stage resumes it with the rotation it trained with: a changed rope_scaling,
+    stage position or model.position would otherwise switch the scheme mid-stage without a word."""
     if checkpoint_meta is None or checkpoint_meta.get("params_only") or start == stage.start:
         return
     saved = model_config_of(checkpoint_meta).position
     if saved != cfg.position:
-        raise InputError(f"{workdir} stopped inside stage {stage.index}, trained with positions {saved}; the config "
-                         f"now gives {cfg.position}: resume with the same rope_scaling / stage position / "
-                         "model.position (--config.FIELD=VALUE) or choose a new --workdir")
+        raise InputError(f"{workdir} stopped inside stage {stage.index}, trained with positions {saved}; the "
+                         f"config now gives {cfg.position}: resume with the same rope_scaling / stage "
+                         "position / model.position (--config.FIELD=VALUE) or choose a new --workdir")
 
 
 def _check_same_training(config, checkpoint_meta, adaptation: AdaptationConfig, workdir: str) -> None:
@@ -197,23 +200,24 @@ def _check_same_training(config, checkpoint_meta, adaptation: AdaptationConfig, 
 
 
 def _warn_ignored_model_changes(config, checkpoint_meta, workdir: str) -> None:
-    """A resumed run keeps the checkpoint's model (a window set in `config.model` aside). Any other model field
-    changed since the checkpoint was saved has no effect: say so, since e.g. a new model.position would
+    """A resumed run keeps the checkpoint's model (a window set in `config.model` aside). Any other model
+    field changed since the checkpoint was saved has no effect: say so, since e.g. a new model.position would
     otherwise look applied."""
     saved = (checkpoint_meta or {}).get("train_config", {}).get("model")
     if not saved or checkpoint_meta.get("params_only"):
         return
     now = json.loads(json.dumps(config.model.to_dict()))  # as stored: tuples become lists
-    ignored = [f"model.{k}" for k in sorted(now) if k != "sliding_window" and k in saved and saved[k] != now[k]]
+    ignored = [f"model.{k}" for k in sorted(now) if k != "sliding_window" and k in saved
+               and saved[k] != now[k]]
     if ignored:
         log.warning("%s resumes with the model of its checkpoint: %s changed since it was saved and has no "
-                    "effect (change positions at a stage boundary with stages[i].position or rope_scaling, or "
-                    "choose a new --workdir)", workdir, ", ".join(ignored))
+                    "effect (change positions at a stage boundary with stages[i].position or rope_scaling, "
+                    "or choose a new --workdir)", workdir, ", ".join(ignored))
 
 
 def prepare_imported(params, cfg: ModelConfig, adaptation: AdaptationConfig, config):
-    """Imported weights made ready to train: a position table shorter than the stage's context grows (GPT-2's),
-    and LoRA adapters are added (starting as no change) when the config asks for them."""
+    """Imported weights made ready to train: a position table shorter than the stage's context grows
+    (GPT-2's), and LoRA adapters are added (starting as no change) when the config asks for them."""
     params = lora.add_adapters(params, cfg, adaptation, jax.random.PRNGKey(config.seed))
     return cfg.position.extend(params, cfg.max_seq_len, method=config.learned_extend_method)
 

@@ -35,7 +35,8 @@ def abstract_params(cfg: ModelConfig, adaptation: AdaptationConfig = NO_ADAPTERS
     return strip_boxes(jax.eval_shape(lambda: _boxed_params(cfg, adaptation, jax.random.PRNGKey(0))))
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh, adaptation: AdaptationConfig = NO_ADAPTERS, rules=LOGICAL_RULES):
+def param_shardings(cfg: ModelConfig, mesh: Mesh, adaptation: AdaptationConfig = NO_ADAPTERS,
+                    rules=LOGICAL_RULES):
     """NamedShardings of the model's parameters, from their logical axis names."""
     boxed = jax.eval_shape(lambda: _boxed_params(cfg, adaptation, jax.random.PRNGKey(0)))
     return logical_shardings(boxed, mesh, rules)
@@ -80,7 +81,8 @@ def grow_positions(state, cfg: ModelConfig, method: str):
     if params is state["params"]:
         return state
     host = jax.device_get({**state, "params": params})
-    old = {_names(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+    old = {_names(path): leaf.shape
+           for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
     new = {_names(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(host["params"])[0]}
     grown = {path: (old[path], new[path]) for path in new if new[path] != old[path]}
 

@@ -25,7 +25,8 @@ def _loss_inputs(model: Transformer, params, batch):
     """Final hidden states, output kernel and targets of one batch: the arguments of the chunked loss."""
     hidden = model.apply({"params": params}, batch["tokens"], positions=batch["positions"],
                          segment_ids=batch["segment_ids"], return_hidden=True)  # [B, L, D]
-    return hidden, output_kernel(model.config, params).astype(hidden.dtype), batch["targets"], batch["weights"]
+    return (hidden, output_kernel(model.config, params).astype(hidden.dtype), batch["targets"],
+            batch["weights"])
 
 
 def loss_sums(model: Transformer, params, batch, loss_chunk: int):
@@ -47,12 +48,13 @@ def _is_none(x) -> bool:
 
 def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, micro_batches: int = 1,
                     loss_chunk: int = 1024, z_loss: float = 0.0, labels=None):
-    """state = {step, params, opt_state, first_bad_step} -> (new state, metrics) of `model` (a Transformer with
-    its ModelConfig, ExecutionConfig and AdaptationConfig). Not jitted here: the caller jits it with shardings
-    and donation. The objective is cross-entropy + z_loss * mean log(Z)^2.
+    """state = {step, params, opt_state, first_bad_step} -> (new state, metrics) of `model` (a Transformer
+    with its ModelConfig, ExecutionConfig and AdaptationConfig). Not jitted here: the caller jits it with
+    shardings and donation. The objective is cross-entropy + z_loss * mean log(Z)^2.
 
     `labels` ('train'/'freeze' per parameter, `optimizer.trainable_labels`): the loss is differentiated with
-    respect to the trainable parameters only, so frozen weights cost no weight-gradient matmuls (LoRA's saving)."""
+    respect to the trainable parameters only, so frozen weights cost no weight-gradient matmuls (LoRA's
+    saving)."""
 
     def trainable_part(params):
         if labels is None:
@@ -74,7 +76,8 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, mic
     def accumulate(params, batch):
         if micro_batches == 1:
             return grads_of(params, batch)
-        split = jax.tree.map(lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+        split = jax.tree.map(lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]),
+                             batch)
 
         def body(carry, micro):
             total, count, grads = carry
@@ -117,7 +120,7 @@ def jit_train_step(config, model: Transformer, tx, labels, stage, mesh, sharding
     (updated in place: no second copy of parameters and optimizer state). `labels`: trainable_labels of the
     params."""
     micro = int(config.micro_batch_size) or stage.batch_size
-    step = make_train_step(model, tx, micro_batches=stage.batch_size // micro, loss_chunk=int(config.loss_chunk),
-                           z_loss=float(config.z_loss), labels=labels)
+    step = make_train_step(model, tx, micro_batches=stage.batch_size // micro,
+                           loss_chunk=int(config.loss_chunk), z_loss=float(config.z_loss), labels=labels)
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)

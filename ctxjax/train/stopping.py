@@ -28,8 +28,8 @@ class StopRequests:
             raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the save
         self.requested = True
         if signum == signal.SIGINT:
-            print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+            print("\nCtrl-C: saving a checkpoint after this step, then stopping "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
