@@ -23,6 +23,7 @@ from ctxjax.data.retrieval_text import MULTIKEY_SENTENCE as KEY_SENTENCE, NAMES,
 from ctxjax.evaluate.passkey import key_answer_tokens
 from ctxjax.evaluate.retrieval import Trial, build_prompt, template_tokens
 
+
 class MultiKeyTask:
     def __init__(self, tokenizer, key_digits: int = 5, distractors: int = 3, add_bos: bool = True):
         if not 0 <= distractors < len(NAMES):

@@ -22,6 +22,7 @@ from ctxjax.data.retrieval_text import FILLER, PASSKEY_INTRO as INTRO, PASSKEY_Q
 from ctxjax.data.retrieval_text import PASSKEY_SENTENCE as KEY_SENTENCE, random_key
 from ctxjax.evaluate.retrieval import Trial, build_prompt
 
+
 class PasskeyTask:
     def __init__(self, tokenizer, key_digits: int = 5, add_bos: bool = True):
         self.tokenizer = tokenizer
