@@ -35,17 +35,19 @@ test: install install-tf
 
 DEMO_DIR ?= runs/demo
 
-# Train (or resume) the demo, evaluate it at and past its training length, check that the PyTorch export
-# computes the same logits there, say where it all is.
+# Train (or resume) the demo, which evaluates the model at every stage end (passkey, multikey, fixed-target
+# perplexity at 1x, 2x and 4x its original length) and exports it; check that the PyTorch export computes the
+# same logits at and past the original length; print the before/after-extension table (DEMO_DIR/summary.md).
 demo: install
 	$(PY) train.py --config configs/demo.py --workdir $(DEMO_DIR)
-	$(PY) -m ctxjax.cli eval $(DEMO_DIR) --tasks ppl,passkey --lengths 128,256,512,1024 \
-	    --max-documents 16 --max-windows 16 --trials 2 --out $(DEMO_DIR)/eval/final
 	$(PY) -m ctxjax.cli check-logits $(DEMO_DIR)/hf --workdir $(DEMO_DIR) --lengths 128,1024 --atol 1e-4
 	@echo
+	$(PY) -m ctxjax.cli extension-table $(DEMO_DIR)
+	@echo
 	@echo "demo finished:"
+	@echo "  before/after table: $(DEMO_DIR)/summary.md"
 	@echo "  Hugging Face model: $(DEMO_DIR)/hf  (transformers.AutoModelForCausalLM.from_pretrained)"
-	@echo "  evaluation:         $(DEMO_DIR)/eval/final/summary.md and its PNG plots"
+	@echo "  evaluations:        $(DEMO_DIR)/eval/step_N/summary.md (every stage end) and their PNG plots"
 	@echo "  metrics:            $(DEMO_DIR)/metrics.jsonl, TensorBoard logs in $(DEMO_DIR)/tensorboard"
 	@echo "  checkpoints:        $(DEMO_DIR)/checkpoints (re-running 'make demo' resumes or re-exports)"
 

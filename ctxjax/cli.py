@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, generate, import_hf, info,
-                             train)
+from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, extension_table, generate,
+                             import_hf, info, train)
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
 from ctxjax.xla_flags import apply_cpu_flags
 
-COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, generate, check_logits]
+COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, extension_table, generate, check_logits]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,11 +59,11 @@ shapes_strategy = st.lists(st.tuples(st.integers(1, 3), st.integers(1, 17)), min
 
 
 @settings(max_examples=60, deadline=None)
-@given(texts=texts_strategy, shapes=shapes_strategy, seed=st.integers(0, 3))
-def test_packing_emits_every_token_once_across_an_epoch(texts, shapes, seed):
+@given(texts=texts_strategy, shapes=shapes_strategy, seed=st.integers(0, 3), mode=st.sampled_from(["pack", "pack_whole"]))
+def test_packing_emits_every_token_once_across_an_epoch(texts, shapes, seed, mode):
     """Whatever the (changing) batch shapes: inputs are exactly the documents' tokens, and weighted targets
     exactly the documents' tokens but the first of each."""
-    batches = drain(pipeline(texts, seed=seed, num_epochs=1), shapes)
+    batches = drain(pipeline(texts, seed=seed, num_epochs=1, mode=mode), shapes)
     documents = [document_ids(t) for t in texts]
     inputs = collections.Counter(t for b in batches for t in b["tokens"][b["segment_ids"] > 0].tolist())
     targets = collections.Counter(t for b in batches for t in b["targets"][b["weights"] > 0].tolist())
@@ -71,6 +71,16 @@ def test_packing_emits_every_token_once_across_an_epoch(texts, shapes, seed):
     assert targets == collections.Counter(t for d in documents for t in d[1:])
     for b in batches:
         check_row_invariants(b)
+
+
+def test_pack_whole_never_cuts_a_document_that_fits_in_a_row():
+    texts = ["a" * 5, "b" * 9, "c" * 3, "d" * 30, "e" * 12]  # 7, 11, 5, 32 and 14 tokens with BOS and EOS
+    (batch,) = drain(pipeline(texts, shuffle=False, num_epochs=1, mode="pack_whole"), [(6, 16)])
+    rows = [bytes(t for t in row if 0 < t < 256).decode() for row in batch["tokens"].tolist()]
+    # b (11 tokens) does not fit after a (7): padding, and it starts the next row; d (32) is longer than a row: cut.
+    assert rows == ["a" * 5, "b" * 9 + "c" * 3, "d" * 15, "d" * 15, "e" * 12, ""]
+    assert (batch["segment_ids"][0, 7:] == 0).all()
+    check_row_invariants(batch)
 
 
 def test_stream_is_the_documents_in_order_whatever_the_shapes():

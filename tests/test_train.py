@@ -67,6 +67,19 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (None, None, None)
 
 
+def test_extension_table_puts_the_first_stage_end_beside_the_last(one_device_run, capsys):
+    from ctxjax import cli
+
+    workdir, _ = one_device_run
+    assert cli.main(["extension-table", workdir]) == 0
+    summary = open(os.path.join(workdir, "summary.md")).read()
+    assert summary in capsys.readouterr().out
+    before, after = [line for line in summary.splitlines() if line.startswith("| before") or line.startswith("| after")]
+    assert before.startswith("| before extension (step 3, trained at 16) | – |")  # no passkey asked at stage ends
+    assert after.startswith("| after extension (step 7, trained to 64) |") and "fixed-target ppl 64 (4×)" in summary
+    assert cli.main(["extension-table", str(os.path.dirname(workdir))]) == 2  # no checkpoints: one-line error
+
+
 def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path, caplog):
     reference, _ = one_device_run
     workdir = str(tmp_path)

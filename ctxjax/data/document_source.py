@@ -1,5 +1,6 @@
 """What every document source is: random access to the text of document i, and a fingerprint that changes
-when the documents may have (it keys the token cache). Sources are built by name in sources.py."""
+when the documents may have (it keys the token cache). In a module of its own so that source kinds defined in
+other files (tfds_source.py, retrieval_source.py) and the registry in sources.py can all import it."""
 
 from __future__ import annotations
 

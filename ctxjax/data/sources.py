@@ -4,6 +4,7 @@
     text:GLOB                   one document per file
     jsonl:GLOB[:FIELD]          one document per line, the text under FIELD (default "text")
     tfds:NAME[/CONFIG][:SPLIT]  a prepared tensorflow-datasets data set (see tfds_source.py)
+    retrieval[:TASKS][:OPT=V]   synthetic passkey / multikey documents (see retrieval_source.py)
     mix:W*SPEC;W*SPEC...        several sources in one, each's documents repeated W times per epoch
                                 (W < 1: an evenly spaced W-fraction of them), e.g. mix:3*tfds:pg19;1*stdlib
 
@@ -27,6 +28,7 @@ import numpy as np
 from ctxjax.data import stdlib_corpus, tfds_source
 from ctxjax.data.config import DataConfig, DataError
 from ctxjax.data.document_source import DocumentSource, UndecodableDocument, decode_utf8
+from ctxjax.data.retrieval_source import open_retrieval
 
 
 class ListSource(DocumentSource):
@@ -245,7 +247,8 @@ def _open_mix(arg: str, config: DataConfig) -> DocumentSource:
 
 
 SOURCE_KINDS: dict[str, Callable[[str, DataConfig], DocumentSource]] = {
-    "stdlib": _open_stdlib, "text": _open_text, "jsonl": _open_jsonl, "tfds": _open_tfds, "mix": _open_mix,
+    "stdlib": _open_stdlib, "text": _open_text, "jsonl": _open_jsonl, "tfds": _open_tfds,
+    "retrieval": open_retrieval, "mix": _open_mix,
 }
 
 
@@ -278,7 +281,7 @@ def open_source(spec: str | DocumentSource, config: DataConfig | None = None) ->
         if kind not in SOURCE_KINDS:
             raise DataError(f"data.source={spec!r} has unknown kind {kind!r}; use one of "
                             "stdlib[:SPLIT], text:GLOB, jsonl:GLOB[:FIELD], tfds:NAME[/CONFIG][:SPLIT], "
-                            "mix:W*SPEC;W*SPEC")
+                            "retrieval[:TASKS][:OPTION=VALUE], mix:W*SPEC;W*SPEC")
         source = SOURCE_KINDS[kind](arg, config)
     # A mixture's parts are limited one by one (as opened above), so that each keeps its share.
     if config.max_documents is not None and not isinstance(source, MixtureSource):
@@ -294,8 +297,11 @@ def eval_source_spec(config: DataConfig) -> str:
         return config.eval_source
     kind, _, arg = config.source.partition(":")
     if kind == "mix":  # each part's held-out split once: repeats would only score the same documents again
-        return "mix:" + ";".join(f"1*{eval_source_spec(dataclasses.replace(config, source=inner))}"
-                                 for _, inner in mixture_parts(arg, config.source))
+        # Synthetic retrieval documents have nothing to hold out (ctxjax eval's passkey/multikey tasks measure them).
+        natural = [inner for _, inner in mixture_parts(arg, config.source) if inner.partition(":")[0] != "retrieval"]
+        if natural:
+            return "mix:" + ";".join(f"1*{eval_source_spec(dataclasses.replace(config, source=inner))}"
+                                     for inner in natural)
     if kind == "stdlib":
         return "stdlib:eval"
     if kind == "tfds":

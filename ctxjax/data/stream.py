@@ -4,6 +4,10 @@ The cursor (epoch, index in the epoch's order, tokens of the current document al
 emitted) is all the state there is: every random choice is keyed by values it determines, so restoring a
 cursor replays the stream exactly, for any row length asked next.
 
+"pack_whole" packs the same way, except that a document no longer than a row is never cut: when it does not fit
+in what is left of a row, the rest of the row is padding. A short document (a retrieval sample, whose question
+must see its key) then always lies in one row, at the price of that padding.
+
 In a row, a piece of a document with inputs doc[o:o+m] has targets doc[o+1:o+m+1] where they exist: the
 last token of a document has no target (weight 0). A document longer than the rest of a row continues
 at position 0 of the next row, so every document token is an input exactly once and, but the first, a
@@ -104,7 +108,7 @@ class ShardStream:
 
     def fill_rows(self, batch: dict[str, np.ndarray], first_row: int, num_rows: int) -> None:
         """Write the shard's next `num_rows` rows into batch[first_row:first_row+num_rows]."""
-        fill_row = self._fill_packed_row if self.mode == "pack" else self._fill_cropped_row
+        fill_row = self._fill_cropped_row if self.mode == "crop" else self._fill_packed_row
         for row in range(first_row, first_row + num_rows):
             fill_row(batch, row)
             self.cursor.rows += 1
@@ -117,6 +121,8 @@ class ShardStream:
             if doc is None:
                 return
             offset = self.cursor.offset
+            if self.mode == "pack_whole" and start and offset == 0 and seq_len - start < len(doc) <= seq_len:
+                return  # it fits in a row but not in what is left of this one: it starts the next, whole
             length = min(seq_len - start, len(doc) - offset)
             segment += 1
             rng_key = (self.seed, self.order.shard, self.cursor.rows, segment, 0x9053)

@@ -18,17 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from ctxjax.errors import InputError
-from ctxjax.evaluate.passkey import FILLER, key_answer_tokens, random_key
+# The sentences are shared with the training documents of the `retrieval:` source (ctxjax/data/retrieval_text.py).
+from ctxjax.data.retrieval_text import FILLER, MULTIKEY_INTRO as INTRO, MULTIKEY_QUESTION as QUESTION
+from ctxjax.data.retrieval_text import MULTIKEY_SENTENCE as KEY_SENTENCE, NAMES, random_key
+from ctxjax.evaluate.passkey import key_answer_tokens
 from ctxjax.evaluate.retrieval import Trial, build_prompt, template_tokens
-
-INTRO = "Several secret numbers are hidden in the text below, each with a name. Remember them all."
-KEY_SENTENCE = "The secret number of {name} is {key}."
-QUESTION = "What is the secret number of {name}? The secret number of {name} is"
-_ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "ivory", "jolly",
-               "keen", "lunar")
-_NOUNS = ("falcon", "harbor", "meadow", "lantern", "river", "orchard", "pebble", "comet", "willow", "canyon",
-          "beacon", "thistle")
-NAMES = tuple(f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS)
 
 
 class MultiKeyTask:

@@ -17,14 +17,10 @@ import re
 
 import numpy as np
 
+# The sentences are shared with the training documents of the `retrieval:` source (ctxjax/data/retrieval_text.py).
+from ctxjax.data.retrieval_text import FILLER, PASSKEY_INTRO as INTRO, PASSKEY_QUESTION as QUESTION
+from ctxjax.data.retrieval_text import PASSKEY_SENTENCE as KEY_SENTENCE, random_key
 from ctxjax.evaluate.retrieval import Trial, build_prompt
-
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
-         "I will quiz you about the important information there.")
-FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-          "There and back again.")
-KEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = "What is the pass key? The pass key is"
 
 
 class PasskeyTask:
@@ -48,11 +44,6 @@ class PasskeyTask:
 
     def answer_tokens(self) -> int:
         return key_answer_tokens(self.tokenizer, self.key_digits)
-
-
-def random_key(rng: np.random.RandomState, digits: int) -> str:
-    """A random integer of exactly `digits` digits (no leading zero), as text."""
-    return str(rng.randint(10 ** (digits - 1), 10 ** digits))
 
 
 def key_answer_tokens(tokenizer, digits: int) -> int:
