@@ -10,6 +10,7 @@ pass recompute that chunk's logits instead of storing them. Peak extra memory: o
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,14 +98,16 @@ def _chunked(arrays, length, chunk):
     return tuple(split(x) for x in arrays), n_chunks, chunk
 
 
-def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_loss, need):
-    """`_chunk_sums` of one chunk and the gradient of its total + z_loss * z_total with respect to hidden,
-    kernel and bias (None where `need` says no one asks): d/dlogits = w (softmax (1 + 2 z_loss log Z) -
-    onehot(target))."""
+def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, groups, softcap, z_loss, need, n_groups):
+    """`_chunk_sums` of one chunk, its weighted losses and weights summed per group ([n_groups, 2]), and the
+    gradient of its total + z_loss * z_total with respect to hidden, kernel and bias (None where `need` says
+    no one asks): d/dlogits = w (softmax (1 + 2 z_loss log Z) - onehot(target))."""
     batch, chunk, dim = hidden.shape
     logits, capped = _flat_logits(kernel, bias, hidden, softcap)
-    targets, weights = targets.reshape(-1), weights.reshape(-1)
+    targets, weights, groups = targets.reshape(-1), weights.reshape(-1), groups.reshape(-1)
     sums, log_z = _weighted_sums(logits, targets, weights)
+    token_loss = log_z - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    by_group = jax.ops.segment_sum(jnp.stack([token_loss * weights, weights], axis=-1), groups, n_groups)
     d_logits = jnp.exp(logits - log_z[:, None]) * (weights * (1.0 + 2.0 * z_loss * log_z))[:, None]
     d_logits = d_logits.at[jnp.arange(targets.shape[0]), targets].add(-weights)
     if softcap:  # through C tanh(raw / C)
@@ -117,56 +120,76 @@ def _chunk_sums_and_grads(kernel, bias, hidden, targets, weights, softcap, z_los
     d_kernel = jnp.dot(flat.T, d_logits.astype(flat.dtype), preferred_element_type=jnp.float32) \
         if need["kernel"] else None
     d_bias = d_logits.sum(0) if need["bias"] else None
-    return sums, d_hidden, d_kernel, d_bias
+    return sums, by_group, d_hidden, d_kernel, d_bias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _objective(hidden, kernel, bias, targets, weights, chunk, softcap, z_loss):
-    total, z_total, _ = loss_sums(hidden, kernel, targets, weights, bias=bias, chunk=chunk,
-                                  logit_softcap=softcap)
-    return total + z_loss * z_total, total, z_total
-
-
-def _objective_fwd(hidden, kernel, bias, targets, weights, chunk, softcap, z_loss):
-    # With symbolic zeros each input comes as (value, perturbed); an absent bias stays None.
-    need = dict(hidden=hidden.perturbed, kernel=kernel.perturbed, bias=bias is not None and bias.perturbed)
-    hidden, kernel, bias, targets, weights = (None if x is None else x.value
-                                              for x in (hidden, kernel, bias, targets, weights))
+def _objective_pass(hidden, kernel, bias, targets, weights, groups, chunk, softcap, z_loss, n_groups, need):
+    """One scan over the chunks: (sums [2], sums per group [n_groups, 2]) and the gradients `need` asks
+    for."""
     batch, length, dim = hidden.shape
-    xs, n_chunks, chunk = _chunked((hidden, targets.astype(jnp.int32), weights), length, chunk)
+    xs, n_chunks, chunk = _chunked((hidden, targets.astype(jnp.int32), weights, groups), length, chunk)
 
     def step(carry, x):
-        sums, d_kernel, d_bias = carry
-        chunk_sums, d_hidden, dk, db = _chunk_sums_and_grads(kernel, bias, *x, softcap, z_loss, need)
+        sums, by_group, d_kernel, d_bias = carry
+        chunk_sums, chunk_groups, d_hidden, dk, db = _chunk_sums_and_grads(kernel, bias, *x, softcap, z_loss,
+                                                                           need, n_groups)
         d_kernel = d_kernel if dk is None else d_kernel + dk
         d_bias = d_bias if db is None else d_bias + db
-        return (sums + chunk_sums, d_kernel, d_bias), d_hidden
+        return (sums + chunk_sums, by_group + chunk_groups, d_kernel, d_bias), d_hidden
 
-    init = (jnp.zeros((2,), jnp.float32), jnp.zeros(kernel.shape, jnp.float32) if need["kernel"] else None,
+    init = (jnp.zeros((2,), jnp.float32), jnp.zeros((n_groups, 2), jnp.float32),
+            jnp.zeros(kernel.shape, jnp.float32) if need["kernel"] else None,
             jnp.zeros(bias.shape, jnp.float32) if need["bias"] else None)
-    (sums, d_kernel, d_bias), d_hidden = lax.scan(step, init, xs)
+    (sums, by_group, d_kernel, d_bias), d_hidden = lax.scan(step, init, xs)
     if d_hidden is not None:  # [n_chunks, B, chunk, D] -> [B, L, D]
         d_hidden = d_hidden.swapaxes(0, 1).reshape(batch, n_chunks * chunk, dim)[:, :length]
+    return sums, by_group, (d_hidden, d_kernel, d_bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _objective(hidden, kernel, bias, targets, weights, groups, chunk, softcap, z_loss, n_groups):
+    nothing = dict(hidden=False, kernel=False, bias=False)
+    sums, by_group, _ = _objective_pass(hidden, kernel, bias, targets, weights, groups, chunk, softcap,
+                                        z_loss, n_groups, nothing)
+    return sums[0] + z_loss * sums[1], sums[0], sums[1], by_group
+
+
+def _objective_fwd(hidden, kernel, bias, targets, weights, groups, chunk, softcap, z_loss, n_groups):
+    # With symbolic zeros each input comes as (value, perturbed); an absent bias stays None.
+    need = dict(hidden=hidden.perturbed, kernel=kernel.perturbed, bias=bias is not None and bias.perturbed)
+    inputs = (hidden, kernel, bias, targets, weights, groups)
+    hidden, kernel, bias, targets, weights, groups = (None if x is None else x.value for x in inputs)
+    sums, by_group, (d_hidden, d_kernel, d_bias) = _objective_pass(
+        hidden, kernel, bias, targets, weights, groups, chunk, softcap, z_loss, n_groups, need)
     grads = (d_hidden, None if d_kernel is None else d_kernel.astype(kernel.dtype),
              None if d_bias is None else d_bias.astype(bias.dtype))
-    return (sums[0] + z_loss * sums[1], sums[0], sums[1]), grads
+    return (sums[0] + z_loss * sums[1], sums[0], sums[1], by_group), grads
 
 
-def _objective_bwd(chunk, softcap, z_loss, grads, cotangents):
-    d_objective, d_total, d_z_total = cotangents
-    if not all(isinstance(c, jax.custom_derivatives.SymbolicZero) for c in (d_total, d_z_total)):
+def _objective_bwd(chunk, softcap, z_loss, n_groups, grads, cotangents):
+    d_objective, *parts = cotangents
+    if not all(isinstance(c, jax.custom_derivatives.SymbolicZero) for c in parts):
         raise InputError("objective_sums differentiates its objective only; differentiate loss_sums for the "
                          "parts")
-    return tuple(None if g is None else g * d_objective.astype(g.dtype) for g in grads) + (None, None)
+    return tuple(None if g is None else g * d_objective.astype(g.dtype) for g in grads) + (None, None, None)
 
 
 _objective.defvjp(_objective_fwd, _objective_bwd, symbolic_zeros=True)
 
 
+class ObjectiveSums(NamedTuple):
+    objective: jax.Array  # losses + z_loss * log(Z)^2, summed: what the step differentiates
+    total: jax.Array  # sum of weighted token losses
+    z_total: jax.Array  # sum of weighted log(Z)^2
+    count: jax.Array  # sum of weights
+    by_group: jax.Array  # [n_groups, 2]: weighted token losses and weights summed per group (`groups`)
+
+
 def objective_sums(hidden, kernel, targets, weights=None, *, z_loss=0.0, bias=None, chunk=DEFAULT_CHUNK,
-                   logit_softcap=0.0):
-    """(objective, sum of weighted token losses, sum of weighted log(Z)^2, sum of weights) with objective =
-    losses + z_loss * log(Z)^2: the training objective of `loss_sums`, for gradient descent.
+                   logit_softcap=0.0, groups=None, n_groups=1) -> ObjectiveSums:
+    """The training objective of `loss_sums`, for gradient descent, with its parts (see ObjectiveSums).
+    `groups` [B, L] int in [0, n_groups) sorts the token losses into groups (e.g. by position: loss by
+    position during training) from the same pass; default: one group, all tokens.
 
     Its gradient is computed chunk by chunk in the forward pass, while each chunk's logits are at hand: one
     [chunk, V] product per chunk fewer than autodiff of `loss_sums`, which computes the logits again in the
@@ -174,9 +197,11 @@ def objective_sums(hidden, kernel, targets, weights=None, *, z_loss=0.0, bias=No
     frozen inputs (LoRA's frozen output layer) are not computed. Only the objective may be differentiated.
     """
     weights = _checked_weights(hidden, kernel, targets, weights, chunk)
-    objective, total, z_total = _objective(hidden, kernel, bias, targets, weights,
-                                           min(chunk, hidden.shape[1]), float(logit_softcap), float(z_loss))
-    return objective, total, z_total, jnp.sum(weights)
+    groups = jnp.zeros(targets.shape, jnp.int32) if groups is None else groups.astype(jnp.int32)
+    objective, total, z_total, by_group = _objective(hidden, kernel, bias, targets, weights, groups,
+                                                     min(chunk, hidden.shape[1]), float(logit_softcap),
+                                                     float(z_loss), int(n_groups))
+    return ObjectiveSums(objective, total, z_total, jnp.sum(weights), by_group)
 
 
 def cross_entropy_sum(hidden, kernel, targets, weights=None, *, bias=None, chunk=DEFAULT_CHUNK):

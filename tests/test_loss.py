@@ -111,8 +111,8 @@ def test_objective_gradient_from_the_forward_pass_equals_autodiff(chunk, softcap
         return total + z_loss * z_total
 
     def fused(hidden, kernel, bias):
-        objective, total, z_total, count = objective_sums(hidden, kernel, targets, weights, z_loss=z_loss,
-                                                          bias=bias, chunk=chunk, logit_softcap=softcap)
+        objective, total, z_total, count, _ = objective_sums(hidden, kernel, targets, weights, z_loss=z_loss,
+                                                             bias=bias, chunk=chunk, logit_softcap=softcap)
         return objective, (total, z_total, count)
 
     want, want_grads = jax.value_and_grad(reference, argnums=(0, 1, 2))(hidden, kernel, bias)
@@ -126,6 +126,23 @@ def test_objective_gradient_from_the_forward_pass_equals_autodiff(chunk, softcap
     # Scaled like any gradient by the objective's cotangent (the train step divides by the token count).
     scaled = jax.grad(lambda h: 3.0 * fused(h, kernel, bias)[0])(hidden)
     np.testing.assert_allclose(scaled, 3.0 * np.asarray(want_grads[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_token_losses_summed_per_group_come_from_the_same_pass():
+    """Loss by position during training: the same token losses, summed per group (here: position buckets of
+    a chunked, padded length), with the group weights; together they are the total."""
+    hidden, kernel, bias, targets, weights = problem(seed=6)
+    batch, length = targets.shape
+    groups = np.minimum(np.arange(length) // 10, 2)[None].repeat(batch, 0)  # [0, 10), [10, 20), [20, L)
+    sums = jax.jit(lambda h: objective_sums(h, kernel, targets, weights, bias=bias, chunk=7, groups=groups,
+                                            n_groups=3))(hidden)
+    logits = np.asarray(hidden @ kernel + bias, np.float64)
+    token = (np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+             - np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0])
+    for g in range(3):
+        mask = (groups == g) * np.asarray(weights)
+        np.testing.assert_allclose(sums.by_group[g], [(token * mask).sum(), mask.sum()], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(sums.by_group).sum(0), [sums.total, sums.count], rtol=1e-5)
 
 
 def test_objective_skips_gradients_nobody_asks_for():

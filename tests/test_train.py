@@ -51,6 +51,10 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
     records = [r for r in records if "loss" in r]
     assert [r["seq_len"] for r in records] == [16, 16, 16, 32, 32, 64, 64]
     assert [r["stage"] for r in records] == [0, 0, 0, 1, 1, 2, 2]
+    # Loss by position: the original context (16), then each doubling, as far as each stage reaches.
+    assert [sorted(k for k in r if k.startswith("loss/pos_")) for r in records][::2] == [
+        ["loss/pos_0-16"], ["loss/pos_0-16"], ["loss/pos_0-16", "loss/pos_16-32"],
+        ["loss/pos_0-16", "loss/pos_16-32", "loss/pos_32-64"]]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert any("tokens_per_s" in r and "mfu" in r for r in records)
     # Evaluation at every stage end: perplexity of the same targets with 16 and 64 tokens of context.

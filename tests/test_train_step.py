@@ -13,7 +13,7 @@ from ctxjax.optimizer import decay_mask, make_optimizer, trainable_labels
 from ctxjax.sharding import make_mesh
 from ctxjax.schedule import build_stages, learning_rate_schedule, model_config_for, stage_at
 from ctxjax.train.state import abstract_params, init_state, state_shardings
-from ctxjax.train.step import make_train_step
+from ctxjax.train.step import make_train_step, position_buckets
 
 CFG = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
 MODEL = Transformer(CFG)
@@ -46,6 +46,24 @@ def test_gradient_accumulation_equals_the_full_batch():
     assert acc_metrics["target_tokens"] == batch()["weights"].sum()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated["params"],
                  full["params"])
+
+
+def test_loss_by_position_buckets_the_positions_the_model_sees_from_the_same_pass():
+    """Bucket bounds: the original context, then each doubling. PoSE-style positions (a shifted second half)
+    land in the far buckets although the row is short; accumulated micro-batches give the same sums; the
+    buckets together are the loss."""
+    assert position_buckets(128, 512) == (128, 256) and position_buckets(128, 128) == ()
+    data = batch()
+    data["positions"] = np.concatenate([np.arange(8), 20 + np.arange(8)])[None].repeat(4, 0).astype(np.int32)
+    tx = optax.sgd(0.0)
+    _, metrics = jax.jit(make_train_step(MODEL, tx, buckets=(4, 8, 16)))(fresh_state(tx), data)
+    _, micro = jax.jit(make_train_step(MODEL, tx, buckets=(4, 8, 16), micro_batches=2))(fresh_state(tx), data)
+    by_position = np.asarray(metrics["loss_by_position"])
+    weights = data["weights"]
+    counts = [weights[:, :4].sum(), weights[:, 4:8].sum(), 0.0, weights[:, 8:].sum()]
+    np.testing.assert_array_equal(by_position[:, 1], counts)  # [0, 4), [4, 8), none in [8, 16), [16, ...)
+    np.testing.assert_allclose(by_position[:, 0].sum() / by_position[:, 1].sum(), metrics["loss"], rtol=1e-6)
+    np.testing.assert_allclose(micro["loss_by_position"], by_position, rtol=1e-5)
 
 
 def test_z_loss_pulls_the_softmax_normaliser_towards_one():

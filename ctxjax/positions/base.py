@@ -48,6 +48,11 @@ class PositionScheme:
     def alibi_slopes(self, n_heads: int):
         return None
 
+    def original_context(self, context: int) -> int:
+        """The context the model was trained at before any extension, for a model whose context is now
+        `context` (a scaled rotation remembers it; other schemes have no record: `context` itself)."""
+        return context
+
     def max_positions(self, cfg: "ModelConfig") -> int | None:
         """The most positions the scheme can represent (a learned table's rows); None when any position works.
         Lengths beyond it are refused by the model, skipped by evaluation, and grown with `extend`."""

@@ -40,7 +40,7 @@ from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
 from ctxjax.train.resume import Start, model_config_for_stage, start_run
 from ctxjax.train.state import abstract_params, grow_positions, state_shardings
-from ctxjax.train.step import jit_train_step
+from ctxjax.train.step import jit_train_step, position_buckets
 from ctxjax.train.stopping import StopRequests
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
     zigzag_shards = mesh.shape["sequence"] if config.ring_zigzag and mesh.shape["sequence"] > 1 else 0
     peak = float(config.peak_flops) or flops.measured_peak_flops()
     last_step = total_steps(stages)
+    buckets = run_position_buckets(config, start.base, stages)
     state, step, stage, setup = start.state, start.step, None, None
     pending, interval_start, interval_tokens, fresh_compile = [], time.perf_counter(), 0, False
     summary = {"workdir": workdir, "start_step": start.step, "last_step": last_step}
@@ -118,7 +119,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
     while step < last_step:
         if stage is None or step == stage.end:
             stage = stage_at(stages, step)
-            state, setup = _enter_stage(config, start, run, stage, state, setup, mesh)
+            state, setup = _enter_stage(config, start, run, stage, state, setup, mesh, buckets)
             fresh_compile = True
         local = pipe.next_batch(stage.batch_size, stage.seq_len)
         if zigzag_shards:
@@ -136,7 +137,8 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
         at_stage_end = step == stage.end
         if step % int(config.log_every) == 0 or at_stage_end or step == last_step:
             _raise_if_diverged(state, checkpointer)
-            record = _log_record(jax.device_get(pending), schedule, step, stage)
+            record = _log_record(jax.device_get(pending), schedule, step, stage, buckets,
+                                 longest(config, stages))
             if interval_tokens:  # an interval holding only a freshly compiled step has no throughput
                 record["tokens_per_s"] = interval_tokens / (time.perf_counter() - interval_start)
                 record["mfu"] = record["tokens_per_s"] * setup.flops_per_token / peak
@@ -160,7 +162,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
     return summary, state, setup.cfg if setup else model_config_for_stage(config, start.base, stages[-1])
 
 
-def _enter_stage(config, start: Start, run, stage, state, previous: StageSetup | None, mesh):
+def _enter_stage(config, start: Start, run, stage, state, previous: StageSetup | None, mesh, buckets):
     """The state laid out for `stage`'s model (its positional parameters grown first) and its compiled
     step."""
     cfg = model_config_for_stage(config, start.base, stage)
@@ -172,18 +174,35 @@ def _enter_stage(config, start: Start, run, stage, state, previous: StageSetup |
     else:
         shardings = previous.shardings
     model = Transformer(cfg, run, start.adaptation)
-    step_fn = jit_train_step(config, model, start.tx, start.labels, stage, mesh, shardings)
+    step_fn = jit_train_step(config, model, start.tx, start.labels, stage, mesh, shardings, buckets)
     # MFU counts no weight gradient for frozen matmul weights (LoRA, optimizer.trainable).
     frozen = flops.frozen_matmul_params(cfg, abstract_params(cfg, start.adaptation), start.labels)
     per_token = flops.flops_per_token(cfg, stage.seq_len, frozen, start.adaptation.shifted_sparse_group)
     return state, StageSetup(cfg, shardings, step_fn, per_token)
 
 
-def _log_record(values, schedule, step: int, stage) -> dict:
-    return {"loss": float(np.mean([m["loss"] for m in values])),
-            "grad_norm": float(np.mean([m["grad_norm"] for m in values])),
-            "lr": float(schedule(step - 1)), "seq_len": stage.seq_len, "batch_size": stage.batch_size,
-            "stage": stage.index}
+def longest(config, stages) -> int:
+    """The most positions the run's stages train at (PoSE's target included)."""
+    return max(max(s.seq_len for s in stages), int(config.data.pose_target_len))
+
+
+def run_position_buckets(config, base: ModelConfig, stages) -> tuple[int, ...]:
+    """The loss-by-position buckets of a run: the base model's original context, then each doubling."""
+    return position_buckets(base.position.original_context(base.max_seq_len), longest(config, stages))
+
+
+def _log_record(values, schedule, step: int, stage, buckets: tuple[int, ...], top: int) -> dict:
+    record = {"loss": float(np.mean([m["loss"] for m in values])),
+              "grad_norm": float(np.mean([m["grad_norm"] for m in values])),
+              "lr": float(schedule(step - 1)), "seq_len": stage.seq_len, "batch_size": stage.batch_size,
+              "stage": stage.index}
+    # Loss by position over the interval: token losses over tokens per bucket (buckets this stage does not
+    # reach have no tokens and no value).
+    by_position = np.sum([m["loss_by_position"] for m in values], axis=0)
+    for (lo, hi), (loss, count) in zip(zip((0, *buckets), (*buckets, top)), by_position):
+        if count:
+            record[f"loss/pos_{lo}-{hi}"] = float(loss / count)
+    return record
 
 
 def _data_config(config, workdir: str, start: Start):

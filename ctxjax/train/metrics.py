@@ -48,7 +48,11 @@ class MetricsWriter:
         self._bar.n = step
         shown = {k: metrics[k] for k in ("loss", "tokens_per_s", "seq_len", "stage", "lr", "mfu")
                  if k in metrics}
-        self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()})
+        shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()}
+        by_position = [f"{v:.3g}" for k, v in metrics.items() if k.startswith("loss/pos_")]
+        if len(by_position) > 1:  # the loss at the original context, then at each doubling beyond it
+            shown["loss_by_pos"] = "|".join(by_position)
+        self._bar.set_postfix(shown)
 
     def close(self) -> None:
         if self.enabled:

@@ -35,11 +35,27 @@ def loss_sums(model: Transformer, params, batch, loss_chunk: int):
                              logit_softcap=model.config.final_logit_softcapping)
 
 
-def objective_sums(model: Transformer, params, batch, loss_chunk: int, z_loss: float):
-    """(token losses + z_loss * log(Z)^2, token losses, log(Z)^2, target tokens), summed over one batch; the
-    objective's gradient is computed inside the chunked loss (`ctxjax.loss.objective_sums`)."""
+def objective_sums(model: Transformer, params, batch, loss_chunk: int, z_loss: float,
+                   position_buckets: tuple[int, ...] = ()):
+    """`ctxjax.loss.ObjectiveSums` of one batch (the objective's gradient is computed inside the chunked
+    loss), its token losses also summed per position bucket: bucket i holds the targets predicted at positions
+    below position_buckets[i] (and not below the one before; the last bucket everything beyond). Positions are
+    those the model sees: packed documents count from their own start, PoSE's are shifted."""
+    groups = jnp.searchsorted(jnp.asarray(position_buckets, jnp.int32), batch["positions"], side="right") \
+        if position_buckets else None
     return chunked_objective_sums(*_loss_inputs(model, params, batch), z_loss=z_loss, chunk=loss_chunk,
-                                  logit_softcap=model.config.final_logit_softcapping)
+                                  logit_softcap=model.config.final_logit_softcapping, groups=groups,
+                                  n_groups=len(position_buckets) + 1)
+
+
+def position_buckets(original_context: int, longest: int) -> tuple[int, ...]:
+    """The upper bounds of the position buckets of loss by position: the original context, then each doubling
+    of it below `longest` (e.g. 128, 256 for a run that grows 128 -> 512: buckets [0, 128), [128, 256),
+    [256, 512))."""
+    bounds = [original_context]
+    while bounds[-1] * 2 < longest:
+        bounds.append(bounds[-1] * 2)
+    return tuple(bounds) if longest > original_context else ()
 
 
 def _is_none(x) -> bool:
@@ -47,14 +63,15 @@ def _is_none(x) -> bool:
 
 
 def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, micro_batches: int = 1,
-                    loss_chunk: int = 1024, z_loss: float = 0.0, labels=None):
+                    loss_chunk: int = 1024, z_loss: float = 0.0, labels=None, buckets: tuple[int, ...] = ()):
     """state = {step, params, opt_state, first_bad_step} -> (new state, metrics) of `model` (a Transformer
     with its ModelConfig, ExecutionConfig and AdaptationConfig). Not jitted here: the caller jits it with
     shardings and donation. The objective is cross-entropy + z_loss * mean log(Z)^2.
 
     `labels` ('train'/'freeze' per parameter, `optimizer.trainable_labels`): the loss is differentiated with
     respect to the trainable parameters only, so frozen weights cost no weight-gradient matmuls (LoRA's
-    saving)."""
+    saving). `buckets` (see `position_buckets`): metrics["loss_by_position"] [len(buckets) + 1, 2] holds the
+    token losses and token counts per position bucket, from the same pass."""
 
     def trainable_part(params):
         if labels is None:
@@ -66,12 +83,11 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, mic
 
     def grads_of(params, batch):
         def objective(trainable):
-            value, total, _, count = objective_sums(model, with_frozen(trainable, params), batch, loss_chunk,
-                                                    z_loss)
-            return value, (total, count)
+            sums = objective_sums(model, with_frozen(trainable, params), batch, loss_chunk, z_loss, buckets)
+            return sums.objective, (sums.total, sums.count, sums.by_group)
 
-        (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(trainable_part(params))
-        return total, count, grads
+        (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(trainable_part(params))
+        return (*parts, grads)
 
     def accumulate(params, batch):
         if micro_batches == 1:
@@ -80,16 +96,15 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, mic
                              batch)
 
         def body(carry, micro):
-            total, count, grads = carry
-            t, c, g = grads_of(params, micro)
-            return (total + t, count + c, jax.tree.map(jnp.add, grads, g)), None
+            return jax.tree.map(jnp.add, carry, grads_of(params, micro)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, trainable_part(params))
-        (total, count, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), split)
-        return total, count, grads
+        zeros = (0.0, 0.0, jnp.zeros((len(buckets) + 1, 2)),
+                 jax.tree.map(jnp.zeros_like, trainable_part(params)))
+        summed, _ = jax.lax.scan(body, zeros, split)
+        return summed
 
     def train_step(state, batch):
-        total, count, grads = accumulate(state["params"], batch)
+        total, count, by_position, grads = accumulate(state["params"], batch)
         denominator = jnp.maximum(count, 1.0)
         loss = total / denominator
         grads = jax.tree.map(lambda g: (g / denominator).astype(g.dtype), grads)
@@ -110,17 +125,20 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, *, mic
             "opt_state": keep(opt_state, state["opt_state"]),
             "first_bad_step": first_bad,
         }
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "target_tokens": count}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "target_tokens": count,
+                           "loss_by_position": by_position}
 
     return train_step
 
 
-def jit_train_step(config, model: Transformer, tx, labels, stage, mesh, shardings):
+def jit_train_step(config, model: Transformer, tx, labels, stage, mesh, shardings,
+                   buckets: tuple[int, ...] = ()):
     """The stage's train step jitted with the state's shardings, the batch sharding and a donated state
     (updated in place: no second copy of parameters and optimizer state). `labels`: trainable_labels of the
-    params."""
+    params; `buckets`: the position buckets of the loss by position."""
     micro = int(config.micro_batch_size) or stage.batch_size
     step = make_train_step(model, tx, micro_batches=stage.batch_size // micro,
-                           loss_chunk=int(config.loss_chunk), z_loss=float(config.z_loss), labels=labels)
+                           loss_chunk=int(config.loss_chunk), z_loss=float(config.z_loss), labels=labels,
+                           buckets=buckets)
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)
