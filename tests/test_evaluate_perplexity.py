@@ -69,6 +69,10 @@ def test_fixed_targets_are_the_same_at_every_length_only_the_context_grows():
         assert r["fixed_target"][str(length)]["documents"] == 1
     # The short document still counts where it fits a whole window (length 3 and 5), and only there.
     assert r["nonoverlapping"]["5"]["documents"] == 2 and r["nonoverlapping"]["11"]["documents"] == 1
+    # A separate evaluation at one length keeps the same targets when told the context they were chosen for.
+    alone = run([long_doc, short_doc], [5], fixed_context=11)
+    assert alone["fixed_target"]["5"] == r["fixed_target"]["5"]
+    assert run([long_doc, short_doc], [5])["fixed_target"]["5"]["documents"] == 2
 
 
 def test_documents_shorter_than_the_window_and_lengths_longer_than_every_document_are_skipped_with_reasons():

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                         help="sliding-window stride (default: a quarter of each length)")
     parser.add_argument("--target-tokens", type=int,
                         help="fixed target set: last K tokens of each document (default 128)")
+    parser.add_argument("--fixed-target-context", type=int,
+                        help="fixed target set: the documents that fit a window this long (default: the "
+                             "longest length), to compare separate evaluations on the same targets")
     parser.add_argument("--max-windows", type=int, help="windows scored per length and method (default 256)")
     parser.add_argument("--batch-size", type=int, help="windows or prompts per forward pass (default 4)")
     parser.add_argument("--depths", type=floats,
@@ -73,6 +76,7 @@ def _eval_config(args):
     return as_eval_config(
         tasks=args.tasks, lengths=args.lengths, source=args.source, max_documents=args.max_documents,
         ppl_methods=args.ppl_methods, stride=args.stride, target_tokens=args.target_tokens,
+        fixed_target_context=args.fixed_target_context,
         max_windows=args.max_windows, batch_size=args.batch_size, attention=args.attention,
         depths=args.depths, trials=args.trials, distractors=args.distractors, needle=args.needle,
         question=args.question, answer=args.answer, haystack=args.haystack, seed=args.seed)

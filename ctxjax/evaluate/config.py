@@ -33,6 +33,9 @@ class EvalConfig:
     ppl_methods: tuple[str, ...] = PPL_METHODS
     stride: int | None = None  # sliding window stride; None: a quarter of each length (PI/YaRN use 256)
     target_tokens: int = 128  # fixed target set: the last K tokens of each document
+    # The fixed target set is the documents that fit a window of this many tokens (None: the longest length
+    # evaluated); set it to compare separate evaluations at different lengths on the same targets.
+    fixed_target_context: int | None = None
     bucket_size: int | None = None  # per-position loss bucket width; None: the smallest length / 8
     max_windows: int = 256  # per length and method: cap on windows scored (keeps CPU runs short)
     batch_size: int = 4  # windows or prompts per forward pass
@@ -86,6 +89,9 @@ class EvalConfig:
             fail(f"distractors={self.distractors} must be an int from 0 to 100")
         if self.max_documents is not None and self.max_documents < 1:
             fail(f"max_documents={self.max_documents} must be at least 1 (or None for all)")
+        if self.fixed_target_context is not None and self.fixed_target_context < self.target_tokens:
+            fail(f"fixed_target_context={self.fixed_target_context} must be at least target_tokens="
+                 f"{self.target_tokens} (a window holds the targets)")
         if self.stride is not None and self.stride < 1:
             fail(f"stride={self.stride} must be at least 1")
         if "needle" in self.tasks and not (self.needle.strip() and self.question.strip()

@@ -91,12 +91,13 @@ def position_buckets(nll: np.ndarray, bucket_size: int) -> dict:
 
 def perplexity_by_length(docs: list[np.ndarray], lengths, scorer_for_length, *, methods, stride: int | None,
                          target_tokens: int, bucket_size: int | None, max_windows: int,
-                         too_long: dict[int, str] | None = None) -> dict:
+                         too_long: dict[int, str] | None = None, fixed_context: int | None = None) -> dict:
     """{"<method>": {"<L>": summary}, "per_position": {"<L>": buckets}, "skipped": [...]} over `lengths`.
 
     `scorer_for_length(L)` returns the scorer for windows of length L. `too_long` maps lengths the model
     cannot take to the reason (e.g. beyond a learned position table); those are skipped like lengths longer
-    than every document, each with its reason.
+    than every document, each with its reason. `fixed_context`: the fixed target set is the documents that
+    fit a window this long (default: the longest usable length).
     """
     lengths = sorted(lengths)
     too_long = dict(too_long or {})
@@ -115,7 +116,7 @@ def perplexity_by_length(docs: list[np.ndarray], lengths, scorer_for_length, *, 
         else:
             usable.append(length)
     # The fixed target set: documents long enough for the longest usable length, the same at every length.
-    fixed_len = max((n for n in usable if n >= target_tokens), default=None)
+    fixed_len = fixed_context or max((n for n in usable if n >= target_tokens), default=None)
     fixed_docs = [d for d in docs if fixed_len is not None and len(d) >= fixed_len + 1]
     bucket = bucket_size or max(1, min(lengths) // 8)
 

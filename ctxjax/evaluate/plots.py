@@ -15,7 +15,7 @@ METHOD_TITLES = {"nonoverlapping": "non-overlapping windows", "sliding": "slidin
                  "fixed_target": "fixed target set (last K tokens)"}
 
 
-def _save(fig: Figure, path: str) -> str:
+def save_figure(fig: Figure, path: str) -> str:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=100)
     return path
@@ -56,7 +56,7 @@ def plot_perplexity(runs: dict[str, dict], path: str) -> str | None:
         ax.set_title(METHOD_TITLES[method])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_position(curves: dict[str, dict], path: str, title: str) -> str | None:
@@ -72,7 +72,7 @@ def plot_per_position(curves: dict[str, dict], path: str, title: str) -> str | N
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_retrieval_heatmap(task: dict, path: str, title: str) -> str | None:
@@ -98,7 +98,7 @@ def plot_retrieval_heatmap(task: dict, path: str, title: str) -> str | None:
     trials = max(c["trials"] for c in cells)
     ax.set_title(f"{title} ({trials} trials per cell)")
     fig.colorbar(image, ax=ax, label="accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_retrieval_vs_length(runs: dict[str, dict], task: str, path: str) -> str | None:
@@ -123,4 +123,4 @@ def plot_retrieval_vs_length(runs: dict[str, dict], task: str, path: str) -> str
     ax.set_title(task)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)

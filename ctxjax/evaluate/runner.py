@@ -89,7 +89,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
         results["ppl"] = perplexity_by_length(
             docs, lengths, lambda n: scorer, methods=eval_config.ppl_methods, stride=eval_config.stride,
             target_tokens=eval_config.target_tokens, bucket_size=eval_config.bucket_size,
-            max_windows=eval_config.max_windows, too_long=beyond_position_table(cfg, lengths))
+            max_windows=eval_config.max_windows, too_long=beyond_position_table(cfg, lengths),
+            fixed_context=eval_config.fixed_target_context)
     complete = model_completer(cfg, run, params, tokenizer, eval_config.batch_size, reread_on_switch)
     tasks = {}
     if "passkey" in eval_config.tasks:

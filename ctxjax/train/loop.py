@@ -36,10 +36,11 @@ from ctxjax.model import Transformer
 from ctxjax.schedule import learning_rate_schedule, stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train.configs import execution_config, validate
+from ctxjax.train.cost import flops_per_token
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
 from ctxjax.train.resume import Start, model_config_for_stage, start_run
-from ctxjax.train.state import abstract_params, grow_positions, state_shardings
+from ctxjax.train.state import grow_positions, state_shardings
 from ctxjax.train.step import jit_train_step, position_buckets
 from ctxjax.train.stopping import StopRequests
 
@@ -175,9 +176,7 @@ def _enter_stage(config, start: Start, run, stage, state, previous: StageSetup |
         shardings = previous.shardings
     model = Transformer(cfg, run, start.adaptation)
     step_fn = jit_train_step(config, model, start.tx, start.labels, stage, mesh, shardings, buckets)
-    # MFU counts no weight gradient for frozen matmul weights (LoRA, optimizer.trainable).
-    frozen = flops.frozen_matmul_params(cfg, abstract_params(cfg, start.adaptation), start.labels)
-    per_token = flops.flops_per_token(cfg, stage.seq_len, frozen, start.adaptation.shifted_sparse_group)
+    per_token = flops_per_token(cfg, stage.seq_len, start.adaptation, start.labels)
     return state, StageSetup(cfg, shardings, step_fn, per_token)
 
 
