@@ -1,31 +1,34 @@
 """The demo: a small Llama-style model trained from scratch at 128 tokens on the embedded corpus (the Python
 standard library's source) with synthetic passkey documents mixed in, so that it learns to retrieve, then
-extended with YaRN to 512 tokens. Both stage ends are evaluated at 128, 256 and 512 tokens (WORKDIR/eval/step_N);
-`ctxjax extension-table WORKDIR` puts the model before extension (the end of the 128-token stage, used directly
-at the longer lengths) beside the model after it. `make demo` runs all of it.
+extended with YaRN to 512 tokens. Both stage ends are evaluated at 128, 256 and 512 tokens
+(WORKDIR/eval/step_N); `ctxjax extension-table WORKDIR` puts the model before extension (the end of the
+128-token stage, used directly at the longer lengths) beside the model after it. `make demo` runs all of it.
 
     python train.py --config configs/demo.py --workdir runs/demo
     python train.py --config configs/demo.py:tiny --workdir /tmp/demo-tiny     # seconds, for tests
 
 Choices, each measured (docs/demo.md has the runs and what still falls short): retrieval is what a model this
 small learns slowest, so
-  - two layers of eight heads: at least as quick to learn retrieval per step as four layers of four, at half the cost;
+  - two layers of eight heads: at least as quick to learn retrieval per step as four layers of four, at half
+    the cost;
   - per-head q/k norms (Qwen3's; the export is a Qwen3ForCausalLM): attention is sharp from the start, and
     copying starts about 3x sooner;
   - most rows are passkey documents, one per row (`crop`: nothing cut between key and question);
-  - YaRN with beta_fast=4, beta_slow=1 instead of 32/1: at a 128-token original context the defaults interpolate
-    even the fastest rotations, which the short-range copying depends on (reference papers.md §10.6);
+  - YaRN with beta_fast=4, beta_slow=1 instead of 32/1: at a 128-token original context the defaults
+    interpolate even the fastest rotations, which the short-range copying depends on
+    (reference papers.md §10.6);
   - the extension stage at a sixth of the peak learning rate, with passkey documents as long as its rows.
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 BASE_LEN = 128
-# Passkey documents (ctxjax/data/retrieval_source.py): short ones (107-126 tokens with the demo's tokenizer) that
-# teach retrieval at 128 tokens, long ones (404-500 tokens) for the extension stage. Nearly a row long, as the
-# evaluation's prompts are: shorter documents hold mostly short key-to-question distances, and the model then
-# retrieves only over those. In `crop` mode a mixture weight is a share of rows: about 19% Python source, 54%
-# short, 27% long documents (mostly wasted at 128 tokens: cropped to a window that rarely holds the question).
+# Passkey documents (ctxjax/data/retrieval_source.py): short ones (107-126 tokens with the demo's tokenizer)
+# that teach retrieval at 128 tokens, long ones (404-500 tokens) for the extension stage. Nearly a row long,
+# as the evaluation's prompts are: shorter documents hold mostly short key-to-question distances, and the
+# model then retrieves only over those. In `crop` mode a mixture weight is a share of rows: about 19% Python
+# source, 54% short, 27% long documents (mostly wasted at 128 tokens: cropped to a window that rarely holds
+# the question).
 SHORT = "retrieval:passkey:chars=380-460:docs=2000"
 LONG = "retrieval:passkey:chars=1500-1850:docs=1000:seed=1"
 
@@ -37,8 +40,8 @@ def yarn(seq_len):
 
 def get_config(variant=None):
     c = default_config()
-    # On a CPU: shallow layers train faster unrolled, and `auto` attention switches from xla to blockwise for the
-    # 512-token stage, where that is faster (docs/benchmarks.md).
+    # On a CPU: shallow layers train faster unrolled, and `auto` attention switches from xla to blockwise for
+    # the 512-token stage, where that is faster (docs/benchmarks.md).
     c.model.update(vocab_size=2048, d_model=128, n_layers=2, n_heads=8, n_kv_heads=8, qk_norm=True,
                    max_seq_len=BASE_LEN)
     c.execution.update(scan_unroll=2, attention="auto")
@@ -63,7 +66,8 @@ def get_config(variant=None):
         c.stages = [dict(steps=3, seq_len=16, lr=3e-3, warmup_steps=1), dict(steps=2, seq_len=32, lr=1e-3),
                     dict(steps=2, seq_len=64, lr=1e-3)]
         c.data.mode, c.checkpoint.max_to_keep = "pack", len(c.stages)
-        c.eval_at_stage_end, c.eval = False, default_config().eval  # tests ask for evaluation where they need it
+        # tests ask for evaluation where they need it
+        c.eval_at_stage_end, c.eval = False, default_config().eval
     elif variant:
         raise ValueError(f"configs/demo.py has variants '' and 'tiny', not {variant!r}")
     return c

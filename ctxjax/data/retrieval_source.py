@@ -1,9 +1,10 @@
 """`retrieval:` — synthetic retrieval documents to mix into training, so that a model learns to answer the
-passkey and multikey questions that `ctxjax eval` asks (a small LM does not follow those prompts zero-shot; the
-CPU-scale protocol mixes 5-10% of passkey-format samples into pretraining, reference/papers.md §10.2).
+passkey and multikey questions that `ctxjax eval` asks (a small LM does not follow those prompts zero-shot;
+the CPU-scale protocol mixes 5-10% of passkey-format samples into pretraining, reference/papers.md §10.2).
 
     retrieval[:TASKS][:OPTION=VALUE...]      e.g. retrieval:passkey,multikey:chars=150-600:docs=20000
-    TASKS          passkey, multikey or both comma-separated (default passkey); documents alternate between them
+    TASKS          passkey, multikey or both comma-separated (default passkey); documents
+                   alternate between them
     chars=MIN-MAX  document length in characters, uniform in [MIN, MAX] (default 200-2000); the filler fills
                    what the template leaves, and the key sits at a uniform place in it, so the key-to-question
                    distance covers every length up to MAX
@@ -13,8 +14,8 @@ CPU-scale protocol mixes 5-10% of passkey-format samples into pretraining, refer
     distractors=K  other named keys in a multikey document (default 3, as `ctxjax eval --distractors`)
     seed=S         which documents (default 0); document i is a function of (seed, i) alone
 
-A document is the evaluation prompt followed by its answer (retrieval_text.py), e.g. `... What is the pass key?
-The pass key is 68217.`, so next-token training on it is training to retrieve. Mixed with natural text:
+A document is the evaluation prompt followed by its answer (retrieval_text.py), e.g. `... What is the pass
+key? The pass key is 68217.`, so next-token training on it is training to retrieve. Mixed with natural text:
 `mix:1*stdlib;0.5*retrieval:passkey,multikey` (weights count documents). The documents are synthetic, so a
 mixture's held-out split leaves them out: their skill is measured by `ctxjax eval --tasks passkey,multikey`.
 """
@@ -84,7 +85,8 @@ def parse_spec(arg: str, spec: str) -> RetrievalSpec:
         fail("docs must be >= 1, digits from 1 to 18 (MIN <= MAX), seed >= 0")
     if not 0 <= parsed.distractors < len(NAMES) or ("multikey" in parsed.tasks and 10 ** parsed.min_digits -
                                                     10 ** (parsed.min_digits - 1) <= parsed.distractors):
-        fail(f"distractors={parsed.distractors} must be from 0 to {len(NAMES) - 1}, with as many distinct keys")
+        fail(f"distractors={parsed.distractors} must be from 0 to {len(NAMES) - 1}, "
+             "with as many distinct keys")
     return parsed
 
 
@@ -100,7 +102,8 @@ def _filler(budget: int) -> list[str]:
 
 def _document(intro: str, needles: list[str], question: str, key: str, chars: int,
               rng: np.random.Generator) -> str:
-    """intro, filler with each needle at a uniform place in it, question, answer: `chars` long when it fits."""
+    """intro, filler with each needle at a uniform place in it, question, answer: `chars` long when
+    it fits."""
     tail = " " + question + answer(key)
     pieces = _filler(chars - len(intro) - sum(len(n) + 1 for n in needles) - len(tail))
     for needle in needles:
@@ -127,14 +130,16 @@ class RetrievalSource(DocumentSource):
         digits = int(rng.integers(p.min_digits, p.max_digits + 1))
         if p.tasks[i % len(p.tasks)] == "passkey":
             key = random_key(rng, digits)
-            return _document(PASSKEY_INTRO, [PASSKEY_SENTENCE.format(key=key)], PASSKEY_QUESTION, key, chars, rng)
+            return _document(PASSKEY_INTRO, [PASSKEY_SENTENCE.format(key=key)], PASSKEY_QUESTION,
+                             key, chars, rng)
         names = [NAMES[j] for j in rng.choice(len(NAMES), p.distractors + 1, replace=False)]
         keys: list[str] = []
         while len(keys) < len(names):  # distinct keys, so that only the asked one answers the question
             key = random_key(rng, digits)
             keys += [key] if key not in keys else []
         needles = [MULTIKEY_SENTENCE.format(name=n, key=k) for n, k in zip(names, keys)]
-        return _document(MULTIKEY_INTRO, needles, MULTIKEY_QUESTION.format(name=names[0]), keys[0], chars, rng)
+        return _document(MULTIKEY_INTRO, needles, MULTIKEY_QUESTION.format(name=names[0]),
+                         keys[0], chars, rng)
 
     def fingerprint(self):
         return hashlib.sha1(f"{self.parsed.canonical()}:format={_FORMAT}".encode()).hexdigest()
