@@ -1,5 +1,6 @@
-"""The `retrieval:` source: documents are the evaluation's passkey / multikey prompts followed by their answer,
-a function of (seed, index) alone, with a spec whose mistakes are one-line DataErrors; it mixes like any source."""
+"""The `retrieval:` source: documents are the evaluation's passkey / multikey prompts followed by their
+answer, a function of (seed, index) alone, with a spec whose mistakes are one-line DataErrors; it mixes like
+any source."""
 
 import re
 
@@ -26,8 +27,8 @@ def texts(spec, n=None):
 def test_spec_defaults_and_options():
     assert parse_spec("", "retrieval") == RetrievalSpec()
     parsed = parse_spec("multikey,passkey:chars=50-90:docs=7:digits=4-6:distractors=2:seed=3", "s")
-    assert parsed == RetrievalSpec(tasks=("multikey", "passkey"), min_chars=50, max_chars=90, docs=7, min_digits=4,
-                                   max_digits=6, distractors=2, seed=3)
+    assert parsed == RetrievalSpec(tasks=("multikey", "passkey"), min_chars=50, max_chars=90, docs=7,
+                                   min_digits=4, max_digits=6, distractors=2, seed=3)
     assert parse_spec("chars=300", "s").min_chars == parse_spec("chars=300", "s").max_chars == 300
     assert len(open_source("retrieval:passkey:docs=12")) == 12
 
@@ -75,7 +76,8 @@ def test_lengths_keys_and_distances_cover_the_ranges():
 
 # ---- the text is the evaluation's prompt plus its answer ----
 def split_document(text, intro):
-    """(sentences between the intro and the question, the question, the key) of `text` (ending in its answer)."""
+    """(sentences between the intro and the question, the question, the key) of `text` (ending in its
+    answer)."""
     key = ANSWER.search(text).group(1)
     assert text.startswith(intro + " ")
     body, question = text[len(intro):-len(f" {key}.")].rsplit(" What is ", 1)
@@ -96,7 +98,8 @@ def test_a_passkey_document_is_the_evaluation_prompt_followed_by_the_key(i):
     assert question == PASSKEY_QUESTION and filler_cycles_from_the_first_sentence(sentences)
     needle = PASSKEY_SENTENCE.format(key=key)
     assert sentences.count(needle) == 1 and len([s for s in sentences if s not in FILLER]) == 1
-    # The evaluation's prompt of the same length, with the key at the same place, is the document without its answer.
+    # The evaluation's prompt of the same length, with the key at the same place, is the document without its
+    # answer.
     prompt_text = doc[:-len(f" {key}.")]
     filler_before = len(prompt_text.split(" " + needle)[0]) - len(PASSKEY_INTRO)
     filler_total = len(prompt_text) - len(PASSKEY_INTRO) - len(" " + needle) - len(" " + PASSKEY_QUESTION)
@@ -111,7 +114,8 @@ def test_a_multikey_document_has_the_evaluation_prompts_parts_and_answers_the_as
     doc = open_source("retrieval:multikey:chars=350-900").text(i)
     prompt = BYTES.decode(MultiKeyTask(BYTES, add_bos=False).make_trial(len(doc) - 7, 0.5,
                                                                         np.random.RandomState(i)).prompt.tokens)
-    pattern = re.escape(MULTIKEY_SENTENCE).replace(r"\{name\}", "([a-z]+-[a-z]+)").replace(r"\{key\}", r"(\d+)")
+    pattern = (re.escape(MULTIKEY_SENTENCE).replace(r"\{name\}", "([a-z]+-[a-z]+)")
+               .replace(r"\{key\}", r"(\d+)"))
     for text, with_answer in ((doc, True), (prompt + " 12345.", False)):
         sentences, question, key = split_document(text, MULTIKEY_INTRO)
         assert filler_cycles_from_the_first_sentence(sentences)

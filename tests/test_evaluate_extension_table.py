@@ -12,7 +12,8 @@ def results(passkey, ppl, lengths=(128, 256, 512)):
     return {"lengths": list(lengths),
             "ppl": {"fixed_target": {str(n): {"ppl": p} for n, p in zip(lengths, ppl)}},
             "passkey": {"cells": cells, "max_length_80": None, "max_length_20": None},
-            "multikey": {"cells": [c for c in cells if c["length"] > 128], "max_length_80": None, "max_length_20": None}}
+            "multikey": {"cells": [c for c in cells if c["length"] > 128], "max_length_80": None,
+                         "max_length_20": None}}
 
 
 def test_one_row_per_model_and_a_column_per_task_and_length():
@@ -27,7 +28,8 @@ def test_one_row_per_model_and_a_column_per_task_and_length():
 
 
 def test_only_lengths_both_evaluations_measured():
-    table = extension_table(results([1.0, 1.0], [2.0, 2.0], (128, 256)), results([1.0], [2.0], (128,)), 128, "a", "b")
+    table = extension_table(results([1.0, 1.0], [2.0, 2.0], (128, 256)), results([1.0], [2.0], (128,)), 128,
+                            "a", "b")
     assert "256" not in table
     with pytest.raises(ValueError, match="share no length"):
         extension_table(results([1.0], [2.0], (128,)), results([1.0], [2.0], (512,)), 128, "a", "b")

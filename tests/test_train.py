@@ -74,9 +74,12 @@ def test_extension_table_puts_the_first_stage_end_beside_the_last(one_device_run
     assert cli.main(["extension-table", workdir]) == 0
     summary = open(os.path.join(workdir, "summary.md")).read()
     assert summary in capsys.readouterr().out
-    before, after = [line for line in summary.splitlines() if line.startswith("| before") or line.startswith("| after")]
-    assert before.startswith("| before extension (step 3, trained at 16) | – |")  # no passkey asked at stage ends
-    assert after.startswith("| after extension (step 7, trained to 64) |") and "fixed-target ppl 64 (4×)" in summary
+    before, after = [line for line in summary.splitlines()
+                     if line.startswith("| before") or line.startswith("| after")]
+    # No passkey asked at stage ends.
+    assert before.startswith("| before extension (step 3, trained at 16) | – |")
+    assert after.startswith("| after extension (step 7, trained to 64) |")
+    assert "fixed-target ppl 64 (4×)" in summary
     assert cli.main(["extension-table", str(os.path.dirname(workdir))]) == 2  # no checkpoints: one-line error
 
 

@@ -44,8 +44,8 @@ class DataConfig:
     add_bos: bool = True  # a document starts with BOS: the first real token then has a target too
     add_eos: bool = True  # a document ends with EOS: the model learns where documents stop
     # "pack": documents laid end to end, several per row, long ones continued in the next row.
-    # "pack_whole": as pack, but a document that fits in a row is never cut: it starts a new row when the rest of
-    # the current one is too short (padding), so a short document is seen whole (retrieval samples).
+    # "pack_whole": as pack, but a document that fits in a row is never cut: it starts a new row when the rest
+    # of the current one is too short (padding), so a short document is seen whole (retrieval samples).
     # "crop": one document per row, a random window of it (padding when it is shorter than the row).
     mode: str = "pack"
     # Documents with fewer tokens (BOS/EOS included) are skipped: set it to seq_len + 1 to train extension

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import numpy as np
 
-FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+          "There and back again.")
 
-PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
-                 "I will quiz you about the important information there.")
+PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+                 "them. I will quiz you about the important information there.")
 PASSKEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key."
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
 
 MULTIKEY_INTRO = "Several secret numbers are hidden in the text below, each with a name. Remember them all."
 MULTIKEY_SENTENCE = "The secret number of {name} is {key}."
 MULTIKEY_QUESTION = "What is the secret number of {name}? The secret number of {name} is"
-_ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "ivory", "jolly", "keen",
-               "lunar")
+_ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "ivory", "jolly",
+               "keen", "lunar")
 _NOUNS = ("falcon", "harbor", "meadow", "lantern", "river", "orchard", "pebble", "comet", "willow", "canyon",
           "beacon", "thistle")
 NAMES = tuple(f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS)

@@ -4,9 +4,9 @@ The cursor (epoch, index in the epoch's order, tokens of the current document al
 emitted) is all the state there is: every random choice is keyed by values it determines, so restoring a
 cursor replays the stream exactly, for any row length asked next.
 
-"pack_whole" packs the same way, except that a document no longer than a row is never cut: when it does not fit
-in what is left of a row, the rest of the row is padding. A short document (a retrieval sample, whose question
-must see its key) then always lies in one row, at the price of that padding.
+"pack_whole" packs the same way, except that a document no longer than a row is never cut: when it does not
+fit in what is left of a row, the rest of the row is padding. A short document (a retrieval sample, whose
+question must see its key) then always lies in one row, at the price of that padding.
 
 In a row, a piece of a document with inputs doc[o:o+m] has targets doc[o+1:o+m+1] where they exist: the
 last token of a document has no target (weight 0). A document longer than the rest of a row continues

@@ -1,7 +1,7 @@
-"""The one table a context-extension run ends with: the model before extension (the end of its first stage, used
-directly at longer lengths) beside the model after it (the end of its last stage), at each evaluated length —
-passkey and multikey accuracy, fixed-target perplexity. Built from the results.json files that the stage-end
-evaluations wrote (`eval_at_stage_end`: WORKDIR/eval/step_N), so nothing is measured twice.
+"""The one table a context-extension run ends with: the model before extension (the end of its first stage,
+used directly at longer lengths) beside the model after it (the end of its last stage), at each evaluated
+length — passkey and multikey accuracy, fixed-target perplexity. Built from the results.json files that the
+stage-end evaluations wrote (`eval_at_stage_end`: WORKDIR/eval/step_N), so nothing is measured twice.
 
     ctxjax extension-table runs/demo      # prints it and writes runs/demo/summary.md
 """
@@ -23,7 +23,8 @@ SUMMARY_FILE = "summary.md"
 
 
 def stage_ends(workdir: str) -> list[tuple[int, int]]:
-    """(last step, seq_len) of every stage, from the training config stored with the run's latest checkpoint."""
+    """(last step, seq_len) of every stage, from the training config stored with the run's latest
+    checkpoint."""
     with Checkpointer(workdir, read_only=True) as checkpointer:
         train_config = checkpointer.restore_meta().get("train_config") or {}
     if not train_config.get("stages"):
@@ -74,10 +75,11 @@ def workdir_extension_summary(workdir: str) -> str:
     table = extension_table(before, after, base, f"before extension (step {first}, trained at {base})",
                             f"after extension (step {last}, trained to {final_len})")
     lines = [f"# {os.path.basename(os.path.normpath(workdir))}: before vs after context extension", "",
-             f"The model at the end of its first stage (trained at {base} tokens, used directly at longer lengths) "
-             f"and at the end of its last stage (extended to {final_len}; positions {after['model']['position']}). Passkey and multikey: share of prompts "
-             "whose reply starts with the key (multikey: among 3 named keys by default, so copying any number "
-             "is not enough); fixed-target perplexity: the same final tokens of held-out documents scored with "
+             f"The model at the end of its first stage (trained at {base} tokens, used directly at longer "
+             f"lengths) and at the end of its last stage (extended to {final_len}; positions "
+             f"{after['model']['position']}). Passkey and multikey: share of prompts whose reply starts with "
+             "the key (multikey: among 3 named keys by default, so copying any number is not enough); "
+             "fixed-target perplexity: the same final tokens of held-out documents scored with "
              "more and more context, lower is better. `–`: not measured (e.g. the prompt template does not "
              "fit that length; the evaluation's summary.md says why).", "", table, "",
              f"Full evaluations: eval/step_{first}/summary.md, eval/step_{last}/summary.md.", ""]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from ctxjax.errors import InputError
-# The sentences are shared with the training documents of the `retrieval:` source (ctxjax/data/retrieval_text.py).
+# The sentences are shared with the training documents of the `retrieval:` source
+# (ctxjax/data/retrieval_text.py).
 from ctxjax.data.retrieval_text import FILLER, MULTIKEY_INTRO as INTRO, MULTIKEY_QUESTION as QUESTION
 from ctxjax.data.retrieval_text import MULTIKEY_SENTENCE as KEY_SENTENCE, NAMES, random_key
 from ctxjax.evaluate.passkey import key_answer_tokens

@@ -17,7 +17,8 @@ import re
 
 import numpy as np
 
-# The sentences are shared with the training documents of the `retrieval:` source (ctxjax/data/retrieval_text.py).
+# The sentences are shared with the training documents of the `retrieval:` source
+# (ctxjax/data/retrieval_text.py).
 from ctxjax.data.retrieval_text import FILLER, PASSKEY_INTRO as INTRO, PASSKEY_QUESTION as QUESTION
 from ctxjax.data.retrieval_text import PASSKEY_SENTENCE as KEY_SENTENCE, random_key
 from ctxjax.evaluate.retrieval import Trial, build_prompt
