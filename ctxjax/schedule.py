@@ -18,7 +18,8 @@ import optax
 from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 
-STAGE_FIELDS = {"steps", "seq_len", "lr", "warmup_steps", "position", "batch_size", "min_lr_ratio"}
+STAGE_FIELDS = {"steps", "seq_len", "lr", "warmup_steps", "position", "batch_size", "min_lr_ratio",
+                "data_source"}
 REQUIRED = ("steps", "seq_len", "lr")
 
 
@@ -57,6 +58,7 @@ class Stage:
     warmup_steps: int
     min_lr_ratio: float
     position: tuple[tuple[str, Any], ...]  # overrides of the base positional scheme's fields
+    data_source: str = ""  # the stage's own data source spec; "" reads data.source
 
     @property
     def end(self) -> int:
@@ -97,9 +99,13 @@ def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) ->
         if raw.get("position") is not None and not _is_mapping(raw["position"]):
             raise InputError(f"stage {i}: position={raw['position']!r} must be a dict of positional fields, "
                              "e.g. dict(rope_type='yarn', factor=4.0, original_max_position_embeddings=128)")
+        data_source = raw.get("data_source") or ""
+        if not isinstance(data_source, str):
+            raise InputError(f"stage {i}: data_source={data_source!r} must be a data source spec (a string "
+                             "such as 'mix:1*stdlib;1*retrieval:passkey'), or '' for data.source")
         stages.append(Stage(i, start, steps, seq_len, int(batch), float(raw["lr"]), warmup,
                             float(raw.get("min_lr_ratio", min_lr_ratio)),
-                            tuple(sorted(dict(raw.get("position") or {}).items()))))
+                            tuple(sorted(dict(raw.get("position") or {}).items())), data_source))
         start += steps
     return stages
 

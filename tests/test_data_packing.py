@@ -78,8 +78,8 @@ def test_pack_whole_never_cuts_a_document_that_fits_in_a_row():
     texts = ["a" * 5, "b" * 9, "c" * 3, "d" * 30, "e" * 12]  # 7, 11, 5, 32 and 14 tokens with BOS and EOS
     (batch,) = drain(pipeline(texts, shuffle=False, num_epochs=1, mode="pack_whole"), [(6, 16)])
     rows = [bytes(t for t in row if 0 < t < 256).decode() for row in batch["tokens"].tolist()]
-    # b (11 tokens) does not fit after a (7): padding, and it starts the next row;
-    # d (32) is longer than a row: cut.
+    # b (11 tokens) does not fit after a (7): padding, and it starts the next row; d (32) is longer than a
+    # row: cut.
     assert rows == ["a" * 5, "b" * 9 + "c" * 3, "d" * 15, "d" * 15, "e" * 12, ""]
     assert (batch["segment_ids"][0, 7:] == 0).all()
     check_row_invariants(batch)

@@ -26,9 +26,10 @@ def texts(spec, n=None):
 # ---- spec ----
 def test_spec_defaults_and_options():
     assert parse_spec("", "retrieval") == RetrievalSpec()
-    parsed = parse_spec("multikey,passkey:chars=50-90:docs=7:digits=4-6:distractors=2:seed=3", "s")
+    parsed = parse_spec("multikey,passkey:chars=50-90:docs=7:digits=4-6:distractors=2:filler=random:seed=3",
+                        "s")
     assert parsed == RetrievalSpec(tasks=("multikey", "passkey"), min_chars=50, max_chars=90, docs=7,
-                                   min_digits=4, max_digits=6, distractors=2, seed=3)
+                                   min_digits=4, max_digits=6, distractors=2, filler="random", seed=3)
     assert parse_spec("chars=300", "s").min_chars == parse_spec("chars=300", "s").max_chars == 300
     assert len(open_source("retrieval:passkey:docs=12")) == 12
 
@@ -43,6 +44,7 @@ def test_spec_defaults_and_options():
     ("passkey:chars=90-50", "needs 1 <= MIN <= MAX"),
     ("passkey:docs=0", "docs must be >= 1"),
     ("multikey:digits=1:distractors=20", "with as many distinct keys"),
+    ("passkey:filler=shuffled", "filler=shuffled must be one of cycle, random"),
 ])
 def test_bad_specs_are_one_line_errors_with_an_example(arg, match):
     with pytest.raises(DataError, match=match) as info:
@@ -76,8 +78,8 @@ def test_lengths_keys_and_distances_cover_the_ranges():
 
 # ---- the text is the evaluation's prompt plus its answer ----
 def split_document(text, intro):
-    """(sentences between the intro and the question, the question, the key) of `text` (ending in
-    its answer)."""
+    """(sentences between the intro and the question, the question, the key) of `text` (ending in its
+    answer)."""
     key = ANSWER.search(text).group(1)
     assert text.startswith(intro + " ")
     body, question = text[len(intro):-len(f" {key}.")].rsplit(" What is ", 1)
@@ -98,8 +100,8 @@ def test_a_passkey_document_is_the_evaluation_prompt_followed_by_the_key(i):
     assert question == PASSKEY_QUESTION and filler_cycles_from_the_first_sentence(sentences)
     needle = PASSKEY_SENTENCE.format(key=key)
     assert sentences.count(needle) == 1 and len([s for s in sentences if s not in FILLER]) == 1
-    # The evaluation's prompt of the same length, with the key at the same place,
-    # is the document without its answer.
+    # The evaluation's prompt of the same length, with the key at the same place, is the document without its
+    # answer.
     prompt_text = doc[:-len(f" {key}.")]
     filler_before = len(prompt_text.split(" " + needle)[0]) - len(PASSKEY_INTRO)
     filler_total = len(prompt_text) - len(PASSKEY_INTRO) - len(" " + needle) - len(" " + PASSKEY_QUESTION)
@@ -125,6 +127,24 @@ def test_a_multikey_document_has_the_evaluation_prompts_parts_and_answers_the_as
         asked = re.fullmatch(re.escape(MULTIKEY_QUESTION).replace(r"\{name\}", "([a-z]+-[a-z]+)"),
                              question).group(1)
         assert asked in dict(named) and (not with_answer or dict(named)[asked] == key)
+
+
+@pytest.mark.parametrize("task, intro", [("passkey", PASSKEY_INTRO), ("multikey", MULTIKEY_INTRO)])
+def test_a_random_filler_draws_its_sentences_and_keeps_everything_else(task, intro):
+    """filler=random: the same intro, needles, question and answer at about the same length, but filler
+    sentences in no fixed order, so that the key's offset from the question follows no period."""
+    spec = f"retrieval:{task}:chars=400-900:docs=20"
+    cyclic = []
+    for cycled, drawn in zip(texts(spec), texts(spec + ":filler=random")):
+        (sentences, question, key), (drawn_sentences, drawn_question, drawn_key) = (
+            split_document(cycled, intro), split_document(drawn, intro))
+        assert (question, key) == (drawn_question, drawn_key)
+        assert sorted(s for s in sentences if s not in FILLER) == sorted(s for s in drawn_sentences
+                                                                         if s not in FILLER)
+        assert abs(len(drawn) - len(cycled)) <= max(map(len, FILLER)) + 1
+        cyclic.append(filler_cycles_from_the_first_sentence(drawn_sentences))
+    assert not any(cyclic)
+    assert open_source(spec).fingerprint() != open_source(spec + ":filler=random").fingerprint()
 
 
 def test_tasks_alternate_by_index():

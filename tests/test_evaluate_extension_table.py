@@ -3,7 +3,7 @@ fixed-target perplexity per length; lengths one of them lacks are left out, unme
 
 import pytest
 
-from ctxjax.evaluate.extension_table import extension_table
+from ctxjax.evaluate.extension_table import before_and_after, extension_table
 
 
 def results(passkey, ppl, lengths=(128, 256, 512)):
@@ -28,8 +28,16 @@ def test_one_row_per_model_and_a_column_per_task_and_length():
 
 
 def test_only_lengths_both_evaluations_measured():
-    table = extension_table(results([1.0, 1.0], [2.0, 2.0], (128, 256)), results([1.0], [2.0], (128,)),
-                            128, "a", "b")
+    table = extension_table(results([1.0, 1.0], [2.0, 2.0], (128, 256)), results([1.0], [2.0], (128,)), 128,
+                            "a", "b")
     assert "256" not in table
     with pytest.raises(ValueError, match="share no length"):
         extension_table(results([1.0], [2.0], (128,)), results([1.0], [2.0], (512,)), 128, "a", "b")
+
+
+def test_before_is_the_last_stage_at_the_base_length_and_after_the_last_stage():
+    assert before_and_after([(100, 128), (300, 512)]) == ((100, 128), (300, 512))
+    # Two stages at 128 (e.g. retrieval documents alone, then with code), two extensions.
+    assert before_and_after([(70, 128), (120, 128), (160, 256), (200, 512)]) == ((120, 128), (200, 512))
+    with pytest.raises(ValueError, match="every stage of the run trains at 128 tokens"):
+        before_and_after([(70, 128), (120, 128)])

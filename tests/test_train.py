@@ -80,10 +80,10 @@ def test_extension_table_puts_the_first_stage_end_beside_the_last(one_device_run
     assert summary in capsys.readouterr().out
     before, after = [line for line in summary.splitlines()
                      if line.startswith("| before") or line.startswith("| after")]
-    # no passkey asked at stage ends
+    # No passkey asked at stage ends.
     assert before.startswith("| before extension (step 3, trained at 16) | – |")
-    assert (after.startswith("| after extension (step 7, trained to 64) |")
-            and "fixed-target ppl 64 (4×)" in summary)
+    assert after.startswith("| after extension (step 7, trained to 64) |")
+    assert "fixed-target ppl 64 (4×)" in summary
     assert cli.main(["extension-table", str(os.path.dirname(workdir))]) == 2  # no checkpoints: one-line error
 
 

@@ -3,8 +3,8 @@ passkey and multikey questions that `ctxjax eval` asks (a small LM does not foll
 the CPU-scale protocol mixes 5-10% of passkey-format samples into pretraining, reference/papers.md §10.2).
 
     retrieval[:TASKS][:OPTION=VALUE...]      e.g. retrieval:passkey,multikey:chars=150-600:docs=20000
-    TASKS          passkey, multikey or both comma-separated (default passkey); documents
-                   alternate between them
+    TASKS          passkey, multikey or both comma-separated (default passkey); documents alternate between
+                   them
     chars=MIN-MAX  document length in characters, uniform in [MIN, MAX] (default 200-2000); the filler fills
                    what the template leaves, and the key sits at a uniform place in it, so the key-to-question
                    distance covers every length up to MAX
@@ -12,6 +12,11 @@ the CPU-scale protocol mixes 5-10% of passkey-format samples into pretraining, r
     digits=D[-E]   digits of a key, or a uniform range of them (default 5, as `ctxjax eval`); longer keys give
                    more tokens to copy per document, which a small model learns from sooner
     distractors=K  other named keys in a multikey document (default 3, as `ctxjax eval --distractors`)
+    filler=F       `cycle` (default): the filler sentences in order from the first, as the evaluation's
+                   prompts; `random`: each sentence drawn at random. A periodic filler puts key and question
+                   at a few fixed offsets, and a small model learns to find the key by those offsets instead
+                   of by its content: it then fails at the evaluation's other offsets, all prompts of a
+                   (length, depth) cell alike (docs/demo.md)
     seed=S         which documents (default 0); document i is a function of (seed, i) alone
 
 A document is the evaluation prompt followed by its answer (retrieval_text.py), e.g. `... What is the pass
@@ -33,6 +38,7 @@ from ctxjax.data.retrieval_text import (FILLER, MULTIKEY_INTRO, MULTIKEY_QUESTIO
 from ctxjax.data.document_source import DocumentSource
 
 TASKS = ("passkey", "multikey")
+FILLERS = ("cycle", "random")
 _FORMAT = 1  # part of the fingerprint: bump when the text of a document (seed, i) changes
 _EXAMPLE = "retrieval:passkey,multikey:chars=200-2000:docs=10000"
 
@@ -46,11 +52,13 @@ class RetrievalSpec:
     min_digits: int = 5
     max_digits: int = 5
     distractors: int = 3
+    filler: str = "cycle"
     seed: int = 0
 
     def canonical(self) -> str:
         return (f"retrieval:{','.join(self.tasks)}:chars={self.min_chars}-{self.max_chars}:docs={self.docs}"
-                f":digits={self.min_digits}-{self.max_digits}:distractors={self.distractors}:seed={self.seed}")
+                f":digits={self.min_digits}-{self.max_digits}:distractors={self.distractors}"
+                f"{'' if self.filler == 'cycle' else ':filler=' + self.filler}:seed={self.seed}")
 
 
 def parse_spec(arg: str, spec: str) -> RetrievalSpec:
@@ -68,8 +76,14 @@ def parse_spec(arg: str, spec: str) -> RetrievalSpec:
         fields["tasks"] = tasks
     for part in parts:
         name, sep, value = (x.strip() for x in part.partition("="))
-        if not sep or name not in ("chars", "docs", "digits", "distractors", "seed"):
-            fail(f"unknown option {part!r} (options: chars=MIN-MAX, docs=N, digits=D, distractors=K, seed=S)")
+        if not sep or name not in ("chars", "docs", "digits", "distractors", "filler", "seed"):
+            fail(f"unknown option {part!r} (options: chars=MIN-MAX, docs=N, digits=D, distractors=K, "
+                 f"filler={'|'.join(FILLERS)}, seed=S)")
+        if name == "filler":
+            if value not in FILLERS:
+                fail(f"filler={value} must be one of {', '.join(FILLERS)}")
+            fields[name] = value
+            continue
         try:
             numbers = [int(x) for x in value.split("-", 1)] if name in ("chars", "digits") else [int(value)]
         except ValueError:
@@ -85,27 +99,30 @@ def parse_spec(arg: str, spec: str) -> RetrievalSpec:
         fail("docs must be >= 1, digits from 1 to 18 (MIN <= MAX), seed >= 0")
     if not 0 <= parsed.distractors < len(NAMES) or ("multikey" in parsed.tasks and 10 ** parsed.min_digits -
                                                     10 ** (parsed.min_digits - 1) <= parsed.distractors):
-        fail(f"distractors={parsed.distractors} must be from 0 to {len(NAMES) - 1}, "
-             "with as many distinct keys")
+        fail(f"distractors={parsed.distractors} must be from 0 to {len(NAMES) - 1}, with as many distinct "
+             "keys")
     return parsed
 
 
-def _filler(budget: int) -> list[str]:
-    """FILLER's sentences from the first, cycling, as many as fit in `budget` characters with their spaces
-    (what the evaluation prompts do in tokens)."""
+def _filler(budget: int, rng: np.random.Generator | None = None) -> list[str]:
+    """FILLER's sentences, as many as fit in `budget` characters with their spaces: from the first, cycling
+    (what the evaluation prompts do in tokens), or each drawn at random when `rng` is given."""
     sentences: list[str] = []
-    while len(FILLER[len(sentences) % len(FILLER)]) + 1 <= budget:
-        sentences.append(FILLER[len(sentences) % len(FILLER)])
-        budget -= len(sentences[-1]) + 1
-    return sentences
+    while True:
+        sentence = FILLER[int(rng.integers(len(FILLER))) if rng else len(sentences) % len(FILLER)]
+        if len(sentence) + 1 > budget:
+            return sentences
+        sentences.append(sentence)
+        budget -= len(sentence) + 1
 
 
 def _document(intro: str, needles: list[str], question: str, key: str, chars: int,
-              rng: np.random.Generator) -> str:
-    """intro, filler with each needle at a uniform place in it, question, answer: `chars` long when
-    it fits."""
+              rng: np.random.Generator, random_filler: bool) -> str:
+    """intro, filler with each needle at a uniform place in it, question, answer: `chars` long when it
+    fits."""
     tail = " " + question + answer(key)
-    pieces = _filler(chars - len(intro) - sum(len(n) + 1 for n in needles) - len(tail))
+    budget = chars - len(intro) - sum(len(n) + 1 for n in needles) - len(tail)
+    pieces = _filler(budget, rng if random_filler else None)
     for needle in needles:
         pieces.insert(int(rng.integers(len(pieces) + 1)), needle)
     return intro + "".join(" " + p for p in pieces) + tail
@@ -130,16 +147,16 @@ class RetrievalSource(DocumentSource):
         digits = int(rng.integers(p.min_digits, p.max_digits + 1))
         if p.tasks[i % len(p.tasks)] == "passkey":
             key = random_key(rng, digits)
-            return _document(PASSKEY_INTRO, [PASSKEY_SENTENCE.format(key=key)], PASSKEY_QUESTION,
-                             key, chars, rng)
+            return _document(PASSKEY_INTRO, [PASSKEY_SENTENCE.format(key=key)], PASSKEY_QUESTION, key, chars,
+                             rng, p.filler == "random")
         names = [NAMES[j] for j in rng.choice(len(NAMES), p.distractors + 1, replace=False)]
         keys: list[str] = []
         while len(keys) < len(names):  # distinct keys, so that only the asked one answers the question
             key = random_key(rng, digits)
             keys += [key] if key not in keys else []
         needles = [MULTIKEY_SENTENCE.format(name=n, key=k) for n, k in zip(names, keys)]
-        return _document(MULTIKEY_INTRO, needles, MULTIKEY_QUESTION.format(name=names[0]),
-                         keys[0], chars, rng)
+        return _document(MULTIKEY_INTRO, needles, MULTIKEY_QUESTION.format(name=names[0]), keys[0], chars,
+                         rng, p.filler == "random")
 
     def fingerprint(self):
         return hashlib.sha1(f"{self.parsed.canonical()}:format={_FORMAT}".encode()).hexdigest()

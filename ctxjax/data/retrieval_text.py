@@ -25,8 +25,8 @@ import numpy as np
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
           "There and back again.")
 
-PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. "
-                 "Find it and memorize them. I will quiz you about the important information there.")
+PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+                 "them. I will quiz you about the important information there.")
 PASSKEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key."
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
 

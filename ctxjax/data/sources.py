@@ -297,8 +297,8 @@ def eval_source_spec(config: DataConfig) -> str:
         return config.eval_source
     kind, _, arg = config.source.partition(":")
     if kind == "mix":  # each part's held-out split once: repeats would only score the same documents again
-        # Synthetic retrieval documents have nothing to hold out (ctxjax eval's passkey/multikey tasks
-        # measure them).
+        # Synthetic retrieval documents have nothing to hold out (ctxjax eval's passkey/multikey tasks measure
+        # them).
         natural = [inner for _, inner in mixture_parts(arg, config.source)
                    if inner.partition(":")[0] != "retrieval"]
         if natural:

@@ -1,7 +1,8 @@
-"""The one table a context-extension run ends with: the model before extension (the end of its first stage,
-used directly at longer lengths) beside the model after it (the end of its last stage), at each evaluated
-length — passkey and multikey accuracy, fixed-target perplexity. Built from the results.json files that the
-stage-end evaluations wrote (`eval_at_stage_end`: WORKDIR/eval/step_N), so nothing is measured twice.
+"""The one table a context-extension run ends with: the model before extension (the end of its last stage at
+the first stage's length, used directly at longer lengths) beside the model after it (the end of its last
+stage), at each evaluated length — passkey and multikey accuracy, fixed-target perplexity. Built from the
+results.json files that the stage-end evaluations wrote (`eval_at_stage_end`: WORKDIR/eval/step_N), so nothing
+is measured twice.
 
     ctxjax extension-table runs/demo      # prints it and writes runs/demo/summary.md
 """
@@ -35,6 +36,18 @@ def stage_ends(workdir: str) -> list[tuple[int, int]]:
     return [(s.end, s.seq_len) for s in stages]
 
 
+def before_and_after(ends: list[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (step, seq_len) ends of the model before extension, the last of the stages at the first stage's
+    length (a run may train at its base length in several stages, e.g. on other data), and after it, the last
+    stage."""
+    base = ends[0][1]
+    at_base = next((i for i, (_, n) in enumerate(ends) if n != base), len(ends))
+    if at_base == len(ends):
+        raise InputError(f"every stage of the run trains at {base} tokens; the table compares the model "
+                         "before its context was extended with the model after")
+    return ends[at_base - 1], ends[-1]
+
+
 def _row(label: str, results: dict, lengths: list[int]) -> list[str]:
     metrics = flat_metrics(results)
     cells = [label]
@@ -59,11 +72,7 @@ def extension_table(before: dict, after: dict, base_length: int, before_label: s
 
 def workdir_extension_summary(workdir: str) -> str:
     """The markdown of summary.md for a staged run whose stage-end evaluations exist."""
-    ends = stage_ends(workdir)
-    if len(ends) < 2:
-        raise InputError(f"{workdir} was trained in one stage; the table compares the first stage's end with "
-                         "the last's")
-    (first, base), (last, final_len) = ends[0], ends[-1]
+    (first, base), (last, final_len) = before_and_after(stage_ends(workdir))
     loaded = []
     for step in (first, last):
         directory = workdir_eval_dir(workdir, step)
@@ -75,13 +84,13 @@ def workdir_extension_summary(workdir: str) -> str:
     table = extension_table(before, after, base, f"before extension (step {first}, trained at {base})",
                             f"after extension (step {last}, trained to {final_len})")
     lines = [f"# {os.path.basename(os.path.normpath(workdir))}: before vs after context extension", "",
-             f"The model at the end of its first stage (trained at {base} tokens, used directly at longer "
+             f"The model at the end of its last stage at {base} tokens (used directly at longer "
              f"lengths) and at the end of its last stage (extended to {final_len}; positions "
-             f"{after['model']['position']}). Passkey and multikey: share of prompts whose reply starts "
-             "with the key (multikey: among 3 named keys by default, so copying any number is not enough); "
-             "fixed-target perplexity: the same final tokens of held-out documents scored with more and "
-             "more context, lower is better. `–`: not measured (e.g. the prompt template does not fit that "
-             "length; the evaluation's summary.md says why).", "", table, "",
+             f"{after['model']['position']}). Passkey and multikey: share of prompts whose reply starts with "
+             "the key (multikey: among 3 named keys by default, so copying any number is not enough); "
+             "fixed-target perplexity: the same final tokens of held-out documents scored with "
+             "more and more context, lower is better. `–`: not measured (e.g. the prompt template does not "
+             "fit that length; the evaluation's summary.md says why).", "", table, "",
              f"Full evaluations: eval/step_{first}/summary.md, eval/step_{last}/summary.md.", ""]
     return "\n".join(lines)
 

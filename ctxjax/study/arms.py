@@ -98,13 +98,14 @@ def base_config(scale: Scale):
 def data_mix(scale: Scale, *lengths: int) -> str:
     """Rows of the corpus (1 in 2) and of retrieval documents (1 in 2) nearly as long as a row of each of
     `lengths` (about 3.6 characters a token with the study's tokenizer), so that the key-to-question distance
-    covers the whole context being trained, as the evaluation's prompts do."""
+    covers the whole context being trained, as the evaluation's prompts do. Their filler is drawn at random:
+    with the evaluation's periodic filler a small model finds the key by its offset, not its content."""
     def chars(n):
         return f"{3 * n}-{int(3.4 * n)}" if scale.vocab_size != 258 else f"{n // 2}-{n}"
 
     weight = 1 / len(lengths)
-    retrieval = ";".join(f"{weight:g}*retrieval:passkey,multikey:chars={chars(n)}:docs=10000:seed={i}"
-                         for i, n in enumerate(lengths))
+    retrieval = ";".join(f"{weight:g}*retrieval:passkey,multikey:chars={chars(n)}:docs=10000:filler=random"
+                         f":seed={i}" for i, n in enumerate(lengths))
     return f"mix:1*stdlib;{retrieval}"
 
 

@@ -25,8 +25,7 @@ from ctxjax.attention.ring import zigzag_batch
 from ctxjax.checkpoint import (Checkpointer, checkpoint_dir, checkpoint_meta, replace_tokenizer,
                                tokenizer_dir)
 from ctxjax.config import ModelConfig
-from ctxjax.data import (as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch,
-                         make_pipeline)
+from ctxjax.data import as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch
 from ctxjax.errors import InputError, TrainingDiverged
 from ctxjax.evaluate import run_evaluation
 from ctxjax.fs import ensure_writable_directory
@@ -40,6 +39,7 @@ from ctxjax.train.cost import flops_per_token
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
 from ctxjax.train.resume import Start, model_config_for_stage, start_run
+from ctxjax.train.stage_data import StageData
 from ctxjax.train.state import grow_positions, state_shardings
 from ctxjax.train.step import jit_train_step, position_buckets
 from ctxjax.train.stopping import StopRequests
@@ -78,26 +78,24 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
         # All fit, before compiling.
         stage_models = [model_config_for_stage(config, start.base, s) for s in stages]
         check_export(config, workdir, start.meta, stage_models[-1])
-        pipe = make_pipeline(_data_config(config, workdir, start), workdir,
-                             model_vocab_size=start.base.vocab_size)
-        if start.data_state:
-            pipe.restore(start.data_state)
+        data = StageData(_data_config(config, workdir, start), workdir, stages, start.base.vocab_size,
+                         start.data_state)
         metrics = MetricsWriter(workdir, last_step, start.step)
         try:
-            summary, state, cfg = _loop(config, workdir, mesh, stages, schedule, start, run, pipe, metrics,
+            summary, state, cfg = _loop(config, workdir, mesh, stages, schedule, start, run, data, metrics,
                                         checkpointer, stop, stop_after)
             checkpointer.wait()
         finally:
             metrics.close()
-            pipe.close()
+            data.close()
     if config.export_dir and summary["final_step"] == last_step:
         params = merge_adapters(state["params"], start.adaptation)  # what leaves ctxjax is a plain model
         summary["export_dir"] = export(config, cfg, params, workdir, start.meta, start.hf_architecture)
     return summary
 
 
-def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metrics, checkpointer, stop,
-          stop_after):
+def _loop(config, workdir, mesh, stages, schedule, start: Start, run, data: StageData, metrics, checkpointer,
+          stop, stop_after):
     """The steps from `start.step` to the end (or a stop request); returns (summary, state, last model)."""
     # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
     zigzag_shards = mesh.shape["sequence"] if config.ring_zigzag and mesh.shape["sequence"] > 1 else 0
@@ -110,7 +108,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
 
     def save(step):
         _raise_if_diverged(state, checkpointer)
-        checkpointer.save(step, state, data_state=pipe.global_state(), force=True,
+        checkpointer.save(step, state, data_state=data.pipe.global_state(), force=True,
                           meta=checkpoint_meta(setup.cfg, adaptation=start.adaptation,
                                                hf_architecture=start.hf_architecture,
                                                train_config=config.to_dict(), stage=stage.index,
@@ -121,6 +119,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
         if stage is None or step == stage.end:
             stage = stage_at(stages, step)
             state, setup = _enter_stage(config, start, run, stage, state, setup, mesh, buckets)
+            pipe = data.enter(stage, step)
             fresh_compile = True
         local = pipe.next_batch(stage.batch_size, stage.seq_len)
         if zigzag_shards:
@@ -152,7 +151,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, pipe, metr
         if at_stage_end or step == last_step or (every and step % every == 0) or stopping:
             save(step)
         if at_stage_end and config.eval_at_stage_end:
-            results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, pipe.tokenizer,
+            results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, data.tokenizer,
                                      workdir, step)
             metrics.write(step, results)
             summary.update(results)
