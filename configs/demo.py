@@ -1,36 +1,36 @@
 """The demo: a small Llama-style model trained from scratch at 128 tokens on the embedded corpus (the Python
 standard library's source) with synthetic passkey documents mixed in, so that it learns to retrieve, then
-extended with YaRN to 512 tokens. Every stage end is evaluated at 128, 256 and 512 tokens
-(WORKDIR/eval/step_N); `ctxjax extension-table WORKDIR` puts the model before extension (the end of the last
+extended with YaRN to 512 tokens. Both stage ends are evaluated at 128, 256 and 512 tokens
+(WORKDIR/eval/step_N); `ctxjax extension-table WORKDIR` puts the model before extension (the end of the
 128-token stage, used directly at the longer lengths) beside the model after it. `make demo` runs all of it.
 
     python train.py --config configs/demo.py --workdir runs/demo
     python train.py --config configs/demo.py:tiny --workdir /tmp/demo-tiny     # seconds, for tests
 
-Choices, each measured (docs/demo.md has the runs): retrieval is what a model this small learns slowest, so
-  - passkey documents with a randomly drawn filler (`filler=random`): with the evaluation's periodic filler
-    the model finds the key by its offset from the question, not by its content, and fails at other offsets;
-  - passkey documents about as long as each stage's rows (each stage reads its own `data_source`): the longest
-    key-to-question distances, which the evaluation's depth 0% asks for, are then as common as the others;
-  - passkey documents alone first: copying the key starts far sooner without code to learn beside it; the
-    second 128-token stage adds the code whose fixed-target perplexity the table reports;
-  - two layers of eight heads with per-head q/k norms (Qwen3's; the export is a Qwen3ForCausalLM): attention
-    is sharp from the start, and copying starts about 3x sooner;
+Choices, each measured (docs/demo.md has the runs and what still falls short): retrieval is what a model this
+small learns slowest, so
+  - two layers of eight heads: at least as quick to learn retrieval per step as four layers of four, at half
+    the cost;
+  - per-head q/k norms (Qwen3's; the export is a Qwen3ForCausalLM): attention is sharp from the start, and
+    copying starts about 3x sooner;
+  - most rows are passkey documents, one per row (`crop`: nothing cut between key and question);
   - YaRN with beta_fast=4, beta_slow=1 instead of 32/1: at a 128-token original context the defaults
-    interpolate even the fastest rotations, which the short-range copying depends on (papers.md §10.6).
+    interpolate even the fastest rotations, which the short-range copying depends on
+    (reference papers.md §10.6);
+  - the extension stage at a sixth of the peak learning rate, with passkey documents as long as its rows.
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 BASE_LEN = 128
-# Passkey documents (ctxjax/data/retrieval_source.py) of 121-134 tokens for 128-token rows and 485-526 for
-# 512-token rows with the demo's tokenizer; in `crop` mode the few tokens past a row are cropped from the
-# start or the end. A mixture weight counts documents, in `crop` mode rows: 2/3 passkey rows and 1/3 code at
-# 128 tokens; at 512, half long passkey rows, 15% short ones (so that 1x prompts stay answered), 35% code.
-PASSKEY_128 = "retrieval:passkey:chars=452-470:docs=3000:filler=random"
-PASSKEY_512 = "retrieval:passkey:chars=1860-1890:docs=1000:filler=random:seed=1"
-CODE_AND_PASSKEY_128 = f"mix:2*stdlib;1*{PASSKEY_128}"
-CODE_AND_PASSKEY_512 = f"mix:1*stdlib;1*{PASSKEY_512};0.1*{PASSKEY_128}"
+# Passkey documents (ctxjax/data/retrieval_source.py): short ones (107-126 tokens with the demo's tokenizer)
+# that teach retrieval at 128 tokens, long ones (404-500 tokens) for the extension stage. Nearly a row long,
+# as the evaluation's prompts are: shorter documents hold mostly short key-to-question distances, and the
+# model then retrieves only over those. In `crop` mode a mixture weight is a share of rows: about 19% Python
+# source, 54% short, 27% long documents (mostly wasted at 128 tokens: cropped to a window that rarely holds
+# the question).
+SHORT = "retrieval:passkey:chars=380-460:docs=2000"
+LONG = "retrieval:passkey:chars=1500-1850:docs=1000:seed=1"
 
 
 def yarn(seq_len):
@@ -45,14 +45,11 @@ def get_config(variant=None):
     c.model.update(vocab_size=2048, d_model=128, n_layers=2, n_heads=8, n_kv_heads=8, qk_norm=True,
                    max_seq_len=BASE_LEN)
     c.execution.update(scan_unroll=2, attention="auto")
-    # data.source trains the tokenizer and gives the held-out files of the fixed-target perplexity.
-    c.data.update(source=CODE_AND_PASSKEY_128, vocab_size=2048, mode="crop")
+    c.data.update(source=f"mix:2*stdlib;2*{SHORT};2*{LONG}", vocab_size=2048, mode="crop")
     c.tokens_per_step = 2048
     c.stages = [
-        dict(steps=1200, seq_len=BASE_LEN, lr=6e-3, warmup_steps=20, data_source=PASSKEY_128),
-        dict(steps=300, seq_len=BASE_LEN, lr=1e-3, warmup_steps=20),
-        dict(steps=400, seq_len=4 * BASE_LEN, lr=1e-3, warmup_steps=20, position=yarn(4 * BASE_LEN),
-             data_source=CODE_AND_PASSKEY_512),
+        dict(steps=1800, seq_len=BASE_LEN, lr=6e-3, warmup_steps=20),
+        dict(steps=400, seq_len=4 * BASE_LEN, lr=1e-3, warmup_steps=20, position=yarn(4 * BASE_LEN)),
     ]
     c.log_every = 50
     c.checkpoint.update(every_steps=0, max_to_keep=len(c.stages))  # one checkpoint per stage end, all kept
@@ -69,7 +66,7 @@ def get_config(variant=None):
         c.stages = [dict(steps=3, seq_len=16, lr=3e-3, warmup_steps=1), dict(steps=2, seq_len=32, lr=1e-3),
                     dict(steps=2, seq_len=64, lr=1e-3)]
         c.data.mode, c.checkpoint.max_to_keep = "pack", len(c.stages)
-        # Tests ask for evaluation where they need it.
+        # tests ask for evaluation where they need it
         c.eval_at_stage_end, c.eval = False, default_config().eval
     elif variant:
         raise ValueError(f"configs/demo.py has variants '' and 'tiny', not {variant!r}")
