@@ -39,12 +39,15 @@ def run(args) -> int:
     topology = parse_topology(args.topology)
     devices = tpu_devices(topology)
     config = apply_overrides(load_config(args.config), args.config_overrides)
-    rows = [stage_plan(c, topology) for c in compiled_stages(config, devices)]
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-    else:
-        print(markdown_table(rows, topology))
+    rows = []
+    try:
+        for compiled in compiled_stages(config, devices):
+            rows.append(stage_plan(compiled, topology))
+            if args.json:
+                print(json.dumps(rows[-1]), flush=True)
+    finally:  # the stages that fit are reported before the one that does not
+        if rows and not args.json:
+            print(markdown_table(rows, topology), flush=True)
     for row in rows:
         check_fits(row, topology)
     return 0

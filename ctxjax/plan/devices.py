@@ -3,7 +3,9 @@
 libtpu is optional (the `tpu` and `test` extras install it): without it this raises one line with the
 install command. It expects a TPU VM's environment and logs warnings about what it misses (accelerator type,
 worker host names); the settings below are what a one-host slice of that topology would have, set before
-libtpu loads, so a user sees none of that. A user's own settings win.
+libtpu loads, so a user sees none of that. A user's own settings win. libtpu also takes a lock file that
+keeps a second process from loading it (a training on this TPU VM, another plan, a parallel test): a plan
+uses no chip, so it does not take the lock.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import jax
 from ctxjax.errors import InputError
 from ctxjax.plan.chips import Topology
 
-QUIET_LIBTPU = {"TF_CPP_MIN_LOG_LEVEL": "3", "TPU_STDERR_LOG_LEVEL": "3", "TPU_MIN_LOG_LEVEL": "3",
-                "TPU_WORKER_HOSTNAMES": "localhost"}
+LIBTPU_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "TPU_STDERR_LOG_LEVEL": "3", "TPU_MIN_LOG_LEVEL": "3",
+                      "TPU_WORKER_HOSTNAMES": "localhost", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def install_command() -> str:
@@ -33,7 +35,7 @@ def tpu_devices(topology: Topology) -> list:
     if not libtpu_available():
         raise InputError(f"compiling for {topology.name} needs libtpu, which is not installed: "
                          f"{install_command()}")
-    for key, value in {**QUIET_LIBTPU, "TPU_ACCELERATOR_TYPE": topology.accelerator_type}.items():
+    for key, value in {**LIBTPU_ENVIRONMENT, "TPU_ACCELERATOR_TYPE": topology.accelerator_type}.items():
         os.environ.setdefault(key, value)
     from jax.experimental import topologies
 

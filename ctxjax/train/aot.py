@@ -4,7 +4,7 @@ data. It catches shape, sharding and out-of-memory problems of a long stage befo
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -37,15 +37,16 @@ class CompiledStage(NamedTuple):
     compiled: Any
 
 
-def compiled_stages(config, devices=None) -> list[CompiledStage]:
+def compiled_stages(config, devices=None) -> Iterator[CompiledStage]:
     """Every stage's train step compiled for `devices` (default: this host's; abstract TPU devices of a
-    topology work too), with the config's mesh, kernels, remat and dtypes."""
+    topology work too), with the config's mesh, kernels, remat and dtypes, one stage at a time: a stage that
+    does not fit (StepDoesNotFit) comes after the stages before it have been reported. The config's mesh is
+    the active one while the generator waits."""
     devices = list(devices if devices is not None else jax.devices())
     _, stages, _ = validate(config, len(devices))
     base = base_model_config(config, None, "")
     exportable(model_config_for_stage(config, base, stages[-1]), config.export_dir)
     mesh = make_mesh(dict(config.mesh), devices)
-    out = []
     run, adaptation = execution_config(config), adaptation_config(config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         first = model_config_for_stage(config, base, stages[0])
@@ -60,8 +61,7 @@ def compiled_stages(config, devices=None) -> list[CompiledStage]:
             model = Transformer(cfg, run, adaptation)
             step = jit_train_step(config, model, tx, labels, stage, mesh, shardings)
             state = with_shardings(abstract, shardings)
-            out.append(CompiledStage(stage, model, state, labels, _compile(step, state, batch, stage)))
-    return out
+            yield CompiledStage(stage, model, state, labels, _compile(step, state, batch, stage))
 
 
 class StepDoesNotFit(InputError):
