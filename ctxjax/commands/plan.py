@@ -1,8 +1,9 @@
 """`ctxjax plan --config configs/x.py[:variant] --topology v5e-8 [--config.FIELD=VALUE ...]`: compile every
 stage's train step for a TPU slice on this machine (no TPU needed, libtpu is) with the config's mesh,
 kernels, remat and dtypes, and print per device what the TPU compiler plans: parameters and optimizer state,
-arguments, outputs, temporaries and code against the chip's HBM, the compiled FLOPs of a step, and the step
-time and MFU they bound from the chip's bf16 peak. Exits 2 with one line when a stage does not fit.
+arguments, outputs, temporaries and code against the chip's HBM, XLA's and the model's FLOPs of a step, and
+the step time they give at the chip's bf16 peak (MFU 100%) and at MFU 50%. Exits 2 with one line when a stage
+does not fit.
 
 Topologies: Cloud TPU accelerator types (v5e-8, v5p-128, v4-32, v2-8, v6e-16; for v2, v3, v4 and v5p the
 number counts TensorCores, two per chip) or libtpu's names (v5e:2x4, v5p:4x4x4)."""

@@ -34,12 +34,10 @@ def stage_plan(c: CompiledStage, topology: Topology) -> dict:
     tokens = stage.batch_size * stage.seq_len
     model_flops = flops_per_token(c.model.config, stage.seq_len, c.model.adaptation, c.labels) * tokens
     model_flops /= topology.devices
-    # A lower bound on the step time (so the MFU is an upper bound): the step cannot run faster than its
-    # FLOPs at the chip's peak, nor than the compiler's roofline estimate (`optimal_seconds`, which also
-    # counts memory traffic). XLA's count misses what custom kernels compute (splash's attention is a Mosaic
-    # call it cannot see into), so the model's own count bounds it too.
-    roofline_s = float(cost.get("optimal_seconds", 0.0))
-    step_s = max(max(compiled_flops, model_flops) / chip.peak_flops_per_device, roofline_s)
+    # XLA's FLOP count sees each loop body once (the scans over layers and micro-batches, ring hops, block
+    # loops) and nothing inside a Mosaic kernel (splash): on the pod recipe it is 200x short of the model's
+    # count. So the step time comes from the model's FLOPs at the chip's peak (MFU 100%, a lower bound).
+    step_s = model_flops / chip.peak_flops_per_device
     return {
         "stage": stage.index, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
         "attention": c.model.execution.attention, "remat": c.model.execution.remat,
@@ -50,8 +48,8 @@ def stage_plan(c: CompiledStage, topology: Topology) -> dict:
         "code_bytes": memory.generated_code_size_in_bytes, "total_bytes": total,
         "hbm_bytes": chip.hbm_bytes_per_device,
         "compiled_flops": compiled_flops, "model_flops": model_flops,
-        "roofline_seconds": roofline_s, "step_seconds": step_s,
-        "mfu": model_flops / (chip.peak_flops_per_device * step_s) if step_s else None,
+        "xla_roofline_seconds": float(cost.get("optimal_seconds", 0.0)), "step_seconds_at_peak": step_s,
+        "tokens_per_second_per_device_at_peak": tokens / topology.devices / step_s if step_s else None,
     }
 
 
@@ -75,8 +73,8 @@ COLUMNS = (("stage", "stage", str), ("seq_len", "seq_len", str), ("batch", "batc
            ("temporaries", "temp_bytes", gib), ("code", "code_bytes", gib), ("total", "total_bytes", gib),
            ("of HBM", "total_bytes", None), ("XLA TFLOP", "compiled_flops", lambda f: f"{f / 1e12:.3g}"),
            ("model TFLOP", "model_flops", lambda f: f"{f / 1e12:.3g}"),
-           ("step >= s", "step_seconds", lambda s: f"{s:.3g}"),
-           ("MFU <=", "mfu", lambda m: "-" if m is None else f"{100 * m:.0f}%"))
+           ("step s at MFU 100%", "step_seconds_at_peak", lambda s: f"{s:.3g}"),
+           ("at MFU 50%", "step_seconds_at_peak", lambda s: f"{2 * s:.3g}"))
 
 
 def markdown_table(rows: list[dict], topology: Topology) -> str:
