@@ -7,12 +7,12 @@ import argparse
 import sys
 
 from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, extension_table, generate,
-                             import_hf, info, study, train)
+                             import_hf, info, plan, study, train)
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
 from ctxjax.xla_flags import apply_cpu_flags
 
 COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, extension_table, generate, check_logits,
-            study]
+            study, plan]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ LAYERS = {
              "positions", "attention", "model", "loss", "sharding", "schedule", "flops", "lora", "optimizer",
              "__init__"),
     "io": ("hf", "checkpoint", "data"),
-    "apps": ("train", "evaluate", "generate", "study"),
+    "apps": ("train", "evaluate", "generate", "study", "plan"),
     "commands": ("commands", "cli", "__main__"),
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}

@@ -2,6 +2,7 @@
 (interpreted)."""
 
 import functools
+import logging
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from test_attention_ring import make_mesh
 
 from ctxjax.attention import KERNELS, get_kernel
 from ctxjax.attention.auto import choose_kernel
+from ctxjax.attention.common import warn_fallback
 from ctxjax.attention.fused import index_order_is_position_order, splash_fused, splash_tile
 from ctxjax.attention.ring import ring_attention
 from ctxjax.attention.shifted import group_segments, shifted_sparse_attention
@@ -45,6 +47,13 @@ def test_fast_path_check():
 def test_off_platform_kernels_equal_xla(name):
     """On CPU the fused kernels are blockwise; every registered name satisfies the contract."""
     assert_same_as_xla(get_kernel(name), random_case(seed=8, length=48))
+
+
+def test_a_requested_kernel_that_cannot_run_says_why(caplog):
+    warn_fallback.cache_clear()  # said once per process and reason
+    with caplog.at_level(logging.WARNING):
+        assert_same_as_xla(get_kernel("splash"), random_case(seed=8, length=48))
+    assert "attention 'splash' runs as 'blockwise': the step is compiled for cpu, not TPU" in caplog.text
 
 
 @pytest.mark.parametrize("length, window, tiles, s2_group, softcap",

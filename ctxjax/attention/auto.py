@@ -1,11 +1,15 @@
-"""`auto`: the best kernel for the platform, the active mesh and the length, decided at trace time."""
+"""`auto`: the best kernel for the platform, the active mesh and the length, decided at trace time.
+
+The platform is the one the step is compiled for (`target_platform`: the mesh's devices), so a TPU topology
+compiled on a CPU host gets splash."""
 
 from __future__ import annotations
 
 import jax
 
 from ctxjax.attention.blockwise import blockwise_attention
-from ctxjax.attention.cpu import cpu_attention
+from ctxjax.attention.common import target_platform
+from ctxjax.attention.cpu import cpu_attention, single_device
 from ctxjax.attention.fused import cudnn_attention, splash_attention
 from ctxjax.attention.ring import SEQUENCE_AXIS, ring_attention
 from ctxjax.attention.xla import xla_attention
@@ -18,19 +22,21 @@ XLA_MAX_SCORES = 256 * 256
 
 
 def choose_kernel(q_length: int, kv_length: int, backend: str | None = None):
-    """The kernel `auto` uses for these lengths on `backend` (default: jax's) under the active mesh."""
+    """The kernel `auto` uses for these lengths on `backend` (default: the platform the step is compiled for)
+    under the active mesh."""
     mesh = jax.sharding.get_abstract_mesh()
     if (not mesh.empty and SEQUENCE_AXIS in mesh.axis_names and mesh.shape[SEQUENCE_AXIS] > 1
             and q_length == kv_length):
         return ring_attention
-    backend = backend or jax.default_backend()
+    backend = backend or target_platform()
     if backend == "gpu":
         return cudnn_attention
     if backend == "tpu":
         return splash_attention
     if q_length * kv_length <= XLA_MAX_SCORES:
         return xla_attention
-    return cpu_attention if backend == "cpu" else blockwise_attention
+    # The fused CPU kernel runs on one device; a sharded step without a sequence axis runs blockwise.
+    return cpu_attention if backend == "cpu" and single_device() else blockwise_attention
 
 
 def auto_attention(q, k, v, **kwargs):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
 
 from ctxjax.errors import InputError
+
+logger = logging.getLogger("ctxjax.attention")
+
+# Mesh axes the kernels that run per shard (ring, and the Mosaic/FFI calls XLA cannot partition) split over.
+BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"
 
 # The values the block kernels' backward passes need from their forward (output and log-sum-exp) carry this
 # name, so that `ModelConfig(remat="attention")` keeps them and a rematerialised layer does not run the
@@ -154,3 +164,45 @@ def from_grouped(out, q_len):
     """[B, G, Lq_padded, R, Dh] -> [B, Lq, H, Dh]."""
     batch, n_kv, _, group, head_dim = out.shape
     return out[:, :, :q_len].transpose(0, 2, 1, 3, 4).reshape(batch, q_len, n_kv * group, head_dim)
+
+
+def target_platform() -> str:
+    """The platform the step is compiled for: that of the active mesh's devices, else jax's default backend.
+
+    Not simply the default backend: a step compiled on a CPU host for a TPU topology (`ctxjax plan`) must
+    choose the TPU kernels, and the mesh (`jax.set_mesh`) is what knows its devices."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
+@functools.cache
+def warn_fallback(kernel: str, reason: str) -> None:
+    """A requested kernel that runs as `blockwise` says so, once per process and reason: the same model is
+    traced for every stage and layer kind."""
+    logger.warning("attention %r runs as 'blockwise': %s", kernel, reason)
+
+
+def dividing_axes(mesh, names, size):
+    """The axes among `names` in the mesh whose sizes multiply to a divisor of `size` (the rest replicate)."""
+    axes, product = [], 1
+    for name in names:
+        if name in mesh.axis_names and size % (product * mesh.shape[name]) == 0:
+            axes.append(name)
+            product *= mesh.shape[name]
+    return tuple(axes) or None
+
+
+def per_shard(kernel, batch: int, n_heads: int, n_kv: int):
+    """`kernel(q, k, v, segment_ids)` run on each shard of the active mesh: batch over the data/fsdp axes,
+    heads over the tensor axis (where they divide), the length whole. Custom calls (Mosaic kernels, the FFI)
+    have no partitioning rule: unwrapped under a multi-device mesh, Mosaic fails to compile ("cannot be
+    automatically partitioned") and an FFI call would gather every input."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel
+    batch_axes = dividing_axes(mesh, BATCH_AXES, batch)
+    head_axis = dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, n_kv)))  # whole groups of query heads
+    tokens, ids = P(batch_axes, None, head_axis, None), P(batch_axes, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(tokens, tokens, tokens, ids), out_specs=tokens,
+                         check_vma=False)

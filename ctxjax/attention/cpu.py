@@ -5,8 +5,8 @@ separate operations; this kernel keeps a tile's scores in cache from one matmul 
 next (docs/benchmarks.md has the numbers). It takes the whole contract (segments, positions, ALiBi, GQA
 without copies, sliding windows, soft caps) with head_dim a multiple of 16, on a single device, and computes
 in float32 (bfloat16 and float16 inputs are upcast, the output cast back). Anything else, another platform, or
-a machine where the kernel cannot be built, runs `blockwise` instead, so a config naming `cpu` still runs
-everywhere.
+a machine where the kernel cannot be built, runs `blockwise` instead (with a warning saying why), so a config
+naming `cpu` still runs everywhere.
 
 The kernel is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`; a few seconds) for
 this machine's instruction set, and cached under `$CTXJAX_CACHE` (default `~/.cache/ctxjax`) by source,
@@ -31,7 +31,7 @@ import numpy as np
 
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention, row_delta
 from ctxjax.attention.common import (check_inputs, contract_kwargs, from_grouped, keep_for_backward, round_up,
-                                    to_grouped)
+                                    target_platform, to_grouped, warn_fallback)
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +103,31 @@ def kernel_available() -> bool:
     return True
 
 
-def _single_device() -> bool:
+def single_device() -> bool:
     """The FFI call has no sharding rule: under a multi-device mesh the partitioner would gather every
     input."""
     mesh = jax.sharding.get_abstract_mesh()
     return mesh.empty or mesh.size == 1
 
 
+def unusable(q, k) -> str | None:
+    """Why `cpu_attention` cannot run the fused kernel for these inputs (decided at trace time); None when it
+    can. A kernel that cannot be built has said why already (`kernel_available`)."""
+    platform = target_platform()
+    if platform != "cpu":
+        return f"the step is compiled for {platform}, not CPU"
+    if q.dtype not in FLOATS or k.dtype not in FLOATS:
+        return f"it takes float32, bfloat16 or float16, not {q.dtype}"
+    if q.shape[-1] % LANES:
+        return f"head_dim {q.shape[-1]} is not a multiple of {LANES}"
+    if not single_device():
+        return "the mesh has several devices (use 'ring' or 'blockwise')"
+    return None if kernel_available() else "the kernel could not be built"
+
+
 def usable(q, k) -> bool:
     """Whether `cpu_attention` runs the fused kernel for these inputs (decided at trace time)."""
-    return (jax.default_backend() == "cpu" and q.dtype in FLOATS and k.dtype in FLOATS
-            and q.shape[-1] % LANES == 0 and _single_device() and kernel_available())
+    return unusable(q, k) is None
 
 
 def _attributes(g, tile_q, tile_k, window, softcap):
@@ -168,7 +182,9 @@ def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     """
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
                  sliding_window, logit_softcap)
-    if not usable(q, k):
+    reason = unusable(q, k)
+    if reason:
+        warn_fallback("cpu", reason)
         return blockwise_attention(q, k, v, **contract_kwargs(q_segment_ids, kv_segment_ids, q_positions,
                                                               kv_positions, scale, alibi_slopes,
                                                               sliding_window, logit_softcap, block_q,

@@ -5,8 +5,12 @@ the contract when positions grow with the index inside each segment and every se
 (`index_order_is_position_order`): true of ordinary and packed training batches, false of e.g. a KV cache
 or shuffled (zig-zag) rows. That is data, so it is checked at run time on O(L) ints, and a `lax.cond` runs
 the fused kernel when it holds and `blockwise` otherwise. Shapes, dtypes or platforms the fused kernel cannot
-take at all (checked at trace time) go straight to `blockwise`. Off their platform both kernels are
-`blockwise`, so a config naming them still runs on CPU.
+take at all (checked at trace time) go straight to `blockwise`, with a warning that says why. Off their
+platform both kernels are `blockwise`, so a config naming them still runs on CPU. The platform is that of the
+devices the step is compiled for (the active mesh's), not the host's: a step compiled on a CPU host for a TPU
+topology gets the TPU kernel.
+
+Splash is a Mosaic kernel, which XLA does not partition: under a mesh it runs per shard (`per_shard`).
 
 cuDNN is reached through `jax.nn.dot_product_attention(implementation='cudnn')`, which has no segment ids:
 its fast path also needs one segment per row. Splash takes segment ids natively.
@@ -21,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
-from ctxjax.attention.common import check_inputs, contract_kwargs
+from ctxjax.attention.common import check_inputs, contract_kwargs, per_shard, target_platform, warn_fallback
 
 SPLASH_BLOCK = 128  # splash's default tile; lengths must be multiples of it
 
@@ -61,6 +65,22 @@ def _with_fallback(fast_ok, fused, q, k, v, kwargs):
                     lambda q, k, v: blockwise_attention(q, k, v, **kwargs), q, k, v)
 
 
+def cudnn_unusable(q, k, alibi_slopes, logit_softcap) -> str | None:
+    """Why cuDNN cannot run these inputs where the step is compiled; None when it can."""
+    platform = target_platform()
+    if platform != "gpu":
+        return f"the step is compiled for {platform}, not GPU"
+    if alibi_slopes is not None or logit_softcap:
+        return "cuDNN takes neither ALiBi slopes nor a logit soft cap"
+    if q.shape[1] != k.shape[1]:
+        return "queries and keys differ in length (decoding with a cache)"
+    if q.dtype not in (jnp.float16, jnp.bfloat16):
+        return f"cuDNN needs float16 or bfloat16, not {q.dtype} (set execution.dtype)"
+    if q.shape[-1] > 128 or q.shape[-1] % 8:
+        return f"cuDNN needs head_dim <= 128 and a multiple of 8, not {q.shape[-1]}"
+    return None
+
+
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                     alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
                     block_k=DEFAULT_BLOCK_K):
@@ -70,10 +90,9 @@ def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_p
                  sliding_window, logit_softcap)
     kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                               sliding_window, logit_softcap, block_q, block_k)
-    usable = (jax.default_backend() == "gpu" and alibi_slopes is None and not logit_softcap
-              and q.shape[1] == k.shape[1]
-              and q.dtype in (jnp.float16, jnp.bfloat16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
-    if not usable:
+    reason = cudnn_unusable(q, k, alibi_slopes, logit_softcap)
+    if reason:
+        warn_fallback("cudnn", reason)
         return blockwise_attention(q, k, v, **kwargs)
     # (W - 1, 0): each query sees itself and the W - 1 tokens before it.
     window = (sliding_window - 1, 0) if sliding_window else None
@@ -128,6 +147,20 @@ def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, logit_softcap=0.
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim)
 
 
+def splash_unusable(q, k, alibi_slopes) -> str | None:
+    """Why splash cannot run these inputs where the step is compiled; None when it can."""
+    platform = target_platform()
+    if platform != "tpu":
+        return f"the step is compiled for {platform}, not TPU"
+    if alibi_slopes is not None:
+        return "splash takes no ALiBi slopes"
+    if q.shape[1] != k.shape[1]:
+        return "queries and keys differ in length (decoding with a cache)"
+    if q.shape[1] % SPLASH_BLOCK:
+        return f"length {q.shape[1]} is not a multiple of {SPLASH_BLOCK}"
+    return None
+
+
 def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                      alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
                      block_k=DEFAULT_BLOCK_K):
@@ -136,13 +169,13 @@ def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_
                  sliding_window, logit_softcap)
     kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                               sliding_window, logit_softcap, block_q, block_k)
-    length = q.shape[1]
-    usable = (jax.default_backend() == "tpu" and alibi_slopes is None and k.shape[1] == length
-              and length % SPLASH_BLOCK == 0)
-    if not usable:
+    reason = splash_unusable(q, k, alibi_slopes)
+    if reason:
+        warn_fallback("splash", reason)
         return blockwise_attention(q, k, v, **kwargs)
-    fused = functools.partial(splash_fused, segment_ids=q_segment_ids, scale=scale,
-                              sliding_window=sliding_window, logit_softcap=logit_softcap, block_q=block_q,
-                              block_k=block_k)
+    kernel = per_shard(functools.partial(splash_fused, scale=scale, sliding_window=sliding_window,
+                                         logit_softcap=logit_softcap, block_q=block_q, block_k=block_k),
+                       q.shape[0], q.shape[2], k.shape[2])
+    fused = lambda q, k, v: kernel(q, k, v, q_segment_ids)  # noqa: E731
     fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)

@@ -30,12 +30,10 @@ from jax.sharding import PartitionSpec as P
 
 from ctxjax.errors import InputError
 from ctxjax.attention import blockwise
-from ctxjax.attention.common import (block_size, check_inputs, from_grouped, keep_for_backward, repeat,
-                                     to_grouped)
+from ctxjax.attention.common import (BATCH_AXES, HEAD_AXIS, block_size, check_inputs, dividing_axes,
+                                     from_grouped, keep_for_backward, repeat, to_grouped)
 
 SEQUENCE_AXIS = "sequence"
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
 
 
 def _ring_permutation(n_shards):
@@ -109,16 +107,6 @@ def _active_mesh():
     return mesh
 
 
-def _dividing_axes(mesh, names, size):
-    """The axes among `names` in the mesh whose sizes multiply to a divisor of `size` (the rest replicate)."""
-    axes, product = [], 1
-    for name in names:
-        if name in mesh.axis_names and size % (product * mesh.shape[name]) == 0:
-            axes.append(name)
-            product *= mesh.shape[name]
-    return tuple(axes) or None
-
-
 def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                    alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=blockwise.DEFAULT_BLOCK_Q,
                    block_k=blockwise.DEFAULT_BLOCK_K):
@@ -133,8 +121,8 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
                          f"{k.shape[1]}); use 'blockwise' or 'xla' for decoding with a cache")
     if length % n_shards:
         raise InputError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
-    batch_axes = _dividing_axes(mesh, BATCH_AXES, batch)
-    head_axis = _dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, k.shape[2])))
+    batch_axes = dividing_axes(mesh, BATCH_AXES, batch)
+    head_axis = dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, k.shape[2])))
     tokens, ids = P(batch_axes, SEQUENCE_AXIS, head_axis, None), P(batch_axes, SEQUENCE_AXIS)
     local_length = length // n_shards
     bq, bk = block_size(block_q, local_length), block_size(block_k, local_length)

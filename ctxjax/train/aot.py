@@ -4,13 +4,16 @@ data. It catches shape, sharding and out-of-memory problems of a long stage befo
 
 from __future__ import annotations
 
+from typing import Any, Iterator, NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctxjax.errors import InputError
 from ctxjax.model import Transformer
 from ctxjax.optimizer import make_optimizer, trainable_labels
-from ctxjax.schedule import learning_rate_schedule
+from ctxjax.schedule import Stage, learning_rate_schedule
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train.configs import adaptation_config, execution_config, validate
 from ctxjax.train.export import exportable
@@ -22,14 +25,28 @@ BATCH_DTYPES = {"tokens": jnp.int32, "positions": jnp.int32, "segment_ids": jnp.
                 "weights": jnp.float32}
 
 
-def compile_stages(config, devices=None) -> list[dict]:
-    """One row per stage: shapes and XLA's memory estimate (bytes per device) of its compiled step."""
+class CompiledStage(NamedTuple):
+    """A stage's train step compiled ahead of time: `state` is the abstract training state with the
+    shardings the step takes (ShapeDtypeStructs), `compiled` the executable with its memory and cost
+    analyses, `labels` the trainable labels of the parameters."""
+
+    stage: Stage
+    model: Transformer
+    state: Any
+    labels: Any
+    compiled: Any
+
+
+def compiled_stages(config, devices=None) -> Iterator[CompiledStage]:
+    """Every stage's train step compiled for `devices` (default: this host's; abstract TPU devices of a
+    topology work too), with the config's mesh, kernels, remat and dtypes, one stage at a time: a stage that
+    does not fit (StepDoesNotFit) comes after the stages before it have been reported. The config's mesh is
+    the active one while the generator waits."""
     devices = list(devices if devices is not None else jax.devices())
     _, stages, _ = validate(config, len(devices))
     base = base_model_config(config, None, "")
     exportable(model_config_for_stage(config, base, stages[-1]), config.export_dir)
     mesh = make_mesh(dict(config.mesh), devices)
-    rows = []
     run, adaptation = execution_config(config), adaptation_config(config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         first = model_config_for_stage(config, base, stages[0])
@@ -43,12 +60,39 @@ def compile_stages(config, devices=None) -> list[dict]:
                      for k, dtype in BATCH_DTYPES.items()}
             model = Transformer(cfg, run, adaptation)
             step = jit_train_step(config, model, tx, labels, stage, mesh, shardings)
-            compiled = step.lower(with_shardings(abstract, shardings), batch).compile()
-            memory = compiled.memory_analysis()
-            rows.append({
-                "stage": stage.index, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
-                "attention": run.attention, "position": cfg.position.name,
-                "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
-                "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
-            })
+            state = with_shardings(abstract, shardings)
+            yield CompiledStage(stage, model, state, labels, _compile(step, state, batch, stage))
+
+
+class StepDoesNotFit(InputError):
+    """The compiler found that a stage's step needs more memory than a device has."""
+
+
+FIT_HINT = ("use more devices (or fsdp/tensor axes), execution.remat='full', a smaller micro_batch_size or a "
+            "shorter seq_len")
+
+
+def _compile(step, state, batch, stage):
+    try:
+        return step.lower(state, batch).compile()
+    except jax.errors.JaxRuntimeError as error:
+        # The TPU compiler refuses a program larger than HBM: that is the answer a plan wants, in one line.
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        first = str(error).strip().splitlines()[0].rstrip(".")
+        raise StepDoesNotFit(f"stage {stage.index} (seq_len {stage.seq_len}, batch {stage.batch_size}) does "
+                             f"not fit: {first}; {FIT_HINT}") from None
+
+
+def compile_stages(config, devices=None) -> list[dict]:
+    """One row per stage: shapes and XLA's memory estimate (bytes per device) of its compiled step."""
+    rows = []
+    for c in compiled_stages(config, devices):
+        memory = c.compiled.memory_analysis()
+        rows.append({
+            "stage": c.stage.index, "seq_len": c.stage.seq_len, "batch_size": c.stage.batch_size,
+            "attention": c.model.execution.attention, "position": c.model.config.position.name,
+            "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+            "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        })
     return rows

@@ -50,10 +50,14 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Me
     abstract = jax.eval_shape(lambda: state_from_params(abstract_params(cfg, adaptation), tx))
     replicated = NamedSharding(mesh, PartitionSpec())
     # Frozen parameters (multi_transform) hold an empty MaskedNode instead of moments: it stays as it is.
-    opt_shardings = optax.tree_map_params(
+    # tree_map_params runs tx.init on placeholders; traced (eval_shape), nothing runs on a device, so this
+    # works for devices the host cannot run on (a TPU topology compiled on a CPU host: `ctxjax plan`).
+    found = []
+    jax.eval_shape(lambda: found.append(optax.tree_map_params(
         tx, lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
         abstract["opt_state"], params, transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode))))
+    opt_shardings = found[0]
     shardings = {"step": replicated, "params": params, "opt_state": opt_shardings,
                  "first_bad_step": replicated}
     return abstract, shardings

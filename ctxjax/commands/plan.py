@@ -1,0 +1,54 @@
+"""`ctxjax plan --config configs/x.py[:variant] --topology v5e-8 [--config.FIELD=VALUE ...]`: compile every
+stage's train step for a TPU slice on this machine (no TPU needed, libtpu is) with the config's mesh,
+kernels, remat and dtypes, and print per device what the TPU compiler plans: parameters and optimizer state,
+arguments, outputs, temporaries and code against the chip's HBM, XLA's and the model's FLOPs of a step, and
+the step time they give at the chip's bf16 peak (MFU 100%) and at MFU 50%. Exits 2 with one line when a stage
+does not fit.
+
+Topologies: Cloud TPU accelerator types (v5e-8, v5p-128, v4-32, v2-8, v6e-16; for v2, v3, v4 and v5p the
+number counts TensorCores, two per chip) or libtpu's names (v5e:2x4, v5p:4x4x4)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from ctxjax.plan.chips import parse_topology
+from ctxjax.plan.devices import tpu_devices
+from ctxjax.plan.report import check_fits, markdown_table, stage_plan
+from ctxjax.train import load_config
+from ctxjax.train.aot import compiled_stages
+from ctxjax.train.configs import apply_overrides
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="compile every stage for a TPU slice here and report memory per chip, FLOPs and MFU",
+        description=__doc__)
+    parser.add_argument("--config", required=True, help="recipe file, e.g. configs/tpu_pod.py")
+    parser.add_argument("--topology", required=True, help="TPU slice, e.g. v5e-8, v5p-128, v4-32, v5e:2x2")
+    parser.add_argument("--json", action="store_true", help="one JSON object per stage instead of a table")
+    parser.set_defaults(run=run, accepts_config_overrides=True)
+
+
+def run(args) -> int:
+    if "JAX_PLATFORMS" not in os.environ:
+        # The host only traces and compiles; on a TPU VM this leaves its chips to whatever is training.
+        jax.config.update("jax_platforms", "cpu")
+    topology = parse_topology(args.topology)
+    devices = tpu_devices(topology)
+    config = apply_overrides(load_config(args.config), args.config_overrides)
+    rows = []
+    try:
+        for compiled in compiled_stages(config, devices):
+            rows.append(stage_plan(compiled, topology))
+            if args.json:
+                print(json.dumps(rows[-1]), flush=True)
+    finally:  # the stages that fit are reported before the one that does not
+        if rows and not args.json:
+            print(markdown_table(rows, topology), flush=True)
+    for row in rows:
+        check_fits(row, topology)
+    return 0

@@ -1,0 +1,79 @@
+"""`ctxjax plan`: train steps compiled for a TPU topology on this CPU host by libtpu, with the TPU kernels
+(splash as a Mosaic call, run per shard), and their memory and cost read back.
+
+Needs libtpu (the `test` extra installs it): without it these tests skip with the install command, except
+under CI=true, where a missing libtpu fails them."""
+
+import os
+
+import pytest
+
+from ctxjax import cli
+from ctxjax.plan.chips import parse_topology
+from ctxjax.plan.devices import install_command, libtpu_available, tpu_devices
+from ctxjax.plan.report import check_fits, stage_plan
+from ctxjax.train import load_config
+from ctxjax.train.aot import compiled_stages
+from ctxjax.train.configs import apply_overrides
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TINY = os.path.join(ROOT, "configs", "demo.py:tiny")
+MOSAIC_CALL = 'custom_call_target="tpu_custom_call"'  # how a Pallas TPU kernel appears in the program
+
+
+@pytest.fixture
+def libtpu():
+    if not libtpu_available():
+        message = f"libtpu is not installed: {install_command()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def one_stage(seq_len: int, tokens: int, *overrides: str) -> list[str]:
+    return [f"stages=[{{'steps': 2, 'seq_len': {seq_len}, 'lr': 1e-3}}]", f"tokens_per_step={tokens}",
+            "execution.dtype=bfloat16", *overrides]
+
+
+def compile_for(topology: str, overrides: list[str]):
+    top = parse_topology(topology)
+    config = apply_overrides(load_config(TINY), overrides)
+    (compiled,) = compiled_stages(config, tpu_devices(top))
+    return compiled, stage_plan(compiled, top)
+
+
+def test_slice_names_are_libtpu_topologies():
+    names = {n: parse_topology(n).topology_name for n in ("v5e-1", "v5e-8", "v6e-16", "v2-8", "v4-32",
+                                                          "v5p-128", "v5e:2x2")}
+    assert names == {"v5e-1": "v5e:1x1", "v5e-8": "v5e:2x4", "v6e-16": "v6e:4x4", "v2-8": "v2:2x2",
+                     "v4-32": "v4:2x2x4", "v5p-128": "v5p:4x4x4", "v5e:2x2": "v5e:2x2"}
+    assert parse_topology("v2-8").devices == 8 and parse_topology("v4-8").devices == 4  # cores vs megacore
+    with pytest.raises(ValueError, match="e.g. v5e-8"):
+        parse_topology("v7x-8")
+
+
+def test_splash_compiles_for_tpu_per_shard_with_fsdp_and_tensor(libtpu):
+    compiled, row = compile_for("v5e:2x2", one_stage(256, 2048, "execution.attention=splash", "mesh.data=1",
+                                                     "mesh.fsdp=2", "mesh.tensor=2"))
+    # The kernel follows the mesh's devices (TPU), not the host's backend (CPU): the Mosaic call is there.
+    assert MOSAIC_CALL in compiled.compiled.as_text()
+    assert row["temp_bytes"] > 0 and 0 < row["total_bytes"] < row["hbm_bytes"]
+    assert row["params_bytes"] > 0 and row["optimizer_bytes"] >= 2 * row["params_bytes"]  # Adam mu, nu
+    assert row["compiled_flops"] > 0 and row["model_flops"] > 0 and row["step_seconds_at_peak"] > 0
+    check_fits(row, parse_topology("v5e:2x2"))
+
+
+def test_ring_attention_compiles_for_tpu_with_a_sequence_axis(libtpu):
+    compiled, row = compile_for("v5e:2x2", one_stage(256, 2048, "execution.attention=ring", "mesh.data=1",
+                                                     "mesh.fsdp=2", "mesh.sequence=2"))
+    assert "collective-permute" in compiled.compiled.as_text() and row["total_bytes"] < row["hbm_bytes"]
+
+
+def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
+    # Full 8k x 8k float32 scores of 8 heads for 8 rows at once: far more than a v5e chip's 16 GiB.
+    code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1",
+                     *(f"--config.{o}" for o in one_stage(8192, 65536, "execution.attention=xla",
+                                                          "mesh.data=1"))])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "stage 0 (seq_len 8192, batch 8) does not fit" in err and "remat" in err
