@@ -9,6 +9,7 @@ import sys
 from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, extension_table, generate,
                              import_hf, info, plan, study, train)
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
+from ctxjax.tpu_plugin import skip_tpu_plugin_without_a_chip
 from ctxjax.xla_flags import apply_cpu_flags
 
 COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, extension_table, generate, check_logits,
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.config_overrides = overrides
     apply_cpu_flags()
+    skip_tpu_plugin_without_a_chip()
     # Bad input is one line naming the fix; anything else is a bug and keeps its traceback (exit 1).
     try:
         return args.run(args) or 0
