@@ -84,8 +84,9 @@ def _header(n: Numbers, scale: Scale, command: str) -> list[str]:
         f"- model: Llama-style (RMSNorm, SwiGLU, RoPE unless the arm says otherwise), d_model "
         f"{scale.d_model}, {scale.n_layers} layers, {scale.n_heads} heads, vocabulary {scale.vocab_size}, "
         f"{si(params)} parameters",
-        f"- data: the embedded corpus (Python standard library source) with passkey and multi-key retrieval "
-        f"documents mixed in (1 in 4 documents); evaluation on held-out files, {scale.eval_documents} "
+        "- data: the embedded corpus (Python standard library source), 1 row in 3, and passkey documents "
+        "about a row long with a randomly drawn filler, 2 rows in 3 (multi-key is evaluated, not trained: "
+        f"`ctxjax.study.arms.data_mix`); evaluation on held-out files, {scale.eval_documents} "
         f"documents, up to {scale.eval_windows} windows per length and method, {scale.trials} prompts per "
         "(length, depth) retrieval cell",
         f"- L = {L} (pretraining), extension to 4L = {4 * L}; pretraining {scale.pretrain_steps} steps, "
