@@ -4,6 +4,7 @@
 Needs libtpu (the `test` extra installs it): without it these tests skip with the install command, except
 under CI=true, where a missing libtpu fails them."""
 
+import json
 import os
 
 import pytest
@@ -12,6 +13,7 @@ from ctxjax import cli
 from ctxjax.plan.chips import parse_topology
 from ctxjax.plan.devices import install_command, libtpu_available, tpu_devices
 from ctxjax.plan.report import check_fits, stage_plan
+from ctxjax.plan.search import config_at_length
 from ctxjax.train import load_config
 from ctxjax.train.aot import compiled_stages
 from ctxjax.train.configs import apply_overrides
@@ -77,3 +79,28 @@ def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "stage 0 (seq_len 8192, batch 8) does not fit" in err and "remat" in err
+
+
+def test_the_longest_context_is_bracketed_within_one_granule(libtpu, capsys):
+    code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--find-max-seq-len", "--json",
+                     "--memory-limit", "0.005", "--config.execution.attention=xla", "--config.mesh.data=1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    tried = {row["seq_len"]: row for row in map(json.loads, lines[:-1])}
+    longest = int(lines[-1].split(": ")[1].split()[0])
+    assert code == 0 and tried[longest]["fits"] and tried[longest]["total_bytes"] <= 0.005 * 2**30
+    assert not tried[longest + 128]["fits"]  # the next length up was compiled and is over the limit
+    assert all(row["fits"] == (n <= longest) for n, row in tried.items())  # memory grows with length
+    assert len(tried) <= 8  # doubling, then bisection
+
+
+def test_a_length_keeps_the_tokens_per_step_with_a_row_per_shard_at_least():
+    config = load_config(TINY)
+    long = config_at_length(config, 4 * int(config.tokens_per_step), batch_ways=2)
+    assert long.stages == [{**config.stages[-1], "seq_len": 4 * int(config.tokens_per_step)}]
+    assert long.tokens_per_step == 2 * long.stages[0]["seq_len"]  # two rows: one per data-parallel shard
+    assert config_at_length(config, 32, 1).tokens_per_step == config.tokens_per_step
+
+
+def test_a_memory_limit_must_be_positive(capsys):
+    assert cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--memory-limit", "0"]) == 2
+    assert "--memory-limit 0 must be a positive number of GiB" in capsys.readouterr().err

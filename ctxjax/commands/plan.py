@@ -5,6 +5,10 @@ arguments, outputs, temporaries and code against the chip's HBM, XLA's and the m
 the step time they give at the chip's bf16 peak (MFU 100%) and at MFU 50%. Exits 2 with one line when a stage
 does not fit.
 
+`--find-max-seq-len` instead searches the longest sequence length at which the config's last stage fits
+(doubling, then bisection; ctxjax/plan/search.py) and prints length -> memory per device; `--memory-limit`
+plans for less than the chip's HBM, to keep headroom.
+
 Topologies: Cloud TPU accelerator types (v5e-8, v5p-128, v4-32, v2-8, v6e-16; for v2, v3, v4 and v5p the
 number counts TensorCores, two per chip) or libtpu's names (v5e:2x4, v5p:4x4x4)."""
 
@@ -17,9 +21,12 @@ import jax
 
 from ctxjax.plan.chips import parse_topology
 from ctxjax.plan.devices import tpu_devices
-from ctxjax.plan.report import check_fits, markdown_table, stage_plan
+from ctxjax.errors import InputError
+from ctxjax.plan.chips import GIB
+from ctxjax.plan.report import check_fits, gib, length_table, markdown_table, stage_plan
+from ctxjax.plan.search import longest_context
 from ctxjax.train import load_config
-from ctxjax.train.aot import compiled_stages
+from ctxjax.train.aot import FIT_HINT, StepDoesNotFit, compiled_stages
 from ctxjax.train.configs import apply_overrides
 
 
@@ -30,6 +37,10 @@ def register(subparsers) -> None:
     parser.add_argument("--config", required=True, help="recipe file, e.g. configs/tpu_pod.py")
     parser.add_argument("--topology", required=True, help="TPU slice, e.g. v5e-8, v5p-128, v4-32, v5e:2x2")
     parser.add_argument("--json", action="store_true", help="one JSON object per stage instead of a table")
+    parser.add_argument("--find-max-seq-len", action="store_true",
+                        help="search the longest seq_len at which the last stage fits, instead")
+    parser.add_argument("--memory-limit", type=float, metavar="GIB",
+                        help="memory per device to plan for (default: the chip's HBM per device)")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
@@ -37,9 +48,14 @@ def run(args) -> int:
     if "JAX_PLATFORMS" not in os.environ:
         # The host only traces and compiles; on a TPU VM this leaves its chips to whatever is training.
         jax.config.update("jax_platforms", "cpu")
+    if args.memory_limit is not None and not args.memory_limit > 0:
+        raise InputError(f"--memory-limit {args.memory_limit:g} must be a positive number of GiB")
     topology = parse_topology(args.topology)
     devices = tpu_devices(topology)
     config = apply_overrides(load_config(args.config), args.config_overrides)
+    budget = int(args.memory_limit * GIB) if args.memory_limit else topology.chip.hbm_bytes_per_device
+    if args.find_max_seq_len:
+        return _find_max_seq_len(config, devices, topology, budget, args.json)
     rows = []
     try:
         for compiled in compiled_stages(config, devices):
@@ -50,5 +66,24 @@ def run(args) -> int:
         if rows and not args.json:
             print(markdown_table(rows, topology), flush=True)
     for row in rows:
-        check_fits(row, topology)
+        check_fits(row, topology, budget)
+    return 0
+
+
+def _find_max_seq_len(config, devices, topology, budget: int, as_json: bool) -> int:
+    def log(row):
+        print(json.dumps(row) if as_json else f"  {row['seq_len']:>9} tokens: "
+              + (f"{gib(row['total_bytes'])} per device" if row["total_bytes"] is not None else "refused")
+              + (" fits" if row["fits"] else " does not fit"), flush=True)
+
+    if not as_json:
+        print(f"{topology.name}: the longest seq_len of the last stage within {gib(budget)} per device")
+    longest, rows = longest_context(config, devices, topology, budget, log=log)
+    if not as_json:
+        print(length_table(rows, budget))
+    if not longest:
+        first = rows[0]
+        raise StepDoesNotFit(f"no seq_len fits in {gib(budget)} per device, down to {rows[0]['seq_len']} "
+                             f"tokens ({first['reason'] or gib(first['total_bytes'])}); {FIT_HINT}")
+    print(f"longest context that fits on {topology.name}: {longest} tokens")
     return 0

@@ -53,11 +53,15 @@ def stage_plan(c: CompiledStage, topology: Topology) -> dict:
     }
 
 
-def check_fits(row: dict, topology: Topology) -> None:
-    if row["total_bytes"] > row["hbm_bytes"]:
+def check_fits(row: dict, topology: Topology, budget: int | None = None) -> None:
+    """Raise when a stage needs more than `budget` bytes per device (default: the chip's HBM)."""
+    budget = budget or row["hbm_bytes"]
+    if row["total_bytes"] > budget:
+        where = (f"{topology.chip.name}'s {gib(budget)}" if budget == row["hbm_bytes"]
+                 else f"the {gib(budget)} planned for")
         raise StepDoesNotFit(
             f"stage {row['stage']} (seq_len {row['seq_len']}, batch {row['batch_size']}) needs "
-            f"{gib(row['total_bytes'])} per device of {topology.chip.name}'s {gib(row['hbm_bytes'])} "
+            f"{gib(row['total_bytes'])} per device of {where} "
             f"(temporaries {gib(row['temp_bytes'])}, state and batch {gib(row['argument_bytes'])}); "
             f"{FIT_HINT}")
 
@@ -89,3 +93,15 @@ def markdown_table(rows: list[dict], topology: Topology) -> str:
     return (f"{topology.name} = {topology.topology_name}: {topology.devices} devices of "
             f"{gib(chip.hbm_bytes_per_device)} HBM and {chip.peak_flops_per_device / 1e12:.4g} TFLOP/s bf16; "
             "bytes, FLOPs and times per device and step\n\n" + "\n".join(lines))
+
+
+def length_table(rows: list[dict], budget: int) -> str:
+    """The longest-context search's plans, by length: memory per device against the budget."""
+    lines = ["| seq_len | batch | total per device | of budget | fits |", "|---|---|---|---|---|"]
+    for row in rows:
+        total = row["total_bytes"]
+        lines.append(f"| {row['seq_len']} | {row.get('batch_size', '–')} | "
+                     f"{gib(total) if total is not None else 'refused by the compiler'} | "
+                     f"{f'{100 * total / budget:.0f}%' if total is not None else '–'} | "
+                     f"{'yes' if row['fits'] else 'no'} |")
+    return "\n".join(lines)
