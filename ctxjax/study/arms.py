@@ -52,7 +52,7 @@ class Scale:
 
 SCALES = {
     "full": Scale(base_len=256, d_model=128, n_layers=4, n_heads=4, vocab_size=2048, tokens_per_step=4096,
-                  pretrain_steps=2000, finetune_steps=200, scratch_steps=1000, slw_steps=400, lr=6e-3,
+                  pretrain_steps=2000, finetune_steps=200, scratch_steps=500, slw_steps=400, lr=6e-3,
                   eval_documents=160, eval_windows=32, trials=8, doublings=4),
     # Bytes: the retrieval prompts' template takes about 250 tokens, so only 4L holds a prompt.
     "quick": Scale(base_len=64, d_model=32, n_layers=2, n_heads=4, vocab_size=258, tokens_per_step=1024,
