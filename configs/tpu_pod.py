@@ -21,7 +21,9 @@ def get_config(variant=None):
     c.mesh.update(data=1, fsdp=-1, tensor=4, sequence=2)
     c.data.update(source="tfds:pg19", min_doc_tokens=0, mode="pack")
     c.tokens_per_step = 4 * 2**20  # 4M tokens per step
-    c.micro_batch_size = 16
+    # One row per fsdp shard per micro-batch: `ctxjax plan --topology v5p-128` (docs/tpu.md) puts the 64k
+    # stage at 44 GiB per chip this way, where 16 rows (two per shard) needed 125 GiB of a v5p's 95.
+    c.micro_batch_size = 8
     c.loss_chunk = 4096
     c.stages = [
         dict(steps=200, seq_len=32768, lr=2e-5, warmup_steps=20),
