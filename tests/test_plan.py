@@ -15,7 +15,7 @@ from ctxjax.plan.devices import install_command, libtpu_available, tpu_devices
 from ctxjax.plan.report import check_fits, stage_plan
 from ctxjax.plan.search import config_at_length
 from ctxjax.train import load_config
-from ctxjax.train.aot import compiled_stages
+from ctxjax.train.aot import compiled_stages, largest_arrays
 from ctxjax.train.configs import apply_overrides
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -79,6 +79,8 @@ def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "stage 0 (seq_len 8192, batch 8) does not fit" in err and "remat" in err
+    # The compiler gives totals only; the line also names the biggest arrays: here the 8k x 8k scores.
+    assert "largest arrays of the step (global shapes): f32[" in err and ",8192,8192] " in err
 
 
 def test_the_longest_context_is_bracketed_within_one_granule(libtpu, capsys):
@@ -104,3 +106,10 @@ def test_a_length_keeps_the_tokens_per_step_with_a_row_per_shard_at_least():
 def test_a_memory_limit_must_be_positive(capsys):
     assert cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--memory-limit", "0"]) == 2
     assert "--memory-limit 0 must be a positive number of GiB" in capsys.readouterr().err
+
+
+def test_largest_arrays_reads_a_lowered_programs_types():
+    program = ("%0 = stablehlo.dot_general %a, %b : (tensor<8x128xbf16>, tensor<128x64xbf16>) -> "
+               "tensor<8x64xf32>\n%1 = stablehlo.compare %x, %y : (tensor<4x1024x1024xi1>) -> tensor<f32>")
+    assert largest_arrays(program, 2) == "i1[4,1024,1024] 4.00 MiB, bf16[128,64] 0.02 MiB"
+    assert largest_arrays("no arrays") == "none found"

@@ -4,6 +4,8 @@ data. It catches shape, sharding and out-of-memory problems of a long stage befo
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Iterator, NamedTuple
 
 import flax.linen as nn
@@ -73,15 +75,35 @@ FIT_HINT = ("use more devices (or fsdp/tensor axes), execution.remat='full', a s
 
 
 def _compile(step, state, batch, stage):
+    lowered = step.lower(state, batch)
     try:
-        return step.lower(state, batch).compile()
+        return lowered.compile()
     except jax.errors.JaxRuntimeError as error:
         # The TPU compiler refuses a program larger than HBM: that is the answer a plan wants, in one line.
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
         first = str(error).strip().splitlines()[0].rstrip(".")
         raise StepDoesNotFit(f"stage {stage.index} (seq_len {stage.seq_len}, batch {stage.batch_size}) does "
-                             f"not fit: {first}; {FIT_HINT}") from None
+                             f"not fit: {first}; largest arrays of the step (global shapes): "
+                             f"{largest_arrays(lowered.as_text())}; {FIT_HINT}") from None
+
+
+_TENSOR = re.compile(r"tensor<((?:\d+x)+)([a-z]+\d*)>")
+_BITS = {"i1": 8, "pred": 8}
+
+
+def largest_arrays(program: str, count: int = 3) -> str:
+    """The `count` largest distinct array types in a lowered (StableHLO) program, e.g.
+    "f32[8,4,8192,8192] 8.0 GiB": the compiler's refusal gives only totals, and these name what to shrink.
+    Global shapes, before partitioning: a sharded array's device share is smaller."""
+    sizes = {}
+    for dims, dtype in _TENSOR.findall(program):
+        shape = [int(d) for d in dims.rstrip("x").split("x")]
+        bits = _BITS.get(dtype) or int(re.sub(r"\D", "", dtype) or 32)
+        sizes[f"{dtype}[{','.join(map(str, shape))}]"] = math.prod(shape) * bits // 8
+    top = sorted(sizes.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} {size / 2**30:.1f} GiB" if size >= 2**30 else f"{name} {size / 2**20:.2f} MiB"
+                     for name, size in top) or "none found"
 
 
 def compile_stages(config, devices=None) -> list[dict]:
