@@ -17,8 +17,12 @@ CHIP_PATHS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 CUDA_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")
 
 
+def libtpu_available() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
 def skip_tpu_plugin_without_a_chip(environ=os.environ, chip_paths=CHIP_PATHS) -> None:
-    if "JAX_PLATFORMS" in environ or importlib.util.find_spec("libtpu") is None:
+    if "JAX_PLATFORMS" in environ or not libtpu_available():
         return
     if any(glob.glob(pattern) for pattern in chip_paths):
         return

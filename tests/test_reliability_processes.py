@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from test_train import losses, tiny
+from test_train_processes import CONFIG, CTXJAX, wait_until_logged
 
 from ctxjax import cli
 from ctxjax.checkpoint import load_for_inference
@@ -22,8 +21,6 @@ from ctxjax.errors import EXIT_INTERRUPTED
 from ctxjax.train import train_and_evaluate
 from ctxjax.train.stopping import StopRequests
 
-CTXJAX = os.path.join(os.path.dirname(sys.executable), "ctxjax")
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py:tiny")
 FAULTS = os.path.join(os.path.dirname(__file__), "faults")
 # One device, as the in-process runs below use; every override the reference run uses too.
 OVERRIDES = {"log_every": 1, "checkpoint.async_save": True}
@@ -86,11 +83,7 @@ def test_kill_9_while_exporting_leaves_no_half_export_and_the_rerun_writes_it(tm
 def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path):
     long = "[{'steps': 10000, 'seq_len': 16, 'lr': 0.001}]"
     process = _start(tmp_path, extra=[f"--config.stages={long}", "--config.export_dir=''"])
-    metrics, deadline = tmp_path / "metrics.jsonl", time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "training did not start"
-        time.sleep(0.1)
+    wait_until_logged(process, tmp_path / "metrics.jsonl")
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]

@@ -1,13 +1,11 @@
 """An installed libtpu on a machine without a chip: the command line skips the TPU plugin (7 s of probing and
 a screen of errors otherwise), unless the user chose the platforms or a chip is there."""
 
-import importlib.util
-
 import pytest
 
-from ctxjax.tpu_plugin import skip_tpu_plugin_without_a_chip
+from ctxjax.tpu_plugin import libtpu_available, skip_tpu_plugin_without_a_chip
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+needs_libtpu = pytest.mark.skipif(not libtpu_available(),
                                   reason='libtpu is not installed: pip install "jax[tpu]"')
 
 

@@ -19,6 +19,16 @@ CTXJAX = os.path.join(os.path.dirname(sys.executable), "ctxjax")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py:tiny")
 
 
+def wait_until_logged(process, metrics, lines: int = 3) -> None:
+    """Until a training process has logged `lines` steps to `metrics` (so it is past start-up and
+    compilation), failing if it exits or takes 4 minutes."""
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= lines):
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+
+
 def _env(devices: int) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -31,12 +41,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
                                 f"--config.stages={stages}", "--config.log_every=1",
                                "--config.export_dir=''"],
                                env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "training did not start"
-        time.sleep(0.2)
+    wait_until_logged(process, tmp_path / "metrics.jsonl")
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]

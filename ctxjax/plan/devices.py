@@ -10,13 +10,13 @@ uses no chip, so it does not take the lock.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import jax
 
 from ctxjax.errors import InputError
 from ctxjax.plan.chips import Topology
+from ctxjax.tpu_plugin import libtpu_available
 
 LIBTPU_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "TPU_STDERR_LOG_LEVEL": "3", "TPU_MIN_LOG_LEVEL": "3",
                       "TPU_WORKER_HOSTNAMES": "localhost", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
@@ -24,10 +24,6 @@ LIBTPU_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "TPU_STDERR_LOG_LEVEL": "3", 
 
 def install_command() -> str:
     return f'pip install "jax[tpu]=={jax.__version__}"'
-
-
-def libtpu_available() -> bool:
-    return importlib.util.find_spec("libtpu") is not None
 
 
 def tpu_devices(topology: Topology) -> list:
