@@ -13,6 +13,7 @@ from ctxjax import cli
 from ctxjax.plan.chips import parse_topology
 from ctxjax.plan.devices import install_command, libtpu_available, tpu_devices
 from ctxjax.plan.report import check_fits, stage_plan
+from ctxjax.plan.compare import default_alternatives, parse_alternatives
 from ctxjax.plan.search import config_at_length
 from ctxjax.train import load_config
 from ctxjax.train.aot import compiled_stages, largest_arrays
@@ -71,6 +72,14 @@ def test_ring_attention_compiles_for_tpu_with_a_sequence_axis(libtpu):
     assert "collective-permute" in compiled.compiled.as_text() and row["total_bytes"] < row["hbm_bytes"]
 
 
+def test_ulysses_compiles_for_tpu_with_splash_inside_and_all_to_alls(libtpu):
+    compiled, row = compile_for("v5e:2x2", one_stage(256, 2048, "execution.attention=ulysses", "mesh.data=1",
+                                                     "mesh.fsdp=2", "mesh.sequence=2"))
+    program = compiled.compiled.as_text()
+    # Heads are exchanged for length around the Mosaic kernel, which sees each device's heads whole.
+    assert "all-to-all" in program and MOSAIC_CALL in program and row["total_bytes"] < row["hbm_bytes"]
+
+
 def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
     # Full 8k x 8k float32 scores of 8 heads for 8 rows at once: far more than a v5e chip's 16 GiB.
     code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1",
@@ -83,16 +92,42 @@ def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
     assert "largest arrays of the step (global shapes): f32[" in err and ",8192,8192] " in err
 
 
-def test_the_longest_context_is_bracketed_within_one_granule(libtpu, capsys):
-    code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--find-max-seq-len", "--json",
-                     "--memory-limit", "0.005", "--config.execution.attention=xla", "--config.mesh.data=1"])
+def test_the_longest_context_is_bracketed_within_one_granule_and_alternatives_compared(libtpu, capsys):
+    # --compare runs the --find-max-seq-len search for the config as it is and for each alternative given;
+    # one the config cannot take (3 tensor shards of 1 device) is reported with its reason, not fatal.
+    code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--json", "--memory-limit", "0.005",
+                     "--compare", "mesh.tensor=3", "--config.execution.attention=xla", "--config.mesh.data=1"])
     lines = capsys.readouterr().out.strip().splitlines()
+    summaries = {s["name"]: s for s in json.loads(lines[-1])["comparison"]}
+    assert code == 0 and list(summaries) == ["as configured", "mesh.tensor=3"]
+    assert summaries["mesh.tensor=3"]["plan"] is None and "1 devices" in summaries["mesh.tensor=3"]["reason"]
     tried = {row["seq_len"]: row for row in map(json.loads, lines[:-1])}
-    longest = int(lines[-1].split(": ")[1].split()[0])
-    assert code == 0 and tried[longest]["fits"] and tried[longest]["total_bytes"] <= 0.005 * 2**30
+    assert {row["alternative"] for row in tried.values()} == {"as configured"}
+    longest = summaries["as configured"]["longest"]
+    assert tried[longest]["fits"] and tried[longest]["total_bytes"] <= 0.005 * 2**30
+    assert summaries["as configured"]["plan"]["total_bytes"] == tried[longest]["total_bytes"]
     assert not tried[longest + 128]["fits"]  # the next length up was compiled and is over the limit
     assert all(row["fits"] == (n <= longest) for n, row in tried.items())  # memory grows with length
     assert len(tried) <= 8  # doubling, then bisection
+
+
+def test_find_max_seq_len_says_in_one_line_when_nothing_fits(libtpu, capsys):
+    code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--find-max-seq-len", "--memory-limit",
+                     "0.001", "--config.execution.attention=xla", "--config.mesh.data=1"])
+    captured = capsys.readouterr()
+    assert code == 2 and "| 128 | " in captured.out and len(captured.err.strip().splitlines()) == 1
+    assert "no seq_len fits in 1.0 MiB per device, down to 128 tokens" in captured.err
+
+
+def test_default_alternatives_follow_the_config():
+    pod = load_config(os.path.join(ROOT, "configs", "tpu_pod.py"))  # ring, fsdp x tensor 4 x sequence 2
+    names = [name for name, _ in default_alternatives(pod, 64)]
+    assert names == ["as configured", "remat=attention", "remat=full", "attention=ulysses",
+                     "fsdp=32, tensor=1"]
+    tiny = load_config(TINY)  # no sequence axis, no tensor axis: remat, and a tensor axis taken from fsdp
+    assert [name for name, _ in default_alternatives(tiny, 64)][-1] == "fsdp=16, tensor=4"
+    with pytest.raises(ValueError, match="FIELD=VALUE overrides separated by spaces"):
+        parse_alternatives(["full"])
 
 
 def test_a_length_keeps_the_tokens_per_step_with_a_row_per_shard_at_least():

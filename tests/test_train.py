@@ -13,6 +13,7 @@ import pytest
 
 from ctxjax.train import TrainingDiverged, apply_overrides, load_config, train_and_evaluate
 from ctxjax.train.aot import compile_stages
+from ctxjax.train.configs import zigzag_shards
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
@@ -141,6 +142,17 @@ def test_ring_attention_over_a_sequence_axis_in_zigzag_order_matches_one_device(
     assert cli.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "exported")]) == 0
 
 
+def test_ulysses_attention_over_a_sequence_axis_matches_one_device(one_device_run, tmp_path):
+    """Ulysses in plain order (zig-zag is ring's), its 2 K/V heads copied to the axis' 4 devices."""
+    reference, _ = one_device_run
+    config = tiny(**{"mesh.data": 2, "mesh.fsdp": 1, "mesh.sequence": 4, "execution.attention": "ulysses",
+                     "execution.attention_block_k": 4})
+    assert zigzag_shards(config, 4) == 0 and zigzag_shards(tiny(**{"execution.attention": "ring"}), 4) == 4
+    train_and_evaluate(config, str(tmp_path), stop_after=4)
+    want, got = losses(reference), losses(str(tmp_path))
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], atol=1e-5)
+
+
 def test_an_imported_sliding_window_is_kept_unless_the_config_sets_one():
     from ctxjax import ModelConfig
     from ctxjax.train.resume import base_model_config
@@ -175,7 +187,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"mesh.data": 3}, "cannot fill 8 devices"),
-    ({"mesh.sequence": 2}, "set execution.attention='ring'"),
+    ({"mesh.sequence": 2}, "set execution.attention='ring' or 'ulysses'"),
     ({"tokens_per_step": 500}, "tokens_per_step=500 is not divisible by seq_len=16"),
     ({"stages": [dict(steps=2, lr=1e-3)]}, r"stage 0: missing field\(s\) \['seq_len'\]"),
     ({"stages": [dict(steps=2, seq_len=16, lr=1e-3, position={"rope_tpye": "yarn"})]}, "no field"),

@@ -19,6 +19,8 @@ Kernels:
 - `xla`: full [Lq, Lk] scores; quadratic memory, fastest for short sequences.
 - `blockwise`: online softmax over blocks with a custom VJP; linear memory; skips hidden blocks.
 - `ring`: sequence parallel over the `sequence` mesh axis (needs `jax.set_mesh`), blockwise inside.
+- `ulysses`: sequence parallel over the same axis by all-to-all exchanges of heads for length, with the
+  platform's local kernel (splash, cudnn, blockwise) over each device's heads.
 - `cudnn` (GPU) and `splash` (TPU): fused kernels for the layouts they support, blockwise otherwise.
 - `cpu`: a fused C++ kernel for XLA:CPU (float32, one device), built on first use; blockwise otherwise.
 - `auto`: the best of these for the platform, the mesh and the length.
@@ -37,12 +39,14 @@ from ctxjax.attention.blockwise import blockwise_attention
 from ctxjax.attention.cpu import cpu_attention
 from ctxjax.attention.fused import cudnn_attention, splash_attention
 from ctxjax.attention.ring import ring_attention
+from ctxjax.attention.ulysses import ulysses_attention
 from ctxjax.attention.xla import xla_attention
 
 KERNELS: dict[str, Callable] = {
     "xla": xla_attention,
     "blockwise": blockwise_attention,
     "ring": ring_attention,
+    "ulysses": ulysses_attention,
     "cudnn": cudnn_attention,
     "splash": splash_attention,
     "cpu": cpu_attention,

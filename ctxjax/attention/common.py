@@ -199,7 +199,8 @@ def per_shard(kernel, batch: int, n_heads: int, n_kv: int):
     have no partitioning rule: unwrapped under a multi-device mesh, Mosaic fails to compile ("cannot be
     automatically partitioned") and an FFI call would gather every input."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    # Inside a shard_map over every axis (e.g. Ulysses' local kernel) the inputs are one shard already.
+    if mesh.empty or mesh.size == 1 or set(mesh.manual_axes) == set(mesh.axis_names):
         return kernel
     batch_axes = dividing_axes(mesh, BATCH_AXES, batch)
     head_axis = dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, n_kv)))  # whole groups of query heads

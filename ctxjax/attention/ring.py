@@ -99,11 +99,12 @@ def _ring_grouped_bwd(block_q, block_k, rules, n_shards, residuals, d_out):
 _ring_grouped.defvjp(_ring_grouped_fwd, _ring_grouped_bwd)
 
 
-def _active_mesh():
+def active_sequence_mesh(kernel: str):
+    """The active mesh, which a sequence-parallel kernel needs with a `sequence` axis."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or SEQUENCE_AXIS not in mesh.axis_names:
-        raise InputError(f"ring attention needs an active mesh with a {SEQUENCE_AXIS!r} axis: call it inside "
-                         f"`with jax.set_mesh(mesh):`, or use attention='blockwise' on one device")
+        raise InputError(f"{kernel} attention needs an active mesh with a {SEQUENCE_AXIS!r} axis: call it "
+                         f"inside `with jax.set_mesh(mesh):`, or use attention='blockwise' on one device")
     return mesh
 
 
@@ -113,7 +114,7 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
                  sliding_window, logit_softcap)
-    mesh = _active_mesh()
+    mesh = active_sequence_mesh("ring")
     n_shards = mesh.shape[SEQUENCE_AXIS]
     batch, length, n_heads, _ = q.shape
     if k.shape[1] != length:

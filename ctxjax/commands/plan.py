@@ -7,7 +7,9 @@ does not fit.
 
 `--find-max-seq-len` instead searches the longest sequence length at which the config's last stage fits
 (doubling, then bisection; ctxjax/plan/search.py) and prints length -> memory per device; `--memory-limit`
-plans for less than the chip's HBM, to keep headroom.
+plans for less than the chip's HBM, to keep headroom. `--compare` runs that search for alternatives too
+(other remat policies, ring vs ulysses, fsdp vs tensor; or the overrides given, one quoted argument per
+alternative) and prints them side by side (ctxjax/plan/compare.py).
 
 Topologies: Cloud TPU accelerator types (v5e-8, v5p-128, v4-32, v2-8, v6e-16; for v2, v3, v4 and v5p the
 number counts TensorCores, two per chip) or libtpu's names (v5e:2x4, v5p:4x4x4)."""
@@ -23,7 +25,8 @@ from ctxjax.plan.chips import parse_topology
 from ctxjax.plan.devices import tpu_devices
 from ctxjax.errors import InputError
 from ctxjax.plan.chips import GIB
-from ctxjax.plan.report import check_fits, gib, length_table, markdown_table, stage_plan
+from ctxjax.plan.compare import compare_plans, default_alternatives, parse_alternatives
+from ctxjax.plan.report import check_fits, comparison_table, gib, length_table, markdown_table, stage_plan
 from ctxjax.plan.search import longest_context
 from ctxjax.train import load_config
 from ctxjax.train.aot import FIT_HINT, StepDoesNotFit, compiled_stages
@@ -41,6 +44,11 @@ def register(subparsers) -> None:
                         help="search the longest seq_len at which the last stage fits, instead")
     parser.add_argument("--memory-limit", type=float, metavar="GIB",
                         help="memory per device to plan for (default: the chip's HBM per device)")
+    parser.add_argument("--compare", nargs="*", metavar="OVERRIDES",
+                        help="search the longest context for alternatives too: by default other remat "
+                             "policies, ring vs ulysses, fsdp vs tensor; or one quoted argument per "
+                             "alternative, e.g. "
+                             "'execution.remat=full' 'mesh.fsdp=16 mesh.tensor=1'")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
@@ -48,12 +56,17 @@ def run(args) -> int:
     if "JAX_PLATFORMS" not in os.environ:
         # The host only traces and compiles; on a TPU VM this leaves its chips to whatever is training.
         jax.config.update("jax_platforms", "cpu")
+    # Programs compiled for abstract TPU devices cannot be loaded back from JAX's persistent cache (it wants a
+    # TPU client), so a cache the user turned on would only warn at every stage.
+    jax.config.update("jax_enable_compilation_cache", False)
     if args.memory_limit is not None and not args.memory_limit > 0:
         raise InputError(f"--memory-limit {args.memory_limit:g} must be a positive number of GiB")
     topology = parse_topology(args.topology)
     devices = tpu_devices(topology)
     config = apply_overrides(load_config(args.config), args.config_overrides)
     budget = int(args.memory_limit * GIB) if args.memory_limit else topology.chip.hbm_bytes_per_device
+    if args.compare is not None:
+        return _compare(config, devices, topology, budget, args.compare, args.json)
     if args.find_max_seq_len:
         return _find_max_seq_len(config, devices, topology, budget, args.json)
     rows = []
@@ -86,4 +99,20 @@ def _find_max_seq_len(config, devices, topology, budget: int, as_json: bool) -> 
         raise StepDoesNotFit(f"no seq_len fits in {gib(budget)} per device, down to {rows[0]['seq_len']} "
                              f"tokens ({first['reason'] or gib(first['total_bytes'])}); {FIT_HINT}")
     print(f"longest context that fits on {topology.name}: {longest} tokens")
+    return 0
+
+
+def _compare(config, devices, topology, budget: int, specs: list[str], as_json: bool) -> int:
+    alternatives = parse_alternatives(specs) if specs else default_alternatives(config, len(devices))
+
+    def log(name, row):
+        print(json.dumps({"alternative": name, **row}) if as_json else f"  {name}: {row['seq_len']} tokens: "
+              + (f"{gib(row['total_bytes'])}" if row["total_bytes"] is not None else "refused")
+              + (" fits" if row["fits"] else " does not fit"), flush=True)
+
+    if not as_json:
+        print(f"{topology.name}: the longest seq_len of the last stage within {gib(budget)} per device, for "
+              f"{len(alternatives)} plans")
+    summaries = compare_plans(config, devices, topology, alternatives, budget, log=log)
+    print(json.dumps({"comparison": summaries}) if as_json else comparison_table(summaries, budget))
     return 0

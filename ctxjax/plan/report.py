@@ -105,3 +105,18 @@ def length_table(rows: list[dict], budget: int) -> str:
                      f"{f'{100 * total / budget:.0f}%' if total is not None else '–'} | "
                      f"{'yes' if row['fits'] else 'no'} |")
     return "\n".join(lines)
+
+
+def comparison_table(summaries: list[dict], budget: int) -> str:
+    """`--compare`'s alternatives side by side: the longest length each fits, and its plan at that length."""
+    lines = ["| plan | longest seq_len | batch | total per device | of budget | model TFLOP | "
+             "step s at MFU 50% | note |", "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        plan = s["plan"]
+        if plan is None:
+            lines.append(f"| {s['name']} | – | – | – | – | – | – | {s['reason']} |")
+            continue
+        lines.append(f"| {s['name']} | {s['longest']} | {plan['batch_size']} | {gib(plan['total_bytes'])} | "
+                     f"{100 * plan['total_bytes'] / budget:.0f}% | {plan['model_flops'] / 1e12:.3g} | "
+                     f"{2 * plan['step_seconds_at_peak']:.3g} | {s['reason']} |")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from ctxjax.plan.chips import Topology
 from ctxjax.plan.report import stage_plan
 from ctxjax.sharding import MESH_AXES, mesh_shape
 from ctxjax.train.aot import StepDoesNotFit, compiled_stages
+from ctxjax.train.configs import zigzag_shards
 
 MAX_DOUBLINGS = 24  # 128 tokens doubled 24 times is 2G tokens: nothing fits past that
 
@@ -81,17 +82,17 @@ def longest_context(config, devices, topology: Topology, budget: int | None = No
     return low, [tried[n] for n in sorted(tried)]
 
 
-def _mesh_sizes(config, devices) -> dict[str, int]:
-    return dict(zip(MESH_AXES, mesh_shape(dict(config.mesh), len(devices))))
+def mesh_sizes(config, n_devices: int) -> dict[str, int]:
+    return dict(zip(MESH_AXES, mesh_shape(dict(config.mesh), n_devices)))
 
 
 def _batch_ways(config, devices) -> int:
-    sizes = _mesh_sizes(config, devices)
+    sizes = mesh_sizes(config, len(devices))
     return sizes["data"] * sizes["fsdp"]
 
 
 def _granule(config, devices, granule: int) -> int:
-    """Lengths the mesh can split: a multiple of 2 x the sequence axis (ring's zig-zag order) too."""
-    sequence = _mesh_sizes(config, devices)["sequence"]
-    step = 2 * sequence if sequence > 1 else 1
+    """Lengths the mesh can split: multiples of the sequence axis (twice it for ring's zig-zag order)."""
+    sequence = mesh_sizes(config, len(devices))["sequence"]
+    step = 2 * sequence if zigzag_shards(config, sequence) else sequence
     return (granule + step - 1) // step * step

@@ -206,7 +206,7 @@ def validate(config, n_devices: int):
         if s.seq_len % sizes["sequence"]:
             raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not divisible by the sequence mesh "
                              f"axis ({sizes['sequence']})")
-        if sizes["sequence"] > 1 and config.ring_zigzag and s.seq_len % (2 * sizes["sequence"]):
+        if zigzag_shards(config, sizes["sequence"]) and s.seq_len % (2 * sizes["sequence"]):
             raise InputError(f"stage {s.index}: seq_len={s.seq_len} is not a multiple of 2 x sequence = "
                              f"{2 * sizes['sequence']}, which zig-zag order needs; change seq_len or set "
                              "ring_zigzag=False")
@@ -231,7 +231,20 @@ def validate(config, n_devices: int):
         eval_source_spec(as_data_config(config.data))
     if config.rope_scaling and config.rope_scaling not in ROPE_TYPES:
         raise InputError(f"rope_scaling={config.rope_scaling!r} is unknown; use one of {ROPE_TYPES} or ''")
-    if sizes["sequence"] > 1 and run.attention != "ring":
+    if sizes["sequence"] > 1 and run.attention not in SEQUENCE_PARALLEL_KERNELS:
         raise InputError(f"mesh.sequence={sizes['sequence']} splits the length across devices; set "
-                         "execution.attention='ring' so attention sees the whole sequence")
+                         "execution.attention='ring' or 'ulysses' so attention sees the whole sequence")
     return cfg, stages, shape
+
+
+# The kernels that attend across the `sequence` mesh axis: ring passes K/V shards round the devices, ulysses
+# exchanges heads for length (docs/tpu.md compares them).
+SEQUENCE_PARALLEL_KERNELS = ("ring", "ulysses")
+
+
+def zigzag_shards(config, sequence_ways: int) -> int:
+    """The sequence shards a batch's rows are put in zig-zag order for (0: none). Only ring needs it: its
+    shard i attends to the keys of shards <= i, so plain order leaves the first shards idle, while Ulysses
+    gives every device all positions of its heads."""
+    ring = config.execution.attention == "ring" and config.ring_zigzag
+    return sequence_ways if ring and sequence_ways > 1 else 0

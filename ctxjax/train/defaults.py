@@ -54,10 +54,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss_chunk = 1024  # the loss computes logits this many positions at a time
     c.z_loss = 0.0  # weight of PaLM's z-loss, mean log(Z)^2 of the softmax normaliser; 0 disables
     # Mesh axis sizes; one may be -1 (all remaining devices). fsdp shards parameters and optimizer state,
-    # tensor splits heads/MLP/vocabulary, sequence splits the length (ring attention).
+    # tensor splits heads/MLP/vocabulary, sequence splits the length (execution.attention ring or ulysses).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
-    # With mesh.sequence > 1, reorder every row so that sequence shard i holds chunks i and 2S-1-i of the 2S
-    # chunks: each shard then does the same causal attention work (the loss is unchanged).
+    # With mesh.sequence > 1 and ring attention, reorder every row so that sequence shard i holds chunks i and
+    # 2S-1-i of the 2S chunks: each shard then does the same causal attention work (the loss is unchanged).
     c.ring_zigzag = True
     c.learned_extend_method = "interpolate"  # how a learned position table grows at a stage boundary
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=3, async_save=True))

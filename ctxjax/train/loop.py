@@ -34,7 +34,7 @@ from ctxjax.lora import merge_adapters
 from ctxjax.model import Transformer
 from ctxjax.schedule import learning_rate_schedule, stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
-from ctxjax.train.configs import execution_config, validate
+from ctxjax.train.configs import execution_config, validate, zigzag_shards
 from ctxjax.train.cost import flops_per_token
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
@@ -98,7 +98,7 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, data: Stag
           stop, stop_after):
     """The steps from `start.step` to the end (or a stop request); returns (summary, state, last model)."""
     # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
-    zigzag_shards = mesh.shape["sequence"] if config.ring_zigzag and mesh.shape["sequence"] > 1 else 0
+    zigzag = zigzag_shards(config, mesh.shape["sequence"])
     peak = float(config.peak_flops) or flops.measured_peak_flops()
     last_step = total_steps(stages)
     buckets = run_position_buckets(config, start.base, stages)
@@ -122,8 +122,8 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, data: Stag
             pipe = data.enter(stage, step)
             fresh_compile = True
         local = pipe.next_batch(stage.batch_size, stage.seq_len)
-        if zigzag_shards:
-            local = zigzag_batch(local, zigzag_shards)
+        if zigzag:
+            local = zigzag_batch(local, zigzag)
         state, step_metrics = setup.step_fn(state, make_global_batch(local, mesh, batch_sharding(mesh)))
         step += 1
         pending.append(step_metrics)
