@@ -92,11 +92,30 @@ def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
     assert "largest arrays of the step (global shapes): f32[" in err and ",8192,8192] " in err
 
 
+def test_the_evaluation_after_the_last_stage_is_planned_too(libtpu, capsys):
+    args = ["plan", "--config", TINY, "--topology", "v5e-1", "--json", "--config.mesh.data=1"]
+    assert cli.main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    programs = {row["program"]: row for row in rows if "program" in row}
+    assert [row["stage"] for row in rows if "stage" in row] == [0, 1, 2]
+    assert list(programs) == ["perplexity", "generate prefill", "generate decode"]
+    # The evaluation's longest length: twice the last stage's (64), and room for the answer when decoding.
+    assert programs["perplexity"]["seq_len"] == 128 and programs["generate decode"]["seq_len"] == 128 + 32
+    assert all(0 < row["total_bytes"] < row["hbm_bytes"] for row in programs.values())
+    # Float32 scores of 16k x 16k: the train steps fit, the evaluation at 16k tokens does not, in one line.
+    assert cli.main([*args, *(f"--config.{o}" for o in one_stage(64, 512)), "--config.eval.lengths=16384",
+                     "--config.eval.attention=xla"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "evaluation program 'perplexity' (length 16384, batch 4) does not fit" in err
+
+
 def test_the_longest_context_is_bracketed_within_one_granule_and_alternatives_compared(libtpu, capsys):
     # --compare runs the --find-max-seq-len search for the config as it is and for each alternative given;
     # one the config cannot take (3 tensor shards of 1 device) is reported with its reason, not fatal.
     code = cli.main(["plan", "--config", TINY, "--topology", "v5e-1", "--json", "--memory-limit", "0.005",
-                     "--compare", "mesh.tensor=3", "--config.execution.attention=xla", "--config.mesh.data=1"])
+                     "--compare", "mesh.tensor=3", "--config.execution.attention=xla",
+                     "--config.mesh.data=1"])
     lines = capsys.readouterr().out.strip().splitlines()
     summaries = {s["name"]: s for s in json.loads(lines[-1])["comparison"]}
     assert code == 0 and list(summaries) == ["as configured", "mesh.tensor=3"]

@@ -29,9 +29,10 @@ def choose_kernel(q_length: int, kv_length: int, backend: str | None = None):
             and q_length == kv_length):
         return ring_attention
     backend = backend or target_platform()
-    if backend == "gpu":
+    # The fused kernels attend a sequence to itself; a prefill into a longer KV cache is not one.
+    if q_length == kv_length and backend == "gpu":
         return cudnn_attention
-    if backend == "tpu":
+    if q_length == kv_length and backend == "tpu":
         return splash_attention
     if q_length * kv_length <= XLA_MAX_SCORES:
         return xla_attention

@@ -11,6 +11,10 @@ plans for less than the chip's HBM, to keep headroom. `--compare` runs that sear
 (other remat policies, ring vs ulysses, fsdp vs tensor; or the overrides given, one quoted argument per
 alternative) and prints them side by side (ctxjax/plan/compare.py).
 
+After the stages it compiles the evaluation a run does after its last stage, at the evaluation's longest
+length (perplexity windows, generation prefill and decode; ctxjax/plan/evaluation.py) and reports their
+memory the same way; `--skip-eval` leaves them out.
+
 Topologies: Cloud TPU accelerator types (v5e-8, v5p-128, v4-32, v2-8, v6e-16; for v2, v3, v4 and v5p the
 number counts TensorCores, two per chip) or libtpu's names (v5e:2x4, v5p:4x4x4)."""
 
@@ -26,7 +30,9 @@ from ctxjax.plan.devices import tpu_devices
 from ctxjax.errors import InputError
 from ctxjax.plan.chips import GIB
 from ctxjax.plan.compare import compare_plans, default_alternatives, parse_alternatives
-from ctxjax.plan.report import check_fits, comparison_table, gib, length_table, markdown_table, stage_plan
+from ctxjax.plan.evaluation import compiled_evaluation
+from ctxjax.plan.report import (check_fits, comparison_table, gib, length_table, markdown_table, program_plan,
+                                 program_table, stage_plan)
 from ctxjax.plan.search import longest_context
 from ctxjax.train import load_config
 from ctxjax.train.aot import FIT_HINT, StepDoesNotFit, compiled_stages
@@ -44,6 +50,8 @@ def register(subparsers) -> None:
                         help="search the longest seq_len at which the last stage fits, instead")
     parser.add_argument("--memory-limit", type=float, metavar="GIB",
                         help="memory per device to plan for (default: the chip's HBM per device)")
+    parser.add_argument("--skip-eval", action="store_true",
+                        help="plan the train steps only, not the evaluation programs after the last stage")
     parser.add_argument("--compare", nargs="*", metavar="OVERRIDES",
                         help="search the longest context for alternatives too: by default other remat "
                              "policies, ring vs ulysses, fsdp vs tensor; or one quoted argument per "
@@ -69,18 +77,34 @@ def run(args) -> int:
         return _compare(config, devices, topology, budget, args.compare, args.json)
     if args.find_max_seq_len:
         return _find_max_seq_len(config, devices, topology, budget, args.json)
-    rows = []
-    try:
-        for compiled in compiled_stages(config, devices):
-            rows.append(stage_plan(compiled, topology))
-            if args.json:
-                print(json.dumps(rows[-1]), flush=True)
-    finally:  # the stages that fit are reported before the one that does not
-        if rows and not args.json:
-            print(markdown_table(rows, topology), flush=True)
+    rows = _plan_each(compiled_stages(config, devices), lambda c: stage_plan(c, topology), args.json,
+                      lambda rows: markdown_table(rows, topology))
     for row in rows:
         check_fits(row, topology, budget)
+    if not args.skip_eval:
+        if not args.json:
+            print("\nevaluation after the last stage (eval.batch_size windows or prompts, float32, the "
+                  "eval.attention kernel or auto):", flush=True)
+        programs = _plan_each(compiled_evaluation(config, devices), lambda p: program_plan(p, topology),
+                              args.json, program_table)
+        for row in programs:
+            check_fits(row, topology, budget)
     return 0
+
+
+def _plan_each(compiled, plan, as_json: bool, table) -> list[dict]:
+    """Plan each compiled program as it comes; the table of those that compiled is printed even when a later
+    one does not fit."""
+    rows = []
+    try:
+        for program in compiled:
+            rows.append(plan(program))
+            if as_json:
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        if rows and not as_json:
+            print(table(rows), flush=True)
+    return rows
 
 
 def _find_max_seq_len(config, devices, topology, budget: int, as_json: bool) -> int:

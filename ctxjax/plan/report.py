@@ -8,6 +8,7 @@ import math
 import jax
 
 from ctxjax.plan.chips import GIB, Topology
+from ctxjax.plan.evaluation import CompiledProgram
 from ctxjax.train.aot import FIT_HINT, CompiledStage, StepDoesNotFit
 from ctxjax.train.cost import flops_per_token
 
@@ -23,13 +24,28 @@ def _cost(compiled) -> dict:
     return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
 
-def stage_plan(c: CompiledStage, topology: Topology) -> dict:
-    """Bytes and FLOPs per device of one stage's step. `total_bytes` is what the step holds at its peak:
-    arguments (state and batch) + outputs not aliased to them (the state is donated) + temporaries + code."""
-    memory, cost = c.compiled.memory_analysis(), _cost(c.compiled)
-    chip, stage = topology.chip, c.stage
+def memory_plan(compiled, topology: Topology) -> dict:
+    """Bytes per device of a compiled program. `total_bytes` is what it holds at its peak: arguments +
+    outputs not aliased to them (a train step donates its state) + temporaries + code."""
+    memory = compiled.memory_analysis()
     total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
              + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+    return {"argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
+            "alias_bytes": memory.alias_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
+            "code_bytes": memory.generated_code_size_in_bytes, "total_bytes": total,
+            "hbm_bytes": topology.chip.hbm_bytes_per_device}
+
+
+def program_plan(p: CompiledProgram, topology: Topology) -> dict:
+    """Bytes per device of one evaluation program (ctxjax/plan/evaluation.py)."""
+    return {"program": p.name, "seq_len": p.seq_len, "batch_size": p.batch_size,
+            "params_bytes": per_device_bytes(p.params), **memory_plan(p.compiled, topology)}
+
+
+def stage_plan(c: CompiledStage, topology: Topology) -> dict:
+    """Bytes (`memory_plan`) and FLOPs per device of one stage's train step."""
+    cost = _cost(c.compiled)
+    chip, stage = topology.chip, c.stage
     compiled_flops = float(cost.get("flops", 0.0))
     tokens = stage.batch_size * stage.seq_len
     model_flops = flops_per_token(c.model.config, stage.seq_len, c.model.adaptation, c.labels) * tokens
@@ -43,10 +59,7 @@ def stage_plan(c: CompiledStage, topology: Topology) -> dict:
         "attention": c.model.execution.attention, "remat": c.model.execution.remat,
         "params_bytes": per_device_bytes(c.state["params"]),
         "optimizer_bytes": per_device_bytes(c.state["opt_state"]),
-        "argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
-        "alias_bytes": memory.alias_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
-        "code_bytes": memory.generated_code_size_in_bytes, "total_bytes": total,
-        "hbm_bytes": chip.hbm_bytes_per_device,
+        **memory_plan(c.compiled, topology),
         "compiled_flops": compiled_flops, "model_flops": model_flops,
         "xla_roofline_seconds": float(cost.get("optimal_seconds", 0.0)), "step_seconds_at_peak": step_s,
         "tokens_per_second_per_device_at_peak": tokens / topology.devices / step_s if step_s else None,
@@ -54,13 +67,15 @@ def stage_plan(c: CompiledStage, topology: Topology) -> dict:
 
 
 def check_fits(row: dict, topology: Topology, budget: int | None = None) -> None:
-    """Raise when a stage needs more than `budget` bytes per device (default: the chip's HBM)."""
+    """Raise when a stage or evaluation program needs more than `budget` bytes per device (default: the
+    chip's HBM)."""
     budget = budget or row["hbm_bytes"]
     if row["total_bytes"] > budget:
         where = (f"{topology.chip.name}'s {gib(budget)}" if budget == row["hbm_bytes"]
                  else f"the {gib(budget)} planned for")
+        what = f"stage {row['stage']}" if "stage" in row else f"evaluation program {row['program']!r}"
         raise StepDoesNotFit(
-            f"stage {row['stage']} (seq_len {row['seq_len']}, batch {row['batch_size']}) needs "
+            f"{what} (seq_len {row['seq_len']}, batch {row['batch_size']}) needs "
             f"{gib(row['total_bytes'])} per device of {where} "
             f"(temporaries {gib(row['temp_bytes'])}, state and batch {gib(row['argument_bytes'])}); "
             f"{FIT_HINT}")
@@ -81,18 +96,34 @@ COLUMNS = (("stage", "stage", str), ("seq_len", "seq_len", str), ("batch", "batc
            ("at MFU 50%", "step_seconds_at_peak", lambda s: f"{2 * s:.3g}"))
 
 
+PROGRAM_COLUMNS = (("evaluation program", "program", str), ("seq_len", "seq_len", str),
+                   ("batch", "batch_size", str), ("params", "params_bytes", gib),
+                   ("arguments", "argument_bytes", gib), ("outputs", "output_bytes", gib),
+                   ("temporaries", "temp_bytes", gib), ("code", "code_bytes", gib),
+                   ("total", "total_bytes", gib), ("of HBM", "total_bytes", None))
+
+
 def markdown_table(rows: list[dict], topology: Topology) -> str:
     """One line per stage, bytes and FLOPs per device."""
-    header = [name for name, _, _ in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [f"{100 * row['total_bytes'] / row['hbm_bytes']:.0f}%" if fmt is None else fmt(row[key])
-                 for _, key, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
     chip = topology.chip
     return (f"{topology.name} = {topology.topology_name}: {topology.devices} devices of "
             f"{gib(chip.hbm_bytes_per_device)} HBM and {chip.peak_flops_per_device / 1e12:.4g} TFLOP/s bf16; "
-            "bytes, FLOPs and times per device and step\n\n" + "\n".join(lines))
+            "bytes, FLOPs and times per device and step\n\n" + _table(rows, COLUMNS))
+
+
+def program_table(rows: list[dict]) -> str:
+    """One line per evaluation program, bytes per device."""
+    return _table(rows, PROGRAM_COLUMNS)
+
+
+def _table(rows: list[dict], columns) -> str:
+    header = [name for name, _, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [f"{100 * row['total_bytes'] / row['hbm_bytes']:.0f}%" if fmt is None else fmt(row[key])
+                 for _, key, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def length_table(rows: list[dict], budget: int) -> str:

@@ -63,7 +63,9 @@ def compiled_stages(config, devices=None) -> Iterator[CompiledStage]:
             model = Transformer(cfg, run, adaptation)
             step = jit_train_step(config, model, tx, labels, stage, mesh, shardings)
             state = with_shardings(abstract, shardings)
-            yield CompiledStage(stage, model, state, labels, _compile(step, state, batch, stage))
+            what = f"stage {stage.index} (seq_len {stage.seq_len}, batch {stage.batch_size})"
+            compiled = compile_or_explain(step.lower(state, batch), what)
+            yield CompiledStage(stage, model, state, labels, compiled)
 
 
 class StepDoesNotFit(InputError):
@@ -74,8 +76,9 @@ FIT_HINT = ("use more devices (or fsdp/tensor axes), execution.remat='full', a s
             "shorter seq_len")
 
 
-def _compile(step, state, batch, stage):
-    lowered = step.lower(state, batch)
+def compile_or_explain(lowered, what: str):
+    """`lowered.compile()`, or StepDoesNotFit naming `what` and its largest arrays when the program needs more
+    memory than a device has."""
     try:
         return lowered.compile()
     except jax.errors.JaxRuntimeError as error:
@@ -83,8 +86,7 @@ def _compile(step, state, batch, stage):
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
         first = str(error).strip().splitlines()[0].rstrip(".")
-        raise StepDoesNotFit(f"stage {stage.index} (seq_len {stage.seq_len}, batch {stage.batch_size}) does "
-                             f"not fit: {first}; largest arrays of the step (global shapes): "
+        raise StepDoesNotFit(f"{what} does not fit: {first}; largest arrays of the step (global shapes): "
                              f"{largest_arrays(lowered.as_text())}; {FIT_HINT}") from None
 
 
