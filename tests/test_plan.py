@@ -105,3 +105,14 @@ def test_largest_arrays_reads_a_lowered_programs_types():
     assert largest_arrays(program, 2) == "i1[4,1024,1024] 4.00 MiB, bf16[128,64] 0.02 MiB"
     assert largest_arrays("no arrays") == "none found"
 
+
+def test_the_attached_slice_is_named_from_its_devices(libtpu):
+    """What the Colab notebook plans for: jax.devices() of a TPU VM -> its slice name (libtpu's devices of a
+    topology report the device kind a TPU VM does)."""
+    import jax
+
+    from ctxjax.plan.chips import slice_of
+
+    for name in ("v2-8", "v3-8", "v4-8", "v4-32", "v5e-1", "v5e-8", "v5p-8", "v6e-4"):
+        assert slice_of(tpu_devices(parse_topology(name))) == name
+    assert slice_of(jax.devices()) is None  # the CPU
