@@ -2,7 +2,7 @@
 (splash as a Mosaic call, run per shard), and their memory and cost read back.
 
 Needs libtpu (the `test` extra installs it): without it these tests skip with the install command, except
-under CI=true, where a missing libtpu fails them."""
+under CI=true, where a missing libtpu fails them (the `libtpu` fixture, in conftest.py)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from ctxjax import cli
 from ctxjax.plan.chips import parse_topology
-from ctxjax.plan.devices import install_command, libtpu_available, tpu_devices
+from ctxjax.plan.devices import tpu_devices
 from ctxjax.plan.report import check_fits, stage_plan
 from ctxjax.plan.compare import default_alternatives, parse_alternatives
 from ctxjax.plan.search import config_at_length
@@ -22,15 +22,6 @@ from ctxjax.train.configs import apply_overrides
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY = os.path.join(ROOT, "configs", "demo.py:tiny")
 MOSAIC_CALL = 'custom_call_target="tpu_custom_call"'  # how a Pallas TPU kernel appears in the program
-
-
-@pytest.fixture
-def libtpu():
-    if not libtpu_available():
-        message = f"libtpu is not installed: {install_command()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def one_stage(seq_len: int, tokens: int, *overrides: str) -> list[str]:
@@ -167,3 +158,15 @@ def test_largest_arrays_reads_a_lowered_programs_types():
                "tensor<8x64xf32>\n%1 = stablehlo.compare %x, %y : (tensor<4x1024x1024xi1>) -> tensor<f32>")
     assert largest_arrays(program, 2) == "i1[4,1024,1024] 4.00 MiB, bf16[128,64] 0.02 MiB"
     assert largest_arrays("no arrays") == "none found"
+
+
+def test_the_attached_slice_is_named_from_its_devices(libtpu):
+    """What the Colab notebook plans for: jax.devices() of a TPU VM -> its slice name (libtpu's devices of a
+    topology report the device kind a TPU VM does)."""
+    import jax
+
+    from ctxjax.plan.chips import slice_of
+
+    for name in ("v2-8", "v3-8", "v4-8", "v4-32", "v5e-1", "v5e-8", "v5p-8", "v6e-4"):
+        assert slice_of(tpu_devices(parse_topology(name))) == name
+    assert slice_of(jax.devices()) is None  # the CPU

@@ -1,5 +1,5 @@
 """TPU generations, and slice names (`v5e-8`, `v5p-128`, `v4-32`, `v2-8`, `v5e:2x2`) as the topologies
-libtpu compiles for.
+libtpu compiles for; `slice_of(jax.devices())` names the slice a TPU VM has.
 
 HBM and bf16 peak per chip, from the Google Cloud TPU documentation, one page per generation
 (https://cloud.google.com/tpu/docs/v2, .../v3, .../v4, .../v5e, .../v5p, .../v6e):
@@ -56,6 +56,10 @@ CHIPS = {c.name: c for c in (
     Chip("v6e", 32, 918, 1, False, 2, "default", "v6e"),
 )}
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
+# jax's `device_kind` of each generation's devices: what a TPU VM (or Colab's TPU) reports, and what libtpu's
+# devices of a topology report too.
+DEVICE_KINDS = {"TPU v2": "v2", "TPU v3": "v3", "TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e",
+                "TPU v5": "v5p", "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,3 +129,18 @@ def parse_topology(name: str) -> Topology:
         raise InputError(f"{name!r}: the number after {chip.name}- counts TensorCores, two per chip; "
                          "it must be even")
     return Topology(name, chip, torus(count // 2 if chip.name_counts_cores else count, chip.dims))
+
+
+def slice_of(devices) -> str | None:
+    """The slice name of TPU devices, as `--topology` takes it (`jax.devices()` of a Colab v5e: "v5e-1", of a
+    v2-8 TPU VM: "v2-8"); None when they are no TPU's (CPU, GPU)."""
+    devices = list(devices)
+    if not devices or devices[0].platform != "tpu":
+        return None
+    kind = devices[0].device_kind
+    chip = CHIPS.get(DEVICE_KINDS.get(kind, ""))
+    if chip is None:
+        raise InputError(f"TPU device kind {kind!r} is none of {', '.join(CHIPS)}; name the slice to plan "
+                         "for yourself, e.g. v5e-8")
+    chips = len(devices) // chip.devices_per_chip
+    return f"{chip.name}-{chips * 2 if chip.name_counts_cores else chips}"

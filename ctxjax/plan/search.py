@@ -39,7 +39,7 @@ def plan_at_length(config, devices, topology: Topology, seq_len: int, budget: in
     """The stage plan at `seq_len`, with `fits`; a program the compiler refuses is a plan that does not fit,
     holding the compiler's words in `reason`."""
     try:
-        one_stage = config_at_length(config, seq_len, _batch_ways(config, devices))
+        one_stage = config_at_length(config, seq_len, batch_ways(config, devices))
         (compiled,) = compiled_stages(one_stage, devices)
     except StepDoesNotFit as error:
         return {"seq_len": seq_len, "fits": False, "total_bytes": None, "reason": str(error)}
@@ -86,7 +86,9 @@ def mesh_sizes(config, n_devices: int) -> dict[str, int]:
     return dict(zip(MESH_AXES, mesh_shape(dict(config.mesh), n_devices)))
 
 
-def _batch_ways(config, devices) -> int:
+def batch_ways(config, devices) -> int:
+    """How many ways the config's mesh splits a batch over `devices` (data x fsdp): a step has a multiple of
+    it rows."""
     sizes = mesh_sizes(config, len(devices))
     return sizes["data"] * sizes["fsdp"]
 
