@@ -64,9 +64,6 @@ def run(args) -> int:
     if "JAX_PLATFORMS" not in os.environ:
         # The host only traces and compiles; on a TPU VM this leaves its chips to whatever is training.
         jax.config.update("jax_platforms", "cpu")
-    # Programs compiled for abstract TPU devices cannot be loaded back from JAX's persistent cache (it wants a
-    # TPU client), so a cache the user turned on would only warn at every stage.
-    jax.config.update("jax_enable_compilation_cache", False)
     if args.memory_limit is not None and not args.memory_limit > 0:
         raise InputError(f"--memory-limit {args.memory_limit:g} must be a positive number of GiB")
     topology = parse_topology(args.topology)

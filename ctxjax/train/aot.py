@@ -4,6 +4,7 @@ data. It catches shape, sharding and out-of-memory problems of a long stage befo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from typing import Any, Iterator, NamedTuple
@@ -11,7 +12,9 @@ from typing import Any, Iterator, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.compilation_cache.compilation_cache import reset_cache
 
+from ctxjax.attention.common import target_platform
 from ctxjax.errors import InputError
 from ctxjax.model import Transformer
 from ctxjax.optimizer import make_optimizer, trainable_labels
@@ -80,7 +83,8 @@ def compile_or_explain(lowered, what: str):
     """`lowered.compile()`, or StepDoesNotFit naming `what` and its largest arrays when the program needs more
     memory than a device has."""
     try:
-        return lowered.compile()
+        with _no_persistent_cache_when_cross_compiling():
+            return lowered.compile()
     except jax.errors.JaxRuntimeError as error:
         # The TPU compiler refuses a program larger than HBM: that is the answer a plan wants, in one line.
         if "RESOURCE_EXHAUSTED" not in str(error):
@@ -88,6 +92,24 @@ def compile_or_explain(lowered, what: str):
         first = str(error).strip().splitlines()[0].rstrip(".")
         raise StepDoesNotFit(f"{what} does not fit: {first}; largest arrays of the step (global shapes): "
                              f"{largest_arrays(lowered.as_text())}; {FIT_HINT}") from None
+
+
+@contextlib.contextmanager
+def _no_persistent_cache_when_cross_compiling():
+    """A program compiled for other devices than the host's (a TPU topology on a CPU host: `ctxjax plan`)
+    bypasses JAX's persistent compilation cache: it cannot be loaded back without those devices (each read
+    warns, then compiles again), so writing it would only fill the user's cache. The cache is switched off
+    for the compile and back on after; JAX decides whether to use it once per process, hence the resets."""
+    if target_platform() == jax.default_backend() or not jax.config.jax_enable_compilation_cache:
+        yield
+        return
+    reset_cache()
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+        reset_cache()
 
 
 _TENSOR = re.compile(r"tensor<((?:\d+x)+)([a-z]+\d*)>")
