@@ -9,6 +9,7 @@ import sys
 from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, extension_table, generate,
                              import_hf, info, plan, study, train)
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
+from ctxjax.fs import refuse_url
 from ctxjax.tpu_plugin import skip_tpu_plugin_without_a_chip
 from ctxjax.xla_flags import apply_cpu_flags
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     skip_tpu_plugin_without_a_chip()
     # Bad input is one line naming the fix; anything else is a bug and keeps its traceback (exit 1).
     try:
+        for flag in ("workdir", "out"):  # every command's output directories
+            if isinstance(getattr(args, flag, None), str):
+                refuse_url(getattr(args, flag), f"--{flag}")
         return args.run(args) or 0
     except InputError as error:
         print(f"ctxjax {args.command}: error: {error}", file=sys.stderr)

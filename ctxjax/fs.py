@@ -114,10 +114,23 @@ def is_within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
+def refuse_url(path: str, what: str) -> None:
+    """One InputError for a URL (gs://, s3://, ...) where ctxjax needs a directory: it writes through the file
+    system (os.path, atomic renames), so `gs://bucket/run` would silently become a local `./gs:/bucket/run`
+    on each host, lost with the VM."""
+    scheme, sep, rest = str(path).partition("://")
+    if sep and scheme.isalnum():
+        bucket = rest.split("/")[0] or "BUCKET"
+        raise InputError(f"{what} {path} is a URL; ctxjax writes through the file system: mount the bucket "
+                         f"(e.g. gcsfuse --implicit-dirs {bucket} /mnt/{bucket}) and pass the mounted path, "
+                         f"e.g. /mnt/{bucket}/{rest.partition('/')[2] or 'run'}")
+
+
 def ensure_writable_directory(path: str, what: str) -> None:
-    """Create `path` if needed and prove a file can be written in it, or one InputError saying why (it is a
-    file, it is read-only, the disk is full) — before hours of compiling and training, not at the first
+    """Create `path` if needed and prove a file can be written in it, or one InputError saying why (a URL, it
+    is a file, it is read-only, the disk is full) — before hours of compiling and training, not at the first
     save."""
+    refuse_url(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{what} {path} is a file, not a directory; move it away or choose another path")
     try:

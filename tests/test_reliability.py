@@ -301,6 +301,17 @@ def test_an_unwritable_work_directory_is_found_before_compiling(tmp_path, monkey
         train_and_evaluate(tiny(), str(tmp_path / "w"), devices=ONE_DEVICE)
 
 
+def test_a_bucket_url_is_refused_not_written_to_a_local_gs_directory(tmp_path, monkeypatch, capsys):
+    """os.path would turn gs://bucket/run into ./gs:/bucket/run on each host, lost with the VM."""
+    monkeypatch.chdir(tmp_path)
+    refusal = r"gs://b/run is a URL; .*gcsfuse --implicit-dirs b /mnt/b\).*/mnt/b/run"
+    with pytest.raises(InputError, match=refusal):
+        train_and_evaluate(tiny(), "gs://b/run", devices=ONE_DEVICE)
+    assert cli.main(["export", "--workdir", str(tmp_path), "--out", "gs://b/hf"]) == 2
+    assert "--out gs://b/hf is a URL" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
 def test_scaling_that_changes_nothing_and_a_missing_rope_theta_are_warned_about(caplog):
     from ctxjax import positions
 

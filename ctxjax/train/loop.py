@@ -28,7 +28,7 @@ from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch
 from ctxjax.errors import InputError, TrainingDiverged
 from ctxjax.evaluate import run_evaluation
-from ctxjax.fs import ensure_writable_directory
+from ctxjax.fs import ensure_writable_directory, refuse_url
 from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import merge_adapters
 from ctxjax.model import Transformer
@@ -62,6 +62,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
 
     devices: the devices of the mesh (default all); stop_after: save and stop once this global step is
     done, as a preemption would (rerunning resumes)."""
+    refuse_url(workdir, "the work directory")  # before abspath, which would make gs://b/run a local path
     workdir = os.path.abspath(os.path.expanduser(workdir))
     devices = list(devices if devices is not None else jax.devices())
     _, stages, _ = validate(config, len(devices))
