@@ -123,6 +123,7 @@ CASES = {
     "export-dir-checkpoints": lambda s: s.train("--config.export_dir='checkpoints'"),
     "export-dir-not-empty": lambda s: s.train(
         f"--config.export_dir={os.path.dirname(s.file('mine/a.txt', 'x'))!r}"),
+    "workdir-url": lambda s: s.train(workdir="gs://bucket/run"),
     "workdir-is-file": lambda s: s.train(workdir=s.file("a-file", "x")),
     "imported-without-tokenizer": lambda s: ["train", "--config",
                                              os.path.join(ROOT, "configs", "llama_extend.py:tiny"),
@@ -164,6 +165,11 @@ CASES = {
                                "--out", s.path("eval")],
     "plan-topology": lambda s: ["plan", "--config", TINY, "--topology", "v7x-8"],
     "plan-memory-limit": lambda s: ["plan", "--config", TINY, "--topology", "v5e-1", "--memory-limit", "0"],
+    "plan-compare": lambda s: ["plan", "--config", TINY, "--topology", "v5e-1", "--compare", "full"],
+    "ulysses-heads": lambda s: s.train("--config.mesh.fsdp=1", "--config.mesh.data=2",
+                                       "--config.mesh.sequence=4", "--config.execution.attention=ulysses",
+                                       "--config.model.n_heads=6",
+                                       "--config.model.n_kv_heads=6", "--config.model.d_model=48"),
 }
 
 
