@@ -71,7 +71,7 @@ def run(args) -> int:
               f"{cfg.max_seq_len}: expect the text to degrade there (--rope-type yarn --factor F extends it)",
               file=sys.stderr)
     progress = Progress.on_terminal()  # a bar of tokens generated, with the rate and the time left
-    bar = progress.bar(f"generate {len(prompts)} x {max(map(len, prompts))} tokens",
+    bar = progress.bar(f"generate ({len(prompts)} prompts, <= {max(map(len, prompts))} tokens)",
                        total=args.max_new_tokens, unit="token")
     on_token = (lambda n: bar.update(int(n) - bar.n)) if progress.enabled else None
     try:

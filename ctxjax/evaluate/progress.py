@@ -10,6 +10,8 @@ compilation: they are what a user waits for.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import sys
 import time
 from typing import Callable, TextIO
@@ -47,8 +49,16 @@ class Progress:
             return _NoBar()
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
-                    **self.tqdm_options)
+        # A terminal that reports no width (a bare pty, some consoles) would get an empty bar from tqdm.
+        width = {"dynamic_ncols": True} if _columns(self.stream) else {"ncols": 100, "nrows": 40}
+        return tqdm(total=total, desc=desc, unit=unit, file=self.stream, **width, **self.tqdm_options)
+
+
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return 0
 
 
 def _isatty(stream) -> bool:
