@@ -45,6 +45,7 @@ def test_better_or_within_tolerance_is_no_regression():
     verdict = compare(after, BEFORE, "base")
     assert verdict["verdict"] == NO_REGRESSION and len(verdict["compared"]) == 4
     assert verdict_lines(verdict)[0].startswith(f"**Verdict: {NO_REGRESSION}**")
+    assert compare(results({256: 9.0}, {}), BEFORE, "base")["verdict"].startswith("not compared")
     strict = compare(after, BEFORE, "base", "ppl=0.005,acc=0.01")
     assert len(strict["regressed"]) == 2 and strict["tolerance"] == {"ppl": 0.005, "acc": 0.01}
 

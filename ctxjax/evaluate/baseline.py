@@ -22,6 +22,7 @@ from ctxjax.evaluate.report import flat_metrics, load_results
 
 DEFAULT_TOLERANCE = {"ppl": 0.02, "acc": 0.05}
 NO_REGRESSION = "no short-context regression"
+NOTHING_COMPARED = "not compared: no metric was measured by both at a length <= the baseline's context"
 # What must match for numbers to be comparable: (results.json model field, what it is).
 SAME_MODEL = (("family", "model family"), ("vocab_size", "vocabulary size"), ("tokenizer", "tokenizer"))
 
@@ -118,8 +119,11 @@ def compare(results: dict, baseline: dict, baseline_dir: str, tolerance=None) ->
         worse = new > old * (1 + tolerance["ppl"]) if kind == "ppl" else new < old - tolerance["acc"]
         if worse:
             regressed.append({"metric": metric, "length": length, "kind": kind, "before": old, "after": new})
-    verdict = (NO_REGRESSION if not regressed
-               else f"short-context regression in {len(regressed)} of {len(compared)} metrics")
+    if not compared:  # e.g. every shared cell was skipped in one of the two: say so, never "no regression"
+        verdict = NOTHING_COMPARED
+    else:
+        verdict = (NO_REGRESSION if not regressed
+                   else f"short-context regression in {len(regressed)} of {len(compared)} metrics")
     return {"dir": os.path.abspath(baseline_dir), "run": baseline.get("run"), "context": context,
             "tolerance": tolerance, "compared": compared, "regressed": regressed, "verdict": verdict}
 
@@ -139,6 +143,6 @@ def verdict_lines(verdict: dict | None) -> list[str]:
                f"({len(verdict['compared'])} metrics; tolerance: perplexity +{tol['ppl']:.0%}, accuracy "
                f"-{100 * tol['acc']:.0f} points)")
     if not verdict["regressed"]:
-        return [f"**Verdict: {NO_REGRESSION}** {against}.", ""]
+        return [f"**Verdict: {verdict['verdict']}** {against}.", ""]
     return ([f"**Verdict: {verdict['verdict']}** {against}:", ""]
             + [f"- {r['metric']} at {r['length']}: {_change(r)}" for r in verdict["regressed"]] + [""])
