@@ -15,6 +15,8 @@ error before anything is measured.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 from ctxjax.errors import InputError
@@ -25,6 +27,18 @@ NO_REGRESSION = "no short-context regression"
 NOTHING_COMPARED = "not compared: no metric was measured by both at a length <= the baseline's context"
 # What must match for numbers to be comparable: (results.json model field, what it is).
 SAME_MODEL = (("family", "model family"), ("vocab_size", "vocabulary size"), ("tokenizer", "tokenizer"))
+
+
+# Text whose ids tell tokenizers apart (words, digits, code, whitespace, accents, CJK, emoji).
+PROBE = ("The passkey is 68021. Remember it.\n\tdef f(x):\n        return x ** 2  # café, naïve, 東京, 🙂\n"
+         "What is the best thing to do in San Francisco? Answer:")
+
+
+def tokenizer_signature(tokenizer) -> str:
+    """A short hash of how `tokenizer` encodes PROBE and of its vocabulary size: equal for the same tokenizer
+    however its file was written (re-saved, copied by an export), different for another vocabulary."""
+    ids = [tokenizer.vocab_size, *tokenizer.encode(PROBE)]
+    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:16]
 
 
 def parse_tolerance(spec) -> dict[str, float]:
@@ -70,8 +84,7 @@ def check_compatible(baseline: dict, model: dict, eval_config: dict, lengths,
     for field, what in SAME_MODEL:
         before, after = baseline["model"].get(field), model.get(field)
         if before is not None and after is not None and before != after:
-            shown = (before[:12], after[:12]) if field == "tokenizer" else (before, after)
-            raise InputError(f"{where} was evaluated with another {what} ({shown[0]} vs {shown[1]} here): "
+            raise InputError(f"{where} was evaluated with another {what} ({before} vs {after} here): "
                              "compare a model only with an earlier version of itself")
     tasks = set(eval_config.get("tasks", ())) & _tasks(baseline)
     if not tasks:

@@ -19,7 +19,7 @@ from ctxjax.execution import ExecutionConfig
 from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
 from ctxjax.evaluate import report
 from ctxjax.evaluate.baseline import (baseline_context, check_compatible, compare, load_baseline,
-                                      parse_tolerance, verdict_lines)
+                                      parse_tolerance, tokenizer_signature, verdict_lines)
 from ctxjax.evaluate.config import EvalConfig, as_eval_config
 from ctxjax.evaluate.documents import load_documents
 from ctxjax.evaluate.loading import load_model
@@ -84,14 +84,10 @@ def _counted(scorer, meter: Meter):
 
 def model_record(cfg: ModelConfig, params, run: ExecutionConfig, tokenizer: Tokenizer) -> dict:
     """What results.json says about the model: enough to tell whether two evaluations are comparable."""
-    try:
-        fingerprint = tokenizer.fingerprint()
-    except NotImplementedError:
-        fingerprint = None
     return {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len,
             "params": int(sum(np.size(x) for x in jax.tree.leaves(params))), "attention": run.attention,
             "family": cfg.family, "sliding_window": cfg.sliding_window, "vocab_size": cfg.vocab_size,
-            "tokenizer": fingerprint, "tokenizer_vocab": tokenizer.vocab_size}
+            "tokenizer": tokenizer_signature(tokenizer), "tokenizer_vocab": tokenizer.vocab_size}
 
 
 def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_config=None, *,
