@@ -41,6 +41,9 @@ def test_bars_are_drawn_per_task_and_length_with_the_time_left_on_a_terminal_onl
     piped = io.StringIO()  # a file or pipe (and pytest's capture): nothing drawn
     Progress.on_terminal(piped).bar("passkey 8", total=3).update(3)
     assert piped.getvalue() == "" and not Progress.on_terminal(piped).enabled
+    terminal = Terminal()  # training's stage-end evaluation: bars cleared when done
+    Progress.on_terminal(terminal, leave=False).bar("ppl 8", total=2).update(2)
+    assert "ppl 8" in terminal.getvalue()
 
 
 def test_meter_records_tokens_and_rates_per_task():

@@ -39,10 +39,10 @@ class Progress:
         return cls(enabled=False)
 
     @classmethod
-    def on_terminal(cls, stream: TextIO | None = None) -> "Progress":
+    def on_terminal(cls, stream: TextIO | None = None, **tqdm_options) -> "Progress":
         """Bars when `stream` (default stderr) is a terminal; none on a file, a pipe or captured output."""
         stream = stream if stream is not None else sys.stderr
-        return cls(stream, enabled=_isatty(stream))
+        return cls(stream, enabled=_isatty(stream), **tqdm_options)
 
     def bar(self, desc: str, total: int, unit: str = "it"):
         if not self.enabled or total <= 0:
