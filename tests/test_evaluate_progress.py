@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from ctxjax.config import ModelConfig
+from ctxjax.execution import ExecutionConfig
 from ctxjax.evaluate.perplexity import perplexity_by_length
 from ctxjax.evaluate.progress import Meter, Progress, throughput_lines
 from ctxjax.evaluate.retrieval import Prompt, Trial, run_grid
@@ -64,9 +65,10 @@ def test_meter_records_tokens_and_rates_per_task():
 
 
 def test_generate_reports_each_token_to_the_host():
-    cfg = ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
-    params = Transformer(cfg).init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+    cfg = ModelConfig(vocab_size=17, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=16)
+    params = Transformer(cfg).init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
     seen = []
-    out = generate(cfg, params, [[1, 2, 3]], 5, on_token=lambda n: seen.append(int(n)))
+    out = generate(cfg, params, [[1, 2, 3]], 5, pad_to_multiple=4, on_token=lambda n: seen.append(int(n)),
+                   execution=ExecutionConfig(attention="xla"))
     jax.effects_barrier()
     assert seen == [2, 3, 4, 5] and len(out.sequences[0]) == 5  # the first token comes with the prefill
