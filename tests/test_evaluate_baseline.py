@@ -97,7 +97,8 @@ def tiny_eval(tmp_path_factory):
 def test_eval_baseline_end_to_end_opens_the_summary_with_the_verdict(tiny_eval, capsys):
     argv, root = tiny_eval
     assert cli.main(argv + ["--out", str(root / "same"), "--baseline", str(root / "before")]) == 0
-    assert NO_REGRESSION in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert NO_REGRESSION in printed and "eval/baseline/regressed: 0" in printed
     after = json.load(open(root / "same" / "results.json"))
     assert after["baseline"]["verdict"] == NO_REGRESSION
     assert after["baseline"]["compared"] == ["ppl/nonoverlapping/32", "ppl/nonoverlapping/64"]

@@ -170,7 +170,10 @@ def run_evaluation(cfg: ModelConfig, params, tokenizer: Tokenizer | str,
     if before is not None:
         results["baseline"] = compare(results, before, baseline, tolerance)
     report.write_report(results, out_dir, opening=verdict_lines(results.get("baseline")))
-    return report.flat_metrics(results)
+    metrics = report.flat_metrics(results)
+    if before is not None:  # for a training log or a gate: 0 is "no short-context regression"
+        metrics["eval/baseline/regressed"] = len(results["baseline"]["regressed"])
+    return metrics
 
 
 def workdir_eval_dir(workdir: str, step: int | None = None) -> str:
