@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -128,9 +128,9 @@ def decode_step(cfg: ModelConfig, run: ExecutionConfig, params, tokens, position
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "run", "max_new_tokens", "sampling", "stop_tokens",
-                                             "keep_logits"))
+                                             "keep_logits", "on_token"))
 def _decode(cfg, run, params, first_logits, cache, next_positions, rng, *, max_new_tokens: int,
-            sampling: Sampling, stop_tokens: tuple[int, ...], keep_logits: bool):
+            sampling: Sampling, stop_tokens: tuple[int, ...], keep_logits: bool, on_token=None):
     batch, vocab = first_logits.shape
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
 
@@ -154,6 +154,8 @@ def _decode(cfg, run, params, first_logits, cache, next_positions, rng, *, max_n
         i, token, cache, positions, state = carry
         logits, cache = decode_step(cfg, run, params, token, positions, cache)
         token, state = choose(i, logits, rng, state)
+        if on_token is not None:  # a host callback per step, compiled in only when progress is asked for
+            jax.debug.callback(on_token, i + 1)
         return i + 1, token, cache, positions + 1, state
 
     carry = lax.while_loop(not_finished, step, (jnp.int32(1), token, cache, next_positions, state))
@@ -192,14 +194,16 @@ def _reread_step(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> 
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (), seed: int = 0,
              pad_to_multiple: int = 64, return_logits: bool = False, execution: ExecutionConfig | None = None,
-             reread_on_switch: bool = False) -> Generation:
+             reread_on_switch: bool = False, on_token: Callable[[int], None] | None = None) -> Generation:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens; see the module doc.
 
     execution: how the prefill runs (default: the `auto` kernel in float32; steps always use STEP_KERNEL).
     reread_on_switch: when the sequence first grows past the length where the positional scheme rotates every
     key anew (LongRoPE past L0), drop the cache and read the whole sequence again, as transformers' Phi-3 does
     (`ctxjax.hf.rereads_on_rope_switch` says which classes do); otherwise cached keys keep their rotation, as
-    transformers' Llama does."""
+    transformers' Llama does.
+    on_token(n): called on the host as decoding goes, with the number of tokens generated so far (for a
+    progress bar; it costs a host callback per step, so leave it None in loops that must not wait)."""
     run = execution or ExecutionConfig(attention="auto")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
@@ -212,9 +216,10 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     if rereads_at:  # decode up to the crossing, then continue from the whole sequence read again
         kwargs = dict(sampling=sampling, stop_tokens=stop_tokens, pad_to_multiple=pad_to_multiple,
                       return_logits=return_logits, execution=run, reread_on_switch=True)
-        head = generate(cfg, params, prompts, rereads_at, seed=seed, **kwargs)
+        head = generate(cfg, params, prompts, rereads_at, seed=seed, on_token=on_token, **kwargs)
         tail = generate(cfg, params, [p + s for p, s in zip(prompts, head.sequences)],
-                        max_new_tokens - rereads_at, seed=seed + 1, **kwargs)
+                        max_new_tokens - rereads_at, seed=seed + 1,
+                        on_token=on_token and (lambda n: on_token(rereads_at + n)), **kwargs)
         # A row that stopped before the crossing is done; the continuation of its (shorter) sequence is
         # dropped.
         return Generation([s if stopped else s + t for s, t, stopped in zip(head.sequences, tail.sequences,
@@ -233,7 +238,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     new, logits, done = _decode(
         cfg, run, params, first_logits, cache, jnp.asarray(lengths), jax.random.PRNGKey(seed),
         max_new_tokens=int(max_new_tokens), sampling=sampling,
-        stop_tokens=tuple(int(t) for t in stop_tokens), keep_logits=return_logits)
+        stop_tokens=tuple(int(t) for t in stop_tokens), keep_logits=return_logits, on_token=on_token)
     new = np.asarray(new)
     sequences = []
     for row in new:

@@ -16,6 +16,8 @@ from ctxjax.commands.arguments import (add_model_arguments, floats, int_list, lo
                                        mesh_sizes, names)
 from ctxjax.errors import InputError
 from ctxjax.evaluate import as_eval_config, compare_runs, run_evaluation
+from ctxjax.evaluate.baseline import load_baseline, parse_tolerance, verdict_lines
+from ctxjax.evaluate.progress import Progress
 from ctxjax.evaluate.report import load_results, measured_anything, skipped_cells
 from ctxjax.evaluate.runner import workdir_eval_dir
 from ctxjax.hf import rereads_on_rope_switch
@@ -43,7 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
     parser.add_argument("--tasks", type=names, default=("ppl", "passkey"),
-                        help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey)")
+                        help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey); "
+                             "'short' is ppl,passkey,multikey,needle at 1/4, 1/2 and 1 x the original "
+                             "context (--baseline's, else the model's)")
     parser.add_argument("--lengths", type=int_list,
                         help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval",
@@ -69,6 +73,12 @@ def register(subparsers) -> None:
     parser.add_argument("--answer", help="text the reply must contain (needle task)")
     parser.add_argument("--haystack", help="haystack source spec (default: --source)")
     parser.add_argument("--seed", type=int, help="seed of keys and haystack offsets")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="an earlier evaluation's output directory (e.g. the model before extension): "
+                             "summary.md opens with the short-context regression verdict against it")
+    parser.add_argument("--tolerance", metavar="KIND=X,...",
+                        help="how much worse counts as a regression with --baseline: ppl relative (default "
+                             "0.02 = 2%%), acc absolute (default 0.05 = 5 points), e.g. ppl=0.05,acc=0.1")
     parser.set_defaults(run=run)
 
 
@@ -96,6 +106,9 @@ def run(args) -> int:
         print("wrote " + ", ".join(written))
         return 0
     eval_config = _eval_config(args)  # bad flags fail before the model loads
+    if args.baseline:
+        load_baseline(args.baseline)
+    parse_tolerance(args.tolerance)
     cfg, params, tokenizer, architecture = load_model_from_args(args)
     out = args.out or _default_out(args)
     name = args.name or os.path.basename(os.path.normpath(args.workdir or args.hf))
@@ -105,7 +118,9 @@ def run(args) -> int:
         params = jax.device_put(params, param_shardings(cfg, mesh))
         metrics = run_evaluation(cfg, params, tokenizer, eval_config, out, step=_evaluated_step(args),
                                  run_name=name, log=lambda message: print(message, flush=True),
-                                 reread_on_switch=rereads_on_rope_switch(architecture))
+                                 reread_on_switch=rereads_on_rope_switch(architecture),
+                                 progress=Progress.on_terminal(), baseline=args.baseline,
+                                 tolerance=args.tolerance)
     results = load_results(out)
     for line in skipped_cells(results):
         print(line, flush=True)
@@ -115,5 +130,7 @@ def run(args) -> int:
                          "with longer documents")
     for key, value in metrics.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    if results.get("baseline"):
+        print(verdict_lines(results["baseline"])[0].replace("**", ""))
     print(f"results, summary and plots in {os.path.abspath(out)} (summary.md, results.json, *.png)")
     return 0

@@ -8,6 +8,7 @@ import sys
 
 from ctxjax.commands.arguments import add_model_arguments, load_model_from_args
 from ctxjax.errors import InputError
+from ctxjax.evaluate.progress import Progress
 from ctxjax.execution import ExecutionConfig
 from ctxjax.generate import Sampling, generate
 from ctxjax.hf import rereads_on_rope_switch
@@ -69,9 +70,16 @@ def run(args) -> int:
         print(f"warning: prompt + --max-new-tokens reach {longest} tokens, past the model's context of "
               f"{cfg.max_seq_len}: expect the text to degrade there (--rope-type yarn --factor F extends it)",
               file=sys.stderr)
-    out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops,
-                   seed=args.seed, execution=ExecutionConfig(attention=args.attention or "auto"),
-                   reread_on_switch=rereads_on_rope_switch(architecture))
+    progress = Progress.on_terminal()  # a bar of tokens generated, with the rate and the time left
+    bar = progress.bar(f"generate ({len(prompts)} prompts, <= {max(map(len, prompts))} tokens)",
+                       total=args.max_new_tokens, unit="token")
+    on_token = (lambda n: bar.update(int(n) - bar.n)) if progress.enabled else None
+    try:
+        out = generate(cfg, params, prompts, args.max_new_tokens, sampling=sampling, stop_tokens=stops,
+                       seed=args.seed, execution=ExecutionConfig(attention=args.attention or "auto"),
+                       reread_on_switch=rereads_on_rope_switch(architecture), on_token=on_token)
+    finally:
+        bar.close()
     for text, ids in zip(texts, out.sequences):
         if len(texts) > 1:
             print(f"=== {text!r}")

@@ -11,6 +11,10 @@ from ctxjax.dataclass_config import dataclass_from
 
 TASKS = ("ppl", "passkey", "multikey", "needle")
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
+# `--tasks short`: the quick check for short-context regression (see ctxjax.evaluate.baseline): these tasks at
+# a quarter, half and all of the original context (the baseline's max_seq_len, else the model's).
+SHORT = "short"
+SHORT_TASKS = ("ppl", "passkey", "multikey", "needle")
 
 # gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's
 # recall).
@@ -55,6 +59,7 @@ class EvalConfig:
     answer: str = DEFAULT_ANSWER
     haystack: str | None = None  # a source spec; None: the perplexity source
     seed: int = 0
+    short: bool = False  # tasks included "short": default lengths are short_lengths(), not 0.5/1/2 x context
 
     def __post_init__(self):
         # Lists from the CLI, JSON or ml_collections become tuples, so the config stays hashable; a single
@@ -67,6 +72,11 @@ class EvalConfig:
                 value = [value]
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        if SHORT in self.tasks:
+            expanded = dict.fromkeys(t for name in self.tasks
+                                     for t in (SHORT_TASKS if name == SHORT else [name]))
+            object.__setattr__(self, "tasks", tuple(expanded))
+            object.__setattr__(self, "short", True)
         self.validate()
 
     def validate(self) -> None:
@@ -101,9 +111,14 @@ class EvalConfig:
     def replace(self, **changes: Any) -> "EvalConfig":
         return dataclasses.replace(self, **changes)
 
-    def resolved_lengths(self, max_seq_len: int) -> tuple[int, ...]:
+    def resolved_lengths(self, max_seq_len: int, original_context: int | None = None) -> tuple[int, ...]:
+        """The lengths given, else 0.5, 1 and 2 x `max_seq_len`, or with `short`: 0.25, 0.5 and 1 x
+        `original_context` (the baseline's context; default `max_seq_len`)."""
         if self.lengths is not None:
             return tuple(sorted({int(n) for n in self.lengths}))
+        if self.short:
+            context = original_context or max_seq_len
+            return tuple(sorted({max(2, context // 4), max(2, context // 2), context}))
         return (max(2, max_seq_len // 2), max_seq_len, 2 * max_seq_len)
 
 

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from ctxjax.evaluate.progress import Progress
 from ctxjax.evaluate.scoring import Scorer
 
 
@@ -56,22 +57,33 @@ def fixed_target_starts(n_tokens: int, length: int, target_tokens: int) -> list[
     return [(n_tokens - length - 1, length - target_tokens)]
 
 
-def score_windows(docs: list[np.ndarray], starts_per_doc: list[list[tuple[int, int]]], length: int,
-                  scorer: Scorer, max_windows: int):
-    """NLL [n, L] of at most `max_windows` windows, the mask [n, L] of targets that count, and how many
-    documents contributed. Under the cap, windows are taken round-robin over the documents (the first window
-    of each, then the second, ...), so one long document cannot crowd out the others."""
-    picked: list[tuple[int, int, int]] = []  # (document, start, first counted target)
+def pick_windows(starts_per_doc: list[list[tuple[int, int]]], max_windows: int) -> list[tuple[int, int, int]]:
+    """(document, start, first counted target) of at most `max_windows` windows, taken round-robin over the
+    documents (the first window of each, then the second, ...), so one long document cannot crowd out the
+    others; in document order, so a document's windows stay together."""
+    picked: list[tuple[int, int, int]] = []
     for rank in range(max((len(s) for s in starts_per_doc), default=0)):
         for d, starts in enumerate(starts_per_doc):
             if rank < len(starts) and len(picked) < max_windows:
                 picked.append((d, *starts[rank]))
+    return sorted(picked)
+
+
+def score_windows(docs: list[np.ndarray], picked: list[tuple[int, int, int]], length: int, scorer: Scorer,
+                  chunk: int | None = None, bar=None):
+    """NLL [n, L] of the `picked` windows, the mask [n, L] of targets that count, and how many documents
+    contributed. The scorer sees `chunk` windows at a time (None: all at once); `bar` advances after each."""
     if not picked:
         return np.zeros((0, length), np.float32), np.zeros((0, length), bool), 0
-    picked.sort()  # document order, so a document's windows stay together
     rows = np.stack([docs[d][start:start + length + 1] for d, start, _ in picked])
     mask = np.arange(length)[None, :] >= np.asarray([first for _, _, first in picked])[:, None]
-    return np.asarray(scorer(rows), np.float64), mask, len({d for d, _, _ in picked})
+    chunk = chunk or len(rows)
+    nll = []
+    for start in range(0, len(rows), chunk):
+        nll.append(np.asarray(scorer(rows[start:start + chunk]), np.float64))
+        if bar is not None:
+            bar.update(len(nll[-1]))
+    return np.concatenate(nll), mask, len({d for d, _, _ in picked})
 
 
 def summarize(nll: np.ndarray, mask: np.ndarray, documents: int) -> dict:
@@ -91,14 +103,17 @@ def position_buckets(nll: np.ndarray, bucket_size: int) -> dict:
 
 def perplexity_by_length(docs: list[np.ndarray], lengths, scorer_for_length, *, methods, stride: int | None,
                          target_tokens: int, bucket_size: int | None, max_windows: int,
-                         too_long: dict[int, str] | None = None, fixed_context: int | None = None) -> dict:
+                         too_long: dict[int, str] | None = None, fixed_context: int | None = None,
+                         chunk: int | None = None, progress: Progress | None = None) -> dict:
     """{"<method>": {"<L>": summary}, "per_position": {"<L>": buckets}, "skipped": [...]} over `lengths`.
 
     `scorer_for_length(L)` returns the scorer for windows of length L. `too_long` maps lengths the model
     cannot take to the reason (e.g. beyond a learned position table); those are skipped like lengths longer
     than every document, each with its reason. `fixed_context`: the fixed target set is the documents that
-    fit a window this long (default: the longest usable length).
+    fit a window this long (default: the longest usable length). `progress` draws a bar per length that
+    advances every `chunk` windows.
     """
+    progress = progress or Progress.off()
     lengths = sorted(lengths)
     too_long = dict(too_long or {})
     longest_doc = max((len(d) for d in docs), default=0)
@@ -122,25 +137,29 @@ def perplexity_by_length(docs: list[np.ndarray], lengths, scorer_for_length, *, 
 
     for length in usable:
         scorer = scorer_for_length(length)
-        nll, mask, n_docs = score_windows(docs, [nonoverlapping_starts(len(d), length) for d in docs], length,
-                                          scorer, max_windows)
-        results["per_position"][str(length)] = position_buckets(nll, bucket)
-        if "nonoverlapping" in methods:
-            results["nonoverlapping"][str(length)] = summarize(nll, mask, n_docs)
+        # Every window of this length first, so its progress bar knows the total.
+        picked = {"nonoverlapping": (docs, pick_windows([nonoverlapping_starts(len(d), length) for d in docs],
+                                                        max_windows))}
+        step = min(stride or max(1, length // 4), length)  # a stride beyond L would leave targets unscored
         if "sliding" in methods:
-            # A stride beyond L would leave targets unscored.
-            step = min(stride or max(1, length // 4), length)
-            nll, mask, n_docs = score_windows(docs, [sliding_starts(len(d), length, step) for d in docs],
-                                              length, scorer, max_windows)
-            results["sliding"][str(length)] = {**summarize(nll, mask, n_docs), "stride": step}
+            picked["sliding"] = (docs, pick_windows([sliding_starts(len(d), length, step) for d in docs],
+                                                    max_windows))
         if "fixed_target" in methods:
             if length < target_tokens:
                 skipped.append({"length": length, "method": "fixed_target",
                                 "reason": f"shorter than the target set (target_tokens={target_tokens})"})
-                continue
-            nll, mask, n_docs = score_windows(
-                fixed_docs, [fixed_target_starts(len(d), length, target_tokens) for d in fixed_docs], length,
-                scorer, max_windows)
-            results["fixed_target"][str(length)] = {**summarize(nll, mask, n_docs),
+            else:
+                picked["fixed_target"] = (fixed_docs, pick_windows(
+                    [fixed_target_starts(len(d), length, target_tokens) for d in fixed_docs], max_windows))
+        bar = progress.bar(f"ppl {length}", total=sum(len(p) for _, p in picked.values()), unit="window")
+        scored = {m: score_windows(d, p, length, scorer, chunk, bar) for m, (d, p) in picked.items()}
+        bar.close()
+        results["per_position"][str(length)] = position_buckets(scored["nonoverlapping"][0], bucket)
+        if "nonoverlapping" in methods:
+            results["nonoverlapping"][str(length)] = summarize(*scored["nonoverlapping"])
+        if "sliding" in methods:
+            results["sliding"][str(length)] = {**summarize(*scored["sliding"]), "stride": step}
+        if "fixed_target" in scored:
+            results["fixed_target"][str(length)] = {**summarize(*scored["fixed_target"]),
                                                     "target_tokens": target_tokens}
     return results

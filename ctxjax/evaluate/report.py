@@ -9,6 +9,7 @@ import os
 from ctxjax.errors import InputError, read_json
 from ctxjax.evaluate import plots
 from ctxjax.evaluate.config import PPL_METHODS
+from ctxjax.evaluate.progress import throughput_lines
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
@@ -97,11 +98,12 @@ def _retrieval_section(task: str, results: dict) -> list[str]:
     return lines + _skips(results.get("skipped", [])) + [""]
 
 
-def summary_markdown(results: dict) -> str:
+def summary_markdown(results: dict, opening: list[str] = ()) -> str:
+    """The tables of summary.md; `opening`: lines right under the title (the short-context verdict)."""
     title = results.get("run") or "evaluation"
     step = f" at step {results['step']}" if results.get("step") is not None else ""
     model = results.get("model", {})
-    lines = [f"# {title}{step}", ""]
+    lines = [f"# {title}{step}", "", *opening]
     if model:
         lines += [f"model: {model.get('params', '?')} parameters, positions {model.get('position')}, "
                   f"max_seq_len {model.get('max_seq_len')}, attention kernel {model.get('attention')}"
@@ -112,6 +114,7 @@ def summary_markdown(results: dict) -> str:
     for task in RETRIEVAL_TITLES:
         if task in results:
             lines += _retrieval_section(task, results[task])
+    lines += throughput_lines(results.get("throughput"))
     if results.get("plots"):
         lines += ["## Plots", ""] + [f"- [{p}]({p})" for p in results["plots"]] + [""]
     return "\n".join(lines)
@@ -144,14 +147,15 @@ def write_plots(runs: dict[str, dict], out_dir: str) -> list[str]:
     return [os.path.basename(p) for p in written if p]
 
 
-def write_report(results: dict, out_dir: str) -> dict:
-    """Write plots, results.json and summary.md for one run; returns `results` with the plot names added."""
+def write_report(results: dict, out_dir: str, opening: list[str] = ()) -> dict:
+    """Write plots, results.json and summary.md (`opening` under its title) for one run; returns `results`
+    with the plot names added."""
     os.makedirs(out_dir, exist_ok=True)
     results = {**results, "plots": write_plots({results.get("run") or "run": results}, out_dir)}
     with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
-        f.write(summary_markdown(results))
+        f.write(summary_markdown(results, opening))
     return results
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ctxjax.errors import InputError
+from ctxjax.evaluate.progress import Progress
 
 Completer = Callable[[list[list[int]], int], list[str]]
 THRESHOLDS = (0.8, 0.2)  # YaRN's "passkey context" (>= 80%) and PI's k_max criterion (>= 20%)
@@ -75,11 +76,14 @@ class Trial:
 def run_grid(make_trial: Callable[[int, float, np.random.RandomState], Trial],
              score: Callable[[str, str], bool], complete: Completer, *, lengths: Sequence[int],
              depths: Sequence[float], trials: int, answer_tokens: int, batch_size: int, seed: int,
-             skip: dict[int, str] | None = None) -> dict:
+             skip: dict[int, str] | None = None, progress: Progress | None = None,
+             name: str = "grid") -> dict:
     """Accuracy per (length, depth) cell over `trials` prompts each, and the summary lengths.
 
     `make_trial(length, depth, rng)` may raise ValueError (e.g. a length shorter than the template): that
-    length is skipped with the message as its reason, like the lengths in `skip` (length -> reason)."""
+    length is skipped with the message as its reason, like the lengths in `skip` (length -> reason).
+    `progress` draws a bar per length ("<name> <length>") that advances with every batch of prompts."""
+    progress = progress or Progress.off()
     rng = np.random.RandomState(seed)
     cells, skipped = [], []
     for length in sorted(lengths):
@@ -91,11 +95,13 @@ def run_grid(make_trial: Callable[[int, float, np.random.RandomState], Trial],
         except ValueError as error:
             skipped.append({"length": length, "reason": str(error)})
             continue
+        bar = progress.bar(f"{name} {length}", total=sum(len(cell) for _, cell in grid), unit="prompt")
         for depth, cell in grid:
             outputs = []
             for start in range(0, len(cell), batch_size):
                 batch = cell[start:start + batch_size]
                 outputs += complete([t.prompt.tokens for t in batch], answer_tokens)
+                bar.update(len(batch))
             correct = sum(score(out, t.expected) for out, t in zip(outputs, cell))
             cells.append({
                 "length": length, "depth": depth, "trials": len(cell), "correct": int(correct),
@@ -104,6 +110,7 @@ def run_grid(make_trial: Callable[[int, float, np.random.RandomState], Trial],
                 "needle_depth": float(np.mean([t.prompt.depth for t in cell])),
                 "example": {"expected": cell[0].expected, "output": outputs[0]},
             })
+        bar.close()
     return {"cells": cells, "skipped": skipped,
             **{f"max_length_{round(100 * t)}": max_length_at(cells, t) for t in THRESHOLDS}}
 

@@ -18,6 +18,8 @@ from ctxjax.config import ModelConfig
 from ctxjax.execution import ExecutionConfig
 from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
 from ctxjax.evaluate import report
+from ctxjax.evaluate.baseline import (baseline_context, check_compatible, compare, load_baseline,
+                                      parse_tolerance, tokenizer_signature, verdict_lines)
 from ctxjax.evaluate.config import EvalConfig, as_eval_config
 from ctxjax.evaluate.documents import load_documents
 from ctxjax.evaluate.loading import load_model
@@ -25,6 +27,7 @@ from ctxjax.evaluate.multikey import MultiKeyTask
 from ctxjax.evaluate.needle import NeedleTask, needle_found
 from ctxjax.evaluate.passkey import PasskeyTask, passkey_correct
 from ctxjax.evaluate.perplexity import perplexity_by_length
+from ctxjax.evaluate.progress import Meter, Progress
 from ctxjax.evaluate.retrieval import Completer, run_grid
 from ctxjax.evaluate.scoring import evaluation_execution, model_scorer
 from ctxjax.generate import generate
@@ -46,16 +49,21 @@ def beyond_position_table(cfg: ModelConfig, lengths, extra: int = 0) -> dict[int
 
 
 def model_completer(cfg: ModelConfig, run: ExecutionConfig, params, tokenizer: Tokenizer, batch_size: int,
-                    reread_on_switch: bool = False) -> Completer:
+                    reread_on_switch: bool = False, meter: Meter | None = None) -> Completer:
     """Greedy continuations decoded to text. Batches are filled up to `batch_size` with copies of the first
-    prompt, so every batch of one length has one shape (one compilation)."""
+    prompt, so every batch of one length has one shape (one compilation). `meter` counts the prompt tokens
+    read and the tokens generated (a stop token included)."""
     stops = tuple(t for t in tokenizer.stop_ids if t < cfg.vocab_size)
+    meter = meter or Meter()
 
     def complete(prompts: list[list[int]], max_new_tokens: int) -> list[str]:
         padded = prompts + [prompts[0]] * (-len(prompts) % batch_size)
         out = generate(cfg, params, padded, max_new_tokens, stop_tokens=stops, execution=run,
                        reread_on_switch=reread_on_switch)
-        return [tokenizer.decode(ids) for ids in out.sequences[:len(prompts)]]
+        real = range(len(prompts))
+        meter.add(scored=sum(map(len, prompts)),
+                  generated=sum(len(out.sequences[i]) + out.stopped[i] for i in real))
+        return [tokenizer.decode(out.sequences[i]) for i in real]
 
     return complete
 
@@ -66,32 +74,53 @@ def _on_device(params):
     return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
 
 
+def _counted(scorer, meter: Meter):
+    def score(windows):
+        meter.add(scored=windows.shape[0] * (windows.shape[1] - 1))
+        return scorer(windows)
+
+    return score
+
+
+def model_record(cfg: ModelConfig, params, run: ExecutionConfig, tokenizer: Tokenizer) -> dict:
+    """What results.json says about the model: enough to tell whether two evaluations are comparable."""
+    return {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len,
+            "params": int(sum(np.size(x) for x in jax.tree.leaves(params))), "attention": run.attention,
+            "family": cfg.family, "sliding_window": cfg.sliding_window, "vocab_size": cfg.vocab_size,
+            "tokenizer": tokenizer_signature(tokenizer), "tokenizer_vocab": tokenizer.vocab_size}
+
+
 def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_config=None, *,
-                   log: Log = _quiet, reread_on_switch: bool = False) -> dict:
+                   log: Log = _quiet, reread_on_switch: bool = False, progress: Progress | None = None,
+                   baseline: dict | None = None) -> dict:
     """The results dict (as in results.json, without plot names) for the tasks of `eval_config`.
-    `reread_on_switch`: generation as `ctxjax.generate` documents it (transformers' Phi-3 behaviour)."""
+    `reread_on_switch`: generation as `ctxjax.generate` documents it (transformers' Phi-3 behaviour).
+    `progress`: bars per task and length (default: none). `baseline`: an earlier evaluation's results, checked
+    for comparability before anything is measured; its context is the original context of `--tasks short`."""
     eval_config = as_eval_config(eval_config)
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
     check_vocab_fits(tokenizer, cfg.vocab_size)
     params = _on_device(params)
     run = evaluation_execution(eval_config.attention)
-    lengths = eval_config.resolved_lengths(cfg.max_seq_len)
-    n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-    results: dict = {"model": {"position": str(cfg.position), "max_seq_len": cfg.max_seq_len,
-                               "params": n_params, "attention": run.attention, "family": cfg.family,
-                               "sliding_window": cfg.sliding_window},
+    lengths = eval_config.resolved_lengths(cfg.max_seq_len, baseline and baseline_context(baseline))
+    results: dict = {"model": model_record(cfg, params, run, tokenizer),
                      "eval_config": dataclasses.asdict(eval_config), "lengths": list(lengths)}
+    if baseline is not None:
+        check_compatible(baseline, results["model"], results["eval_config"], lengths)
+    progress, meter = progress or Progress.off(), Meter()
     if "ppl" in eval_config.tasks:
         log(f"perplexity at lengths {list(lengths)} on {eval_config.source}")
         docs = load_documents(eval_config.source, tokenizer, eval_config.max_documents, eval_config.add_bos)
-        scorer = model_scorer(cfg, run, params, eval_config.batch_size)
-        results["ppl"] = perplexity_by_length(
-            docs, lengths, lambda n: scorer, methods=eval_config.ppl_methods, stride=eval_config.stride,
-            target_tokens=eval_config.target_tokens, bucket_size=eval_config.bucket_size,
-            max_windows=eval_config.max_windows, too_long=beyond_position_table(cfg, lengths),
-            fixed_context=eval_config.fixed_target_context)
-    complete = model_completer(cfg, run, params, tokenizer, eval_config.batch_size, reread_on_switch)
+        scorer = _counted(model_scorer(cfg, run, params, eval_config.batch_size), meter)
+        with meter.task("ppl"):
+            results["ppl"] = perplexity_by_length(
+                docs, lengths, lambda n: scorer, methods=eval_config.ppl_methods, stride=eval_config.stride,
+                target_tokens=eval_config.target_tokens, bucket_size=eval_config.bucket_size,
+                max_windows=eval_config.max_windows, too_long=beyond_position_table(cfg, lengths),
+                fixed_context=eval_config.fixed_target_context, chunk=eval_config.batch_size,
+                progress=progress)
+    complete = model_completer(cfg, run, params, tokenizer, eval_config.batch_size, reread_on_switch, meter)
     tasks = {}
     if "passkey" in eval_config.tasks:
         tasks["passkey"] = (PasskeyTask(tokenizer, eval_config.key_digits, eval_config.add_bos),
@@ -108,27 +137,43 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
         answer_tokens = eval_config.answer_tokens or task.answer_tokens()
         log(f"{name}: lengths {list(lengths)} x depths {list(eval_config.depths)}, {eval_config.trials} "
             "trials each")
-        results[name] = run_grid(
-            task.make_trial, score, complete, lengths=lengths, depths=eval_config.depths,
-            trials=eval_config.trials, answer_tokens=answer_tokens, batch_size=eval_config.batch_size,
-            seed=eval_config.seed, skip=beyond_position_table(cfg, lengths, answer_tokens))
+        with meter.task(name):
+            results[name] = run_grid(
+                task.make_trial, score, complete, lengths=lengths, depths=eval_config.depths,
+                trials=eval_config.trials, answer_tokens=answer_tokens, batch_size=eval_config.batch_size,
+                seed=eval_config.seed, skip=beyond_position_table(cfg, lengths, answer_tokens),
+                progress=progress, name=name)
+    results["throughput"] = meter.summary()
     return results
 
 
 def run_evaluation(cfg: ModelConfig, params, tokenizer: Tokenizer | str,
                    eval_config: EvalConfig | dict | None, out_dir: str, step: int | None = None,
                    run_name: str | None = None, log: Log = _quiet,
-                   reread_on_switch: bool = False) -> dict[str, float]:
+                   reread_on_switch: bool = False, progress: Progress | None = None,
+                   baseline: str | None = None, tolerance=None) -> dict[str, float]:
     """Evaluate, write results.json / summary.md / PNG plots into `out_dir`, and return flat metrics
     ({"eval/ppl/sliding/1024": ..., "eval/passkey/acc/1024": ..., ...}) for the training log.
+
+    `baseline`: an earlier evaluation's output directory; the short-context verdict against it (see
+    ctxjax.evaluate.baseline, `tolerance` e.g. "ppl=0.02,acc=0.05") opens summary.md and is recorded in
+    results.json under "baseline". `progress`: bars per task and length (default: none).
 
     `tokenizer`: a ctxjax.data Tokenizer or a path for `load_tokenizer` ("bytes", a directory, a file).
     Call it under the training mesh to evaluate with the training sharding; params may be sharded arrays.
     """
-    results = evaluate_model(cfg, params, tokenizer, eval_config, log=log, reread_on_switch=reread_on_switch)
+    tolerance = parse_tolerance(tolerance)  # bad values fail before anything is measured
+    before = load_baseline(baseline) if baseline else None
+    results = evaluate_model(cfg, params, tokenizer, eval_config, log=log, reread_on_switch=reread_on_switch,
+                             progress=progress, baseline=before)
     results = {"run": run_name, "step": step, **results}
-    report.write_report(results, out_dir)
-    return report.flat_metrics(results)
+    if before is not None:
+        results["baseline"] = compare(results, before, baseline, tolerance)
+    report.write_report(results, out_dir, opening=verdict_lines(results.get("baseline")))
+    metrics = report.flat_metrics(results)
+    if before is not None:  # for a training log or a gate: 0 is "no short-context regression"
+        metrics["eval/baseline/regressed"] = len(results["baseline"]["regressed"])
+    return metrics
 
 
 def workdir_eval_dir(workdir: str, step: int | None = None) -> str:
@@ -143,6 +188,7 @@ def evaluate_workdir(workdir: str, eval_config=None, out_dir: str | None = None,
     cfg, params, tok, _ = load_model(workdir=workdir, step=step, tokenizer=tokenizer)
     out_dir = out_dir or workdir_eval_dir(workdir, step)
     metrics = run_evaluation(cfg, params, tok, eval_config, out_dir, step=step,
-                             run_name=os.path.basename(os.path.normpath(workdir)), log=log)
+                             run_name=os.path.basename(os.path.normpath(workdir)), log=log,
+                             progress=Progress.on_terminal() if log is print else None)
     log(f"results, summary and plots in {os.path.abspath(out_dir)} (summary.md, results.json, *.png)")
     return metrics, out_dir

@@ -28,6 +28,7 @@ from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch
 from ctxjax.errors import InputError, TrainingDiverged
 from ctxjax.evaluate import run_evaluation
+from ctxjax.evaluate.progress import Progress
 from ctxjax.fs import ensure_writable_directory, refuse_url
 from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import merge_adapters
@@ -241,8 +242,10 @@ def evaluate_stage(config, cfg: ModelConfig, params, adaptation, tokenizer, work
     out_dir = os.path.join(workdir, "eval", f"step_{step}")
     # With full attention (no adaptation: S²-Attn only approximates it for training; LongLoRA evaluates that
     # way too) and the adapters merged.
+    # Its bars (per task and length) sit under the training bar and vanish when done, on process 0 only.
+    progress = Progress.on_terminal(leave=False) if jax.process_index() == 0 else None
     return run_evaluation(cfg, merge_adapters(params, adaptation), tokenizer, eval_config, out_dir, step=step,
-                          run_name=f"step {step}")
+                          run_name=f"step {step}", progress=progress)
 
 
 def _raise_if_diverged(state, checkpointer) -> None:
