@@ -9,7 +9,10 @@ from typing import Any
 from ctxjax.errors import InputError
 from ctxjax.dataclass_config import dataclass_from
 
-TASKS = ("ppl", "passkey", "multikey", "needle")
+# RULER's core synthetic tasks (ctxjax.evaluate.ruler); `ruler` in a task list names them all.
+RULER_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa")
+TASKS = ("ppl", "passkey", "multikey", "needle", *RULER_TASKS)
+TASK_ALIASES = {"ruler": RULER_TASKS}
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
 
 # gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's
@@ -67,6 +70,9 @@ class EvalConfig:
                 value = [value]
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        # Aliases ("ruler") become their tasks, in place, without repeats.
+        tasks = [t for name in self.tasks for t in TASK_ALIASES.get(name, (name,))]
+        object.__setattr__(self, "tasks", tuple(dict.fromkeys(tasks)))
         self.validate()
 
     def validate(self) -> None:
@@ -76,7 +82,9 @@ class EvalConfig:
         for name, allowed in (("tasks", TASKS), ("ppl_methods", PPL_METHODS)):
             unknown = [t for t in getattr(self, name) if t not in allowed]
             if unknown or not getattr(self, name):
-                fail(f"{name}={list(getattr(self, name))} must be a non-empty subset of {list(allowed)}")
+                aliases = f" or {', '.join(TASK_ALIASES)} (all of RULER's)" if name == "tasks" else ""
+                fail(f"{name}={list(getattr(self, name))} must be a non-empty subset of {list(allowed)}"
+                     + aliases)
         if self.lengths is not None and (not self.lengths or any(int(n) < 2 for n in self.lengths)):
             fail(f"lengths={list(self.lengths)} must be integers >= 2 (e.g. --lengths 512,1024,2048)")
         if any(not 0 <= d <= 1 for d in self.depths) or not self.depths:
