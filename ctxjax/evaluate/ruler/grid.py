@@ -19,9 +19,9 @@ ANSWER_MARGIN = 4
 
 def answer_budget(tokenizer, answers: Sequence[list[str]]) -> int:
     """New tokens for a reply that lists a trial's answers, for the longest of `answers`, rounded up to a
-    multiple of 8 so nearby budgets share one compiled decode loop."""
+    multiple of 32 so most tasks share one compiled decode loop (a model that stops early stops the loop)."""
     longest = max(len(tokenizer.encode(" " + ", ".join(a))) for a in answers) + ANSWER_MARGIN
-    return -(-longest // 8) * 8
+    return -(-longest // 32) * 32
 
 
 def run_task(spec: TaskSpec, complete: Completer, tokenizer, *, lengths: Sequence[int],
