@@ -60,12 +60,16 @@ def section(ruler: dict) -> list[str]:
 
 
 def plot_heatmap(ruler: dict, path: str, title: str = "RULER") -> str | None:
-    """Score per (task, length), annotated; blank where skipped."""
+    """Score per (task, length) and RULER's average per length (the last row), annotated; blank where
+    skipped."""
     tasks = [name for name, t in ruler["tasks"].items() if t["by_length"]]
     if not tasks:
         return None
     lengths = _lengths(ruler)
     grid = [[ruler["tasks"][name]["by_length"].get(str(n), float("nan")) for n in lengths] for name in tasks]
+    grid.append([ruler["average"][str(n)]["score"] if str(n) in ruler["average"] else float("nan")
+                 for n in lengths])
+    tasks = [*tasks, "average"]
     fig = Figure(figsize=(1.2 * len(lengths) + 4, 0.5 * len(tasks) + 2), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
