@@ -18,7 +18,7 @@ import numpy as np
 
 from ctxjax.errors import InputError
 from ctxjax.evaluate.ruler.common import (RulerTrial, bos, check_represented, distinct_words, fit_units,
-                                          pseudo_word, too_short)
+                                          too_short)
 
 CWE_INTRO = "Below is a list of words. Some of them appear many times."
 CWE_QUESTION = ("Question: What are the {n} most common words in the list above? Answer: The {n} most common "
@@ -84,11 +84,13 @@ class FrequentWordsTask(_WordList):
     def counts(self, scale: int, ranks: int) -> np.ndarray:
         return np.floor(scale / np.arange(1, ranks + 1) ** self.alpha).astype(int)
 
+    def separates(self, counts: np.ndarray) -> bool:
+        return counts[self.top - 1] > max(counts[self.top], 1)
+
     def make_trial(self, length: int, depth, rng: np.random.RandomState) -> RulerTrial:
         budget = length - len(self.prefix) - len(self.question)
-        # The smallest scale whose top words are strictly more frequent than the next (and than once).
-        least = 1
-        while (lambda c: c[self.top - 1] <= max(c[self.top], 1))(self.counts(least, self.top + 1)):
+        least = 1  # the smallest scale whose top words are more frequent than the next one, and than once
+        while not self.separates(self.counts(least, self.top + 1)):
             least += 1
         taken: set[str] = set()
         words: list[str] = []
@@ -112,13 +114,10 @@ class FrequentWordsTask(_WordList):
         entries = [u for c, u in zip(counts, units) for _ in range(c)]
         budget -= tokens(low)
         while True:  # the tail of the distribution: words seen once, while they fit
-            unit = self.unit(pseudo_word(rng))
-            word = self.tokenizer.decode(unit).strip()
-            if word in taken:
-                continue
+            (word,) = distinct_words(rng, 1, taken)
+            unit = self.unit(word)
             if len(unit) > budget:
                 break
-            taken.add(word)
             entries.append(unit)
             budget -= len(unit)
         return RulerTrial(self.prompt(entries, rng), words[:self.top])
