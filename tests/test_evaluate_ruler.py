@@ -15,7 +15,7 @@ from ctxjax.errors import InputError
 from ctxjax.evaluate.config import RULER_TASKS, EvalConfig
 from ctxjax.evaluate.retrieval import build_prompt_with_others
 from ctxjax.evaluate.ruler import any_answer, recall, run_ruler, task_specs
-from ctxjax.evaluate.ruler import tracking
+from ctxjax.evaluate.ruler import qa, tracking
 from ctxjax.evaluate.ruler.report import section
 
 TOKENIZER = ByteTokenizer()
@@ -251,6 +251,43 @@ def test_a_tokenizer_that_cannot_write_a_task_skips_its_cells_with_the_reason():
     for task in ("vt", "qa", "fwe"):
         (skip,) = result["tasks"][task]["skipped"]
         assert "the tokenizer cannot represent" in skip["reason"] and "\n" not in skip["reason"], task
+
+
+def test_a_subword_tokenizer_gets_exact_lengths_and_an_oracle_at_100_percent(tmp_path):
+    """Byte-level BPE (pieces of uneven length, words split differently in context): same promises."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from ctxjax.data import load_tokenizer
+    from ctxjax.data.retrieval_text import FILLER
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    sample = " ".join([*FILLER, *(qa.FACT.format(person="Vera Holm", attribute=a, value=v[0])
+                                   for a, v in qa.ATTRIBUTES.items())])
+    bpe.train_from_iterator([sample] * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = load_tokenizer(str(tmp_path))
+    answers_of = {}
+
+    def oracle(prompts, max_new_tokens):
+        replies = [" " + ", ".join(answers_of[tuple(p)]) + "." for p in prompts]
+        assert all(len(tokenizer.encode(r)) <= max_new_tokens for r in replies)
+        return replies
+
+    specs = task_specs(RULER_TASKS, tokenizer, CONFIG)
+    for name, spec in specs.items():
+        def make_trial(length, depth, rng, make=spec.make_trial):
+            t = make(length, depth, rng)
+            assert length - SLACK < len(t.prompt.tokens) <= length
+            text = tokenizer.decode(t.prompt.tokens)
+            assert all(a in text for a in t.answers)
+            answers_of[tuple(t.prompt.tokens)] = t.answers
+            return t
+        spec.make_trial = make_trial
+    result = run_ruler(specs, oracle, tokenizer, lengths=[1200], depths=[0.25, 0.75], trials=2, seed=0)
+    assert result["average"]["1200"] == {"score": 1.0, "tasks": 8}
 
 
 def test_ruler_alias_expands_and_an_unknown_task_is_one_line_listing_the_valid_names():
