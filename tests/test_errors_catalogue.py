@@ -163,6 +163,7 @@ CASES = {
     "eval-nothing": lambda s: ["eval", "--hf", s.factory.llama, "--tokenizer", "bytes", "--tasks", "ppl",
                                "--lengths", "32", "--source", f"text:{s.file('short.txt', 'too short')}",
                                "--out", s.path("eval")],
+    "eval-task": lambda s: ["eval", "--hf", s.path("model"), "--tasks", "ruler,bogus"],
     "plan-topology": lambda s: ["plan", "--config", TINY, "--topology", "v7x-8"],
     "plan-memory-limit": lambda s: ["plan", "--config", TINY, "--topology", "v5e-1", "--memory-limit", "0"],
     "plan-compare": lambda s: ["plan", "--config", TINY, "--topology", "v5e-1", "--compare", "full"],

@@ -45,9 +45,11 @@ def register(subparsers) -> None:
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
     parser.add_argument("--tasks", type=names, default=("ppl", "passkey"),
-                        help="comma-separated: ppl,passkey,multikey,needle (default: ppl,passkey); "
-                             "'short' is ppl,passkey,multikey,needle at 1/4, 1/2 and 1 x the original "
-                             "context (--baseline's, else the model's)")
+                        help="comma-separated: ppl,passkey,multikey,needle, RULER's niah_single,"
+                             "niah_multikey,niah_multivalue,niah_multiquery,vt,cwe,fwe,qa, or the sets "
+                             "'ruler' (all of RULER's) and 'short' (ppl,passkey,multikey,needle at 1/4, 1/2 "
+                             "and 1 x the original context: --baseline's, else the model's); default: "
+                             "ppl,passkey")
     parser.add_argument("--lengths", type=int_list,
                         help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval",

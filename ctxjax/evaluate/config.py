@@ -9,12 +9,15 @@ from typing import Any
 from ctxjax.errors import InputError
 from ctxjax.dataclass_config import dataclass_from
 
-TASKS = ("ppl", "passkey", "multikey", "needle")
+# RULER's core synthetic tasks (ctxjax.evaluate.ruler); `ruler` in a task list names them all.
+RULER_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa")
+TASKS = ("ppl", "passkey", "multikey", "needle", *RULER_TASKS)
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
 # `--tasks short`: the quick check for short-context regression (see ctxjax.evaluate.baseline): these tasks at
 # a quarter, half and all of the original context (the baseline's max_seq_len, else the model's).
 SHORT = "short"
 SHORT_TASKS = ("ppl", "passkey", "multikey", "needle")
+TASK_ALIASES = {"ruler": RULER_TASKS, SHORT: SHORT_TASKS}
 
 # gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's
 # recall).
@@ -72,11 +75,12 @@ class EvalConfig:
                 value = [value]
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        # Aliases ("ruler", "short") become their tasks, in place, without repeats; "short" also shortens the
+        # default lengths.
         if SHORT in self.tasks:
-            expanded = dict.fromkeys(t for name in self.tasks
-                                     for t in (SHORT_TASKS if name == SHORT else [name]))
-            object.__setattr__(self, "tasks", tuple(expanded))
             object.__setattr__(self, "short", True)
+        tasks = [t for name in self.tasks for t in TASK_ALIASES.get(name, (name,))]
+        object.__setattr__(self, "tasks", tuple(dict.fromkeys(tasks)))
         self.validate()
 
     def validate(self) -> None:
@@ -86,7 +90,9 @@ class EvalConfig:
         for name, allowed in (("tasks", TASKS), ("ppl_methods", PPL_METHODS)):
             unknown = [t for t in getattr(self, name) if t not in allowed]
             if unknown or not getattr(self, name):
-                fail(f"{name}={list(getattr(self, name))} must be a non-empty subset of {list(allowed)}")
+                aliases = " or the sets ruler (all of RULER's) and short" if name == "tasks" else ""
+                fail(f"{name}={list(getattr(self, name))} must be a non-empty subset of {list(allowed)}"
+                     + aliases)
         if self.lengths is not None and (not self.lengths or any(int(n) < 2 for n in self.lengths)):
             fail(f"lengths={list(self.lengths)} must be integers >= 2 (e.g. --lengths 512,1024,2048)")
         if any(not 0 <= d <= 1 for d in self.depths) or not self.depths:

@@ -23,7 +23,7 @@ from ctxjax.errors import InputError
 from ctxjax.data.retrieval_text import FILLER, MULTIKEY_INTRO as INTRO, MULTIKEY_QUESTION as QUESTION
 from ctxjax.data.retrieval_text import MULTIKEY_SENTENCE as KEY_SENTENCE, NAMES, random_key
 from ctxjax.evaluate.passkey import key_answer_tokens
-from ctxjax.evaluate.retrieval import Trial, build_prompt, template_tokens
+from ctxjax.evaluate.retrieval import Trial, build_prompt_with_others
 
 
 class MultiKeyTask:
@@ -49,18 +49,9 @@ class MultiKeyTask:
         needle = self._sentence(names[0], keys[0])
         question = self.tokenizer.encode(" " + QUESTION.format(name=names[0]))
         others = [self._sentence(n, k) for n, k in zip(names[1:], keys[1:])]
-        budget = length - template_tokens(self.prefix, needle, question) - sum(map(len, others))
-        if budget < 0:
-            raise InputError(f"a prompt of {length} tokens cannot hold the template and {self.distractors} "
-                             f"distractors ({length - budget} tokens without filler); use lengths >= "
-                             f"{length - budget}")
-        units: list[list[int]] = []
-        while len(self.filler[len(units) % len(self.filler)]) <= budget:  # as much filler as fits
-            units.append(self.filler[len(units) % len(self.filler)])
-            budget -= len(units[-1])
-        for other in others:
-            units.insert(rng.randint(len(units) + 1), other)
-        return Trial(build_prompt(self.prefix, units, needle, question, length, depth, cycle=False), keys[0])
+        prompt = build_prompt_with_others(self.prefix, self.filler, needle, others, question, length, depth,
+                                          rng, f"the template and {self.distractors} distractors")
+        return Trial(prompt, keys[0])
 
     def answer_tokens(self) -> int:
         return key_answer_tokens(self.tokenizer, self.key_digits)

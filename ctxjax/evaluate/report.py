@@ -10,6 +10,7 @@ from ctxjax.errors import InputError, read_json
 from ctxjax.evaluate import plots
 from ctxjax.evaluate.config import PPL_METHODS
 from ctxjax.evaluate.progress import throughput_lines
+from ctxjax.evaluate.ruler import report as ruler_report
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
@@ -34,19 +35,23 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
             out[f"{prefix}/{task}/acc/{length}"] = sum(accs) / len(accs)
         for key in ("max_length_80", "max_length_20"):
             out[f"{prefix}/{task}/{key}"] = results[task][key] or 0
+    if "ruler" in results:
+        out.update(ruler_report.flat_metrics(results["ruler"], prefix))
     return out
 
 
 def skipped_cells(results: dict) -> list[str]:
     """'task: skipped length L: reason' for everything the evaluation could not measure."""
     return [f"{task}: {line[2:]}" for task in ("ppl", *RETRIEVAL_TITLES) if task in results
-            for line in _skips(results[task].get("skipped", []))]
+            for line in _skips(results[task].get("skipped", []))] + (
+        ruler_report.skipped_lines(results["ruler"]) if "ruler" in results else [])
 
 
 def measured_anything(results: dict) -> bool:
     ppl = results.get("ppl", {})
-    return any(ppl.get(m) for m in PPL_METHODS) or any(results[t]["cells"] for t in RETRIEVAL_TITLES
-                                                       if t in results)
+    return (any(ppl.get(m) for m in PPL_METHODS) or any(results[t]["cells"] for t in RETRIEVAL_TITLES
+                                                        if t in results)
+            or ("ruler" in results and ruler_report.measured_anything(results["ruler"])))
 
 
 def _skips(skipped: list[dict]) -> list[str]:
@@ -115,6 +120,8 @@ def summary_markdown(results: dict, opening: list[str] = ()) -> str:
         if task in results:
             lines += _retrieval_section(task, results[task])
     lines += throughput_lines(results.get("throughput"))
+    if "ruler" in results:
+        lines += ruler_report.section(results["ruler"])
     if results.get("plots"):
         lines += ["## Plots", ""] + [f"- [{p}]({p})" for p in results["plots"]] + [""]
     return "\n".join(lines)
@@ -144,6 +151,8 @@ def write_plots(runs: dict[str, dict], out_dir: str) -> list[str]:
         for task in RETRIEVAL_TITLES:
             written.append(plots.plot_retrieval_vs_length(runs, task,
                                                           os.path.join(out_dir, f"{task}_vs_length.png")))
+    if any(r.get("ruler") for r in runs.values()):
+        written += ruler_report.write_plots(runs, out_dir)
     return [os.path.basename(p) for p in written if p]
 
 

@@ -67,6 +67,25 @@ def build_prompt(prefix: Sequence[int], filler_units: Sequence[Sequence[int]], n
     return Prompt([int(t) for t in tokens], len(prefix) + len(filler[0]), len(filler[0]), used)
 
 
+def build_prompt_with_others(prefix: Sequence[int], filler_units: Sequence[Sequence[int]],
+                             needle: Sequence[int], others: Sequence[Sequence[int]], question: Sequence[int],
+                             length: int, depth: float, rng: np.random.RandomState, what: str) -> Prompt:
+    """`build_prompt` with more sentences (`others`: distractors, further values) among the filler: as much
+    filler as fits beside all of them, each of `others` between two random filler units, `needle` at `depth`.
+    `what` names the fixed parts in the error when `length` cannot hold them."""
+    budget = length - template_tokens(prefix, needle, question) - sum(map(len, others))
+    if budget < 0:
+        raise InputError(f"a prompt of {length} tokens cannot hold {what} ({length - budget} tokens without "
+                         f"filler); use lengths >= {length - budget}")
+    units: list[Sequence[int]] = []
+    while len(filler_units[len(units) % len(filler_units)]) <= budget:  # as much filler as fits
+        units.append(filler_units[len(units) % len(filler_units)])
+        budget -= len(units[-1])
+    for other in others:
+        units.insert(rng.randint(len(units) + 1), other)
+    return build_prompt(prefix, units, needle, question, length, depth, cycle=False)
+
+
 @dataclasses.dataclass
 class Trial:
     prompt: Prompt

@@ -29,6 +29,7 @@ from ctxjax.evaluate.passkey import PasskeyTask, passkey_correct
 from ctxjax.evaluate.perplexity import perplexity_by_length
 from ctxjax.evaluate.progress import Meter, Progress
 from ctxjax.evaluate.retrieval import Completer, run_grid
+from ctxjax.evaluate.ruler import RULER_TASKS, run_ruler, task_specs
 from ctxjax.evaluate.scoring import evaluation_execution, model_scorer
 from ctxjax.generate import generate
 
@@ -143,6 +144,14 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
                 trials=eval_config.trials, answer_tokens=answer_tokens, batch_size=eval_config.batch_size,
                 seed=eval_config.seed, skip=beyond_position_table(cfg, lengths, answer_tokens),
                 progress=progress, name=name)
+    ruler_tasks = [t for t in eval_config.tasks if t in RULER_TASKS]
+    if ruler_tasks:  # RULER's tasks: one batch per (task, length), scored as RULER scores
+        with meter.task("ruler"):
+            results["ruler"] = run_ruler(
+                task_specs(ruler_tasks, tokenizer, eval_config), complete, tokenizer, lengths=lengths,
+                depths=eval_config.depths, trials=eval_config.trials, seed=eval_config.seed,
+                answer_tokens=eval_config.answer_tokens,
+                too_long=lambda n, new_tokens: beyond_position_table(cfg, [n], new_tokens).get(n), log=log)
     results["throughput"] = meter.summary()
     return results
 
