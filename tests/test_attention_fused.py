@@ -58,8 +58,10 @@ def test_a_requested_kernel_that_cannot_run_says_why(caplog):
 
 @pytest.mark.parametrize("length, window, tiles, s2_group, softcap",
                          [(128, 0, (128, 128), 0, 0.0), (256, 40, (256, 128), 0, 0.0),
-                          (128, 0, (128, 128), 32, 0.0), (128, 0, (128, 128), 0, 1.5)],
-                         ids=["causal", "window-larger-tiles", "s2-groups", "softcap"])
+                          (128, 0, (128, 128), 32, 0.0), (128, 0, (128, 128), 0, 1.5),
+                          (640, 0, (128, 128), 0, 0.0)],
+                         ids=["causal", "window-larger-tiles", "s2-groups", "softcap",
+                              "five-key-tiles-separate-dq-pass"])
 def test_splash_interpreted_equals_xla(length, window, tiles, s2_group, softcap):
     case = random_case(seed=9, batch=1, length=length, n_heads=2, n_kv_heads=1, head_dim=32, alibi=False,
                        sliding_window=window, logit_softcap=softcap)
