@@ -50,6 +50,18 @@ def test_better_or_within_tolerance_is_no_regression():
     assert len(strict["regressed"]) == 2 and strict["tolerance"] == {"ppl": 0.005, "acc": 0.01}
 
 
+def test_rulers_scores_are_compared_like_accuracies():
+    def with_ruler(vt: dict):
+        out = results({64: 10.0}, {})
+        out["ruler"] = {"tasks": {"vt": {"by_length": vt, "cells": [], "skipped": []}},
+                        "average": {n: {"score": v, "tasks": 1} for n, v in vt.items()}, "mean": None}
+        return out
+
+    verdict = compare(with_ruler({64: 0.5}), with_ruler({64: 0.9}), "base")
+    assert {(r["metric"], r["length"]) for r in verdict["regressed"]} == {("ruler/vt", 64),
+                                                                         ("ruler/average", 64)}
+
+
 @pytest.mark.parametrize("model, message", [
     ({"family": "gpt2"}, "another model family"),
     ({"vocab_size": 32000}, "another vocabulary size"),

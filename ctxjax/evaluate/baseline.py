@@ -5,7 +5,8 @@ the model before extension). Every metric measured by both at a length <= the ba
 (its results.json `model.max_seq_len`) is checked:
 
 - perplexity (each method): regressed when after > before x (1 + tolerance["ppl"]), a relative tolerance;
-- accuracies (passkey, multikey, needle, and any task whose flat metric is `<task>/acc/<L>`): regressed when
+- accuracies (passkey, multikey, needle, any task whose flat metric is `<task>/acc/<L>`, and RULER's scores
+  `ruler/<task>/<L>`, averages included): regressed when
   after < before - tolerance["acc"], in absolute points (0.05 = 5 points).
 
 A baseline of another model family, vocabulary or tokenizer, one measured on other held-out documents, or
@@ -104,7 +105,8 @@ def check_compatible(baseline: dict, model: dict, eval_config: dict, lengths,
 
 
 def _by_kind(results: dict) -> dict[tuple[str, int], tuple[str, float]]:
-    """{(metric, length): (kind, value)} for every length-resolved metric: ppl/<method> and <task>/acc."""
+    """{(metric, length): (kind, value)} for every length-resolved metric: ppl/<method>, <task>/acc and
+    ruler/<task>."""
     out = {}
     for key, value in flat_metrics(results).items():
         parts = key.split("/")[1:]  # drop the "eval" prefix
@@ -113,7 +115,7 @@ def _by_kind(results: dict) -> dict[tuple[str, int], tuple[str, float]]:
         metric, length = "/".join(parts[:-1]), int(parts[-1])
         if parts[0] == "ppl":
             out[(metric, length)] = ("ppl", float(value))
-        elif parts[-2] == "acc":
+        elif parts[-2] == "acc" or parts[0] == "ruler":  # RULER's scores are fractions like accuracies
             out[(metric, length)] = ("acc", float(value))
     return out
 
