@@ -3,6 +3,7 @@ an oracle gets 100%, copying baselines get what theory says; bad lengths, tokeni
 skipped cells or one-line errors; `ctxjax eval --tasks ruler` writes the table and the plots."""
 
 import collections
+import io
 import json
 import re
 import shutil
@@ -13,12 +14,20 @@ import pytest
 from ctxjax.data import ByteTokenizer
 from ctxjax.errors import InputError
 from ctxjax.evaluate.config import RULER_TASKS, EvalConfig
+from ctxjax.evaluate.progress import Progress
 from ctxjax.evaluate.retrieval import build_prompt_with_others
 from ctxjax.evaluate.ruler import any_answer, recall, run_ruler, task_specs
 from ctxjax.evaluate.ruler import qa, tracking
 from ctxjax.evaluate.ruler.report import section
 
 TOKENIZER = ByteTokenizer()
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
 CONFIG = EvalConfig(tasks="ruler")
 SPECS = task_specs(RULER_TASKS, TOKENIZER, CONFIG)
 LENGTH = 1500
@@ -176,7 +185,11 @@ GRID = dict(lengths=[300, 1000], depths=[0.0, 1.0], trials=3, seed=0)
 def test_an_oracle_scores_everything_in_one_batch_per_task_and_length():
     specs, seen = recording_specs(RULER_TASKS)
     oracle = Answers(lambda text, answers: " " + ", ".join(answers) + ".", seen)
-    result = run_ruler(specs, oracle, TOKENIZER, **GRID)
+    terminal = Terminal()
+    result = run_ruler(specs, oracle, TOKENIZER, **GRID, progress=Progress(terminal))
+    # A bar per task over its lengths, skipped ones included.
+    assert all(f"ruler {name}: 100%" in terminal.getvalue() for name in RULER_TASKS)
+    assert "2/2 [" in terminal.getvalue() and "length/s" in terminal.getvalue()
     for name, task in result["tasks"].items():
         assert task["by_length"]["1000"] == 1.0 and set(task["by_length"].values()) == {1.0}, name
         assert [s["length"] for s in task["skipped"]] == ([] if name in ("niah_single", "qa") else [300])

@@ -151,7 +151,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
                 task_specs(ruler_tasks, tokenizer, eval_config), complete, tokenizer, lengths=lengths,
                 depths=eval_config.depths, trials=eval_config.trials, seed=eval_config.seed,
                 answer_tokens=eval_config.answer_tokens,
-                too_long=lambda n, new_tokens: beyond_position_table(cfg, [n], new_tokens).get(n), log=log)
+                too_long=lambda n, new_tokens: beyond_position_table(cfg, [n], new_tokens).get(n), log=log,
+                progress=progress)
     results["throughput"] = meter.summary()
     return results
 

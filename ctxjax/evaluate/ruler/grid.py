@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ctxjax.evaluate.progress import Progress
 from ctxjax.evaluate.retrieval import Completer
 from ctxjax.evaluate.ruler.common import TaskSpec
 
@@ -26,15 +27,15 @@ def answer_budget(tokenizer, answers: Sequence[list[str]]) -> int:
 
 def run_task(spec: TaskSpec, complete: Completer, tokenizer, *, lengths: Sequence[int],
              depths: Sequence[float], trials: int, seed: int, answer_tokens: int | None = None,
-             too_long: Callable[[int, int], str | None] | None = None) -> dict:
+             too_long: Callable[[int, int], str | None] | None = None, bar=None) -> dict:
     """{"cells": [...], "skipped": [...], "by_length": {length: mean score}} for one task.
 
     A length whose prompts cannot be built (too short for the template, a tokenizer that cannot write the
     text: `make_trial` raises ValueError) or that `too_long(length, new_tokens)` refuses is skipped with the
-    reason."""
+    reason. `bar` (a progress bar over the lengths) advances as each length is done or skipped."""
     rng = np.random.RandomState(seed)
     cells, skipped, by_length = [], [], {}
-    for length in sorted(lengths):
+    for length in _advancing(sorted(lengths), bar or Progress.off().bar("", 0)):
         try:
             grid = [(d, spec.make_trial(length, d, rng)) for d in (depths if spec.uses_depth else [None])
                     for _ in range(trials)]
@@ -64,10 +65,17 @@ def run_task(spec: TaskSpec, complete: Completer, tokenizer, *, lengths: Sequenc
     return {"cells": cells, "skipped": skipped, "by_length": by_length}
 
 
+def _advancing(items, bar):
+    """The items, advancing `bar` by one as the loop finishes with each (also when it `continue`s)."""
+    for item in items:
+        yield item
+        bar.update(1)
+
+
 def run_ruler(specs: dict[str, TaskSpec], complete: Completer, tokenizer, *, lengths: Sequence[int],
               depths: Sequence[float], trials: int, seed: int, answer_tokens: int | None = None,
               too_long: Callable[[int, int], str | None] | None = None,
-              log: Callable[[str], None] = lambda message: None) -> dict:
+              log: Callable[[str], None] = lambda message: None, progress: Progress | None = None) -> dict:
     """{"tasks": {name: run_task(...)}, "average": {length: {"score", "tasks"}}, "mean": float | None}.
 
     Each task draws from its own seed (the run's seed and the task's name), so adding or dropping a task does
@@ -77,9 +85,12 @@ def run_ruler(specs: dict[str, TaskSpec], complete: Completer, tokenizer, *, len
     for name, spec in specs.items():
         depth_note = f" x depths {list(depths)}" if spec.uses_depth else ""
         log(f"ruler {name}: lengths {list(lengths)}{depth_note}, {trials} trials each")
+        # One batch per length, so the bar counts lengths: its time left is the next batches'.
+        bar = (progress or Progress.off()).bar(f"ruler {name}", total=len(lengths), unit="length")
         tasks[name] = run_task(spec, complete, tokenizer, lengths=lengths, depths=depths, trials=trials,
                                seed=zlib.crc32(f"{seed}:{name}".encode()), answer_tokens=answer_tokens,
-                               too_long=too_long)
+                               too_long=too_long, bar=bar)
+        bar.close()
     average = {}
     for length in sorted(lengths):
         scores = [t["by_length"][str(length)] for t in tasks.values() if str(length) in t["by_length"]]
