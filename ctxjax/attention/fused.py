@@ -10,7 +10,9 @@ platform both kernels are `blockwise`, so a config naming them still runs on CPU
 devices the step is compiled for (the active mesh's), not the host's: a step compiled on a CPU host for a TPU
 topology gets the TPU kernel.
 
-Splash is a Mosaic kernel, which XLA does not partition: under a mesh it runs per shard (`per_shard`).
+Splash is a Mosaic kernel, which XLA does not partition: under a mesh it runs per shard (`per_shard`). The
+cuDNN call needs no such wrapper: JAX gives it a partitioning rule (`custom_partitioning` over batch and heads
+in jax/_src/cudnn/fused_attention_stablehlo.py).
 
 cuDNN is reached through `jax.nn.dot_product_attention(implementation='cudnn')`, which has no segment ids:
 its fast path also needs one segment per row. Splash takes segment ids natively.
