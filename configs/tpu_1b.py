@@ -3,12 +3,12 @@ YaRN on one TPU host: FSDP over half its chips x tensor parallelism over 2, spla
 rematerialised. docs/tpu.md has its plans for v5e-8, v4-8, v5p-8 and the Colab TPUs (v5e-1, v2-8).
 
     ctxjax plan --config configs/tpu_1b.py --topology v5e-8
-    python train.py --config configs/tpu_1b.py --workdir runs/1b-32k --config.init_from_hf=/path/to/llama-1b
+    python train.py --config configs/tpu_1b.py --workdir runs/1b-32k --config.init_from_hf=/path/to/model-8k
 
-A Llama-3.2-1B checkpoint is already scaled (llama3, factor 32): extend it with its own type,
-`--config.rope_scaling=llama3` (YaRN would replace its settings and is refused). On one v5e chip (Colab) the
-full model does not fit; LoRA does (docs/tpu.md):
-`--config.mesh.tensor=1 --config.micro_batch_size=1 --config.adaptation.lora_rank=8`.
+The shapes are Llama-3.2-1B's, but its released checkpoint already reaches 128k (llama3 scaling, factor 32):
+these stages lie inside its context and nothing would be rescaled. The recipe extends a model of these shapes
+whose own context is 8k. On one v5e chip (Colab) the full model does not fit; with LoRA it trains up to 26880
+tokens (docs/tpu.md): `--config.mesh.tensor=1 --config.micro_batch_size=1 --config.adaptation.lora_rank=8`.
 """
 
 from ctxjax.train.defaults import default_config, use_tiny_run_settings
@@ -22,8 +22,8 @@ def get_config(variant=None):
     c.rope_scaling = "yarn"
     # `ctxjax plan --topology v5e-8` (docs/tpu.md) chose these. Splash's backward keeps dQ partials for every
     # key tile, so 2048-token key tiles (4x fewer than the default 512) and heads split over 2 chips bring the
-    # 32k stage to 11.8 GiB per v5e chip; FSDP alone over 8 needed 16.7. v4 and v5p compile these tiles past
-    # the kernel's VMEM: there, --config.execution.attention_block_k=512.
+    # 32k stage to 11.8 GiB per v5e chip; FSDP alone over 8 needed 16.7. These tiles outgrow a v4 or v5p
+    # core's VMEM: on a v4-8 use attention_block_k=1024 and micro_batch_size=2, on a v5p-8 512.
     c.execution.update(attention="splash", remat="full", dtype="bfloat16", attention_block_k=2048)
     c.mesh.update(data=1, fsdp=-1, tensor=2, sequence=1)
     c.data.update(source="tfds:pg19", min_doc_tokens=0, mode="pack")
