@@ -1,9 +1,10 @@
 """A 7B-class Llama (Llama-3-8B shapes) extended 8k -> 32k -> 64k on a TPU pod slice: FSDP over the
 remaining chips, tensor parallelism over 4, sequence parallelism (ring attention) in the 64k stage.
 
-    # on every host of the slice:
-    python train.py --config configs/tpu_pod.py --workdir gs://bucket/run --distributed \\
-        --config.init_from_hf=/path/to/llama3-8b
+    # on every host of the slice, with a work directory all of them mount at the same path (docs/tpu.md,
+    # "How to run on a pod": ctxjax writes to file paths, not gs:// URLs):
+    python train.py --config configs/tpu_pod.py --workdir /mnt/ctx/run --distributed \\
+        --config.init_from_hf=/mnt/ctx/llama3-8b
 
 bfloat16 compute with float32 params and optimizer state; activations rematerialised except weight matmuls.
 """
