@@ -5,11 +5,13 @@ Needs libtpu (the `test` extra installs it): without it these tests skip with th
 under CI=true, where a missing libtpu fails them (the `libtpu` fixture, in conftest.py)."""
 
 import json
+import logging
 import os
 
 import pytest
 
 from ctxjax import cli
+from ctxjax.attention.common import warn_fallback
 from ctxjax.plan.chips import parse_topology
 from ctxjax.plan.devices import tpu_devices
 from ctxjax.plan.report import check_fits, stage_plan
@@ -61,6 +63,15 @@ def test_ring_attention_compiles_for_tpu_with_a_sequence_axis(libtpu):
     compiled, row = compile_for("v5e:2x2", one_stage(256, 2048, "execution.attention=ring", "mesh.data=1",
                                                      "mesh.fsdp=2", "mesh.sequence=2"))
     assert "collective-permute" in compiled.compiled.as_text() and row["total_bytes"] < row["hbm_bytes"]
+
+
+def test_splash_on_a_v2_runs_blockwise_and_says_why(libtpu, caplog):
+    """libtpu's Mosaic has no bfloat16 matmul on v2/v3: the kernel would fail to compile with a traceback."""
+    warn_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        compiled, _ = compile_for("v2-8", one_stage(256, 2048, "execution.attention=splash", "mesh.data=1"))
+    assert MOSAIC_CALL not in compiled.compiled.as_text()
+    assert "runs as 'blockwise': libtpu's Mosaic has no bfloat16 matrix multiply on TPU v2" in caplog.text
 
 
 def test_ulysses_compiles_for_tpu_with_splash_inside_and_all_to_alls(libtpu):

@@ -171,9 +171,19 @@ def target_platform() -> str:
 
     Not simply the default backend: a step compiled on a CPU host for a TPU topology (`ctxjax plan`) must
     choose the TPU kernels, and the mesh (`jax.set_mesh`) is what knows its devices."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    device = _target_device()
     return device.platform if device is not None else jax.default_backend()
+
+
+def target_device_kind() -> str:
+    """The device kind the step is compiled for ("TPU v5 lite", "cpu", ...), as `target_platform` finds it."""
+    device = _target_device()
+    return device.device_kind if device is not None else jax.devices()[0].device_kind
+
+
+def _target_device():
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else getattr(mesh, "abstract_device", None)
 
 
 @functools.cache

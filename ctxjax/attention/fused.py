@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
-from ctxjax.attention.common import check_inputs, contract_kwargs, per_shard, target_platform, warn_fallback
+from ctxjax.attention.common import (check_inputs, contract_kwargs, per_shard, target_device_kind,
+                                     target_platform, warn_fallback)
 
 SPLASH_BLOCK = 128  # splash's default tile; lengths must be multiples of it
 # Splash's fused backward (dQ computed with dK/dV, one pass) up to this many key tiles; a separate dQ pass
@@ -161,6 +162,9 @@ def splash_unusable(q, k, alibi_slopes) -> str | None:
     platform = target_platform()
     if platform != "tpu":
         return f"the step is compiled for {platform}, not TPU"
+    kind = target_device_kind()
+    if q.dtype == jnp.bfloat16 and kind in ("TPU v2", "TPU v3"):
+        return f"libtpu's Mosaic has no bfloat16 matrix multiply on {kind}"
     if alibi_slopes is not None:
         return "splash takes no ALiBi slopes"
     if q.shape[1] != k.shape[1]:
