@@ -52,8 +52,9 @@ def test_a_passing_gate_goes_on_a_failing_one_stops_after_its_checkpoint_and_a_r
         run(tiny(passes, fails), tmp_path)
     message = str(failed.value)
     assert "\n" not in message
-    assert "stage 1 (seq_len 32) gate failed at step 4: eval/ppl/fixed_target/32 / eval/ppl/fixed_target/16 = " \
-           in message and "(needs <= 0)" in message and "checkpoint at step 4 is saved" in message
+    assert "stage 1 (seq_len 32) gate failed at step 4: eval/ppl/fixed_target/32 / eval/ppl/fixed_target/16" \
+           " = " in message
+    assert "(needs <= 0)" in message and "checkpoint at step 4 is saved" in message
     assert checkpoints(tmp_path)[-1] == 4  # the stage end: nothing trained is lost
     first = gate_records(tmp_path)
     assert [(r["step"], r["gate/stage"], r["gate/passed"]) for r in first] == [(2, 0, True), (4, 1, False)]
@@ -111,13 +112,15 @@ def test_extensions_train_more_steps_at_the_floor_lr_resume_inside_one_and_stop_
     (dict(gate=dict(metric="ppl/fixed_target", min=2.0, max=1.0)), {}, "min=2.0 > max=1.0"),
     (dict(gate=dict(metric="ppl/fixed_target", max="low")), {}, "max='low' must be a finite number"),
     (dict(gate=dict(metric="ppl/fixed_target", max=float("nan"))), {}, "must be a finite number"),
-    (dict(gate=dict(metric="ppl/fixed_target", length=0, max=1.0)), {}, "length=0 must be a length in tokens"),
+    (dict(gate=dict(metric="ppl/fixed_target", length=0, max=1.0)), {}, "length=0 must be a length in "
+     "tokens"),
     (dict(gate=dict(metric="ppl/fixed_target", ratio_to="previous_seq_len", max=1.0)), {},
      "'previous_seq_len' but stage 0 has no stage before it"),
     (dict(gate=dict(metric="ppl/fixed_target", maximum=1.0)), {}, "unknown field\\(s\\) \\['maximum'\\]"),
     (dict(gate=dict(min=1.0)), {}, "needs metric='TASK/NAME'"),
     (dict(gate="ppl"), {}, "gate='ppl' must be a dict"),
-    (dict(extend_steps=3), {}, "extend_steps=3 extends the stage when its gate fails, but the stage has no gate"),
+    (dict(extend_steps=3), {}, "extend_steps=3 extends the stage when its gate fails, but the stage has no "
+     "gate"),
     (dict(gate=dict(metric="ppl/fixed_target", max=1.0), extend_steps=0), {}, "extend_steps=0 must be"),
     (dict(gate=dict(metric="ppl/fixed_target", max=1.0), max_extensions=2), {}, "max_extensions=2 needs "
      "extend_steps"),
