@@ -72,10 +72,11 @@ def test_extensions_train_more_steps_at_the_floor_lr_resume_inside_one_and_stop_
     never = dict(gate=dict(metric="ppl/fixed_target", length=16, max=1.0), extend_steps=2, max_extensions=2)
     interrupted = str(tmp_path / "interrupted")
     # Stage 0 ends at step 2, fails, trains steps 3-4, stopped after step 3: inside its first extension.
-    assert run(tiny(never), interrupted, stop_after=3)["stopped_at"] == 3
+    only16 = {"eval.lengths": (16,)}
+    assert run(tiny(never, **only16), interrupted, stop_after=3)["stopped_at"] == 3
     with pytest.raises(GateFailed, match="stage 0 .*gate failed at step 6 after 2 extension.*"
                                          "eval/ppl/fixed_target/16 = .* \\(needs <= 1\\).*max_extensions"):
-        run(tiny(never), interrupted)
+        run(tiny(never, **only16), interrupted)
     assert [(r["step"], r["gate/extensions"], r["gate/passed"]) for r in gate_records(interrupted)] == \
         [(2, 0, False), (4, 1, False), (6, 2, False)]
     assert checkpoints(interrupted)[-1] == 6
@@ -90,7 +91,7 @@ def test_extensions_train_more_steps_at_the_floor_lr_resume_inside_one_and_stop_
     bound = dict(max=middle) if values[1] < values[0] else dict(min=middle)
     once = dict(gate=dict(metric="ppl/fixed_target", length=16, **bound), extend_steps=2, max_extensions=2)
     straight = str(tmp_path / "straight")
-    summary = run(tiny(once), straight)
+    summary = run(tiny(once, **only16), straight)
     assert summary["final_step"] == summary["last_step"] == 6
     assert [(r["step"], r["gate/passed"]) for r in gate_records(straight)] == [(2, False), (4, True)]
     got = {r["step"]: r["loss"] for r in records(straight) if "loss" in r}

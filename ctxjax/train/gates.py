@@ -84,6 +84,20 @@ def check(stage: Stage, metrics: dict, step: int) -> list[GateResult]:
     return results
 
 
+def decide(stage: Stage, metrics: dict, step: int, writer) -> bool:
+    """Check `stage`'s gates after its evaluation, log the verdict (a `gate/...` record and a progress line
+    through the MetricsWriter `writer`); True: extend the stage. Raises GateFailed when a gate fails and the
+    stage may not be extended (again)."""
+    results = check(stage, metrics, step)
+    passed = all(r.passed for r in results)
+    extend = not passed and stage.extensions < stage.max_extensions
+    writer.write(step, record(stage, results))
+    writer.note(summary_line(stage, step, results, extend))
+    if not passed and not extend:
+        raise failure(stage, step, results)
+    return extend
+
+
 def record(stage: Stage, results: list[GateResult]) -> dict:
     """The gate's line in metrics.jsonl: its values by name, and whether all passed."""
     out = {"gate/stage": stage.index, "gate/passed": all(r.passed for r in results),

@@ -133,15 +133,9 @@ def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, ch
         summary.update(results)
         if not stage.gates:
             return
-        outcome = gates.check(stage, results, step)
-        passed = all(r.passed for r in outcome)
-        extend = not passed and stage.extensions < stage.max_extensions
-        metrics.write(step, gates.record(stage, outcome))
-        metrics.note(gates.summary_line(stage, step, outcome, extend))
-        if passed:
+        checkpointer.wait()  # the stage end's checkpoint is on disk before a gate may stop the run
+        if not gates.decide(stage, results, step, metrics):
             return
-        if not extend:
-            raise gates.failure(stage, step, outcome)
         start = with_extensions(config, start, gates.extended(start.extensions, stage))
         stages, schedule = start.stages, start.schedule
         last_step = summary["last_step"] = total_steps(stages)
