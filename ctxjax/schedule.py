@@ -150,10 +150,14 @@ def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1,
         if extend and not gates:
             raise InputError(f"stage {i}: extend_steps={extend} extends the stage when its gate fails, but "
                              "the stage has no gate; add gate=dict(metric=..., min=...) or drop extend_steps")
+        floor = float(raw.get("min_lr_ratio", min_lr_ratio))
+        if extend and not floor:
+            raise InputError(f"stage {i}: extend_steps={extend} trains at the floor of the stage's decay, "
+                             "lr * min_lr_ratio, which is 0: an extension would change nothing; set "
+                             "min_lr_ratio > 0 (the stage's or the run's)")
         extended = done.get(i, {})
         stages.append(Stage(i, start, steps, seq_len, int(batch), float(raw["lr"]), warmup,
-                            float(raw.get("min_lr_ratio", min_lr_ratio)),
-                            tuple(sorted(dict(raw.get("position") or {}).items())), data_source, gates,
+                            floor, tuple(sorted(dict(raw.get("position") or {}).items())), data_source, gates,
                             extend, raw.get("max_extensions") or (1 if extend else 0),
                             int(extended.get("extensions", 0)), int(extended.get("steps", 0))))
         start = stages[-1].end

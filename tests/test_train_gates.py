@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ctxjax import cli
-from ctxjax.errors import GateFailed
+from ctxjax.errors import GateFailed, InputError
 from ctxjax.train import apply_overrides, load_config, train_and_evaluate
 from ctxjax.train.configs import validate
 
@@ -51,6 +51,7 @@ def test_a_passing_gate_goes_on_a_failing_one_stops_after_its_checkpoint_and_a_r
     with pytest.raises(GateFailed) as failed:
         run(tiny(passes, fails), tmp_path)
     message = str(failed.value)
+    assert isinstance(failed.value, InputError)  # `ctxjax train` prints it in one line and exits 2
     assert "\n" not in message
     assert "stage 1 (seq_len 32) gate failed at step 4: eval/ppl/fixed_target/32 / eval/ppl/fixed_target/16" \
            " = " in message
@@ -125,6 +126,8 @@ def test_extensions_train_more_steps_at_the_floor_lr_resume_inside_one_and_stop_
     (dict(gate=dict(metric="ppl/fixed_target", max=1.0), extend_steps=0), {}, "extend_steps=0 must be"),
     (dict(gate=dict(metric="ppl/fixed_target", max=1.0), max_extensions=2), {}, "max_extensions=2 needs "
      "extend_steps"),
+    (dict(gate=dict(metric="ppl/fixed_target", max=1.0), extend_steps=2, min_lr_ratio=0.0), {},
+     "an extension would change nothing; set min_lr_ratio > 0"),
 ])
 def test_bad_gates_are_one_line_errors_before_anything_trains(stage0, overrides, message):
     with pytest.raises(ValueError, match=message) as error:
