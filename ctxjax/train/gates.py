@@ -123,11 +123,11 @@ def failure(stage: Stage, step: int, results: list[GateResult]) -> GateFailed:
     """The one line a run stops with (its checkpoint at `step` already saved)."""
     failed = "; ".join(r.describe() for r in results if not r.passed)
     after = f" after {stage.extensions} extension(s) of the stage" if stage.extensions else ""
-    fix = (f"raise --config.stages.{stage.index}.max_extensions" if stage.extend_steps
-           else f"set --config.stages.{stage.index}.extend_steps=N to train the stage longer")
+    fix = (f"a higher --config.stages.{stage.index}.max_extensions" if stage.extend_steps
+           else f"--config.stages.{stage.index}.extend_steps=N (train the stage longer)")
     return GateFailed(f"stage {stage.index} (seq_len {stage.seq_len}) gate failed at step {step}{after}: "
-                      f"{failed}; the checkpoint at step {step} is saved: rerun with the gate changed "
-                      f"(--config.stages.{stage.index}.gate.FIELD=VALUE) or {fix} to go on from it")
+                      f"{failed}; the checkpoint at step {step} is saved: to go on from it, rerun with the "
+                      f"gate changed (--config.stages.{stage.index}.gate.FIELD=VALUE) or with {fix}")
 
 
 def extended(extensions: dict, stage: Stage) -> dict:

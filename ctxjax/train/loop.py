@@ -35,8 +35,8 @@ from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import merge_adapters
 from ctxjax.model import Transformer
 from ctxjax.schedule import stage_at, total_steps
-from ctxjax.train import gates
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
+from ctxjax.train import gates
 from ctxjax.train.configs import execution_config, validate, zigzag_shards
 from ctxjax.train.cost import flops_per_token
 from ctxjax.train.export import check_export, export

@@ -24,6 +24,7 @@ from ctxjax.errors import InputError
 from ctxjax.optimizer import make_optimizer, trainable_labels
 from ctxjax.schedule import Stage, learning_rate_schedule, model_config_for, stage_at
 from ctxjax.train.configs import adaptation_config, model_config, run_stages
+from ctxjax.train.gates import gated_end
 from ctxjax.train.state import abstract_params, init_state, param_shardings, place_params, state_shardings
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, step: int) 
     adaptation, imported = adaptation_config(config), architecture_imported(config, meta)
     _check_adaptation(base, adaptation, imported, workdir)
     _check_same_training(config, meta, adaptation, workdir)
-    stage = stage_at(stages, step)
+    # At a gated stage's end the loop decides its gate first, with that stage's model.
+    stage = gated_end(stages, step) or stage_at(stages, step)
     cfg = model_config_for_stage(config, base, stage)
     _check_same_stage_positions(meta, stage, cfg, step, workdir)
     tx, labels = _optimizer(config, cfg, adaptation, schedule)
