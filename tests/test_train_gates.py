@@ -141,3 +141,35 @@ def test_the_command_line_reports_a_bad_gate_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.startswith("ctxjax train: error: stage 1: gate metric 'needle/acc' is not measured")
+
+
+def test_extensions_lengthen_their_stage_move_the_later_ones_and_train_at_the_floor_lr():
+    from ctxjax.schedule import build_stages, learning_rate_schedule, stage_at
+
+    raw = [dict(steps=4, seq_len=16, lr=1e-2, gate=dict(metric="ppl/fixed_target", max=9.0), extend_steps=3),
+           dict(steps=2, seq_len=32, lr=1e-3)]
+    stages = build_stages(raw, 64, 0.1, {"0": {"extensions": 2, "steps": 6}})
+    assert [(s.start, s.end, s.extensions) for s in stages] == [(0, 10, 2), (10, 12, 0)]
+    assert stages[0].max_extensions == 1  # the default once extend_steps is set
+    assert stage_at(stages, 9).index == 0 and stage_at(stages, 10).index == 1
+    lr = learning_rate_schedule(stages)
+    np.testing.assert_allclose([float(lr(s)) for s in range(4, 10)], 1e-3, rtol=1e-6)
+    assert float(lr(10)) == pytest.approx(1e-3)  # stage 1's peak, two extensions later
+
+
+def test_a_gate_compares_a_value_or_a_ratio_a_nan_fails_and_a_missing_metric_is_one_line():
+    from ctxjax.schedule import build_stages
+    from ctxjax.train import gates
+
+    raw = [dict(steps=1, seq_len=16, lr=1e-3),
+           dict(steps=1, seq_len=32, lr=1e-3, gate=[dict(metric="passkey/acc", min=0.5),
+                                                    dict(metric="eval/ppl/fixed_target", max=1.0,
+                                                         ratio_to="previous_seq_len")])]
+    stage = build_stages(raw, 64)[1]
+    metrics = {"eval/passkey/acc/32": 0.5, "eval/ppl/fixed_target/32": 9.0, "eval/ppl/fixed_target/16": 10.0}
+    assert [(r.value, r.passed) for r in gates.check(stage, metrics, 2)] == [(0.5, True), (0.9, True)]
+    metrics["eval/passkey/acc/32"] = float("nan")
+    assert [r.passed for r in gates.check(stage, metrics, 2)] == [False, True]
+    with pytest.raises(InputError, match="the evaluation at step 2 gave no eval/ppl/fixed_target/16, which "
+                                         "its gate reads"):
+        gates.check(stage, {"eval/passkey/acc/32": 1.0, "eval/ppl/fixed_target/32": 9.0}, 2)
