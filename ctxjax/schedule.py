@@ -70,12 +70,14 @@ class Gate:
         """The flat metrics the gate reads."""
         return tuple(f"eval/{self.metric}/{n}" for n in (self.length, self.ratio_to) if n is not None)
 
-    def describe(self) -> str:
-        """e.g. 'eval/passkey/acc/64 >= 0.9', 'eval/ppl/fixed_target/64 / eval/ppl/fixed_target/32 <= 1'."""
-        name = " / ".join(self.keys())
-        bounds = [f">= {self.min:g}"] if self.min is not None else []
-        bounds += [f"<= {self.max:g}"] if self.max is not None else []
-        return f"{name} {' and '.join(bounds)}"
+    def name(self) -> str:
+        """e.g. 'eval/passkey/acc/64', 'eval/ppl/fixed_target/64 / eval/ppl/fixed_target/32'."""
+        return " / ".join(self.keys())
+
+    def bounds(self) -> str:
+        """e.g. '>= 0.9', '>= 0.5 and <= 2'."""
+        low = [f">= {self.min:g}"] if self.min is not None else []
+        return " and ".join(low + ([f"<= {self.max:g}"] if self.max is not None else []))
 
 
 @dataclasses.dataclass(frozen=True)

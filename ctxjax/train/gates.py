@@ -29,8 +29,7 @@ class GateResult:
 
     def describe(self) -> str:
         """e.g. 'eval/passkey/acc/64 = 0.25 (needs >= 0.9)'."""
-        name = " / ".join(self.gate.keys())
-        return f"{name} = {self.value:.4g} (needs {self.gate.describe()[len(name) + 1:]})"
+        return f"{self.gate.name()} = {self.value:.4g} (needs {self.gate.bounds()})"
 
 
 def check_config(config, stages: list[Stage]) -> None:
