@@ -2,7 +2,9 @@
 the checkpoint, extend_steps trains the stage longer and checks again, and all of it resumes."""
 
 import json
+import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -45,7 +47,9 @@ def checkpoints(workdir):
     return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
-def test_a_passing_gate_goes_on_a_failing_one_stops_after_its_checkpoint_and_a_rerun_decides_again(tmp_path):
+def test_a_passing_gate_goes_on_a_failing_one_stops_after_its_checkpoint_and_a_rerun_decides_again(tmp_path,
+                                                                                                    caplog):
+    caplog.set_level(logging.INFO, logger="ctxjax.train.metrics")
     passes = dict(gate=dict(metric="ppl/fixed_target", max=1e9))
     fails = dict(gate=dict(metric="ppl/fixed_target", length="seq_len", ratio_to="previous_seq_len", max=0.0))
     with pytest.raises(GateFailed) as failed:
@@ -57,6 +61,8 @@ def test_a_passing_gate_goes_on_a_failing_one_stops_after_its_checkpoint_and_a_r
            " = " in message
     assert "(needs <= 0)" in message and "checkpoint at step 4 is saved" in message
     assert checkpoints(tmp_path)[-1] == 4  # the stage end: nothing trained is lost
+    assert re.search(r"stage 0 gate at step 2: eval/ppl/fixed_target/16 = [\d.]+ \(needs <= 1e\+09\): passed",
+                     caplog.text)  # the progress line
     first = gate_records(tmp_path)
     assert [(r["step"], r["gate/stage"], r["gate/passed"]) for r in first] == [(2, 0, True), (4, 1, False)]
     assert first[0]["gate/ppl/fixed_target/16"] == next(r[PPL16] for r in records(tmp_path)
