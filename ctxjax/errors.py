@@ -5,6 +5,9 @@
   and exits 2. (A subclass of ValueError, which is what bad values have always raised.)
 - `CheckpointDamaged`: an `InputError` for one step of a work directory that cannot be read; resuming
   skips it.
+- `GateFailed`: an `InputError` raised when a stage's gate (a condition on its stage-end evaluation) fails
+  and the stage may not be extended again; its checkpoint is saved first, so a rerun with another gate
+  resumes from it (exit 2).
 - `TrainingDiverged`: the loss became NaN/inf; `ctxjax train` exits 3 after saying which step.
 
 Anything else is a bug in ctxjax (or in a library under it) and keeps its traceback (exit 1).
@@ -29,6 +32,11 @@ class CheckpointDamaged(InputError):
     def __init__(self, message: str, step: int, item: str):
         super().__init__(message)
         self.step, self.item = step, item
+
+
+class GateFailed(InputError):
+    """A stage's gate failed after its checkpoint was saved: the message names the metric, its value and the
+    threshold."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -4,6 +4,11 @@ and positional-scheme overrides, turned into an Optax learning-rate schedule and
 Tokens per step stay constant across stages (batch = tokens_per_step / seq_len) unless a stage sets its own
 batch size; the learning rate is one `optax.join_schedules` (warm-up then cosine decay within each stage);
 `stage_at(step)` gives a step's stage, and with it its sequence length.
+
+A stage may name gates (conditions on its stage-end evaluation, checked by ctxjax.train.gates) and
+`extend_steps` / `max_extensions`: the steps it trains again at its length while a gate fails. Extensions done
+so far (a checkpoint's `stage_extensions`) lengthen their stage and move every later stage by as many steps;
+they run at the floor of the stage's decay (lr * min_lr_ratio), where its cosine stays once it is done.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from ctxjax.errors import InputError
 from ctxjax.config import ModelConfig
 
 STAGE_FIELDS = {"steps", "seq_len", "lr", "warmup_steps", "position", "batch_size", "min_lr_ratio",
-                "data_source"}
+                "data_source", "gate", "extend_steps", "max_extensions"}
+GATE_FIELDS = {"metric", "length", "min", "max", "ratio_to"}
 REQUIRED = ("steps", "seq_len", "lr")
 
 
@@ -44,7 +50,34 @@ _STAGE_RANGES = (
     ("warmup_steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     ("min_lr_ratio", lambda v: _number(v) and 0 <= v <= 1,
      "between 0 and 1 (the decay's floor, a fraction of lr)"),
+    ("extend_steps", _positive_int, "a positive integer (steps trained more when a gate fails)"),
+    ("max_extensions", _positive_int, "a positive integer (how often a failed gate may extend the stage)"),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """A condition on the stage-end evaluation: the flat metric `eval/{metric}/{length}` (or its ratio to the
+    same metric at `ratio_to`) must be >= min and/or <= max."""
+
+    metric: str  # a flat evaluation metric without "eval/" and the length: "passkey/acc", "ppl/fixed_target"
+    length: int
+    min: float | None = None
+    max: float | None = None
+    ratio_to: int | None = None  # compare value(length) / value(ratio_to) instead of value(length)
+
+    def keys(self) -> tuple[str, ...]:
+        """The flat metrics the gate reads."""
+        return tuple(f"eval/{self.metric}/{n}" for n in (self.length, self.ratio_to) if n is not None)
+
+    def name(self) -> str:
+        """e.g. 'eval/passkey/acc/64', 'eval/ppl/fixed_target/64 / eval/ppl/fixed_target/32'."""
+        return " / ".join(self.keys())
+
+    def bounds(self) -> str:
+        """e.g. '>= 0.9', '>= 0.5 and <= 2'."""
+        low = [f">= {self.min:g}"] if self.min is not None else []
+        return " and ".join(low + ([f"<= {self.max:g}"] if self.max is not None else []))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +92,23 @@ class Stage:
     min_lr_ratio: float
     position: tuple[tuple[str, Any], ...]  # overrides of the base positional scheme's fields
     data_source: str = ""  # the stage's own data source spec; "" reads data.source
+    gates: tuple[Gate, ...] = ()
+    extend_steps: int = 0  # steps added each time a gate fails (0: a failed gate stops the run)
+    max_extensions: int = 0
+    extensions: int = 0  # extensions done so far
+    extra_steps: int = 0  # the steps they added (extend_steps may have changed between them)
 
     @property
     def end(self) -> int:
-        return self.start + self.steps
+        return self.start + self.steps + self.extra_steps
 
 
-def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) -> list[Stage]:
+def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1,
+                 extensions: Mapping | None = None) -> list[Stage]:
     """Validate the config's stage list (one-line errors naming stage and field) and place it on the step
-    axis."""
+    axis. `extensions`: {stage index: {"extensions": n, "steps": steps added}} of gate extensions done (a
+    checkpoint's `stage_extensions`; keys may be strings, as JSON stores them)."""
+    done = {int(k): v for k, v in dict(extensions or {}).items()}
     if not raw_stages:
         raise InputError("config.stages is empty; give at least one stage with steps, seq_len and lr")
     stages, start = [], 0
@@ -103,11 +144,73 @@ def build_stages(raw_stages, tokens_per_step: int, min_lr_ratio: float = 0.1) ->
         if not isinstance(data_source, str):
             raise InputError(f"stage {i}: data_source={data_source!r} must be a data source spec (a string "
                              "such as 'mix:1*stdlib;1*retrieval:passkey'), or '' for data.source")
+        gates = _gates(i, raw, stages[-1].seq_len if stages else None)
+        extend = raw.get("extend_steps") or 0
+        if raw.get("max_extensions") is not None and not extend:
+            raise InputError(f"stage {i}: max_extensions={raw['max_extensions']} needs extend_steps (the "
+                             "steps each extension trains)")
+        if extend and not gates:
+            raise InputError(f"stage {i}: extend_steps={extend} extends the stage when its gate fails, but "
+                             "the stage has no gate; add gate=dict(metric=..., min=...) or drop extend_steps")
+        floor = float(raw.get("min_lr_ratio", min_lr_ratio))
+        if extend and not floor:
+            raise InputError(f"stage {i}: extend_steps={extend} trains at the floor of the stage's decay, "
+                             "lr * min_lr_ratio, which is 0: an extension would change nothing; set "
+                             "min_lr_ratio > 0 (the stage's or the run's)")
+        extended = done.get(i, {})
         stages.append(Stage(i, start, steps, seq_len, int(batch), float(raw["lr"]), warmup,
-                            float(raw.get("min_lr_ratio", min_lr_ratio)),
-                            tuple(sorted(dict(raw.get("position") or {}).items())), data_source))
-        start += steps
+                            floor, tuple(sorted(dict(raw.get("position") or {}).items())), data_source, gates,
+                            extend, raw.get("max_extensions") or (1 if extend else 0),
+                            int(extended.get("extensions", 0)), int(extended.get("steps", 0))))
+        start = stages[-1].end
     return stages
+
+
+def _gates(i: int, raw: dict, previous_seq_len: int | None) -> tuple[Gate, ...]:
+    """The stage's `gate` (a dict, or a list of dicts that must all pass) as Gates with lengths resolved:
+    `length` is a number of tokens or "seq_len" (the default: the stage's own), `ratio_to` a number of tokens,
+    "seq_len" or "previous_seq_len" (the stage before's)."""
+    given = raw.get("gate")
+    if given is None:
+        return ()
+    items = [given] if _is_mapping(given) else given
+    if not isinstance(items, (list, tuple)) or not items or not all(_is_mapping(g) for g in items):
+        raise InputError(f"stage {i}: gate={given!r} must be a dict such as dict(metric='passkey/acc', "
+                         "min=0.9) or a list of them")
+    named = {"seq_len": raw["seq_len"], "previous_seq_len": previous_seq_len}
+    gates = []
+    for gate in map(dict, items):
+        where = f"stage {i}: gate {gate!r}"
+        unknown = sorted(set(gate) - GATE_FIELDS)
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {unknown}; gate fields are {sorted(GATE_FIELDS)}")
+        if not isinstance(gate.get("metric"), str) or not gate["metric"].strip("/"):
+            raise InputError(f"{where} needs metric='TASK/NAME', a flat evaluation metric without 'eval/' "
+                             "and the length, e.g. 'passkey/acc' or 'ppl/fixed_target'")
+        lengths = {}
+        for field in ("length", "ratio_to"):
+            value = gate.get(field, "seq_len" if field == "length" else None)
+            if value == "previous_seq_len" and previous_seq_len is None:
+                raise InputError(f"{where}: {field}='previous_seq_len' but stage 0 has no stage before it")
+            value = named.get(value, value) if isinstance(value, str) else value
+            if value is not None and not _positive_int(value):
+                raise InputError(f"{where}: {field}={gate.get(field)!r} must be a length in tokens, "
+                                 "'seq_len' or 'previous_seq_len'")
+            lengths[field] = value
+        for field in ("min", "max"):
+            if gate.get(field) is not None and not _number(gate[field]):
+                raise InputError(f"{where}: {field}={gate[field]!r} must be a finite number")
+        low, high = gate.get("min"), gate.get("max")
+        if low is None and high is None:
+            raise InputError(f"{where} sets no threshold: give min (the metric must be at least it) "
+                             "and/or max (at most it)")
+        if low is not None and high is not None and low > high:
+            raise InputError(f"{where}: min={low} > max={high}, which no value passes")
+        metric = gate["metric"].strip("/")
+        metric = metric[len("eval/"):] if metric.startswith("eval/") else metric
+        gates.append(Gate(metric, lengths["length"], None if low is None else float(low),
+                          None if high is None else float(high), lengths["ratio_to"]))
+    return tuple(gates)
 
 
 def total_steps(stages: list[Stage]) -> int:

@@ -113,6 +113,10 @@ CASES = {
     "stage-not-dict": lambda s: s.train("--config.stages.0=5"),
     "stage-unknown-field": lambda s: s.train("--config.stages.0.warmup=3"),
     "stage-lr": lambda s: s.train("--config.stages.0.lr=-1e-3"),
+    "stage-gate-no-eval": lambda s: s.train("--config.stages.1.gate={'metric': 'ppl/fixed_target', "
+                                            "'max': 9}"),
+    "stage-gate-metric": lambda s: s.train("--config.eval_at_stage_end=True",
+                                           "--config.stages.1.gate={'metric': 'needle/acc', 'min': 0.5}"),
     "min-lr-ratio": lambda s: s.train("--config.min_lr_ratio=5"),
     "log-every": lambda s: s.train("--config.log_every=0"),
     "checkpoint-every": lambda s: s.train("--config.checkpoint.every_steps=-1"),

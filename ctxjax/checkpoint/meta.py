@@ -6,6 +6,9 @@ meta = {"format": 2,
                                                       model's)
         "hf_architecture": "Phi3ForCausalLM" | "",    the class an export writes again (import-hf sets it)
         "train_config": {...}, "stage": int, "step": int, "params_only": bool,
+        "stage_extensions": {"1": {"extensions": 2, "steps": 100}},
+                                                      only when a stage gate extended a stage: how often, and
+                                                      the steps added (they lay out the stages)
         ...extra keys the caller adds (e.g. "imported_from")}
 
 Checkpoints written before the three configs were split (no "format") kept execution, adaptation and export

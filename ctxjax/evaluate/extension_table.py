@@ -24,15 +24,17 @@ SUMMARY_FILE = "summary.md"
 
 
 def stage_ends(workdir: str) -> list[tuple[int, int]]:
-    """(last step, seq_len) of every stage, from the training config stored with the run's latest
-    checkpoint."""
+    """(last step, seq_len) of every stage, from the training config and gate extensions stored with the run's
+    latest checkpoint."""
     with Checkpointer(workdir, read_only=True) as checkpointer:
-        train_config = checkpointer.restore_meta().get("train_config") or {}
+        meta = checkpointer.restore_meta()
+    train_config = meta.get("train_config") or {}
     if not train_config.get("stages"):
         raise InputError(f"the checkpoints of {workdir} hold no training config with stages (imported, not "
                          "trained?); an extension table needs a staged training run")
+    # Stages a failed gate extended end later (ctxjax/train/gates.py).
     stages = build_stages(train_config["stages"], int(train_config["tokens_per_step"]),
-                          float(train_config.get("min_lr_ratio", 0.1)))
+                          float(train_config.get("min_lr_ratio", 0.1)), meta.get("stage_extensions"))
     return [(s.end, s.seq_len) for s in stages]
 
 

@@ -40,6 +40,13 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
     return out
 
 
+def metrics_by_length(eval_config) -> tuple[str, ...]:
+    """The names flat_metrics gives a value per length (without the prefix and the length) for the tasks of
+    `eval_config`: "ppl/fixed_target", "passkey/acc", ... (what a training stage's gate may name)."""
+    names = [f"ppl/{m}" for m in eval_config.ppl_methods] if "ppl" in eval_config.tasks else []
+    return tuple(names + [f"{task}/acc" for task in RETRIEVAL_TITLES if task in eval_config.tasks])
+
+
 def skipped_cells(results: dict) -> list[str]:
     """'task: skipped length L: reason' for everything the evaluation could not measure."""
     return [f"{task}: {line[2:]}" for task in ("ppl", *RETRIEVAL_TITLES) if task in results

@@ -2,7 +2,8 @@
 
 from ctxjax.train.configs import apply_overrides, load_config
 from ctxjax.train.defaults import default_config
-from ctxjax.errors import TrainingDiverged
+from ctxjax.errors import GateFailed, TrainingDiverged
 from ctxjax.train.loop import train_and_evaluate
 
-__all__ = ["apply_overrides", "default_config", "load_config", "train_and_evaluate", "TrainingDiverged"]
+__all__ = ["apply_overrides", "default_config", "load_config", "train_and_evaluate", "GateFailed",
+           "TrainingDiverged"]

@@ -22,6 +22,7 @@ from ctxjax.data.config import as_data_config
 from ctxjax.data.sources import eval_source_spec
 from ctxjax.schedule import build_stages
 from ctxjax.sharding import mesh_shape
+from ctxjax.train import gates
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -198,7 +199,7 @@ def validate(config, n_devices: int):
     check_ranges(config)
     cfg, run, adaptation = model_config(config), execution_config(config), adaptation_config(config)
     as_data_config(config.data)
-    stages = build_stages(config.stages, int(config.tokens_per_step), float(config.min_lr_ratio))
+    stages = run_stages(config)
     shape = mesh_shape(dict(config.mesh), n_devices)
     sizes = dict(zip(("data", "fsdp", "tensor", "sequence"), shape))
     batch_ways = sizes["data"] * sizes["fsdp"]
@@ -229,12 +230,19 @@ def validate(config, n_devices: int):
                          f"{EXTEND_METHODS}")
     if config.eval_at_stage_end and not config.eval.source:  # fail now, not after the first stage has trained
         eval_source_spec(as_data_config(config.data))
+    gates.check_config(config, stages)
     if config.rope_scaling and config.rope_scaling not in ROPE_TYPES:
         raise InputError(f"rope_scaling={config.rope_scaling!r} is unknown; use one of {ROPE_TYPES} or ''")
     if sizes["sequence"] > 1 and run.attention not in SEQUENCE_PARALLEL_KERNELS:
         raise InputError(f"mesh.sequence={sizes['sequence']} splits the length across devices; set "
                          "execution.attention='ring' or 'ulysses' so attention sees the whole sequence")
     return cfg, stages, shape
+
+
+def run_stages(config, extensions: dict | None = None):
+    """The config's stages on the step axis, lengthened by the gate extensions done so far (a checkpoint's
+    `stage_extensions`)."""
+    return build_stages(config.stages, int(config.tokens_per_step), float(config.min_lr_ratio), extensions)
 
 
 # The kernels that attend across the `sequence` mesh axis: ring passes K/V shards round the devices, ulysses

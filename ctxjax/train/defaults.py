@@ -34,7 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Stages of context growth: steps, seq_len, lr (peak), optional warmup_steps, min_lr_ratio, batch_size
     # (default tokens_per_step // seq_len), position (overrides of model.position fields, e.g.
     # {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}) and data_source (a source
-    # spec read by that stage instead of data.source, with the same tokenizer; docs/data.md).
+    # spec read by that stage instead of data.source, with the same tokenizer; docs/data.md), gate
+    # (conditions on the stage-end evaluation, e.g. dict(metric="passkey/acc", min=0.9)), extend_steps and
+    # max_extensions (what a failed gate does; README "Stage gates", ctxjax/train/gates.py).
     c.stages = [dict(steps=100, seq_len=256, lr=1e-3, warmup_steps=10)]
     # A rope_type ("linear", "ntk", "yarn", "llama3", "dynamic") applied to every stage longer than the base
     # model's context that sets no position overrides of its own; "" applies none.

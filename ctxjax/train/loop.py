@@ -6,6 +6,8 @@
         batch from the data pipeline -> jitted step (sharded, donated state)
         every log_every: one host sync for metrics;  every checkpoint.every_steps, at stage ends, at the end,
         on SIGTERM and on Ctrl-C: an Orbax checkpoint with the data-iterator state and both configs
+        at a stage end, after its checkpoint: the evaluation (eval_at_stage_end), then the stage's gates
+        (train/gates.py): go on, train the stage longer, or stop
     -> export (config.export_dir)
 """
 
@@ -33,13 +35,14 @@ from ctxjax.fs import ensure_writable_directory, refuse_url
 from ctxjax.hf.tokenizer import exportable_tokenizer
 from ctxjax.lora import merge_adapters
 from ctxjax.model import Transformer
-from ctxjax.schedule import learning_rate_schedule, stage_at, total_steps
+from ctxjax.schedule import stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
+from ctxjax.train import gates
 from ctxjax.train.configs import execution_config, validate, zigzag_shards
 from ctxjax.train.cost import flops_per_token
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
-from ctxjax.train.resume import Start, model_config_for_stage, start_run
+from ctxjax.train.resume import Start, model_config_for_stage, start_run, with_extensions
 from ctxjax.train.stage_data import StageData
 from ctxjax.train.state import grow_positions, state_shardings
 from ctxjax.train.step import jit_train_step, position_buckets
@@ -66,42 +69,43 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     refuse_url(workdir, "the work directory")  # before abspath, which would make gs://b/run a local path
     workdir = os.path.abspath(os.path.expanduser(workdir))
     devices = list(devices if devices is not None else jax.devices())
-    _, stages, _ = validate(config, len(devices))
+    validate(config, len(devices))
     ensure_writable_directory(workdir, "the work directory")
     ensure_writable_directory(checkpoint_dir(workdir), "the checkpoints directory")
     mesh = make_mesh(dict(config.mesh), devices)
-    schedule = learning_rate_schedule(stages)
-    last_step = total_steps(stages)
     with Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                       async_save=config.checkpoint.async_save) as checkpointer, \
             jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), StopRequests() as stop:
-        start = start_run(config, workdir, checkpointer, mesh, stages, schedule)
+        start = start_run(config, workdir, checkpointer, mesh)
+        stages = start.stages  # lengthened by the gate extensions its checkpoint records
         run = execution_config(config)
         # All fit, before compiling.
         stage_models = [model_config_for_stage(config, start.base, s) for s in stages]
         check_export(config, workdir, start.meta, stage_models[-1])
         data = StageData(_data_config(config, workdir, start), workdir, stages, start.base.vocab_size,
                          start.data_state)
-        metrics = MetricsWriter(workdir, last_step, start.step)
+        # Resumed at a gated stage's end: its evaluation and gate are done again (and logged once).
+        metrics = MetricsWriter(workdir, total_steps(stages), start.step,
+                                redo_evaluation=gates.gated_end(stages, start.step) is not None)
         try:
-            summary, state, cfg = _loop(config, workdir, mesh, stages, schedule, start, run, data, metrics,
-                                        checkpointer, stop, stop_after)
+            summary, state, cfg = _loop(config, workdir, mesh, start, run, data, metrics, checkpointer, stop,
+                                        stop_after)
             checkpointer.wait()
         finally:
             metrics.close()
             data.close()
-    if config.export_dir and summary["final_step"] == last_step:
+    if config.export_dir and summary["final_step"] == summary["last_step"]:
         params = merge_adapters(state["params"], start.adaptation)  # what leaves ctxjax is a plain model
         summary["export_dir"] = export(config, cfg, params, workdir, start.meta, start.hf_architecture)
     return summary
 
 
-def _loop(config, workdir, mesh, stages, schedule, start: Start, run, data: StageData, metrics, checkpointer,
-          stop, stop_after):
+def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, checkpointer, stop, stop_after):
     """The steps from `start.step` to the end (or a stop request); returns (summary, state, last model)."""
     # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
     zigzag = zigzag_shards(config, mesh.shape["sequence"])
     peak = float(config.peak_flops) or flops.measured_peak_flops()
+    stages, schedule = start.stages, start.schedule
     last_step = total_steps(stages)
     buckets = run_position_buckets(config, start.base, stages)
     state, step, stage, setup = start.state, start.step, None, None
@@ -110,12 +114,44 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, data: Stag
 
     def save(step):
         _raise_if_diverged(state, checkpointer)
+        extensions = {"stage_extensions": start.extensions} if start.extensions else {}
         checkpointer.save(step, state, data_state=data.pipe.global_state(), force=True,
                           meta=checkpoint_meta(setup.cfg, adaptation=start.adaptation,
                                                hf_architecture=start.hf_architecture,
                                                train_config=config.to_dict(), stage=stage.index,
                                                base_model_config=start.base.to_dict(),
-                                               imported=start.imported, **_provenance(start.meta)))
+                                               imported=start.imported, **extensions,
+                                               **_provenance(start.meta)))
+
+    def finish_stage(step):
+        """The stage-end evaluation and the stage's gates; a failed gate extends the stage (new stages,
+        schedule and compiled step) or raises GateFailed (the checkpoint at `step` is saved already)."""
+        nonlocal start, stages, schedule, last_step, stage, state, setup
+        if not config.eval_at_stage_end:
+            return
+        results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, data.tokenizer,
+                                 workdir, step)
+        metrics.write(step, results)
+        summary.update(results)
+        if not stage.gates:
+            return
+        checkpointer.wait()  # the stage end's checkpoint is on disk before a gate may stop the run
+        if not gates.decide(stage, results, step, metrics):
+            return
+        start = with_extensions(config, start, gates.extended(start.extensions, stage))
+        stages, schedule = start.stages, start.schedule
+        last_step = summary["last_step"] = total_steps(stages)
+        metrics.set_total(last_step)
+        stage = stages[stage.index]
+        state, setup = _enter_stage(config, start, run, stage, state, setup, mesh, buckets)  # the new lr
+
+    resumed_end = gates.gated_end(stages, step)
+    if resumed_end is not None:  # resumed at a gated stage's end: decide its gate (it may have changed) first
+        stage = resumed_end
+        state, setup = _enter_stage(config, start, run, stage, state, None, mesh, buckets)
+        pipe = data.enter(stage, step)
+        fresh_compile = True
+        finish_stage(step)
 
     while step < last_step:
         if stage is None or step == stage.end:
@@ -152,11 +188,8 @@ def _loop(config, workdir, mesh, stages, schedule, start: Start, run, data: Stag
         stopping = stop.requested or step == stop_after
         if at_stage_end or step == last_step or (every and step % every == 0) or stopping:
             save(step)
-        if at_stage_end and config.eval_at_stage_end:
-            results = evaluate_stage(config, setup.cfg, state["params"], start.adaptation, data.tokenizer,
-                                     workdir, step)
-            metrics.write(step, results)
-            summary.update(results)
+        if at_stage_end:
+            finish_stage(step)
         if stopping:
             summary["stopped_at"] = step
             break

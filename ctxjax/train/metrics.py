@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool | None = None):
+    def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool | None = None,
+                 redo_evaluation: bool = False):
+        """`redo_evaluation`: the run evaluates `start_step` again (a gated stage's end), so that step's
+        evaluation and gate records are dropped too."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         if not self.enabled:
             return
@@ -26,7 +29,7 @@ class MetricsWriter:
         # step is recorded once (TensorBoard hides its own copies from purge_step on).
         path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(path):
-            write_atomically(path, "".join(_records_up_to(path, start_step)).encode())
+            write_atomically(path, "".join(_records_up_to(path, start_step, redo_evaluation)).encode())
         self._jsonl = open(path, "a")
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
         self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
@@ -54,6 +57,18 @@ class MetricsWriter:
             shown["loss_by_pos"] = "|".join(by_position)
         self._bar.set_postfix(shown)
 
+    def note(self, line: str) -> None:
+        """A line printed above the progress bar and logged (a stage's gate verdict)."""
+        if self.enabled:
+            self._bar.write(line)
+            log.info(line)
+
+    def set_total(self, total_steps: int) -> None:
+        """The run grew (a stage was extended by its gate)."""
+        if self.enabled:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def close(self) -> None:
         if self.enabled:
             self._bar.close()
@@ -61,7 +76,7 @@ class MetricsWriter:
             self._jsonl.close()
 
 
-def _records_up_to(path: str, last_step: int) -> list[str]:
+def _records_up_to(path: str, last_step: int, redo_evaluation: bool = False) -> list[str]:
     """The lines of a metrics file up to `last_step`. A line that is not a JSON record (the torn last line
     that a kill or a full disk leaves mid-write) is dropped with a warning naming the file and line: the
     metrics are a log of the run, and a resume must never fail on them."""
@@ -76,7 +91,9 @@ def _records_up_to(path: str, last_step: int) -> list[str]:
             except (ValueError, AttributeError):
                 torn.append(number)
                 continue
-            if step <= last_step:
+            redone = redo_evaluation and step == last_step and any(k.startswith(("eval/", "gate/"))
+                                                                   for k in record)
+            if step <= last_step and not redone:
                 kept.append(line if line.endswith("\n") else line + "\n")
     if torn:
         log.warning("%s: dropped line(s) %s, which are not whole JSON records (left by a run that was killed "

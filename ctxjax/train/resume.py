@@ -22,8 +22,9 @@ from ctxjax.checkpoint import Checkpointer, adaptation_of, check_compatible, mod
 from ctxjax.config import ModelConfig
 from ctxjax.errors import InputError
 from ctxjax.optimizer import make_optimizer, trainable_labels
-from ctxjax.schedule import model_config_for, stage_at
-from ctxjax.train.configs import adaptation_config, model_config
+from ctxjax.schedule import Stage, learning_rate_schedule, model_config_for, stage_at
+from ctxjax.train.configs import adaptation_config, model_config, run_stages
+from ctxjax.train.gates import gated_end
 from ctxjax.train.state import abstract_params, init_state, param_shardings, place_params, state_shardings
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,18 @@ class Start:
     data_state: dict | None  # the data iterator's position (None: from the start)
     tx: Any  # the optimizer
     labels: Any  # 'train' / 'freeze' per parameter (optimizer.trainable_labels): what the step differentiates
+    stages: list[Stage]  # the config's stages, lengthened by the gate extensions done so far
+    schedule: Any  # their learning-rate schedule (the optimizer's)
+    extensions: dict  # the checkpoint's `stage_extensions` ({} when none): what lengthened the stages
 
 
-def start_run(config, workdir: str, checkpointer: Checkpointer, mesh, stages, schedule) -> Start:
-    """The newest readable checkpoint's state (damaged newer ones set aside), or a fresh or imported one."""
+def start_run(config, workdir: str, checkpointer: Checkpointer, mesh) -> Start:
+    """The newest readable checkpoint's state (damaged newer ones set aside), or a fresh or imported one.
+    The stages are laid out with the gate extensions that checkpoint records."""
     if not checkpointer.all_steps():
-        return _fresh(config, workdir, mesh, stages, schedule)
+        return _fresh(config, workdir, mesh)
     step, start = checkpointer.newest_readable(
-        lambda step: _restore(config, workdir, checkpointer, mesh, stages, schedule, step))
+        lambda step: _restore(config, workdir, checkpointer, mesh, step))
     damaged = [s for s in checkpointer.all_steps() if s > step]
     if damaged:  # one process moves them; every process then sees the same steps (saves are collective)
         _barrier("ctxjax: every process has read the checkpoints")
@@ -77,7 +82,18 @@ def _optimizer(config, cfg: ModelConfig, adaptation: AdaptationConfig, schedule)
     return make_optimizer(config.optimizer, schedule, labels), labels
 
 
-def _fresh(config, workdir: str, mesh, stages, schedule) -> Start:
+def with_extensions(config, start: Start, extensions: dict) -> Start:
+    """`start` with the stages lengthened by `extensions` and an optimizer following their schedule (the
+    optimizer state is unchanged: only the learning rate after the extended stage's end moves)."""
+    stages = run_stages(config, extensions)
+    schedule = learning_rate_schedule(stages)
+    tx = make_optimizer(config.optimizer, schedule, start.labels)
+    return dataclasses.replace(start, stages=stages, schedule=schedule, extensions=extensions, tx=tx)
+
+
+def _fresh(config, workdir: str, mesh) -> Start:
+    stages = run_stages(config)
+    schedule = learning_rate_schedule(stages)
     base = base_model_config(config, None, workdir)
     adaptation, imported = adaptation_config(config), bool(config.init_from_hf)
     _check_adaptation(base, adaptation, imported, workdir)
@@ -91,18 +107,23 @@ def _fresh(config, workdir: str, mesh, stages, schedule) -> Start:
     else:
         state = init_state(cfg, tx, jax.random.PRNGKey(config.seed), shardings, adaptation)
         architecture = ""
-    return Start(0, None, base, adaptation, architecture, imported, state, None, tx, labels)
+    return Start(0, None, base, adaptation, architecture, imported, state, None, tx, labels, stages, schedule,
+                 {})
 
 
-def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, stages, schedule, step: int) -> Start:
+def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, step: int) -> Start:
     """Step `step`: CheckpointDamaged when it cannot be read (the caller tries an older one); InputError when
     the config cannot resume it (another model, say), which no older step would change."""
     meta = checkpointer.restore_meta(step)
+    extensions = dict(meta.get("stage_extensions") or {})
+    stages = run_stages(config, extensions)
+    schedule = learning_rate_schedule(stages)
     base = base_model_config(config, meta, workdir)
     adaptation, imported = adaptation_config(config), architecture_imported(config, meta)
     _check_adaptation(base, adaptation, imported, workdir)
     _check_same_training(config, meta, adaptation, workdir)
-    stage = stage_at(stages, step)
+    # At a gated stage's end the loop decides its gate first, with that stage's model.
+    stage = gated_end(stages, step) or stage_at(stages, step)
     cfg = model_config_for_stage(config, base, stage)
     _check_same_stage_positions(meta, stage, cfg, step, workdir)
     tx, labels = _optimizer(config, cfg, adaptation, schedule)
@@ -113,9 +134,11 @@ def _restore(config, workdir: str, checkpointer: Checkpointer, mesh, stages, sch
         stored = with_shardings(checkpointer.saved_shapes(step)["params"], param_shardings(base, mesh))
         restored, _, _ = checkpointer.restore({"params": stored}, step)
         state = place_params(prepare_imported(restored["params"], cfg, adaptation, config), tx, shardings)
-        return Start(step, meta, base, adaptation, architecture, imported, state, None, tx, labels)
+        return Start(step, meta, base, adaptation, architecture, imported, state, None, tx, labels, stages,
+                     schedule, extensions)
     state, data_state, _ = checkpointer.restore(with_shardings(abstract, shardings), step)
-    return Start(step, meta, base, adaptation, architecture, imported, state, data_state, tx, labels)
+    return Start(step, meta, base, adaptation, architecture, imported, state, data_state, tx, labels, stages,
+                 schedule, extensions)
 
 
 def model_config_for_stage(config, base: ModelConfig, stage) -> ModelConfig:
