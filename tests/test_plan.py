@@ -91,7 +91,8 @@ def test_a_step_that_does_not_fit_fails_in_one_line(libtpu, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "stage 0 (seq_len 8192, batch 8) does not fit" in err and "remat" in err
     # The compiler gives totals only; the line also names the biggest arrays: here the 8k x 8k scores.
-    assert "largest arrays of the step (global shapes): f32[" in err and ",8192,8192] " in err
+    assert "largest arrays of the step (global shapes, per device inside per-shard kernels): f32[" in err
+    assert ",8192,8192] " in err
 
 
 def test_the_evaluation_after_the_last_stage_is_planned_too(libtpu, capsys):

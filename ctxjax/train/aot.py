@@ -90,8 +90,9 @@ def compile_or_explain(lowered, what: str):
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
         first = str(error).strip().splitlines()[0].rstrip(".")
-        raise StepDoesNotFit(f"{what} does not fit: {first}; largest arrays of the step (global shapes): "
-                             f"{largest_arrays(lowered.as_text())}; {FIT_HINT}") from None
+        raise StepDoesNotFit(f"{what} does not fit: {first}; largest arrays of the step (global shapes, per "
+                             f"device inside per-shard kernels): {largest_arrays(lowered.as_text())}; "
+                             f"{FIT_HINT}") from None
 
 
 @contextlib.contextmanager
