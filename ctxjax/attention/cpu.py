@@ -175,20 +175,20 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                   alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
-                  block_k=DEFAULT_BLOCK_K):
+                  block_k=DEFAULT_BLOCK_K, causal=True):
     """The fused CPU kernel (head_dim a multiple of 16, one device; computed in float32); blockwise otherwise.
 
     It picks its own tiles (`TILE_ROWS`, `TILE_K`); `block_q`/`block_k` only reach the blockwise fallback.
     """
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window, logit_softcap)
-    reason = unusable(q, k)
+                 sliding_window, logit_softcap, causal)
+    reason = unusable(q, k) or (None if causal else "the C++ kernel is causal only")
     if reason:
         warn_fallback("cpu", reason)
         return blockwise_attention(q, k, v, **contract_kwargs(q_segment_ids, kv_segment_ids, q_positions,
                                                               kv_positions, scale, alibi_slopes,
                                                               sliding_window, logit_softcap, block_q,
-                                                              block_k))
+                                                              block_k, causal))
     group = q.shape[2] // k.shape[2]
     tile_q = max(1, min(TILE_ROWS // group, q.shape[1]))
     tile_k = min(TILE_K, round_up(k.shape[1], LANES))
