@@ -12,7 +12,9 @@ segment-id ranges overlap, and (with a sliding window W) its largest position is
 minus W, in some batch row. A `lax.cond` runs the block only then. With ordinary increasing positions this
 skips the upper triangle (about half the work), and with a window all but a band of width W (work linear in
 L); with packed rows it also skips blocks between different documents; with any other layout (PoSE, ring
-shards, zig-zag order) it stays exact and skips what the bounds prove hidden.
+shards, zig-zag order) it stays exact and skips what the bounds prove hidden. Non-causal (`causal=False`)
+only segments and the window hide a block: one whose keys all lie W or more positions before *or after* every
+query of the other (a band of width 2W - 1, still linear in L).
 
 `forward_pass` and `backward_pass` work on one chunk of keys at a time and carry their state, so the ring
 kernel reuses them for the key/value shard it currently holds.

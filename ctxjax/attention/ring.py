@@ -15,7 +15,8 @@ length: a hidden key block is skipped wherever it lives. With plain order the la
 work of the first. `zigzag_order` gives the order in which shard i holds chunks i and 2S-1-i of the sequence
 (equal causal work per shard); `zigzag_batch` permutes tokens, positions, segment ids, targets and weights
 with it once when the batch is made (not in every layer), and the model computes the same loss. The trainer
-does so whenever the mesh has a sequence axis (`ring_zigzag`).
+does so whenever the mesh has a sequence axis (`ring_zigzag`). Non-causal attention (`causal=False`) is
+balanced in either order: every shard sees every other.
 """
 
 from __future__ import annotations
