@@ -128,3 +128,36 @@ def test_auto_choice():
 def test_unknown_kernel_lists_the_names():
     with pytest.raises(ValueError, match="choose one of"):
         get_kernel("flash")
+
+
+@pytest.mark.parametrize("window", [0, 65], ids=["full-mask", "symmetric-window"])
+def test_bidirectional_splash_compiles_for_tpu(libtpu, window):
+    """Mosaic takes splash's non-causal masks (a FullMask, a symmetric LocalMask), forward and backward, under
+    a 4-chip v5e mesh (compiled here on the CPU host by libtpu)."""
+    import jax.numpy as jnp
+    from jax.sharding import AxisType, Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from ctxjax.attention.fused import splash_attention
+    from ctxjax.plan.chips import parse_topology
+    from ctxjax.plan.devices import tpu_devices
+
+    mesh = Mesh(np.array(tpu_devices(parse_topology("v5e:2x2"))), ("data",), axis_types=(AxisType.Auto,))
+    batch, length, head_dim = 4, 256, 128
+
+    def spec(*shape, dtype=jnp.bfloat16):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P("data")))
+
+    def grads(q, k, v, segment_ids, positions):
+        def loss(q, k, v):
+            out = splash_attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                                   q_positions=positions, kv_positions=positions, scale=head_dim ** -0.5,
+                                   sliding_window=window, causal=False)
+            return out.astype(jnp.float32).sum()
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    with jax.set_mesh(mesh):
+        ids = spec(batch, length, dtype=jnp.int32)
+        compiled = jax.jit(grads).lower(spec(batch, length, 2, head_dim), spec(batch, length, 1, head_dim),
+                                        spec(batch, length, 1, head_dim), ids, ids).compile()
+    assert 'custom_call_target="tpu_custom_call"' in compiled.as_text()
