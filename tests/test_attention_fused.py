@@ -161,3 +161,17 @@ def test_bidirectional_splash_compiles_for_tpu(libtpu, window):
         compiled = jax.jit(grads).lower(spec(batch, length, 2, head_dim), spec(batch, length, 1, head_dim),
                                         spec(batch, length, 1, head_dim), ids, ids).compile()
     assert 'custom_call_target="tpu_custom_call"' in compiled.as_text()
+
+
+def test_cudnn_says_it_takes_no_bidirectional_window(monkeypatch):
+    """jax.nn.dot_product_attention's cuDNN path takes no window to the right of the query: a non-causal
+    window runs blockwise, saying so; non-causal without a window and a causal window stay on cuDNN."""
+    import jax.numpy as jnp
+
+    from ctxjax.attention import fused
+
+    monkeypatch.setattr(fused, "target_platform", lambda: "gpu")
+    q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+    assert "no non-causal window" in fused.cudnn_unusable(q, q, None, 0.0, sliding_window=65, causal=False)
+    assert fused.cudnn_unusable(q, q, None, 0.0, sliding_window=0, causal=False) is None
+    assert fused.cudnn_unusable(q, q, None, 0.0, sliding_window=65, causal=True) is None
