@@ -24,13 +24,14 @@ class Case(NamedTuple):
     scale: float
     sliding_window: int = 0
     logit_softcap: float = 0.0
+    causal: bool = True
 
     def kwargs(self):
         """Keyword arguments of a kernel call (everything but q, k, v)."""
         return dict(q_segment_ids=self.q_segment_ids, kv_segment_ids=self.kv_segment_ids,
                     q_positions=self.q_positions, kv_positions=self.kv_positions, scale=self.scale,
                     alibi_slopes=self.alibi_slopes, sliding_window=self.sliding_window,
-                    logit_softcap=self.logit_softcap)
+                    logit_softcap=self.logit_softcap, causal=self.causal)
 
 
 def packed_positions(segment_ids, rng=None, max_gap=0):
@@ -55,7 +56,7 @@ def rotate(x, positions, theta=10000.0):
 
 
 def random_case(seed=0, batch=2, length=96, n_heads=4, n_kv_heads=2, head_dim=16, n_segments=3, max_gap=0,
-                alibi=True, rope=True, sliding_window=0, logit_softcap=0.0) -> Case:
+                alibi=True, rope=True, sliding_window=0, logit_softcap=0.0, causal=True) -> Case:
     """Self-attention over packed rows: `n_segments` documents of random lengths per row."""
     rng = np.random.default_rng(seed)
     segment_ids = np.sort(rng.integers(1, n_segments + 1, (batch, length)), axis=1).astype(np.int32)
@@ -68,7 +69,7 @@ def random_case(seed=0, batch=2, length=96, n_heads=4, n_kv_heads=2, head_dim=16
     slopes = 2.0 ** (-8.0 * np.arange(1, n_heads + 1) / n_heads) if alibi else None
     return Case(q, k, v, segment_ids, segment_ids, positions, positions,
                 None if slopes is None else slopes.astype(np.float32), head_dim ** -0.5, sliding_window,
-                logit_softcap)
+                logit_softcap, causal)
 
 
 def cache_case(seed=0, batch=2, q_len=5, cache_len=40, filled=30, n_heads=4, n_kv_heads=1, head_dim=16,

@@ -40,11 +40,12 @@ def assert_same_as_xla(kernel, case):
         np.testing.assert_allclose(grads[3], want_grads[3], err_msg="d_slopes", rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("block_q, block_k", [(32, 32), (16, 48), (40, 24), (512, 512)],
                          ids=["square", "wide-keys", "not-multiples", "larger-than-length"])
-def test_packed_gqa_alibi_rope(block_q, block_k):
+def test_packed_gqa_alibi_rope(block_q, block_k, causal):
     kernel = functools.partial(blockwise_attention, block_q=block_q, block_k=block_k)
-    assert_same_as_xla(kernel, random_case(length=96, n_heads=4, n_kv_heads=2))
+    assert_same_as_xla(kernel, random_case(length=96, n_heads=4, n_kv_heads=2, causal=causal))
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,48 @@ def test_packed_gqa_alibi_rope(block_q, block_k):
 )
 def test_other_layouts(case):
     assert_same_as_xla(functools.partial(blockwise_attention, block_q=16, block_k=16), case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        random_case(seed=2, length=70, n_heads=4, n_kv_heads=1, alibi=False),  # MQA, padded keys, no window
+        random_case(seed=3, length=64, n_heads=2, n_kv_heads=2, n_segments=1, max_gap=3),  # PoSE-style gaps
+        random_case(seed=7, length=90, sliding_window=13),  # ModernBERT-style symmetric window, padded keys
+        random_case(seed=8, length=64, n_segments=1, max_gap=2, sliding_window=20),  # window over PoSE gaps
+        random_case(seed=9, length=80, logit_softcap=1.5, sliding_window=30),  # cap, window and ALiBi
+    ],
+    ids=["mqa-padded", "pose-gaps", "window", "window-pose", "softcap"],
+)
+def test_bidirectional_layouts(case):
+    assert_same_as_xla(functools.partial(blockwise_attention, block_q=16, block_k=16),
+                       case._replace(causal=False))
+
+
+def test_xla_bidirectional_is_softmax_over_allowed_keys():
+    """Non-causal `xla` against numpy: each query's softmax runs over the keys of its own document within
+    |pos_i - pos_j| < W, with ALiBi's symmetric bias -slope * |pos_i - pos_j| and Gemma 2's soft cap."""
+    case = random_case(seed=11, batch=2, length=40, n_heads=4, n_kv_heads=2, max_gap=1, sliding_window=6,
+                       logit_softcap=2.0, causal=False)
+    out = np.asarray(xla_attention(case.q, case.k, case.v, **case.kwargs()))
+    group = case.q.shape[2] // case.k.shape[2]
+    future_keys_seen = False
+    for b in range(case.q.shape[0]):
+        for h in range(case.q.shape[2]):
+            q, k, v = case.q[b, :, h], case.k[b, :, h // group], case.v[b, :, h // group]
+            scores = q.astype(np.float64) @ k.T * case.scale
+            scores = case.logit_softcap * np.tanh(scores / case.logit_softcap)
+            distance = np.abs(case.q_positions[b][:, None] - case.kv_positions[b][None, :])
+            scores -= case.alibi_slopes[h] * distance
+            allowed = (case.q_segment_ids[b][:, None] == case.kv_segment_ids[b][None, :]) & (
+                distance < case.sliding_window)
+            for i in range(len(q)):
+                logits = scores[i, allowed[i]]
+                p = np.exp(logits - logits.max())
+                np.testing.assert_allclose(out[b, i, h], p @ v[allowed[i]] / p.sum(), **TOL)
+            after = case.q_positions[b][:, None] < case.kv_positions[b][None, :]
+            future_keys_seen |= (allowed & after).any()
+    assert future_keys_seen
 
 
 def test_registered_default_blocks():
@@ -94,6 +137,20 @@ def test_key_blocks_before_the_window_are_skipped():
     assert np.isnan(np.asarray(out[:, 64:96])).any()  # ... while block 64..95 does reach back into them
 
 
+def test_bidirectional_key_blocks_outside_the_window_are_skipped():
+    """Non-causal with a window of 16 each side: queries 32..63 see keys 17..78 only; NaNs in keys 0..15 and
+    96..127 do not reach them, while keys after the queries are seen (no causality)."""
+    case = random_case(seed=5, batch=1, length=128, n_segments=1, sliding_window=16, causal=False)
+    poisoned_k, poisoned_v = case.k.copy(), case.v.copy()
+    poisoned_k[:, :16], poisoned_k[:, 96:] = np.nan, np.nan
+    poisoned_v[:, :16], poisoned_v[:, 96:] = np.nan, np.nan
+    out = blockwise_attention(case.q, poisoned_k, poisoned_v, **case.kwargs(), block_q=32, block_k=16)
+    want = xla_attention(case.q, case.k, case.v, **case.kwargs())
+    np.testing.assert_allclose(out[:, 32:64], want[:, 32:64], **TOL)
+    causal = xla_attention(case.q, case.k, case.v, **case._replace(causal=True).kwargs())
+    assert not np.allclose(want[:, 32:64], causal[:, 32:64], atol=1e-3)
+
+
 def test_xla_window_mask_is_mistrals():
     """Query i sees keys i - W + 1 .. i of its own document (transformers' sliding_window_overlay)."""
     from ctxjax.attention.xla import attention_mask
@@ -102,6 +159,22 @@ def test_xla_window_mask_is_mistrals():
     segments = np.ones((1, 10), np.int32)
     mask = np.asarray(attention_mask(segments, segments, positions, positions, sliding_window=3))[0, 0, 0]
     want = np.array([[0 <= i - j < 3 for j in range(10)] for i in range(10)])
+    np.testing.assert_array_equal(mask, want)
+
+
+def test_xla_bidirectional_window_mask_is_modernberts():
+    """Non-causal, W = ModernBERT's local_attention // 2 + 1: |i - j| <= local_attention // 2, as in
+    transformers' sliding_window_bidirectional_overlay (ModernBertAttention passes config.sliding_window +
+    1)."""
+    from ctxjax.attention.xla import attention_mask
+
+    positions = np.arange(10)[None]
+    segments = np.array([[1] * 6 + [2] * 4], np.int32)
+    local_attention = 4
+    mask = np.asarray(attention_mask(segments, segments, positions, positions,
+                                     sliding_window=local_attention // 2 + 1, causal=False))[0, 0, 0]
+    want = np.array([[abs(i - j) <= local_attention // 2 and segments[0, i] == segments[0, j]
+                      for j in range(10)] for i in range(10)])
     np.testing.assert_array_equal(mask, want)
 
 
@@ -123,6 +196,7 @@ def test_bfloat16_runs_close_to_reference():
         (dict(block_q=0), "block sizes"),
         (dict(sliding_window=-1), "sliding_window must be"),
         (dict(logit_softcap=-1.0), "logit_softcap must be a number >= 0"),
+        (dict(causal="no"), "causal must be True"),
     ],
 )
 def test_bad_inputs_name_the_fix(change, message):

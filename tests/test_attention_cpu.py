@@ -40,6 +40,27 @@ def test_equals_xla(case):
     assert_same_as_xla(cpu.cpu_attention, case)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        random_case(length=96, n_heads=4, n_kv_heads=2),  # packed rows, GQA, ALiBi, RoPE
+        random_case(seed=1, length=300, n_heads=8, n_kv_heads=2, head_dim=64, alibi=False),  # padded key tile
+        random_case(seed=3, length=64, n_heads=2, n_kv_heads=2, n_segments=1, max_gap=3),  # PoSE-style gaps
+        random_case(seed=7, length=333, sliding_window=13),  # symmetric window over several tiles
+        random_case(seed=9, length=80, logit_softcap=1.5, sliding_window=30),  # cap, window and ALiBi
+        random_case(seed=10, batch=3, length=5, n_heads=6, n_kv_heads=3, n_segments=2),  # shorter than a tile
+        # one document, no bias: tiles every query sees whole, but for the padded keys
+        random_case(seed=4, length=70, n_segments=1, alibi=False),
+    ],
+    ids=["packed-gqa-alibi-rope", "tiles-d64", "pose-gaps", "window", "softcap", "short", "unmasked-padded"],
+)
+def test_bidirectional_equals_xla(case):
+    case = case._replace(causal=False)
+    kernel = functools.partial(cpu.cpu_attention, **case.kwargs())
+    assert cpu.FORWARD in jax.jit(kernel).lower(case.q, case.k, case.v).as_text()  # native, not blockwise
+    assert_same_as_xla(cpu.cpu_attention, case)
+
+
 def test_query_rows_that_see_nothing_give_zeros():
     """A query whose segment has no key (cache slots all empty) gets output 0 and zero gradients, as
     blockwise."""

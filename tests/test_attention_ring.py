@@ -40,6 +40,19 @@ def test_ring_equals_single_device(axes, case_and_reference):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL)
 
 
+@pytest.mark.parametrize("window", [0, 21], ids=["bidirectional", "bidirectional-window"])
+def test_ring_bidirectional_equals_single_device(window):
+    """Non-causal: every shard's keys reach every query of the same document (within the window)."""
+    case = random_case(seed=12, batch=2, length=64, n_heads=4, n_kv_heads=2, sliding_window=window,
+                       causal=False)
+    want_out, want_grads = outputs_and_grads(xla_attention, case)
+    with jax.set_mesh(make_mesh(sequence=4)):
+        out, grads = outputs_and_grads(ring, case)
+    np.testing.assert_allclose(out, want_out, **TOL)
+    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+
+
 def test_ring_with_a_logit_soft_cap_equals_single_device():
     case = random_case(seed=11, batch=2, length=64, n_heads=4, n_kv_heads=2, logit_softcap=1.5)
     want_out, want_grads = outputs_and_grads(xla_attention, case)

@@ -22,8 +22,8 @@ GROUP = 8
 
 def dense_reference(case, group):
     """Softmax attention written out per head: head h < H/2 sees keys of its own group pos // group, the other
-    heads of the shifted group (pos + group/2) // group, always within the causal, same-document (and window)
-    mask."""
+    heads of the shifted group (pos + group/2) // group, always within the causal (or, `causal=False`, the
+    symmetric), same-document (and window) mask."""
     q, k, v = (np.asarray(x, np.float64) for x in (case.q, case.k, case.v))
     n_heads, n_kv = q.shape[2], k.shape[2]
     pos, seg = case.q_positions.astype(np.int64), case.q_segment_ids
@@ -33,6 +33,8 @@ def dense_reference(case, group):
         kv = h // (n_heads // n_kv)
         for b in range(q.shape[0]):
             distance = pos[b][:, None] - pos[b][None, :]
+            if not case.causal:
+                distance = np.abs(distance)
             groups = (pos[b] + shift) // group
             same_group = groups[:, None] == groups[None, :]
             mask = (seg[b][:, None] == seg[b][None, :]) & (distance >= 0) & same_group
@@ -53,10 +55,12 @@ KERNELS = {
 }
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("name", sorted(KERNELS))
-def test_every_kernel_under_s2_attention_equals_the_dense_group_reference(name, window):
-    case = random_case(seed=3, length=90, max_gap=2, sliding_window=window)  # gaps: groups follow positions
+def test_every_kernel_under_s2_attention_equals_the_dense_group_reference(name, window, causal):
+    # gaps: groups follow positions
+    case = random_case(seed=3, length=90, max_gap=2, sliding_window=window, causal=causal)
     kernel = functools.partial(shifted_sparse_attention, KERNELS[name], group=GROUP)
     out, grads = outputs_and_grads(kernel, case)
     np.testing.assert_allclose(out, dense_reference(case, GROUP), **TOL)

@@ -36,9 +36,15 @@ def test_ulysses_equals_single_device(axes, n_heads, n_kv_heads):
     assert_equal_to_reference(case, make_mesh(**axes))
 
 
-def test_ulysses_with_a_window_a_soft_cap_and_pose_gaps_equals_single_device():
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_ulysses_with_a_window_a_soft_cap_and_pose_gaps_equals_single_device(causal):
     case = random_case(seed=11, batch=1, length=64, n_heads=4, n_kv_heads=4, sliding_window=13,
-                       logit_softcap=1.5, max_gap=3)
+                       logit_softcap=1.5, max_gap=3, causal=causal)
+    assert_equal_to_reference(case, make_mesh(sequence=4))
+
+
+def test_ulysses_bidirectional_packed_gqa_equals_single_device():
+    case = random_case(seed=7, batch=2, length=64, n_heads=8, n_kv_heads=2, causal=False)
     assert_equal_to_reference(case, make_mesh(sequence=4))
 
 

@@ -33,7 +33,7 @@ QUERY_PAD_POSITION = -1
 
 
 def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window=0, logit_softcap=0.0):
+                 sliding_window=0, logit_softcap=0.0, causal=True):
     """Raise a one-line ValueError naming the fix when shapes break the kernel contract."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise InputError(f"q, k, v must be [batch, length, heads, head_dim]; got {q.shape}, {k.shape}, "
@@ -58,18 +58,42 @@ def check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positio
     if not isinstance(logit_softcap, (int, float)) or not logit_softcap >= 0:
         raise InputError("logit_softcap must be a number >= 0 (0: none; Gemma 2 uses 50); got "
                          f"{logit_softcap!r}")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise InputError(f"causal must be True (decoders) or False (encoders); got {causal!r}")
     if alibi_slopes is not None and jnp.shape(alibi_slopes) != (n_heads,):
         raise InputError(f"alibi_slopes must be [{n_heads}] (one per query head); got "
                          f"{jnp.shape(alibi_slopes)}")
 
 
 def contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                    sliding_window, logit_softcap, block_q, block_k):
+                    sliding_window, logit_softcap, block_q, block_k, causal=True):
     """A kernel's keyword arguments as one dict, for the fused kernels to pass on to their blockwise
     fallback."""
     return dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
                 kv_positions=kv_positions, scale=scale, alibi_slopes=alibi_slopes,
-                sliding_window=sliding_window, logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
+                sliding_window=sliding_window, logit_softcap=logit_softcap, block_q=block_q, block_k=block_k,
+                causal=causal)
+
+
+def visible(same_segment, distance, window, causal, kv_positions=None):
+    """The contract's mask from pairwise `same_segment` and `distance` = pos_i - pos_j (any broadcast shape).
+
+    Causal: 0 <= distance (< window). Non-causal: |distance| < window, or every key without a window; given
+    `kv_positions` (broadcast like `distance`), keys at KEY_PAD_POSITION stay hidden then too, since padding
+    is hidden from causal queries only by its position's being after theirs."""
+    if causal:
+        mask = same_segment & (distance >= 0)
+        return mask & (distance < window) if window else mask
+    mask = same_segment if kv_positions is None else same_segment & (kv_positions != KEY_PAD_POSITION)
+    # -window < d < window, without abs: d = -1 - KEY_PAD_POSITION is int32's minimum, whose abs wraps.
+    return mask & (distance < window) & (distance > -window) if window else mask
+
+
+def alibi_distance(distance, causal):
+    """The distance ALiBi's bias scales: pos_i - pos_j (causal: never negative where visible) or |pos_i -
+    pos_j| (non-causal: symmetric, as in MosaicBERT and jina-bert), as float32."""
+    distance = distance.astype(jnp.float32)
+    return distance if causal else jnp.abs(distance)
 
 
 class Grouped(NamedTuple):

@@ -130,9 +130,9 @@ def usable(q, k) -> bool:
     return unusable(q, k) is None
 
 
-def _attributes(g, tile_q, tile_k, window, softcap):
+def _attributes(g, tile_q, tile_k, window, softcap, causal):
     return dict(tile_q=np.int64(tile_q), tile_k=np.int64(tile_k), window=np.int64(window),
-                softcap=np.float32(softcap), alibi=np.int64(g.slopes is not None))
+                softcap=np.float32(softcap), alibi=np.int64(g.slopes is not None), causal=np.int64(causal))
 
 
 def _slopes(g):
@@ -143,29 +143,30 @@ def _index_args(g):
     return g.q_segment_ids, g.kv_segment_ids, g.q_positions, g.kv_positions
 
 
-def _forward(g, tile_q, tile_k, window, softcap):
+# `rules` = (sliding window, logit soft cap, causal), as in blockwise.
+def _forward(g, tile_q, tile_k, rules):
     shapes = (jax.ShapeDtypeStruct(g.q.shape, jnp.float32), jax.ShapeDtypeStruct(g.q.shape[:-1], jnp.float32))
     call = jax.ffi.ffi_call(FORWARD, shapes, vmap_method="sequential")
-    return call(g.q, g.k, g.v, *_index_args(g), _slopes(g), **_attributes(g, tile_q, tile_k, window, softcap))
+    return call(g.q, g.k, g.v, *_index_args(g), _slopes(g), **_attributes(g, tile_q, tile_k, *rules))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _fused(g, tile_q, tile_k, window, softcap):
-    return _forward(g, tile_q, tile_k, window, softcap)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _fused(g, tile_q, tile_k, rules):
+    return _forward(g, tile_q, tile_k, rules)[0]
 
 
-def _fused_fwd(g, tile_q, tile_k, window, softcap):
-    out, lse = keep_for_backward(*_forward(g, tile_q, tile_k, window, softcap))
+def _fused_fwd(g, tile_q, tile_k, rules):
+    out, lse = keep_for_backward(*_forward(g, tile_q, tile_k, rules))
     return out, (g, out, lse)
 
 
-def _fused_bwd(tile_q, tile_k, window, softcap, residuals, d_out):
+def _fused_bwd(tile_q, tile_k, rules, residuals, d_out):
     g, out, lse = residuals
     slopes = _slopes(g)
     shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (g.q, g.k, g.v, slopes))
     call = jax.ffi.ffi_call(BACKWARD, shapes, vmap_method="sequential")
     dq, dk, dv, d_slopes = call(g.q, g.k, g.v, *_index_args(g), slopes, lse, row_delta(out, d_out),
-                                d_out.astype(jnp.float32), **_attributes(g, tile_q, tile_k, window, softcap))
+                                d_out.astype(jnp.float32), **_attributes(g, tile_q, tile_k, *rules))
     return (g._replace(q=dq, k=dk, v=dv, q_segment_ids=None, kv_segment_ids=None, q_positions=None,
                        kv_positions=None, slopes=None if g.slopes is None else d_slopes),)
 
@@ -175,20 +176,20 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                   alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
-                  block_k=DEFAULT_BLOCK_K):
+                  block_k=DEFAULT_BLOCK_K, causal=True):
     """The fused CPU kernel (head_dim a multiple of 16, one device; computed in float32); blockwise otherwise.
 
     It picks its own tiles (`TILE_ROWS`, `TILE_K`); `block_q`/`block_k` only reach the blockwise fallback.
     """
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window, logit_softcap)
+                 sliding_window, logit_softcap, causal)
     reason = unusable(q, k)
     if reason:
         warn_fallback("cpu", reason)
         return blockwise_attention(q, k, v, **contract_kwargs(q_segment_ids, kv_segment_ids, q_positions,
                                                               kv_positions, scale, alibi_slopes,
                                                               sliding_window, logit_softcap, block_q,
-                                                              block_k))
+                                                              block_k, causal))
     group = q.shape[2] // k.shape[2]
     tile_q = max(1, min(TILE_ROWS // group, q.shape[1]))
     tile_k = min(TILE_K, round_up(k.shape[1], LANES))
@@ -196,5 +197,5 @@ def cpu_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                    tile_q, tile_k)
-    return from_grouped(_fused(g, tile_q, tile_k, sliding_window, float(logit_softcap)),
-                        q.shape[1]).astype(dtype)
+    rules = (sliding_window, float(logit_softcap), bool(causal))
+    return from_grouped(_fused(g, tile_q, tile_k, rules), q.shape[1]).astype(dtype)

@@ -10,9 +10,11 @@
 // one tile of tile_q query positions is a contiguous [tile_q * R, D] matrix against one K/V tile. Lq is a multiple
 // of tile_q, Lk of tile_k; D and tile_k are multiples of 16 (cpu.py pads and checks).
 //
-// Visibility is the contract of ctxjax.attention: key j is visible to query i iff their segment ids are equal and
-// 0 <= pos_i - pos_j (< window when window > 0). Tiles that no pair can see are skipped and tiles that every pair
-// sees skip the mask, both decided from per-tile bounds of positions and segment ids.
+// Visibility is the contract of ctxjax.attention: key j is visible to query i iff their segment ids are equal and,
+// causal, 0 <= pos_i - pos_j (< window when window > 0), or, non-causal, |pos_i - pos_j| < window (any distance
+// without a window; padded keys, at position INT32_MAX, stay hidden); ALiBi's bias is -slope (pos_i - pos_j),
+// non-causal -slope |pos_i - pos_j|. Tiles that no pair can see are skipped and tiles that every pair sees skip
+// the mask, both decided from per-tile bounds of positions and segment ids.
 
 #include <algorithm>
 #include <atomic>
@@ -38,6 +40,8 @@ typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+// Where cpu.py (common.KEY_PAD_POSITION) puts padded keys.
+constexpr int32_t kPadPosition = std::numeric_limits<int32_t>::max();
 
 inline vf load(const float* p) { vf x; std::memcpy(&x, p, sizeof x); return x; }
 inline vi load(const int32_t* p) { vi x; std::memcpy(&x, p, sizeof x); return x; }
@@ -209,7 +213,7 @@ std::vector<Bounds> tile_bounds(const int32_t* seg, const int32_t* pos, int64_t 
 struct Problem {
   int64_t batch, groups, reps, dim, q_len, kv_len, tile_q, tile_k, window;
   float softcap;
-  bool alibi;
+  bool alibi, causal;
   const int32_t *q_seg, *kv_seg, *q_pos, *kv_pos;
   const float* slopes;
   std::vector<Bounds> q_bounds, kv_bounds;
@@ -222,16 +226,24 @@ struct Problem {
   bool may_see(int64_t b, int64_t i, int64_t j) const {
     const Bounds& q = q_bounds[b * q_tiles() + i];
     const Bounds& k = kv_bounds[b * kv_tiles() + j];
-    return k.pos_min <= q.pos_max && k.seg_min <= q.seg_max && q.seg_min <= k.seg_max &&
-           (!window || q.pos_min - k.pos_max < window);
+    return k.seg_min <= q.seg_max && q.seg_min <= k.seg_max && (!causal || k.pos_min <= q.pos_max) &&
+           (!window || q.pos_min - k.pos_max < window) && (!window || causal || k.pos_min - q.pos_max < window);
   }
 
   // Every query of tile i sees every key of tile j: the mask can be skipped.
   bool sees_all(int64_t b, int64_t i, int64_t j) const {
     const Bounds& q = q_bounds[b * q_tiles() + i];
     const Bounds& k = kv_bounds[b * kv_tiles() + j];
-    return q.seg_min == q.seg_max && k.seg_min == k.seg_max && q.seg_min == k.seg_min && q.pos_min >= k.pos_max &&
-           (!window || q.pos_max - k.pos_min < window);
+    const bool one_segment = q.seg_min == q.seg_max && k.seg_min == k.seg_max && q.seg_min == k.seg_min;
+    if (causal) return one_segment && q.pos_min >= k.pos_max && (!window || q.pos_max - k.pos_min < window);
+    return one_segment && k.pos_max != kPadPosition &&
+           (!window || (q.pos_max - k.pos_min < window && k.pos_max - q.pos_min < window));
+  }
+
+  // The distance ALiBi's bias scales: pos_i - pos_j, or non-causal |pos_i - pos_j| (in float: no int wrap-around).
+  vf bias_distance(vi distance) const {
+    const vf x = __builtin_convertvector(distance, vf);
+    return causal ? x : select(x < 0.0f, -x, x);
   }
 
   // What one query row needs to turn the raw scores q.k of key tile j into logits.
@@ -257,11 +269,18 @@ struct Problem {
       *t = vtanh(x * (1.0f / softcap));
       x = *t * softcap;
     }
-    const vi distance = row.pos - load(row.kv_pos + c);
-    if (alibi) x -= row.slope * __builtin_convertvector(distance, vf);
+    const vi distance = row.pos - load(row.kv_pos + c);  // see bias_distance
+    if (alibi) x -= row.slope * bias_distance(distance);
     if (row.masked) {
-      vi visible = (load(row.kv_seg + c) == row.seg) & (distance >= 0);
-      if (window) visible &= distance < static_cast<int32_t>(window);
+      vi visible = load(row.kv_seg + c) == row.seg;
+      if (causal) {
+        visible &= distance >= 0;
+        if (window) visible &= distance < static_cast<int32_t>(window);
+      } else if (window) {  // d = -1 - INT32_MAX (a padded query and key) is INT32_MIN: hidden here too
+        visible &= (distance < static_cast<int32_t>(window)) & (distance > -static_cast<int32_t>(window));
+      } else {
+        visible &= load(row.kv_pos + c) != kPadPosition;
+      }
       x = select(visible, x, splat(-kInf));
     }
     return x;
@@ -328,11 +347,11 @@ Floats pack_transposed(const float* x, const Problem& p, ffi::ThreadPool& pool) 
 Problem make_problem(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::Buffer<ffi::S32>& q_seg,
                      ffi::Buffer<ffi::S32>& kv_seg, ffi::Buffer<ffi::S32>& q_pos, ffi::Buffer<ffi::S32>& kv_pos,
                      ffi::Buffer<ffi::F32>& slopes, int64_t tile_q, int64_t tile_k, int64_t window, float softcap,
-                     int64_t alibi) {
+                     int64_t alibi, int64_t causal) {
   const auto dims = q.dimensions();
   Problem p{dims[0], dims[1], dims[3], dims[4], dims[2], k.dimensions()[2], tile_q, tile_k, window, softcap,
-            alibi != 0, q_seg.typed_data(), kv_seg.typed_data(), q_pos.typed_data(), kv_pos.typed_data(),
-            slopes.typed_data(), {}, {}};
+            alibi != 0, causal != 0, q_seg.typed_data(), kv_seg.typed_data(), q_pos.typed_data(),
+            kv_pos.typed_data(), slopes.typed_data(), {}, {}};
   p.q_bounds = tile_bounds(p.q_seg, p.q_pos, p.batch, p.q_len, p.tile_q);
   p.kv_bounds = tile_bounds(p.kv_seg, p.kv_pos, p.batch, p.kv_len, p.tile_k);
   return p;
@@ -349,8 +368,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
                    ffi::Buffer<ffi::S32> q_seg, ffi::Buffer<ffi::S32> kv_seg, ffi::Buffer<ffi::S32> q_pos,
                    ffi::Buffer<ffi::S32> kv_pos, ffi::Buffer<ffi::F32> slopes, ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> lse, int64_t tile_q, int64_t tile_k, int64_t window, float softcap,
-                   int64_t alibi) {
-  const Problem p = make_problem(q, k, q_seg, kv_seg, q_pos, kv_pos, slopes, tile_q, tile_k, window, softcap, alibi);
+                   int64_t alibi, int64_t causal) {
+  const Problem p = make_problem(q, k, q_seg, kv_seg, q_pos, kv_pos, slopes, tile_q, tile_k, window, softcap, alibi,
+                                 causal);
   if (auto error = check_shapes(p); error.failure()) return error;
   const Floats k_t = pack_transposed(k.typed_data(), p, pool);
   const int64_t rows = p.tile_rows(), dim = p.dim, tk = p.tile_k, workers = worker_count(pool);
@@ -422,8 +442,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::Buffer<ffi::F32> delta, ffi::Buffer<ffi::F32> d_out, ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                     ffi::ResultBuffer<ffi::F32> d_slopes, int64_t tile_q, int64_t tile_k, int64_t window,
-                    float softcap, int64_t alibi) {
-  const Problem p = make_problem(q, k, q_seg, kv_seg, q_pos, kv_pos, slopes, tile_q, tile_k, window, softcap, alibi);
+                    float softcap, int64_t alibi, int64_t causal) {
+  const Problem p = make_problem(q, k, q_seg, kv_seg, q_pos, kv_pos, slopes, tile_q, tile_k, window, softcap, alibi,
+                                 causal);
   if (auto error = check_shapes(p); error.failure()) return error;
   const Floats k_t = pack_transposed(k.typed_data(), p, pool);
   const Floats v_t = pack_transposed(v.typed_data(), p, pool);
@@ -479,7 +500,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
           const vf x = p.logits(load(pr + c), c, mask, &t);
           const vf prob = probability(x, row_lse, mask.masked);
           vf grad = prob * (load(dsr + c) - row_delta);  // w.r.t. the logits after cap and bias
-          if (p.alibi) slope_grad -= grad * __builtin_convertvector(mask.pos - load(mask.kv_pos + c), vf);
+          if (p.alibi) slope_grad -= grad * p.bias_distance(mask.pos - load(mask.kv_pos + c));
           if (p.softcap) grad *= 1.0f - t * t;  // through C tanh(s / C): w.r.t. the raw scores
           store(pr + c, prob);
           store(dsr + c, grad);
@@ -542,7 +563,8 @@ auto bind_attributes(Binding binding) {
       .template Attr<int64_t>("tile_k")
       .template Attr<int64_t>("window")
       .template Attr<float>("softcap")
-      .template Attr<int64_t>("alibi");
+      .template Attr<int64_t>("alibi")
+      .template Attr<int64_t>("causal");
 }
 
 }  // namespace

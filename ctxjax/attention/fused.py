@@ -3,7 +3,10 @@
 Both mask causally by *index*, not position, and neither takes ALiBi slopes without an L x L bias. They equal
 the contract when positions grow with the index inside each segment and every segment is one contiguous run
 (`index_order_is_position_order`): true of ordinary and packed training batches, false of e.g. a KV cache
-or shuffled (zig-zag) rows. That is data, so it is checked at run time on O(L) ints, and a `lax.cond` runs
+or shuffled (zig-zag) rows. Non-causal without a window, positions play no part: the kernels only need the
+same segment ids on both sides (splash compares ids pair by pair, so any order fits). A non-causal window is
+splash's symmetric `LocalMask`; cuDNN (through `jax.nn.dot_product_attention`) takes no window to the right,
+so that case runs blockwise. That is data, so it is checked at run time on O(L) ints, and a `lax.cond` runs
 the fused kernel when it holds and `blockwise` otherwise. Shapes, dtypes or platforms the fused kernel cannot
 take at all (checked at trace time) go straight to `blockwise`, with a warning that says why. Off their
 platform both kernels are `blockwise`, so a config naming them still runs on CPU. The platform is that of the
@@ -55,9 +58,14 @@ def _one_segment_per_row(segment_ids):
     return jnp.all(segment_ids == segment_ids[:, :1])
 
 
-def _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window):
+def _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window, causal=True):
     """`index_order_is_position_order`, and with a window also no position gaps inside a segment (PoSE), so
-    that a window of W indices is a window of W positions."""
+    that a window of W indices is a window of W positions. Non-causal without a window only segments count:
+    the same ids on both sides."""
+    if not causal and not sliding_window:
+        if q_segment_ids.shape != kv_segment_ids.shape:
+            return jnp.asarray(False)
+        return jnp.all(q_segment_ids == kv_segment_ids)
     fits = index_order_is_position_order(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
     if sliding_window:
         same = q_segment_ids[:, 1:] == q_segment_ids[:, :-1]
@@ -71,13 +79,15 @@ def _with_fallback(fast_ok, fused, q, k, v, kwargs):
                     lambda q, k, v: blockwise_attention(q, k, v, **kwargs), q, k, v)
 
 
-def cudnn_unusable(q, k, alibi_slopes, logit_softcap) -> str | None:
+def cudnn_unusable(q, k, alibi_slopes, logit_softcap, sliding_window=0, causal=True) -> str | None:
     """Why cuDNN cannot run these inputs where the step is compiled; None when it can."""
     platform = target_platform()
     if platform != "gpu":
         return f"the step is compiled for {platform}, not GPU"
     if alibi_slopes is not None or logit_softcap:
         return "cuDNN takes neither ALiBi slopes nor a logit soft cap"
+    if sliding_window and not causal:
+        return "cuDNN (jax.nn.dot_product_attention) takes no window to the right: no non-causal window"
     if q.shape[1] != k.shape[1]:
         return "queries and keys differ in length (decoding with a cache)"
     if q.dtype not in (jnp.float16, jnp.bfloat16):
@@ -89,22 +99,23 @@ def cudnn_unusable(q, k, alibi_slopes, logit_softcap) -> str | None:
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                     alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
-                    block_k=DEFAULT_BLOCK_K):
-    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi, no soft cap); blockwise
-    otherwise."""
+                    block_k=DEFAULT_BLOCK_K, causal=True):
+    """cuDNN flash attention (GPU, float16/bfloat16, head_dim <= 128, no ALiBi, no soft cap, no non-causal
+    window); blockwise otherwise."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window, logit_softcap)
+                 sliding_window, logit_softcap, causal)
     kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                              sliding_window, logit_softcap, block_q, block_k)
-    reason = cudnn_unusable(q, k, alibi_slopes, logit_softcap)
+                              sliding_window, logit_softcap, block_q, block_k, causal)
+    reason = cudnn_unusable(q, k, alibi_slopes, logit_softcap, sliding_window, causal)
     if reason:
         warn_fallback("cudnn", reason)
         return blockwise_attention(q, k, v, **kwargs)
     # (W - 1, 0): each query sees itself and the W - 1 tokens before it.
     window = (sliding_window - 1, 0) if sliding_window else None
-    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=True,
+    fused = functools.partial(jax.nn.dot_product_attention, scale=scale, is_causal=bool(causal),
                               local_window_size=window, implementation="cudnn")
-    fast_ok = (_index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
+    fast_ok = (_index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window,
+                                 causal)
                & _one_segment_per_row(q_segment_ids))
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)
 
@@ -119,19 +130,22 @@ def splash_tile(requested: int, length: int) -> int:
 
 
 def splash_fused(q, k, v, segment_ids, scale, sliding_window=0, logit_softcap=0.0, block_q=SPLASH_BLOCK,
-                 block_k=SPLASH_BLOCK, interpret=False):
-    """Splash attention with causal-by-index (and sliding-window) and segment masks and an optional logit soft
-    cap, in tiles of about `block_q` x `block_k` (`splash_tile`); `interpret=True` runs it on CPU for
-    tests."""
+                 block_k=SPLASH_BLOCK, interpret=False, causal=True):
+    """Splash attention with causal-by-index (and sliding-window) or, non-causal, full (or symmetric-window)
+    masks, segment masks and an optional logit soft cap, in tiles of about `block_q` x `block_k`
+    (`splash_tile`); `interpret=True` runs it on CPU for tests."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU-only module; import lazily
 
     batch, length, n_heads, head_dim = q.shape
     n_kv = k.shape[2]
     group = n_heads // n_kv
-    if sliding_window:
-        head_mask = splash.LocalMask((length, length), window_size=(sliding_window - 1, 0), offset=0)
-    else:
+    if sliding_window:  # W - 1 indices before each query and, non-causal, as many after it
+        after = 0 if causal else sliding_window - 1
+        head_mask = splash.LocalMask((length, length), window_size=(sliding_window - 1, after), offset=0)
+    elif causal:
         head_mask = splash.CausalMask((length, length))
+    else:
+        head_mask = splash.FullMask((length, length))
     mask = splash.MultiHeadMask([head_mask] * group)
     bq, bk = splash_tile(block_q, length), splash_tile(block_k, length)
     # Forward and backward in the same tiles; larger tiles than splash's default 128 keep the TPU's matrix
@@ -176,19 +190,21 @@ def splash_unusable(q, k, alibi_slopes) -> str | None:
 
 def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                      alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
-                     block_k=DEFAULT_BLOCK_K):
+                     block_k=DEFAULT_BLOCK_K, causal=True):
     """Pallas splash attention (TPU, lengths multiple of 128, no ALiBi); blockwise otherwise."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window, logit_softcap)
+                 sliding_window, logit_softcap, causal)
     kwargs = contract_kwargs(q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
-                              sliding_window, logit_softcap, block_q, block_k)
+                              sliding_window, logit_softcap, block_q, block_k, causal)
     reason = splash_unusable(q, k, alibi_slopes)
     if reason:
         warn_fallback("splash", reason)
         return blockwise_attention(q, k, v, **kwargs)
     kernel = per_shard(functools.partial(splash_fused, scale=scale, sliding_window=sliding_window,
-                                         logit_softcap=logit_softcap, block_q=block_q, block_k=block_k),
+                                         logit_softcap=logit_softcap, block_q=block_q, block_k=block_k,
+                                         causal=bool(causal)),
                        q.shape[0], q.shape[2], k.shape[2])
     fused = lambda q, k, v: kernel(q, k, v, q_segment_ids)  # noqa: E731
-    fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
+    fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window,
+                                causal)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)

@@ -15,7 +15,8 @@ length: a hidden key block is skipped wherever it lives. With plain order the la
 work of the first. `zigzag_order` gives the order in which shard i holds chunks i and 2S-1-i of the sequence
 (equal causal work per shard); `zigzag_batch` permutes tokens, positions, segment ids, targets and weights
 with it once when the batch is made (not in every layer), and the model computes the same loss. The trainer
-does so whenever the mesh has a sequence axis (`ring_zigzag`).
+does so whenever the mesh has a sequence axis (`ring_zigzag`). Non-causal attention (`causal=False`) is
+balanced in either order: every shard sees every other.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _keys(g):
     return g.k, g.v, g.kv_segment_ids, g.kv_positions
 
 
-# `rules` = (sliding window, logit soft cap): the static arguments the blockwise passes take after the blocks.
+# `rules` = (sliding window, logit soft cap, causal): the static arguments the blockwise passes take after the
+# blocks.
 def _ring_forward_state(g, block_q, block_k, rules, n_shards):
     def hop(_, carry):
         state, kv = carry
@@ -110,10 +112,10 @@ def active_sequence_mesh(kernel: str):
 
 def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                    alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=blockwise.DEFAULT_BLOCK_Q,
-                   block_k=blockwise.DEFAULT_BLOCK_K):
+                   block_k=blockwise.DEFAULT_BLOCK_K, causal=True):
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window, logit_softcap)
+                 sliding_window, logit_softcap, causal)
     mesh = active_sequence_mesh("ring")
     n_shards = mesh.shape[SEQUENCE_AXIS]
     batch, length, n_heads, _ = q.shape
@@ -131,8 +133,8 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
     def local(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes):
         g = to_grouped(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, alibi_slopes,
                        bq, bk)
-        return from_grouped(_ring_grouped(g, bq, bk, (sliding_window, float(logit_softcap)), n_shards),
-                            local_length)
+        rules = (sliding_window, float(logit_softcap), bool(causal))
+        return from_grouped(_ring_grouped(g, bq, bk, rules, n_shards), local_length)
 
     slopes_spec = None if alibi_slopes is None else P(head_axis)
     sharded = jax.shard_map(local, mesh=mesh,

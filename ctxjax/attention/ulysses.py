@@ -57,10 +57,10 @@ def kv_copies(local_heads: int, local_kv_heads: int, n_shards: int) -> int:
 
 def ulysses_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
                       alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=DEFAULT_BLOCK_Q,
-                      block_k=DEFAULT_BLOCK_K):
+                      block_k=DEFAULT_BLOCK_K, causal=True):
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
-                 sliding_window, logit_softcap)
+                 sliding_window, logit_softcap, causal)
     mesh = active_sequence_mesh("ulysses")
     n_shards = mesh.shape[SEQUENCE_AXIS]
     batch, length, n_heads, _ = q.shape
@@ -75,7 +75,7 @@ def ulysses_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv
     head_ways = mesh.shape[HEAD_AXIS] if head_axis else 1
     copies = kv_copies(n_heads // head_ways, n_kv // head_ways, n_shards)
     kernel = functools.partial(local_kernel(target_platform()), scale=scale, sliding_window=sliding_window,
-                               logit_softcap=logit_softcap, block_q=block_q, block_k=block_k)
+                               logit_softcap=logit_softcap, block_q=block_q, block_k=block_k, causal=causal)
 
     def heads_to_length(x):  # [b, L/S, h, D] -> [b, L, h/S, D]
         return lax.all_to_all(x, SEQUENCE_AXIS, split_axis=2, concat_axis=1, tiled=True)

@@ -5,23 +5,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ctxjax.attention.common import alibi_distance, visible
+
 # Large but finite, so a fully masked row (never produced by the model) gives a uniform average, not NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window=0):
-    """[B, 1, 1, Lq, Lk] boolean: same segment, key position not after the query position and, with a
-    sliding window W > 0, fewer than W positions before it."""
+def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window=0, causal=True):
+    """[B, 1, 1, Lq, Lk] boolean: same segment and, causal, key position not after the query position and,
+    with a sliding window W > 0, fewer than W positions before it; non-causal, with a window, fewer than W
+    positions away on either side."""
     same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
     distance = q_positions[:, :, None] - kv_positions[:, None, :]
-    visible = same_segment & (distance >= 0)
-    if sliding_window:
-        visible &= distance < sliding_window
-    return visible[:, None, None]
+    return visible(same_segment, distance, sliding_window, causal)[:, None, None]
 
 
 def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
-                  alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=None, block_k=None):
+                  alibi_slopes=None, sliding_window=0, logit_softcap=0.0, block_q=None, block_k=None,
+                  causal=True):
     del block_q, block_k  # one block: the whole score matrix
     batch, q_len, n_heads, head_dim = q.shape
     kv_len, n_kv = k.shape[1], k.shape[2]
@@ -38,10 +39,10 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     if logit_softcap:
         scores = logit_softcap * jnp.tanh(scores / logit_softcap)
     if alibi_slopes is not None:
-        distance = (q_positions[:, :, None] - kv_positions[:, None, :]).astype(jnp.float32)  # [B, Lq, Lk]
+        distance = alibi_distance(q_positions[:, :, None] - kv_positions[:, None, :], causal)  # [B, Lq, Lk]
         slopes = jnp.asarray(alibi_slopes, jnp.float32).reshape(n_kv, group)
         scores = scores - slopes[None, :, :, None, None] * distance[:, None, None]
-    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window, causal)
     scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch * n_kv, group * q_len, kv_len)
     out = jnp.matmul(probs, vg).reshape(batch, n_kv, group, q_len, head_dim)
