@@ -126,7 +126,8 @@ def failure(stage: Stage, step: int, results: list[GateResult]) -> GateFailed:
            else f"--config.stages.{stage.index}.extend_steps=N (train the stage longer)")
     return GateFailed(f"stage {stage.index} (seq_len {stage.seq_len}) gate failed at step {step}{after}: "
                       f"{failed}; the checkpoint at step {step} is saved: to go on from it, rerun with the "
-                      f"gate changed (--config.stages.{stage.index}.gate.FIELD=VALUE) or with {fix}")
+                      f"gate changed (--config.stages.{stage.index}.gate.FIELD=VALUE, or gate.N.FIELD in a "
+                      f"list of gates) or with {fix}")
 
 
 def extended(extensions: dict, stage: Stage) -> dict:
