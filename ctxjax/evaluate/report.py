@@ -126,11 +126,11 @@ def summary_markdown(results: dict, opening: list[str] = ()) -> str:
     for task in RETRIEVAL_TITLES:
         if task in results:
             lines += _retrieval_section(task, results[task])
-    lines += throughput_lines(results.get("throughput"))
     if "ruler" in results:
         lines += ruler_report.section(results["ruler"])
     if results.get("plots"):
         lines += ["## Plots", ""] + [f"- [{p}]({p})" for p in results["plots"]] + [""]
+    lines += throughput_lines(results.get("throughput"))  # last: what the evaluation cost
     return "\n".join(lines)
 
 
