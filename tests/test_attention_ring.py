@@ -20,6 +20,17 @@ def make_mesh(**axes):
     return jax.make_mesh(tuple(axes.values()), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
 
+def assert_ring_equals_xla(case, wrap=lambda kernel: kernel, **axes):
+    """Ring (wrapped as the reference is) on a mesh of `axes` (default: a sequence axis of 4) equals the
+    single-device reference, values and gradients."""
+    want_out, want_grads = outputs_and_grads(wrap(xla_attention), case)
+    with jax.set_mesh(make_mesh(**(axes or {"sequence": 4}))):
+        out, grads = outputs_and_grads(wrap(ring), case)
+    np.testing.assert_allclose(out, want_out, **TOL)
+    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+
+
 @pytest.fixture(scope="module")
 def case_and_reference():
     case = random_case(seed=7, batch=2, length=128, n_heads=4, n_kv_heads=2)
@@ -45,22 +56,12 @@ def test_ring_bidirectional_equals_single_device(window):
     """Non-causal: every shard's keys reach every query of the same document (within the window)."""
     case = random_case(seed=12, batch=2, length=64, n_heads=4, n_kv_heads=2, sliding_window=window,
                        causal=False)
-    want_out, want_grads = outputs_and_grads(xla_attention, case)
-    with jax.set_mesh(make_mesh(sequence=4)):
-        out, grads = outputs_and_grads(ring, case)
-    np.testing.assert_allclose(out, want_out, **TOL)
-    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
-        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+    assert_ring_equals_xla(case)
 
 
 def test_ring_with_a_logit_soft_cap_equals_single_device():
     case = random_case(seed=11, batch=2, length=64, n_heads=4, n_kv_heads=2, logit_softcap=1.5)
-    want_out, want_grads = outputs_and_grads(xla_attention, case)
-    with jax.set_mesh(make_mesh(sequence=4)):
-        out, grads = outputs_and_grads(ring, case)
-    np.testing.assert_allclose(out, want_out, **TOL)
-    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
-        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+    assert_ring_equals_xla(case)
 
 
 @pytest.mark.parametrize("s2_group", [0, 16], ids=["window", "window+s2"])
@@ -71,12 +72,7 @@ def test_ring_with_a_sliding_window_equals_single_device(s2_group):
     def wrap(kernel):
         return functools.partial(shifted_sparse_attention, kernel, group=s2_group) if s2_group else kernel
 
-    want_out, want_grads = outputs_and_grads(wrap(xla_attention), case)
-    with jax.set_mesh(make_mesh(sequence=4)):
-        out, grads = outputs_and_grads(wrap(ring), case)
-    np.testing.assert_allclose(out, want_out, **TOL)
-    for name, got, want in zip(("dq", "dk", "dv", "d_slopes"), grads, want_grads):
-        np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+    assert_ring_equals_xla(case, wrap=wrap)
 
 
 def test_zigzag_order_gives_the_same_attention(case_and_reference):

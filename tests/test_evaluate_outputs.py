@@ -77,13 +77,18 @@ def test_skipped_lengths_are_explained_in_the_summary(evaluated):
     assert "largest length with >= 80% accuracy at every depth: none" in summary
 
 
-def test_compare_overlays_runs_in_one_set_of_plots(evaluated, tmp_path):
+def compare_with_a_copy(evaluated, tmp_path):
+    """`ctxjax eval --compare` of an evaluation and a renamed copy of it, into tmp_path/cmp."""
     other = tmp_path / "other"
     shutil.copytree(evaluated, other)
     results = json.load(open(other / "results.json"))
     results["run"] = "other"
     json.dump(results, open(other / "results.json", "w"))
     assert cli.main(["eval", "--compare", str(evaluated), str(other), "--out", str(tmp_path / "cmp")]) == 0
+
+
+def test_compare_overlays_runs_in_one_set_of_plots(evaluated, tmp_path):
+    compare_with_a_copy(evaluated, tmp_path)
     for name in ("ppl_vs_length.png", "per_position_loss.png", "passkey_vs_length.png",
                  "needle_vs_length.png"):
         assert_valid_png(tmp_path / "cmp" / name)

@@ -6,7 +6,6 @@ import collections
 import io
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -359,13 +358,8 @@ def test_eval_tasks_ruler_writes_the_table_and_the_plots(evaluated):
 
 
 def test_compare_overlays_ruler_averages(evaluated, tmp_path):
-    from ctxjax import cli
+    from test_evaluate_outputs import compare_with_a_copy
 
-    other = tmp_path / "other"
-    shutil.copytree(evaluated, other)
-    results = json.load(open(other / "results.json"))
-    results["run"] = "other"
-    json.dump(results, open(other / "results.json", "w"))
-    assert cli.main(["eval", "--compare", str(evaluated), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    compare_with_a_copy(evaluated, tmp_path)
     assert_valid_png(tmp_path / "cmp" / "ruler_vs_length.png")
     assert "eval/ruler/average/700" in open(tmp_path / "cmp" / "compare.md").read()

@@ -22,6 +22,7 @@ balanced in either order: every shard sees every other.
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,13 +102,32 @@ def _ring_grouped_bwd(block_q, block_k, rules, n_shards, residuals, d_out):
 _ring_grouped.defvjp(_ring_grouped_fwd, _ring_grouped_bwd)
 
 
-def active_sequence_mesh(kernel: str):
-    """The active mesh, which a sequence-parallel kernel needs with a `sequence` axis."""
+class SequenceLayout(NamedTuple):
+    """How a sequence-parallel kernel splits its inputs over the active mesh: the length over `sequence`
+    (n_shards ways), batch over the data/fsdp axes and heads over `tensor` where they divide."""
+
+    mesh: Any
+    n_shards: int
+    batch_axes: tuple | None
+    head_axis: tuple | None
+
+
+def sequence_layout(kernel: str, q, k) -> SequenceLayout:
+    """The layout of the active mesh, or a one-line error when there is no sequence axis, queries and keys
+    differ in length (decoding with a cache) or the length does not split over the axis."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or SEQUENCE_AXIS not in mesh.axis_names:
         raise InputError(f"{kernel} attention needs an active mesh with a {SEQUENCE_AXIS!r} axis: call it "
                          f"inside `with jax.set_mesh(mesh):`, or use attention='blockwise' on one device")
-    return mesh
+    n_shards = mesh.shape[SEQUENCE_AXIS]
+    batch, length, n_heads, _ = q.shape
+    if k.shape[1] != length:
+        raise InputError(f"{kernel} attention needs queries and keys of one length (got {length} and "
+                         f"{k.shape[1]}); use 'blockwise' or 'xla' for decoding with a cache")
+    if length % n_shards:
+        raise InputError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
+    return SequenceLayout(mesh, n_shards, dividing_axes(mesh, BATCH_AXES, batch),
+                          dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, k.shape[2]))))
 
 
 def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale,
@@ -116,16 +136,8 @@ def ring_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
                  sliding_window, logit_softcap, causal)
-    mesh = active_sequence_mesh("ring")
-    n_shards = mesh.shape[SEQUENCE_AXIS]
-    batch, length, n_heads, _ = q.shape
-    if k.shape[1] != length:
-        raise InputError(f"ring attention needs queries and keys of one length (got {length} and "
-                         f"{k.shape[1]}); use 'blockwise' or 'xla' for decoding with a cache")
-    if length % n_shards:
-        raise InputError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
-    batch_axes = dividing_axes(mesh, BATCH_AXES, batch)
-    head_axis = dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, k.shape[2])))
+    mesh, n_shards, batch_axes, head_axis = sequence_layout("ring", q, k)
+    length = q.shape[1]
     tokens, ids = P(batch_axes, SEQUENCE_AXIS, head_axis, None), P(batch_axes, SEQUENCE_AXIS)
     local_length = length // n_shards
     bq, bk = block_size(block_q, local_length), block_size(block_k, local_length)

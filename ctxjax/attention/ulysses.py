@@ -24,15 +24,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ctxjax.errors import InputError
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
-from ctxjax.attention.common import BATCH_AXES, HEAD_AXIS, check_inputs, dividing_axes, target_platform
+from ctxjax.attention.common import HEAD_AXIS, check_inputs, target_platform
 from ctxjax.attention.fused import cudnn_attention, splash_attention
-from ctxjax.attention.ring import SEQUENCE_AXIS, active_sequence_mesh
+from ctxjax.attention.ring import SEQUENCE_AXIS, sequence_layout
 
 
 def local_kernel(platform: str):
@@ -61,17 +60,8 @@ def ulysses_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv
     """The kernel contract of `ctxjax.attention`, with the length sharded over the `sequence` mesh axis."""
     check_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, alibi_slopes,
                  sliding_window, logit_softcap, causal)
-    mesh = active_sequence_mesh("ulysses")
-    n_shards = mesh.shape[SEQUENCE_AXIS]
-    batch, length, n_heads, _ = q.shape
-    n_kv = k.shape[2]
-    if k.shape[1] != length:
-        raise InputError(f"ulysses attention needs queries and keys of one length (got {length} and "
-                         f"{k.shape[1]}); use 'blockwise' or 'xla' for decoding with a cache")
-    if length % n_shards:
-        raise InputError(f"length {length} must be a multiple of the {SEQUENCE_AXIS!r} axis size {n_shards}")
-    batch_axes = dividing_axes(mesh, BATCH_AXES, batch)
-    head_axis = dividing_axes(mesh, (HEAD_AXIS,), int(np.gcd(n_heads, n_kv)))
+    mesh, n_shards, batch_axes, head_axis = sequence_layout("ulysses", q, k)
+    n_heads, n_kv = q.shape[2], k.shape[2]
     head_ways = mesh.shape[HEAD_AXIS] if head_axis else 1
     copies = kv_copies(n_heads // head_ways, n_kv // head_ways, n_shards)
     kernel = functools.partial(local_kernel(target_platform()), scale=scale, sliding_window=sliding_window,
