@@ -20,11 +20,9 @@ def get_config(variant=None):
                    max_seq_len=8192, norm_eps=1e-5, tie_embeddings=True, param_dtype="float32")
     c.model.position = {"name": "rope", "theta": 500000.0}
     c.rope_scaling = "yarn"
-    # `ctxjax plan --topology v5e-8` (docs/tpu.md) chose these. Splash's backward keeps dQ partials for every
-    # key tile, so 2048-token key tiles (4x fewer than the default 512) and heads split over 2 chips bring the
-    # 32k stage to 11.8 GiB per v5e chip; FSDP alone over 8 needed 16.7. These tiles outgrow a v4 or v5p
-    # core's VMEM: on a v4-8 use attention_block_k=1024 and micro_batch_size=2, on a v5p-8 512.
-    c.execution.update(attention="splash", remat="full", dtype="bfloat16", attention_block_k=2048)
+    # `ctxjax plan --topology v5e-8` (docs/tpu.md) chose these: heads split over 2 chips hold the 32k stage at
+    # 11.8 GiB per v5e chip, FSDP alone over 8 at 12.9.
+    c.execution.update(attention="splash", remat="full", dtype="bfloat16")
     c.mesh.update(data=1, fsdp=-1, tensor=2, sequence=1)
     c.data.update(source="tfds:pg19", min_doc_tokens=0, mode="pack")
     c.tokens_per_step = 2**20  # 1M tokens per step
