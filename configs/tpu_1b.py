@@ -7,7 +7,7 @@ rematerialised. docs/tpu.md has its plans for v5e-8, v4-8, v5p-8 and the Colab T
 
 The shapes are Llama-3.2-1B's, but its released checkpoint already reaches 128k (llama3 scaling, factor 32):
 these stages lie inside its context and nothing would be rescaled. The recipe extends a model of these shapes
-whose own context is 8k. On one v5e chip (Colab) the full model does not fit; with LoRA it trains up to 26880
+whose own context is 8k. On one v5e chip (Colab) the full model does not fit; with LoRA it trains up to 32256
 tokens (docs/tpu.md): `--config.mesh.tensor=1 --config.micro_batch_size=1 --config.adaptation.lora_rank=8`.
 """
 
