@@ -8,6 +8,7 @@ import sys
 
 from ctxjax.commands import (check_logits, eval as evaluate, export, extend_hf, extension_table, generate,
                              import_hf, info, plan, study, train)
+from ctxjax.compile_cache import enable_compilation_cache
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
 from ctxjax.fs import refuse_url
 from ctxjax.tpu_plugin import skip_tpu_plugin_without_a_chip
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args.config_overrides = overrides
     apply_cpu_flags()
     skip_tpu_plugin_without_a_chip()
+    enable_compilation_cache()
     # Bad input is one line naming the fix; anything else is a bug and keeps its traceback (exit 1).
     try:
         for flag in ("workdir", "out"):  # every command's output directories

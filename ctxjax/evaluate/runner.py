@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctxjax.compile_cache import enable_compilation_cache
 from ctxjax.config import ModelConfig
 from ctxjax.execution import ExecutionConfig
 from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
@@ -98,6 +99,7 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     `reread_on_switch`: generation as `ctxjax.generate` documents it (transformers' Phi-3 behaviour).
     `progress`: bars per task and length (default: none). `baseline`: an earlier evaluation's results, checked
     for comparability before anything is measured; its context is the original context of `--tasks short`."""
+    enable_compilation_cache()
     eval_config = as_eval_config(eval_config)
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)

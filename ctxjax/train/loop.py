@@ -26,6 +26,7 @@ from ctxjax import flops
 from ctxjax.attention.ring import zigzag_batch
 from ctxjax.checkpoint import (Checkpointer, checkpoint_dir, checkpoint_meta, replace_tokenizer,
                                tokenizer_dir)
+from ctxjax.compile_cache import enable_compilation_cache
 from ctxjax.config import ModelConfig
 from ctxjax.data import as_data_config, eval_source_spec, find_tokenizer_file, make_global_batch
 from ctxjax.errors import InputError, TrainingDiverged
@@ -67,6 +68,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     devices: the devices of the mesh (default all); stop_after: save and stop once this global step is
     done, as a preemption would (rerunning resumes)."""
     refuse_url(workdir, "the work directory")  # before abspath, which would make gs://b/run a local path
+    enable_compilation_cache()
     workdir = os.path.abspath(os.path.expanduser(workdir))
     devices = list(devices if devices is not None else jax.devices())
     validate(config, len(devices))
