@@ -22,9 +22,9 @@ from ctxjax.train import train_and_evaluate
 PACKAGE = pathlib.Path(__file__).parent.parent / "ctxjax"
 # Lower layers first; a module may import its own layer or a lower one (docs/architecture.md).
 LAYERS = {
-    "core": ("errors", "fs", "dataclass_config", "xla_flags", "tpu_plugin", "config", "execution",
-             "adaptation", "positions", "attention", "model", "loss", "sharding", "schedule", "flops", "lora",
-             "optimizer", "__init__"),
+    "core": ("errors", "fs", "dataclass_config", "xla_flags", "tpu_plugin", "compile_cache", "config",
+             "execution", "adaptation", "positions", "attention", "model", "loss", "sharding", "schedule",
+             "flops", "lora", "optimizer", "__init__"),
     "io": ("hf", "checkpoint", "data"),
     "apps": ("train", "evaluate", "generate", "study", "plan"),
     "commands": ("commands", "cli", "__main__"),
