@@ -10,7 +10,7 @@ import jax
 from ctxjax.attention.blockwise import blockwise_attention
 from ctxjax.attention.common import target_platform
 from ctxjax.attention.cpu import cpu_attention, single_device
-from ctxjax.attention.fused import cudnn_attention, splash_attention
+from ctxjax.attention.fused import FUSED_KERNELS
 from ctxjax.attention.ring import SEQUENCE_AXIS, ring_attention
 from ctxjax.attention.xla import xla_attention
 
@@ -30,10 +30,8 @@ def choose_kernel(q_length: int, kv_length: int, backend: str | None = None):
         return ring_attention
     backend = backend or target_platform()
     # The fused kernels attend a sequence to itself; a prefill into a longer KV cache is not one.
-    if q_length == kv_length and backend == "gpu":
-        return cudnn_attention
-    if q_length == kv_length and backend == "tpu":
-        return splash_attention
+    if q_length == kv_length and backend in FUSED_KERNELS:
+        return FUSED_KERNELS[backend]
     if q_length * kv_length <= XLA_MAX_SCORES:
         return xla_attention
     # The fused CPU kernel runs on one device; a sharded step without a sequence axis runs blockwise.

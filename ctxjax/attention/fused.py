@@ -208,3 +208,8 @@ def splash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_
     fast_ok = _index_order_fits(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window,
                                 causal)
     return _with_fallback(fast_ok, fused, q, k, v, kwargs)
+
+
+# The fused kernel of each platform that has one: what `auto` picks there for self-attention, and what
+# Ulysses runs over each device's heads.
+FUSED_KERNELS = {"gpu": cudnn_attention, "tpu": splash_attention}

@@ -30,14 +30,14 @@ from jax.sharding import PartitionSpec as P
 from ctxjax.errors import InputError
 from ctxjax.attention.blockwise import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
 from ctxjax.attention.common import HEAD_AXIS, check_inputs, target_platform
-from ctxjax.attention.fused import cudnn_attention, splash_attention
+from ctxjax.attention.fused import FUSED_KERNELS
 from ctxjax.attention.ring import SEQUENCE_AXIS, sequence_layout
 
 
 def local_kernel(platform: str):
     """The kernel each device runs over its heads' full length: the platform's fused kernel (which falls
     back to blockwise, with a warning, where it cannot run), blockwise elsewhere."""
-    return {"tpu": splash_attention, "gpu": cudnn_attention}.get(platform, blockwise_attention)
+    return FUSED_KERNELS.get(platform, blockwise_attention)
 
 
 def kv_copies(local_heads: int, local_kv_heads: int, n_shards: int) -> int:
