@@ -70,6 +70,9 @@ class ModelConfig:
     # none.
     attn_logit_softcapping: float = 0.0
     final_logit_softcapping: float = 0.0
+    # False: every token attends to the tokens on both sides (encoders: BERT, RoBERTa, ModernBERT), a sliding
+    # window is symmetric (|pos_q - pos_k| < sliding_window) and ALiBi biases by |pos_q - pos_k|.
+    causal: bool = True
 
     def __post_init__(self):
         if isinstance(self.full_attention_layers, list):  # from JSON (checkpoint metadata): hashable
@@ -210,6 +213,8 @@ class ModelConfig:
                      "30)")
         if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
             fail(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be > 0 (or None: head_dim)")
+        if not isinstance(self.causal, bool):
+            fail(f"causal={self.causal!r} must be True (decoders) or False (encoders)")
         if self.qk_norm and self.family == "gpt2":
             fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
         if not isinstance(self.position, positions_lib.PositionScheme):

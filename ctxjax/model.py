@@ -199,7 +199,7 @@ class Attention(nn.Module):
                           q_positions=positions, kv_positions=kv_positions, scale=cfg.attention_scale,
                           alibi_slopes=cfg.position.alibi_slopes(h), sliding_window=window,
                           logit_softcap=cfg.attn_logit_softcapping, block_q=run.attention_block_q,
-                          block_k=run.attention_block_k)  # [B, L, H, Dh]
+                          block_k=run.attention_block_k, causal=cfg.causal)  # [B, L, H, Dh]
 
         if is_full is None or not cfg.sliding_window:
             out = attend(cfg.sliding_window)

@@ -137,8 +137,27 @@ def test_learned_positions_beyond_the_table_are_refused_or_nan():
     assert np.isnan(out[:, 3]).all()  # loud, never a silently clamped lookup
 
 
+@pytest.mark.parametrize("attention", ["xla", "blockwise"])
+def test_a_bidirectional_model_sees_both_sides_and_keeps_documents_apart(attention):
+    """causal=False (encoders): an early logit changes with a later token, a packed neighbour still changes
+    nothing, and the kernels agree."""
+    cfg = tiny(causal=False, sliding_window=0)
+    params = init_params(cfg, jax.random.PRNGKey(3))
+    run = ExecutionConfig(attention=attention, attention_block_q=8, attention_block_k=8)
+    changed = TOKENS.at[:, 20:].set(0)
+    assert np.abs(forward(cfg, params, changed, execution=run)[:, :12]
+                  - forward(cfg, params, TOKENS, execution=run)[:, :12]).max() > 1e-3
+    pos = jnp.concatenate([jnp.arange(10), jnp.arange(14)])[None]
+    seg = jnp.asarray([[1] * 10 + [2] * 14])
+    together = forward(cfg, params, TOKENS[:1], pos, seg, execution=run)
+    np.testing.assert_allclose(together[:, :10], forward(cfg, params, TOKENS[:1, :10], execution=run),
+                               atol=1e-5)
+    np.testing.assert_allclose(together, forward(cfg, params, TOKENS[:1], pos, seg), atol=1e-5)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(family="t5"), "family='t5' is unknown"),
+    (dict(causal="no"), "causal='no' must be True"),
     (dict(n_heads=4, n_kv_heads=3), "multiple of n_kv_heads"),
     (dict(d_model=30, n_heads=4), "not divisible by n_heads"),
     (dict(param_dtype="float8"), "param_dtype='float8' is unknown"),
