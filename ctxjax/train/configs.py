@@ -194,11 +194,28 @@ def check_ranges(config) -> None:
             raise InputError(f"{key}={value!r} must be {what} (--config.{key}=VALUE)")
 
 
+def check_objective(cfg: ModelConfig, data_config) -> None:
+    """A decoder trains on next tokens, an encoder (causal=False) on masked ones: the other pairing would train
+    a model to copy its input (a bidirectional model sees the next token) or to fill masks it can't see
+    around."""
+    objective = as_data_config(data_config).objective
+    if objective == "mlm" and cfg.causal:
+        raise InputError("data.objective='mlm' trains an encoder, but the model is a decoder (model.causal="
+                         "True); set --config.model.causal=False (or start from an encoder), or "
+                         "--config.data.objective=next_token")
+    if objective == "next_token" and not cfg.causal:
+        raise InputError("the model is an encoder (model.causal=False), which sees the next token: the "
+                         "next-token objective would teach it to copy; set --config.data.objective=mlm "
+                         "(masked-language modelling) or --config.model.causal=True")
+
+
 def validate(config, n_devices: int):
     """Everything that can be checked without compiling; returns (ModelConfig, stages, mesh shape)."""
     check_ranges(config)
     cfg, run, adaptation = model_config(config), execution_config(config), adaptation_config(config)
     as_data_config(config.data)
+    if not config.init_from_hf:  # an imported model's own config is checked once it is read (train/loop.py)
+        check_objective(cfg, config.data)
     stages = run_stages(config)
     shape = mesh_shape(dict(config.mesh), n_devices)
     sizes = dict(zip(("data", "fsdp", "tensor", "sequence"), shape))
