@@ -117,11 +117,12 @@ class RecallTask:
         name, key = NAMES[rng.randint(len(NAMES))], random_key(rng, self.key_digits)
         encode = self.tokenizer.encode
         fact = encode(RECALL_FACT.format(name=name, key=key))
-        value = encode(" " + key)
-        mention = encode(" " + RECALL_MENTION.format(name=name)) + [self.mask_id] * len(value) + encode(".")
+        # The value as it follows "is" in the fact; a token of only whitespace (its leading space) stays shown.
+        masked = [self.mask_id if self.tokenizer.decode([t]).strip() else t for t in encode(" " + key)]
+        mention = encode(" " + RECALL_MENTION.format(name=name)) + masked + encode(".")
         prompt = build_prompt(self.bos + fact, self.filler, mention, [], length, depth)
         self.distances.setdefault((length, depth), []).append(prompt.filler_before)
-        return Trial(prompt, self.tokenizer.decode(value).strip())
+        return Trial(prompt, key)
 
     def with_distances(self, grid: dict) -> dict:
         """run_grid's results with each cell's mean distance (filler tokens between fact and mention)."""
