@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_train import losses, tiny
 
+from ctxjax import cli
 from ctxjax.errors import InputError
 from ctxjax.train import train_and_evaluate
 
@@ -61,6 +62,21 @@ def test_a_resumed_mlm_run_repeats_the_uninterrupted_one(mlm_run, tmp_path):
 def test_mismatched_objective_model_and_tokenizer_are_refused(overrides, message, tmp_path):
     with pytest.raises(InputError, match=message):
         train_and_evaluate(tiny(**overrides), str(tmp_path), devices=jax.devices()[:1])
+
+
+def test_ctxjax_eval_of_an_encoder_workdir_runs_its_tasks_and_generate_refuses_it(mlm_run, tmp_path, capsys):
+    workdir, _ = mlm_run
+    out = tmp_path / "eval"
+    assert cli.main(["eval", workdir, "--out", str(out), "--lengths", "16,128", "--max-documents", "2",
+                     "--trials", "1", "--depths", "1", "--target-tokens", "8", "--mask-rate", "0.5"]) == 0
+    results = json.load(open(out / "results.json"))
+    assert set(results["eval_config"]["tasks"]) == {"mlm", "mlm_recall"}  # an encoder's default
+    assert results["mlm"]["mask_rate"] == 0.5
+    assert cli.main(["eval", workdir, "--tasks", "passkey", "--out", str(tmp_path / "no")]) == 2
+    assert "--tasks encoder" in capsys.readouterr().err
+    assert cli.main(["generate", workdir, "--prompt", "def"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an encoder" in err[0] and "does not generate" in err[0]
 
 
 def losses_at(records, step):
