@@ -81,3 +81,8 @@ def test_ctxjax_eval_of_an_encoder_workdir_runs_its_tasks_and_generate_refuses_i
 
 def losses_at(records, step):
     return next(r for r in records if r["step"] == step and "loss" in r)
+
+
+def test_bert_extend_tiny_grows_its_learned_table_by_copying_and_trains_mlm(tmp_path):
+    summary = train_and_evaluate(tiny("bert_extend"), str(tmp_path), devices=jax.devices()[:1])
+    assert summary["final_step"] == 4 and np.isfinite(summary["loss"])

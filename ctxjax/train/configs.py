@@ -214,8 +214,6 @@ def validate(config, n_devices: int):
     check_ranges(config)
     cfg, run, adaptation = model_config(config), execution_config(config), adaptation_config(config)
     as_data_config(config.data)
-    if not config.init_from_hf:  # an imported model's own config is checked once it is read (train/loop.py)
-        check_objective(cfg, config.data)
     stages = run_stages(config)
     shape = mesh_shape(dict(config.mesh), n_devices)
     sizes = dict(zip(("data", "fsdp", "tensor", "sequence"), shape))

@@ -79,7 +79,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                       async_save=config.checkpoint.async_save) as checkpointer, \
             jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), StopRequests() as stop:
         start = start_run(config, workdir, checkpointer, mesh)
-        check_objective(start.base, config.data)  # the model it starts from may be imported
+        # The model trained is the checkpoint's or the imported one, which config.model may not describe.
+        check_objective(start.base, config.data)
         stages = start.stages  # lengthened by the gate extensions its checkpoint records
         run = execution_config(config)
         # All fit, before compiling.
