@@ -119,3 +119,16 @@ def test_trained_sentencepiece_gets_a_mask_token_only_for_mlm():
     assert with_mask.mask_id in with_mask.special_ids and with_mask.bos_id in with_mask.special_ids
     assert with_mask.mask_id not in with_mask.encode("a <mask> b")  # a control piece: text never makes it
     assert with_mask.hf_config()["mask_token"] == "<mask>"
+
+
+def test_an_hf_tokenizer_finds_its_mask_token_and_every_special(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "ab"])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(str(tmp_path))
+    assert (loaded.mask_id, loaded.pad_id) == (4, 0)
+    assert set(loaded.special_ids) == {0, 1, 2, 3, 4}
