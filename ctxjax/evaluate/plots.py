@@ -139,6 +139,8 @@ def plot_masked(runs: dict[str, dict], path: str) -> str | None:
             ax.plot(*_lengths_and(values, key), marker="o", label=label)
         _length_axis(ax, [int(n) for values in curves.values() for n in values])
         ax.set_ylabel(name)
+        if key == "accuracy":
+            ax.set_ylim(-0.05, 1.05)
         ax.set_title("fixed masked targets, growing context on both sides" if i == 0 else "")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
