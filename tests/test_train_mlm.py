@@ -58,6 +58,7 @@ def test_a_resumed_mlm_run_repeats_the_uninterrupted_one(mlm_run, tmp_path):
     ({**MLM, "model.causal": True}, "data.objective='mlm' trains an encoder, but the model is a decoder"),
     ({**MLM, "data.objective": "next_token"}, "the model is an encoder.*--config.data.objective=mlm"),
     ({**MLM, "data.tokenizer": "bytes"}, "no mask token.*'bytes\\+mask' instead of 'bytes'"),
+    ({**MLM, "eval_at_stage_end": True}, "encoder.*eval tasks \\['ppl'\\].*--tasks encoder"),
 ])
 def test_mismatched_objective_model_and_tokenizer_are_refused(overrides, message, tmp_path):
     with pytest.raises(InputError, match=message):

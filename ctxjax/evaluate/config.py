@@ -137,6 +137,21 @@ class EvalConfig:
 
 
 
+def check_tasks_fit_model(causal: bool, tasks) -> None:
+    """An encoder (causal=False) predicts masked tokens, a decoder next ones: each is evaluated on its own
+    tasks."""
+    if not causal:
+        wrong = [t for t in tasks if t not in ENCODER_TASKS]
+        if wrong:
+            raise InputError(f"the model is an encoder (causal=False): eval tasks {wrong} score or generate next "
+                             "tokens, which it does not predict; use --tasks encoder (mlm, mlm_recall)")
+    else:
+        wrong = [t for t in tasks if t in ENCODER_TASKS]
+        if wrong:
+            raise InputError(f"eval tasks {wrong} fill masked tokens, which needs an encoder (causal=False), but "
+                             "the model is a decoder; use --tasks ppl,passkey (or short, ruler)")
+
+
 def as_eval_config(config_like: Any = None, **overrides) -> EvalConfig:
     """An EvalConfig from an EvalConfig, dict or ml_collections.ConfigDict (None: defaults), plus the
     overrides that are set (the CLI passes None for flags not given)."""

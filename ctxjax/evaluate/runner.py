@@ -19,11 +19,10 @@ from ctxjax.config import ModelConfig
 from ctxjax.execution import ExecutionConfig
 from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
 from ctxjax.data.tokenizer import check_mask_token
-from ctxjax.errors import InputError
 from ctxjax.evaluate import report
 from ctxjax.evaluate.baseline import (baseline_context, check_compatible, compare, load_baseline,
                                       parse_tolerance, tokenizer_signature, verdict_lines)
-from ctxjax.evaluate.config import ENCODER_TASKS, EvalConfig, as_eval_config
+from ctxjax.evaluate.config import EvalConfig, as_eval_config, check_tasks_fit_model
 from ctxjax.evaluate.documents import load_documents
 from ctxjax.evaluate.loading import load_model
 from ctxjax.evaluate.masked import RecallTask, encoder_completer, masked_by_length, recall_correct
@@ -95,20 +94,6 @@ def model_record(cfg: ModelConfig, params, run: ExecutionConfig, tokenizer: Toke
             "tokenizer": tokenizer_signature(tokenizer), "tokenizer_vocab": tokenizer.vocab_size}
 
 
-def check_tasks_fit_model(cfg: ModelConfig, tasks) -> None:
-    """An encoder predicts masked tokens, a decoder next ones: each is evaluated on its own tasks."""
-    if not cfg.causal:
-        wrong = [t for t in tasks if t not in ENCODER_TASKS]
-        if wrong:
-            raise InputError(f"the model is an encoder (causal=False): eval tasks {wrong} score or generate next "
-                             "tokens, which it does not predict; use --tasks encoder (mlm, mlm_recall)")
-    else:
-        wrong = [t for t in tasks if t in ENCODER_TASKS]
-        if wrong:
-            raise InputError(f"eval tasks {wrong} fill masked tokens, which needs an encoder (causal=False), but "
-                             "the model is a decoder; use --tasks ppl,passkey (or short, ruler)")
-
-
 def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_config=None, *,
                    log: Log = _quiet, reread_on_switch: bool = False, progress: Progress | None = None,
                    baseline: dict | None = None) -> dict:
@@ -118,7 +103,7 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     for comparability before anything is measured; its context is the original context of `--tasks short`."""
     enable_compilation_cache()
     eval_config = as_eval_config(eval_config)
-    check_tasks_fit_model(cfg, eval_config.tasks)
+    check_tasks_fit_model(cfg.causal, eval_config.tasks)
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
     check_vocab_fits(tokenizer, cfg.vocab_size)

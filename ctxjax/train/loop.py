@@ -80,7 +80,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
             jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), StopRequests() as stop:
         start = start_run(config, workdir, checkpointer, mesh)
         # The model trained is the checkpoint's or the imported one, which config.model may not describe.
-        check_objective(start.base, config.data)
+        check_objective(start.base, config)
         stages = start.stages  # lengthened by the gate extensions its checkpoint records
         run = execution_config(config)
         # All fit, before compiling.
