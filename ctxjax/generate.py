@@ -191,6 +191,12 @@ def _reread_step(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> 
     return fed if 1 <= fed < max_new_tokens else 0
 
 
+def check_can_generate(cfg: ModelConfig) -> None:
+    if not cfg.causal:
+        raise InputError("the model is an encoder (causal=False): it fills masked tokens from both sides and does "
+                         "not generate text left to right; evaluate it with `ctxjax eval --tasks encoder`")
+
+
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = (), seed: int = 0,
              pad_to_multiple: int = 64, return_logits: bool = False, execution: ExecutionConfig | None = None,
@@ -205,6 +211,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     on_token(n): called on the host as decoding goes, with the number of tokens generated so far (for a
     progress bar; it costs a host callback per step, so leave it None in loops that must not wait)."""
     run = execution or ExecutionConfig(attention="auto")
+    check_can_generate(cfg)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
     prompts = _checked_prompts(prompts, cfg.vocab_size)

@@ -132,6 +132,10 @@ CASES = {
     "imported-without-tokenizer": lambda s: ["train", "--config",
                                              os.path.join(ROOT, "configs", "llama_extend.py:tiny"),
                                              "--workdir", s.imported(), "--config.data.tokenizer=''"],
+    "mlm-decoder": lambda s: s.train("--config.data.objective=mlm", "--config.data.tokenizer=bytes+mask",
+                                     "--config.model.vocab_size=259"),
+    "encoder-next-token": lambda s: s.train("--config.model.causal=False"),
+    "mlm-no-mask-token": lambda s: s.train("--config.model.causal=False", "--config.data.objective=mlm"),
     "jsonl-text-not-string": lambda s: s.train(
         f"--config.data.source='jsonl:{s.file('d.jsonl', NOT_A_STRING)}'",
         "--config.data.on_decode_error='fail'"),

@@ -17,6 +17,7 @@ from ctxjax.commands.arguments import (add_model_arguments, floats, int_list, lo
 from ctxjax.errors import InputError
 from ctxjax.evaluate import as_eval_config, compare_runs, run_evaluation
 from ctxjax.evaluate.baseline import load_baseline, parse_tolerance, verdict_lines
+from ctxjax.evaluate.config import ENCODER_TASKS
 from ctxjax.evaluate.progress import Progress
 from ctxjax.evaluate.report import load_results, measured_anything, skipped_cells
 from ctxjax.evaluate.runner import workdir_eval_dir
@@ -44,12 +45,14 @@ def register(subparsers) -> None:
                         help="overlay these evaluation output directories")
     parser.add_argument("--mesh", type=mesh_sizes, default={"fsdp": -1},
                         help="device mesh for the parameters, e.g. fsdp=-1 (default) or fsdp=-1,tensor=2")
-    parser.add_argument("--tasks", type=names, default=("ppl", "passkey"),
+    parser.add_argument("--tasks", type=names,
                         help="comma-separated: ppl,passkey,multikey,needle, RULER's niah_single,"
                              "niah_multikey,niah_multivalue,niah_multiquery,vt,cwe,fwe,qa, or the sets "
                              "'ruler' (all of RULER's) and 'short' (ppl,passkey,multikey,needle at 1/4, 1/2 "
-                             "and 1 x the original context: --baseline's, else the model's); default: "
-                             "ppl,passkey")
+                             "and 1 x the original context: --baseline's, else the model's); an encoder's: "
+                             "mlm,mlm_recall, the set 'encoder'; default: ppl,passkey (an encoder: encoder)")
+    parser.add_argument("--mask-rate", type=float,
+                        help="mlm: the share of the middle --target-tokens tokens masked (default 0.15)")
     parser.add_argument("--lengths", type=int_list,
                         help="comma-separated context lengths (default: 0.5, 1, 2 x context)")
     parser.add_argument("--source", default="stdlib:eval",
@@ -88,6 +91,7 @@ def _eval_config(args):
     return as_eval_config(
         tasks=args.tasks, lengths=args.lengths, source=args.source, max_documents=args.max_documents,
         ppl_methods=args.ppl_methods, stride=args.stride, target_tokens=args.target_tokens,
+        mask_rate=args.mask_rate,
         fixed_target_context=args.fixed_target_context,
         max_windows=args.max_windows, batch_size=args.batch_size, attention=args.attention,
         depths=args.depths, trials=args.trials, distractors=args.distractors, needle=args.needle,
@@ -112,6 +116,8 @@ def run(args) -> int:
         load_baseline(args.baseline)
     parse_tolerance(args.tolerance)
     cfg, params, tokenizer, architecture = load_model_from_args(args)
+    if args.tasks is None and not cfg.causal:  # an encoder's default: its own tasks
+        eval_config = eval_config.replace(tasks=ENCODER_TASKS)
     out = args.out or _default_out(args)
     name = args.name or os.path.basename(os.path.normpath(args.workdir or args.hf))
     # Parameters sharded over all devices as in training (FSDP by default), so what trains also evaluates.

@@ -10,7 +10,7 @@ from ctxjax.commands.arguments import add_model_arguments, load_model_from_args
 from ctxjax.errors import InputError
 from ctxjax.evaluate.progress import Progress
 from ctxjax.execution import ExecutionConfig
-from ctxjax.generate import Sampling, generate
+from ctxjax.generate import Sampling, check_can_generate, generate
 from ctxjax.hf import rereads_on_rope_switch
 
 
@@ -62,6 +62,7 @@ def run(args) -> int:
     if not texts:
         raise InputError("give at least one --prompt TEXT or --prompt-file FILE")
     cfg, params, tokenizer, architecture = load_model_from_args(args)
+    check_can_generate(cfg)  # before the warnings about lengths, which an encoder does not have
     bos = [] if args.no_bos or tokenizer.bos_id is None else [tokenizer.bos_id]
     prompts = [bos + tokenizer.encode(t) for t in texts]
     stops = tuple(t for t in _stop_tokens(tokenizer, args.stop) if t < cfg.vocab_size)

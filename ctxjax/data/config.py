@@ -13,6 +13,9 @@ from ctxjax.dataclass_config import dataclass_from
 from ctxjax.errors import InputError
 
 MODES = ("pack", "pack_whole", "crop")
+# What a batch teaches: "next_token" (decoders: targets are the following tokens) or "mlm" (encoders: BERT's
+# masked-language modelling; targets are the original tokens at masked positions, ctxjax/data/masking.py).
+OBJECTIVES = ("next_token", "mlm")
 DECODE_ERROR_POLICIES = ("skip", "fail")
 
 
@@ -65,6 +68,15 @@ class DataConfig:
     # Tokenize a process's whole share once and cache it in WORKDIR/token_cache (True), or tokenize each
     # document when the stream reaches it (False). None: True for local files, False for tfds.
     precompute_tokens: bool | None = None
+    # The training objective, as data (the loss is the same cross-entropy): "next_token" or "mlm". With "mlm"
+    # each row's text tokens (never BOS/EOS/padding/other specials) are chosen at `mask_rate` (BERT 0.15,
+    # ModernBERT 0.3), freshly for every row from (seed, shard, row index) so a resumed run sees the same
+    # masks; a chosen token becomes the mask token, a random token or stays itself with the probabilities
+    # `mask_replace` (BERT's 80/10/10); the loss counts the chosen positions only. A trained tokenizer gets a
+    # mask token; a given one must have one ("bytes+mask" for the byte tokenizer).
+    objective: str = "next_token"
+    mask_rate: float = 0.15
+    mask_replace: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -78,6 +90,16 @@ class DataConfig:
             raise DataError("data.num_shards must be at least 1 (or None for one per process)")
         if self.max_documents is not None and self.max_documents < 1:
             raise DataError(f"data.max_documents={self.max_documents} must be at least 1 (or None for all)")
+        if self.objective not in OBJECTIVES:
+            raise DataError(f"data.objective={self.objective!r} is unknown; use one of {OBJECTIVES}")
+        if not (isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1):
+            raise DataError(f"data.mask_rate={self.mask_rate!r} must be a fraction in (0, 1), e.g. 0.15 (BERT) "
+                            "or 0.3 (ModernBERT)")
+        replace = tuple(self.mask_replace)
+        if len(replace) != 3 or min(replace) < 0 or abs(sum(replace) - 1) > 1e-6:
+            raise DataError(f"data.mask_replace={self.mask_replace!r} must be three probabilities (mask token, "
+                            "random token, unchanged) summing to 1, e.g. (0.8, 0.1, 0.1)")
+        object.__setattr__(self, "mask_replace", tuple(float(p) for p in replace))
 
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ctxjax.data import multihost
 from ctxjax.data.config import DataConfig, DataError, as_data_config
 from ctxjax.data.documents import DocumentTokenizer, LazyDocuments, PrecomputedDocuments
+from ctxjax.data.masking import make_masker
 from ctxjax.data.shuffle import DocumentOrder
 from ctxjax.data.sources import DocumentSource, eval_source_spec, open_source
 from ctxjax.data.stream import Cursor, ShardStream, empty_batch
@@ -201,6 +202,7 @@ def make_pipeline(config=None, workdir: str | None = None, *, source: str | Docu
     source = open_source(source if source is not None else config.source, config)
     tokenizer = tokenizer or resolve_tokenizer(config, workdir)
     check_vocab_fits(tokenizer, model_vocab_size)
+    masker = make_masker(config, tokenizer)  # None unless data.objective="mlm"
     process_index, process_count = multihost.process_layout(process_index, process_count)
     num_shards = config.num_shards or process_count
     precompute = source.local_files if config.precompute_tokens is None else config.precompute_tokens
@@ -218,7 +220,7 @@ def make_pipeline(config=None, workdir: str | None = None, *, source: str | Docu
         streams[shard] = ShardStream(docs, order, mode=config.mode, min_doc_tokens=config.min_doc_tokens,
                                      seed=config.seed, pose_target_len=config.pose_target_len,
                                      pose_chunks=config.pose_chunks, num_epochs=num_epochs,
-                                     source_name=f"data.source={source.spec!r}")
+                                     source_name=f"data.source={source.spec!r}", masker=masker)
     return Pipeline(config, source, tokenizer, streams, num_shards, documents)
 
 

@@ -48,11 +48,12 @@ class Cursor:
 class ShardStream:
     def __init__(self, documents, order: DocumentOrder, *, mode: str, min_doc_tokens: int, seed: int,
                  pose_target_len: int = 0, pose_chunks: int = 2, num_epochs: int | None = None,
-                 source_name: str = "the source"):
+                 source_name: str = "the source", masker=None):
         self.documents, self.order, self.mode, self.seed = documents, order, mode, seed
         self.min_tokens = max(2, min_doc_tokens)  # a document needs two tokens for one target
         self.pose_target_len, self.pose_chunks = pose_target_len, pose_chunks
         self.num_epochs, self.source_name = num_epochs, source_name
+        self.masker = masker  # a ctxjax.data.masking.Masker for the MLM objective, else None
         self.cursor = Cursor()
         self._longest_seen = 0
         if order.size == 0:
@@ -111,6 +112,8 @@ class ShardStream:
         fill_row = self._fill_cropped_row if self.mode == "crop" else self._fill_packed_row
         for row in range(first_row, first_row + num_rows):
             fill_row(batch, row)
+            if self.masker is not None:  # keyed by the row's place in the stream: a resumed run masks alike
+                self.masker.apply(batch, row, (self.seed, self.order.shard, self.cursor.rows))
             self.cursor.rows += 1
 
     def _fill_packed_row(self, batch, row):

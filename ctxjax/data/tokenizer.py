@@ -20,6 +20,10 @@ from ctxjax.fs import write_atomically
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
 BYTES_FILE = "bytes_tokenizer.json"
+# The SentencePiece piece of the mask token that tokenizers trained for masked-language-model runs carry (a
+# control symbol: text never encodes to it).
+MASK_PIECE = "<mask>"
+BYTES_WITH_MASK = "bytes+mask"  # the byte tokenizer plus a mask token (id 258): tiny MLM runs and tests
 
 
 class Tokenizer:
@@ -28,6 +32,15 @@ class Tokenizer:
     vocab_size: int
     bos_id: int | None
     eos_id: int | None
+    mask_id: int | None = None  # the token a masked-language model reads in place of a hidden one
+    pad_id: int | None = None
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """Ids that are not text (BOS, EOS, mask, padding...): never masked, never drawn as a random
+        replacement by the MLM objective."""
+        return tuple(sorted({i for i in (self.bos_id, self.eos_id, self.mask_id, self.pad_id)
+                             if i is not None}))
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -64,6 +77,16 @@ class SentencePieceTokenizer(Tokenizer):
         self.vocab_size = self._sp.get_piece_size()
         self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
         self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else None
+        mask = self._sp.piece_to_id(MASK_PIECE)
+        self.mask_id = mask if mask != self._sp.unk_id() else None
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else None
+
+    @property
+    def special_ids(self):
+        # unk, control and byte-fallback-free specials: every piece SentencePiece does not treat as text.
+        sp = self._sp
+        return tuple(sorted(set(super().special_ids) | {i for i in range(self.vocab_size)
+                                                        if sp.is_control(i) or sp.is_unknown(i)}))
 
     @classmethod
     def from_file(cls, path: str) -> "SentencePieceTokenizer":
@@ -87,7 +110,8 @@ class SentencePieceTokenizer(Tokenizer):
         sp = self._sp
         first = sp.encode("a", out_type=str)
         pieces = {name: sp.id_to_piece(i) for name, i in
-                  (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()))
+                  (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
+                   ("mask_token", -1 if self.mask_id is None else self.mask_id))
                   if i >= 0}
         return {"tokenizer_class": "LlamaTokenizer", "add_bos_token": self.bos_id is not None,
                 "add_eos_token": False, "add_prefix_space": bool(first) and first[0].startswith("\u2581"),
@@ -135,6 +159,14 @@ class HuggingFaceTokenizer(Tokenizer):
                                         ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "[EOS]"))
         if self.bos_id is None:
             self.bos_id = self.eos_id
+        self.mask_id = _special_token_id(self._tok, self._special, "mask_token", ("[MASK]", "<mask>"))
+        self.pad_id = _special_token_id(self._tok, self._special, "pad_token", ("[PAD]", "<pad>"))
+
+    @property
+    def special_ids(self):
+        # BERT's [CLS]/[SEP]/[UNK] and every other added token marked special.
+        added = {i for i, token in self._tok.get_added_tokens_decoder().items() if token.special}
+        return tuple(sorted(set(super().special_ids) | added))
 
     @classmethod
     def from_file(cls, path: str) -> "HuggingFaceTokenizer":
@@ -147,7 +179,8 @@ class HuggingFaceTokenizer(Tokenizer):
         special = {}
         if os.path.exists(config_path):
             config = read_json(config_path, "a tokenizer config")
-            special = {k: config[k] for k in ("bos_token", "eos_token") if config.get(k)}
+            special = {k: config[k] for k in ("bos_token", "eos_token", "mask_token", "pad_token")
+                       if config.get(k)}
         # transformers' generate stops at the generation config's EOS ids (Llama-3 chat models name several).
         eos = generation_config_ids(os.path.dirname(path)).get("eos_token_id")
         return cls(json_text, special, [] if eos is None else [eos] if isinstance(eos, int) else eos)
@@ -178,11 +211,15 @@ class HuggingFaceTokenizer(Tokenizer):
 
 
 class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes as ids 0..255, BOS 256, EOS 257: no training, lossless; for tiny models and tests."""
+    """UTF-8 bytes as ids 0..255, BOS 256, EOS 257: no training, lossless; for tiny models and tests.
+    `with_mask` ("bytes+mask"): also a mask token, id 258 (259 ids), for masked-language-model runs."""
 
-    vocab_size = 258
     bos_id = 256
     eos_id = 257
+
+    def __init__(self, with_mask: bool = False):
+        self.vocab_size = 259 if with_mask else 258
+        self.mask_id = 258 if with_mask else None
 
     def encode(self, text):
         return list(text.encode("utf-8"))
@@ -196,7 +233,9 @@ class ByteTokenizer(Tokenizer):
         return path
 
     def file_bytes(self):
-        return json.dumps({"type": "bytes", "bos_id": 256, "eos_id": 257}).encode()
+        # Without a mask the bytes are those of every earlier version (the same fingerprint).
+        mask = {} if self.mask_id is None else {"mask_id": self.mask_id}
+        return json.dumps({"type": "bytes", "bos_id": 256, "eos_id": 257, **mask}).encode()
 
 
 def generation_config_ids(directory: str) -> dict:
@@ -223,8 +262,8 @@ def find_tokenizer_file(path: str) -> str | None:
 
 def load_tokenizer(path: str) -> Tokenizer:
     """A SentencePiece `.model`, an HF `tokenizer.json`, or a directory with one (e.g. WORKDIR/tokenizer)."""
-    if path == "bytes":
-        return ByteTokenizer()
+    if path in ("bytes", BYTES_WITH_MASK):
+        return ByteTokenizer(with_mask=path == BYTES_WITH_MASK)
     found = find_tokenizer_file(os.path.expanduser(path))
     if found is None:
         raise DataError(f"data.tokenizer={path!r}: no {SENTENCEPIECE_FILE}, {HF_FILE} or .model file there; "
@@ -232,13 +271,23 @@ def load_tokenizer(path: str) -> Tokenizer:
                         "train one")
     if found.endswith(".json"):
         if os.path.basename(found) == BYTES_FILE:
-            return ByteTokenizer()
+            return ByteTokenizer(with_mask="mask_id" in read_json(found, "a byte tokenizer file"))
         return HuggingFaceTokenizer.from_file(found)
     try:
         return SentencePieceTokenizer.from_file(found)
     except Exception as e:
         raise DataError(f"data.tokenizer={path!r}: {found} is not a SentencePiece model ({e}); pass a "
                         ".model file or a tokenizer.json") from None
+
+
+def check_mask_token(tokenizer: Tokenizer, where: str = "data.tokenizer") -> int:
+    """The mask token's id; a one-line error with the fix when the tokenizer has none."""
+    if tokenizer.mask_id is None:
+        raise DataError(f"{where}: the tokenizer has no mask token, which masked-language modelling needs; "
+                        f"leave data.tokenizer empty to train one with {MASK_PIECE} (data.objective='mlm'), "
+                        f"use '{BYTES_WITH_MASK}' instead of 'bytes', or a tokenizer.json whose "
+                        "tokenizer_config.json names a mask_token")
+    return tokenizer.mask_id
 
 
 def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int | None) -> None:

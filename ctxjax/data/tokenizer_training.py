@@ -17,7 +17,8 @@ from typing import Iterator
 from ctxjax.data.config import DataConfig, DataError
 from ctxjax.data.shuffle import IndexShuffle
 from ctxjax.data.sources import DocumentSource, UndecodableDocument, open_source
-from ctxjax.data.tokenizer import SentencePieceTokenizer, Tokenizer, find_tokenizer_file, load_tokenizer
+from ctxjax.data.tokenizer import (MASK_PIECE, SentencePieceTokenizer, Tokenizer, find_tokenizer_file,
+                                   load_tokenizer)
 from ctxjax.errors import read_json
 from ctxjax.fs import write_atomically
 
@@ -48,9 +49,11 @@ def sample_training_text(source: DocumentSource, max_chars: int, seed: int = 0) 
                 return
 
 
-def train_sentencepiece(texts: Iterator[str], vocab_size: int) -> SentencePieceTokenizer:
+def train_sentencepiece(texts: Iterator[str], vocab_size: int, mask_token: bool = False) -> SentencePieceTokenizer:
     """A BPE SentencePiece model that reproduces text exactly: no normalisation, no dummy prefix, spaces,
-    tabs and newlines kept, byte fallback for characters it never saw (when the vocabulary has room)."""
+    tabs and newlines kept, byte fallback for characters it never saw (when the vocabulary has room).
+    `mask_token`: also a control piece <mask> (id 3) for masked-language modelling; without it the model is
+    byte for byte what it was before the option existed."""
     import sentencepiece as spm
 
     byte_fallback = vocab_size >= _MIN_VOCAB_FOR_BYTE_FALLBACK
@@ -62,6 +65,7 @@ def train_sentencepiece(texts: Iterator[str], vocab_size: int) -> SentencePieceT
             normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True, split_digits=True, hard_vocab_limit=False,
             max_sentence_length=4 * _CHUNK_CHARS, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            **({"control_symbols": [MASK_PIECE]} if mask_token else {}),
             num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -71,8 +75,14 @@ def train_sentencepiece(texts: Iterator[str], vocab_size: int) -> SentencePieceT
 
 
 def _training_settings(config: DataConfig) -> dict:
-    return {"source": config.source, "max_documents": config.max_documents, "vocab_size": config.vocab_size,
-            "train_chars": config.tokenizer_train_chars, "seed": config.seed}
+    settings = {"source": config.source, "max_documents": config.max_documents, "vocab_size": config.vocab_size,
+                "train_chars": config.tokenizer_train_chars, "seed": config.seed}
+    # Only MLM runs add the key, so the tokenizers of next-token runs stay valid for their workdirs.
+    return {**settings, "mask_token": True} if _wants_mask(config) else settings
+
+
+def _wants_mask(config: DataConfig) -> bool:
+    return config.objective == "mlm"
 
 
 def _read_json(path: str) -> dict | None:
@@ -134,7 +144,7 @@ def resolve_tokenizer(config: DataConfig, workdir: str | None) -> Tokenizer:
     # Training is deterministic, so processes of a pod that each train one get the same model.
     tokenizer = train_sentencepiece(
         sample_training_text(open_source(config.source, config), config.tokenizer_train_chars, config.seed),
-        config.vocab_size)
+        config.vocab_size, mask_token=_wants_mask(config))
     if directory:
         save_to_workdir(tokenizer, directory, trained_with=wanted)
     return tokenizer

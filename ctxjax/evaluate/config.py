@@ -11,13 +11,16 @@ from ctxjax.dataclass_config import dataclass_from
 
 # RULER's core synthetic tasks (ctxjax.evaluate.ruler); `ruler` in a task list names them all.
 RULER_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa")
-TASKS = ("ppl", "passkey", "multikey", "needle", *RULER_TASKS)
+# An encoder's tasks (ctxjax.evaluate.masked): masked-token loss by length, and the long-range masked recall
+# probe; `encoder` in a task list names both. Every other task is a decoder's (next tokens, generation).
+ENCODER_TASKS = ("mlm", "mlm_recall")
+TASKS = ("ppl", "passkey", "multikey", "needle", *RULER_TASKS, *ENCODER_TASKS)
 PPL_METHODS = ("nonoverlapping", "sliding", "fixed_target")
 # `--tasks short`: the quick check for short-context regression (see ctxjax.evaluate.baseline): these tasks at
 # a quarter, half and all of the original context (the baseline's max_seq_len, else the model's).
 SHORT = "short"
 SHORT_TASKS = ("ppl", "passkey", "multikey", "needle")
-TASK_ALIASES = {"ruler": RULER_TASKS, SHORT: SHORT_TASKS}
+TASK_ALIASES = {"ruler": RULER_TASKS, SHORT: SHORT_TASKS, "encoder": ENCODER_TASKS}
 
 # gkamradt's needle-in-a-haystack defaults; the answer is checked as a substring of the reply (RULER's
 # recall).
@@ -39,7 +42,8 @@ class EvalConfig:
     # Perplexity.
     ppl_methods: tuple[str, ...] = PPL_METHODS
     stride: int | None = None  # sliding window stride; None: a quarter of each length (PI/YaRN use 256)
-    target_tokens: int = 128  # fixed target set: the last K tokens of each document
+    target_tokens: int = 128  # fixed target set: the last K tokens of each document (mlm: the middle K)
+    mask_rate: float = 0.15  # mlm: the share of the middle K tokens masked and scored
     # The fixed target set is the documents that fit a window of this many tokens (None: the longest length
     # evaluated); set it to compare separate evaluations at different lengths on the same targets.
     fixed_target_context: int | None = None
@@ -90,7 +94,8 @@ class EvalConfig:
         for name, allowed in (("tasks", TASKS), ("ppl_methods", PPL_METHODS)):
             unknown = [t for t in getattr(self, name) if t not in allowed]
             if unknown or not getattr(self, name):
-                aliases = " or the sets ruler (all of RULER's) and short" if name == "tasks" else ""
+                aliases = (" or the sets ruler (all of RULER's), short and encoder (mlm, mlm_recall)"
+                           if name == "tasks" else "")
                 fail(f"{name}={list(getattr(self, name))} must be a non-empty subset of {list(allowed)}"
                      + aliases)
         if self.lengths is not None and (not self.lengths or any(int(n) < 2 for n in self.lengths)):
@@ -103,6 +108,8 @@ class EvalConfig:
                 fail(f"{name}={getattr(self, name)} must be at least 1")
         if not isinstance(self.distractors, int) or not 0 <= self.distractors <= 100:
             fail(f"distractors={self.distractors} must be an int from 0 to 100")
+        if not 0 < self.mask_rate < 1:
+            fail(f"mask_rate={self.mask_rate} must be a fraction in (0, 1), e.g. 0.15")
         if self.max_documents is not None and self.max_documents < 1:
             fail(f"max_documents={self.max_documents} must be at least 1 (or None for all)")
         if self.fixed_target_context is not None and self.fixed_target_context < self.target_tokens:
@@ -128,6 +135,21 @@ class EvalConfig:
         return (max(2, max_seq_len // 2), max_seq_len, 2 * max_seq_len)
 
 
+
+
+def check_tasks_fit_model(causal: bool, tasks) -> None:
+    """An encoder (causal=False) predicts masked tokens, a decoder next ones: each is evaluated on its own
+    tasks."""
+    if not causal:
+        wrong = [t for t in tasks if t not in ENCODER_TASKS]
+        if wrong:
+            raise InputError(f"the model is an encoder (causal=False): eval tasks {wrong} score or generate next "
+                             "tokens, which it does not predict; use --tasks encoder (mlm, mlm_recall)")
+    else:
+        wrong = [t for t in tasks if t in ENCODER_TASKS]
+        if wrong:
+            raise InputError(f"eval tasks {wrong} fill masked tokens, which needs an encoder (causal=False), but "
+                             "the model is a decoder; use --tasks ppl,passkey (or short, ruler)")
 
 
 def as_eval_config(config_like: Any = None, **overrides) -> EvalConfig:

@@ -75,7 +75,7 @@ def plot_per_position(curves: dict[str, dict], path: str, title: str) -> str | N
     return save_figure(fig, path)
 
 
-def plot_retrieval_heatmap(task: dict, path: str, title: str) -> str | None:
+def plot_retrieval_heatmap(task: dict, path: str, title: str, ylabel: str = "needle depth") -> str | None:
     """Accuracy per (depth, length) cell, annotated, for one run's passkey or needle results."""
     cells = task.get("cells") or []
     if not cells:
@@ -94,7 +94,7 @@ def plot_retrieval_heatmap(task: dict, path: str, title: str) -> str | None:
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("needle depth")
+    ax.set_ylabel(ylabel)
     trials = max(c["trials"] for c in cells)
     ax.set_title(f"{title} ({trials} trials per cell)")
     fig.colorbar(image, ax=ax, label="accuracy")
@@ -121,6 +121,47 @@ def plot_retrieval_vs_length(runs: dict[str, dict], task: str, path: str) -> str
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("accuracy (mean over depths)")
     ax.set_title(task)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_masked(runs: dict[str, dict], path: str) -> str | None:
+    """An encoder's masked-token loss and accuracy on fixed targets vs context length, one curve per run."""
+    curves = {label: r["mlm"]["by_length"] for label, r in runs.items() if (r.get("mlm") or {}).get("by_length")}
+    if not curves:
+        return None
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for i, (key, name) in enumerate((("nll", "mean NLL of the masked tokens (nats)"),
+                                     ("accuracy", "top-1 accuracy of the masked tokens"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for label, values in curves.items():
+            ax.plot(*_lengths_and(values, key), marker="o", label=label)
+        _length_axis(ax, [int(n) for values in curves.values() for n in values])
+        ax.set_ylabel(name)
+        if key == "accuracy":
+            ax.set_ylim(-0.05, 1.05)
+        ax.set_title("fixed masked targets, growing context on both sides" if i == 0 else "")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_recall_by_distance(task: dict, path: str) -> str | None:
+    """mlm_recall: accuracy vs the distance (tokens) between the fact and its masked mention, a curve per
+    length."""
+    cells = [c for c in task.get("cells") or [] if "distance" in c]
+    if not cells:
+        return None
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for length in sorted({c["length"] for c in cells}):
+        row = sorted((c["distance"], c["accuracy"]) for c in cells if c["length"] == length)
+        ax.plot([d for d, _ in row], [a for _, a in row], marker="o", label=f"length {length}")
+    ax.set_xlabel("distance from the fact to its masked mention (tokens)")
+    ax.set_ylabel("accuracy (all masked tokens right)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"masked key-value recall ({max(c['trials'] for c in cells)} trials per point)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return save_figure(fig, path)

@@ -15,7 +15,8 @@ from ctxjax.evaluate.ruler import report as ruler_report
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
 RETRIEVAL_TITLES = {"passkey": "Passkey retrieval", "multikey": "Multi-key passkey (with distractors)",
-                    "needle": "Needle in a haystack"}
+                    "needle": "Needle in a haystack",
+                    "mlm_recall": "Masked key-value recall (encoder): the value masked at a later mention"}
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
@@ -25,6 +26,9 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
     for method in PPL_METHODS:
         for length, value in (results.get("ppl", {}).get(method) or {}).items():
             out[f"{prefix}/ppl/{method}/{length}"] = value["ppl"]
+    for length, value in (results.get("mlm", {}).get("by_length") or {}).items():
+        out[f"{prefix}/mlm/nll/{length}"] = value["nll"]
+        out[f"{prefix}/mlm/acc/{length}"] = value["accuracy"]
     for task in RETRIEVAL_TITLES:
         if task not in results:
             continue
@@ -44,19 +48,20 @@ def metrics_by_length(eval_config) -> tuple[str, ...]:
     """The names flat_metrics gives a value per length (without the prefix and the length) for the tasks of
     `eval_config`: "ppl/fixed_target", "passkey/acc", ... (what a training stage's gate may name)."""
     names = [f"ppl/{m}" for m in eval_config.ppl_methods] if "ppl" in eval_config.tasks else []
+    names += ["mlm/nll", "mlm/acc"] if "mlm" in eval_config.tasks else []
     return tuple(names + [f"{task}/acc" for task in RETRIEVAL_TITLES if task in eval_config.tasks])
 
 
 def skipped_cells(results: dict) -> list[str]:
     """'task: skipped length L: reason' for everything the evaluation could not measure."""
-    return [f"{task}: {line[2:]}" for task in ("ppl", *RETRIEVAL_TITLES) if task in results
+    return [f"{task}: {line[2:]}" for task in ("ppl", "mlm", *RETRIEVAL_TITLES) if task in results
             for line in _skips(results[task].get("skipped", []))] + (
         ruler_report.skipped_lines(results["ruler"]) if "ruler" in results else [])
 
 
 def measured_anything(results: dict) -> bool:
     ppl = results.get("ppl", {})
-    return (any(ppl.get(m) for m in PPL_METHODS) or any(results[t]["cells"] for t in RETRIEVAL_TITLES
+    return (any(ppl.get(m) for m in PPL_METHODS) or bool(results.get("mlm", {}).get("by_length")) or any(results[t]["cells"] for t in RETRIEVAL_TITLES
                                                         if t in results)
             or ("ruler" in results and ruler_report.measured_anything(results["ruler"])))
 
@@ -89,6 +94,29 @@ def _ppl_section(ppl: dict) -> list[str]:
     return lines + [""] + _skips(ppl.get("skipped", [])) + [""]
 
 
+def _mlm_section(mlm: dict) -> list[str]:
+    lines = ["## Masked-token loss by context length (fixed masked targets)", "",
+             f"The same {mlm.get('mask_rate', 0):.0%} of the middle {mlm.get('target_tokens', '?')} tokens of each "
+             "document masked at every length; the window grows on both sides. Cells: mean NLL (nats), "
+             "pseudo-perplexity exp(NLL), top-1 accuracy.", "",
+             "| length | NLL | pseudo-perplexity | accuracy | masked tokens, docs |", "|---|---|---|---|---|"]
+    for n, v in sorted(mlm.get("by_length", {}).items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {n} | {v['nll']:.4f} | {v['ppl']:.3f} | {v['accuracy']:.1%} | {v['tokens']}, "
+                     f"{v['documents']} |")
+    return lines + [""] + _skips(mlm.get("skipped", [])) + [""]
+
+
+def _distance_lines(cells: list[dict]) -> list[str]:
+    """mlm_recall: how far the mention is from the fact in each cell."""
+    lengths = sorted({c["length"] for c in cells})
+    depths = sorted({c["depth"] for c in cells})
+    cell = {(c["length"], c["depth"]): c for c in cells}
+    return ["Mean distance in tokens (filler between the fact and the masked mention); rows: depth, columns: "
+            "length.", "", "| depth | " + " | ".join(map(str, lengths)) + " |", "|" + "---|" * (len(lengths) + 1),
+            *(f"| {d:.0%} | " + " | ".join(f"{cell[(n, d)].get('distance', 0):.0f}" if (n, d) in cell else "-"
+                                           for n in lengths) + " |" for d in depths), ""]
+
+
 def _retrieval_section(task: str, results: dict) -> list[str]:
     cells = results["cells"]
     lines = [f"## {RETRIEVAL_TITLES[task]}", ""]
@@ -96,13 +124,16 @@ def _retrieval_section(task: str, results: dict) -> list[str]:
         lengths = sorted({c["length"] for c in cells})
         depths = sorted({c["depth"] for c in cells})
         acc = {(c["length"], c["depth"]): c for c in cells}
-        lines += [f"Accuracy per cell ({cells[0]['trials']} trials each); rows: depth of the needle, "
+        where = "the masked mention" if task == "mlm_recall" else "the needle"
+        lines += [f"Accuracy per cell ({cells[0]['trials']} trials each); rows: depth of {where}, "
                   "columns: prompt length in tokens.", "",
                   "| depth | " + " | ".join(map(str, lengths)) + " |", "|" + "---|" * (len(lengths) + 1)]
         for d in depths:
             lines.append(f"| {d:.0%} | " + " | ".join(f"{acc[(n, d)]['accuracy']:.0%}" for n in lengths)
                          + " |")
         lines.append("")
+        if task == "mlm_recall":
+            lines += _distance_lines(cells)
     for key, label in (("max_length_80", "80%"), ("max_length_20", "20%")):
         value = results[key]
         lines.append(f"- largest length with >= {label} accuracy at every depth: "
@@ -123,6 +154,8 @@ def summary_markdown(results: dict, opening: list[str] = ()) -> str:
                   ""]
     if "ppl" in results:
         lines += _ppl_section(results["ppl"])
+    if "mlm" in results:
+        lines += _mlm_section(results["mlm"])
     for task in RETRIEVAL_TITLES:
         if task in results:
             lines += _retrieval_section(task, results[task])
@@ -136,7 +169,8 @@ def summary_markdown(results: dict, opening: list[str] = ()) -> str:
 
 def write_plots(runs: dict[str, dict], out_dir: str) -> list[str]:
     """The figures for `runs` (one or several); returns the file names written."""
-    written = [plots.plot_perplexity(runs, os.path.join(out_dir, "ppl_vs_length.png"))]
+    written = [plots.plot_perplexity(runs, os.path.join(out_dir, "ppl_vs_length.png")),
+               plots.plot_masked(runs, os.path.join(out_dir, "mlm_vs_length.png"))]
     if len(runs) == 1:
         (results,) = runs.values()
         curves = {f"window {n}": b for n, b in sorted(results.get("ppl", {}).get("per_position", {}).items(),
@@ -145,9 +179,12 @@ def write_plots(runs: dict[str, dict], out_dir: str) -> list[str]:
                                                "loss by position, one window of each length"))
         for task, title in RETRIEVAL_TITLES.items():
             if task in results:
-                written.append(plots.plot_retrieval_heatmap(results[task],
-                                                            os.path.join(out_dir, f"{task}_heatmap.png"),
-                                                            title))
+                written.append(plots.plot_retrieval_heatmap(
+                    results[task], os.path.join(out_dir, f"{task}_heatmap.png"), title,
+                    ylabel="depth of the masked mention" if task == "mlm_recall" else "needle depth"))
+        if "mlm_recall" in results:
+            written.append(plots.plot_recall_by_distance(results["mlm_recall"],
+                                                         os.path.join(out_dir, "mlm_recall_by_distance.png")))
     else:
         common = set.intersection(*(set(r.get("ppl", {}).get("per_position", {})) for r in runs.values()))
         if common:

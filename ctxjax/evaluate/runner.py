@@ -18,12 +18,14 @@ from ctxjax.compile_cache import enable_compilation_cache
 from ctxjax.config import ModelConfig
 from ctxjax.execution import ExecutionConfig
 from ctxjax.data import Tokenizer, check_vocab_fits, load_tokenizer
+from ctxjax.data.tokenizer import check_mask_token
 from ctxjax.evaluate import report
 from ctxjax.evaluate.baseline import (baseline_context, check_compatible, compare, load_baseline,
                                       parse_tolerance, tokenizer_signature, verdict_lines)
-from ctxjax.evaluate.config import EvalConfig, as_eval_config
+from ctxjax.evaluate.config import EvalConfig, as_eval_config, check_tasks_fit_model
 from ctxjax.evaluate.documents import load_documents
 from ctxjax.evaluate.loading import load_model
+from ctxjax.evaluate.masked import RecallTask, encoder_completer, masked_by_length, recall_correct
 from ctxjax.evaluate.multikey import MultiKeyTask
 from ctxjax.evaluate.needle import NeedleTask, needle_found
 from ctxjax.evaluate.passkey import PasskeyTask, passkey_correct
@@ -31,7 +33,7 @@ from ctxjax.evaluate.perplexity import perplexity_by_length
 from ctxjax.evaluate.progress import Meter, Progress
 from ctxjax.evaluate.retrieval import Completer, run_grid
 from ctxjax.evaluate.ruler import RULER_TASKS, run_ruler, task_specs
-from ctxjax.evaluate.scoring import evaluation_execution, model_scorer
+from ctxjax.evaluate.scoring import evaluation_execution, masked_scorer, model_scorer
 from ctxjax.generate import generate
 
 Log = Callable[[str], None]
@@ -101,9 +103,11 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
     for comparability before anything is measured; its context is the original context of `--tasks short`."""
     enable_compilation_cache()
     eval_config = as_eval_config(eval_config)
+    check_tasks_fit_model(cfg.causal, eval_config.tasks)
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
     check_vocab_fits(tokenizer, cfg.vocab_size)
+    mask_id = check_mask_token(tokenizer, "the model's tokenizer") if not cfg.causal else None
     params = _on_device(params)
     run = evaluation_execution(eval_config.attention)
     lengths = eval_config.resolved_lengths(cfg.max_seq_len, baseline and baseline_context(baseline))
@@ -123,6 +127,11 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
                 max_windows=eval_config.max_windows, too_long=beyond_position_table(cfg, lengths),
                 fixed_context=eval_config.fixed_target_context, chunk=eval_config.batch_size,
                 progress=progress)
+    if not cfg.causal:
+        _evaluate_encoder(cfg, run, params, tokenizer, mask_id, eval_config, lengths, results, meter, progress,
+                          log)
+        results["throughput"] = meter.summary()
+        return results
     complete = model_completer(cfg, run, params, tokenizer, eval_config.batch_size, reread_on_switch, meter)
     tasks = {}
     if "passkey" in eval_config.tasks:
@@ -157,6 +166,36 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
                 progress=progress)
     results["throughput"] = meter.summary()
     return results
+
+
+def _evaluate_encoder(cfg, run, params, tokenizer, mask_id, eval_config, lengths, results, meter, progress,
+                      log) -> None:
+    """The encoder tasks of `eval_config` (ctxjax.evaluate.masked), into `results`."""
+    score = masked_scorer(cfg, run, params, eval_config.batch_size)
+
+    def scorer(tokens, segment_ids, targets):  # counts the tokens read, as the decoder tasks' meter does
+        meter.add(scored=int((segment_ids > 0).sum()))
+        return score(tokens, segment_ids, targets)
+
+    if "mlm" in eval_config.tasks:
+        log(f"masked-token loss at lengths {list(lengths)} on {eval_config.source}")
+        docs = load_documents(eval_config.source, tokenizer, eval_config.max_documents, eval_config.add_bos)
+        with meter.task("mlm"):
+            results["mlm"] = masked_by_length(
+                docs, lengths, scorer, mask_id=mask_id, special_ids=tokenizer.special_ids,
+                mask_rate=eval_config.mask_rate, target_tokens=eval_config.target_tokens,
+                max_windows=eval_config.max_windows, seed=eval_config.seed,
+                too_long=beyond_position_table(cfg, lengths), progress=progress)
+    if "mlm_recall" in eval_config.tasks:
+        task = RecallTask(tokenizer, mask_id, eval_config.key_digits, eval_config.add_bos)
+        log(f"mlm_recall: lengths {list(lengths)} x depths {list(eval_config.depths)}, {eval_config.trials} "
+            "trials each")
+        with meter.task("mlm_recall"):
+            results["mlm_recall"] = task.with_distances(run_grid(
+                task.make_trial, recall_correct, encoder_completer(scorer, tokenizer, mask_id, lengths),
+                lengths=lengths, depths=eval_config.depths, trials=eval_config.trials, answer_tokens=0,
+                batch_size=eval_config.batch_size, seed=eval_config.seed,
+                skip=beyond_position_table(cfg, lengths), progress=progress, name="mlm_recall"))
 
 
 def run_evaluation(cfg: ModelConfig, params, tokenizer: Tokenizer | str,

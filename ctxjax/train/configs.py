@@ -20,6 +20,7 @@ from ctxjax.execution import ExecutionConfig
 from ctxjax.positions import EXTEND_METHODS, ROPE_TYPES
 from ctxjax.data.config import as_data_config
 from ctxjax.data.sources import eval_source_spec
+from ctxjax.evaluate.config import as_eval_config, check_tasks_fit_model
 from ctxjax.schedule import build_stages
 from ctxjax.sharding import mesh_shape
 from ctxjax.train import gates
@@ -192,6 +193,23 @@ def check_ranges(config) -> None:
             value = value[part]
         if not ok(value):
             raise InputError(f"{key}={value!r} must be {what} (--config.{key}=VALUE)")
+
+
+def check_objective(cfg: ModelConfig, config) -> None:
+    """A decoder trains on next tokens, an encoder (causal=False) on masked ones: the other pairing would train
+    a model to copy its input (a bidirectional model sees the next token) or to fill masks it can't see
+    around. The stage-end evaluation's tasks must fit the model too (checked now, not after a stage)."""
+    if config.eval_at_stage_end:
+        check_tasks_fit_model(cfg.causal, as_eval_config(config.eval).tasks)
+    objective = as_data_config(config.data).objective
+    if objective == "mlm" and cfg.causal:
+        raise InputError("data.objective='mlm' trains an encoder, but the model is a decoder (model.causal="
+                         "True); set --config.model.causal=False (or start from an encoder), or "
+                         "--config.data.objective=next_token")
+    if objective == "next_token" and not cfg.causal:
+        raise InputError("the model is an encoder (model.causal=False), which sees the next token: the "
+                         "next-token objective would teach it to copy; set --config.data.objective=mlm "
+                         "(masked-language modelling) or --config.model.causal=True")
 
 
 def validate(config, n_devices: int):

@@ -39,7 +39,7 @@ from ctxjax.model import Transformer
 from ctxjax.schedule import stage_at, total_steps
 from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train import gates
-from ctxjax.train.configs import execution_config, validate, zigzag_shards
+from ctxjax.train.configs import check_objective, execution_config, validate, zigzag_shards
 from ctxjax.train.cost import flops_per_token
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
@@ -79,6 +79,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
                       async_save=config.checkpoint.async_save) as checkpointer, \
             jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), StopRequests() as stop:
         start = start_run(config, workdir, checkpointer, mesh)
+        # The model trained is the checkpoint's or the imported one, which config.model may not describe.
+        check_objective(start.base, config)
         stages = start.stages  # lengthened by the gate extensions its checkpoint records
         run = execution_config(config)
         # All fit, before compiling.
