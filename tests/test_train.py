@@ -58,6 +58,9 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
         ["loss/pos_0-16", "loss/pos_16-32", "loss/pos_32-64"]]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert any("tokens_per_s" in r and "mfu" in r for r in records)
+    # The device's idle time waiting for batches is logged beside the throughput.
+    assert all(r["data_wait_s"] >= 0 and 0 <= r["data_wait_fraction"] <= 1 for r in records
+               if "tokens_per_s" in r)
     # Evaluation at every stage end: perplexity of the same targets with 16 and 64 tokens of context.
     assert [r["step"] for r in evaluations] == [3, 5, 7]
     assert all(np.isfinite(r["eval/ppl/fixed_target/64"]) for r in evaluations)
