@@ -155,7 +155,7 @@ def test_the_error_raised_is_the_threads_own_and_the_thread_is_gone(corpus):
 
 
 def test_an_interrupt_in_the_caller_stops_the_thread(corpus):
-    """Ctrl-C (or any error) in the training loop while the thread waits on a full queue: no thread is left."""
+    """Ctrl-C (or any error) in the training loop while the thread waits on a full queue: none is left."""
     with pytest.raises(KeyboardInterrupt):
         with make_pipeline(config(corpus), None, process_index=0, process_count=1) as pipe:
             pipe.next_batch(2, 16)
