@@ -115,6 +115,18 @@ def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path, ca
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)
 
 
+def test_prefetching_thread_resumes_at_the_exact_next_batch(one_device_run, tmp_path):
+    """With the background thread on (it has prepared batches beyond the checkpoint when the run stops), the
+    resumed run trains on the batches the uninterrupted run without the thread trained on."""
+    reference, _ = one_device_run
+    workdir = str(tmp_path)
+    train_and_evaluate(tiny(**{"data.prefetch": 2}), workdir, devices=jax.devices()[:1], stop_after=4)
+    train_and_evaluate(tiny(**{"data.prefetch": 2}), workdir, devices=jax.devices()[:1])
+    want, got = losses(reference), losses(workdir)
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)
+
+
 def test_data_fsdp_tensor_mesh_on_8_devices_matches_one_device(one_device_run, tmp_path):
     reference, _ = one_device_run
     config = tiny(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
