@@ -3,12 +3,17 @@ side.
 
     python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise,cpu]
     python bench/train_step.py --model medium --lora 8 --lengths 1024 --tokens 2048   # LoRA vs PEFT
+    python bench/train_step.py --tiny     # seconds: the suite runs it end to end
 
 Same architecture (`--model demo`: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512, vocabulary 2048;
 `--model medium`: 155M parameters), same batch of tokens per step, float32, one forward + backward + AdamW
 update; each measurement runs in its own process after one warm-up step and reports its peak RSS too. PyTorch
 uses sdpa attention and all CPU threads. With `--lora R` both sides train only rank-R adapters on q, k, v, o
 (ctxjax: `AdaptationConfig.lora_rank`; PyTorch: PEFT's `LoraConfig`, pip install peft), the rest frozen.
+ctxjax runs as a library user's own jitted step (`make_train_step`), with what `import ctxjax` sets up.
+MFU: the model FLOPs per token that the trainer counts (`ctxjax.flops`, the same work for both sides; frozen
+weights get no weight gradient) times tokens/s, over the float32 matmul peak measured (by
+`ctxjax.flops.measured_peak_flops`, in its own process) at the start of the same run.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 MODELS = {
     "demo": dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512),
     "medium": dict(vocab_size=32000, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, d_ff=2816),
+    "tiny": dict(vocab_size=256, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64),
 }
 LORA_ALPHA = 16.0
 
@@ -35,9 +41,6 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     import optax
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from ctxjax.xla_flags import apply_cpu_flags
-
-    apply_cpu_flags()  # as the ctxjax command line does
     from ctxjax import ModelConfig, Transformer, init_params
     from ctxjax.adaptation import AdaptationConfig
     from ctxjax.execution import ExecutionConfig
@@ -100,6 +103,23 @@ def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: st
     return (time.perf_counter() - start) / repeats
 
 
+def flops_per_token(model: dict, length: int, lora: int) -> float:
+    """The trainer's count (ctxjax.flops): with adapters every matmul weight is frozen (adapters not
+    counted)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ctxjax import ModelConfig, flops
+
+    cfg = ModelConfig(**model, max_seq_len=length)
+    return flops.flops_per_token(cfg, length, flops.matmul_params(cfg) if lora else 0)
+
+
+def measure_peak() -> float:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ctxjax.flops import measured_peak_flops
+
+    return measured_peak_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,9 +130,16 @@ def main() -> None:
     parser.add_argument("--model", default="demo", choices=sorted(MODELS))
     parser.add_argument("--lora", type=int, default=0,
                         help="train rank-R adapters only, beside full training")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model, LoRA too: an end-to-end check")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tiny:
+        args.model, args.lengths, args.tokens, args.repeats = "tiny", "32", 64, 1
+        args.kernels, args.lora = "xla", 2
     model = MODELS[args.model]
+    if args.child == "peak":
+        print(json.dumps({"peak_flops": measure_peak()}))
+        return
     if args.child:  # one measurement, in this process
         name, kernel, length, lora = args.child.split(":")
         measure = measure_ctxjax if name == "ctxjax" else measure_torch
@@ -120,21 +147,28 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
         print(json.dumps({"seconds": seconds, "peak_rss_gib": peak}))
         return
-    print("| implementation | attention | trains | length | batch | step (s) | tokens/s | peak RSS (GiB) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    def child(*extra):
+        out = subprocess.run([sys.executable, __file__, *extra, "--model", args.model], capture_output=True,
+                             text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    peak = child("--child", "peak")["peak_flops"]
+    print(f"model: {args.model}; float32 matmul peak measured now: {peak / 1e9:.0f} GFLOP/s")
+    print("| implementation | attention | trains | length | batch | step (s) | tokens/s | MFU | "
+          "peak RSS (GiB) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     ranks = [0, args.lora] if args.lora else [0]
     runs = [(name, kernel, rank) for rank in ranks
             for name, kernel in [("ctxjax", k) for k in args.kernels.split(",")] + [("torch", "sdpa")]]
     for length in map(int, args.lengths.split(",")):
         for name, kernel, rank in runs:
-            out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{kernel}:{length}:{rank}",
-                                  "--tokens", str(args.tokens), "--repeats", str(args.repeats),
-                                  "--model", args.model],
-                                 capture_output=True, text=True, check=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
+            result = child("--child", f"{name}:{kernel}:{length}:{rank}", "--tokens", str(args.tokens),
+                           "--repeats", str(args.repeats))
             batch, trains = args.tokens // length, f"LoRA r={rank}" if rank else "everything"
+            tokens_per_s = batch * length / result["seconds"]
+            mfu = tokens_per_s * flops_per_token(model, length, rank) / peak
             print(f"| {name} | {kernel} | {trains} | {length} | {batch} | {result['seconds']:.3f} | "
-                  f"{batch * length / result['seconds']:.0f} | {result['peak_rss_gib']:.2f} |", flush=True)
+                  f"{tokens_per_s:.0f} | {mfu:.1%} | {result['peak_rss_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
