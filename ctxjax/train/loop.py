@@ -187,11 +187,13 @@ def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, ch
         at_stage_end = step == stage.end
         if step % int(config.log_every) == 0 or at_stage_end or step == last_step:
             _raise_if_diverged(state, checkpointer)
-            record = _log_record(jax.device_get(pending), schedule, step, stage, buckets,
-                                 longest(config, stages))
+            values = jax.device_get(pending)
+            # The interval ends at this sync: the host's logging after it (the first evaluation of the learning
+            # rate schedule compiles its ops, ~0.2 s) is not the steps' time.
+            seconds = time.perf_counter() - interval_start
+            record = _log_record(values, schedule, step, stage, buckets, longest(config, stages))
             idle = clock.take()
             if interval_tokens:  # an interval holding only a freshly compiled step has no throughput
-                seconds = time.perf_counter() - interval_start
                 record["tokens_per_s"] = interval_tokens / seconds
                 record["mfu"] = record["tokens_per_s"] * setup.flops_per_token / peak
                 # The device's idle time waiting for batches, per step and as a share of the interval.
