@@ -22,14 +22,17 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import run_child  # noqa: E402
 
 MODELS = {
     "demo": dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512),
     "medium": dict(vocab_size=32000, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, d_ff=2816),
-    "tiny": dict(vocab_size=256, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64),
+    "tiny": dict(vocab_size=512, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64),
 }
 LORA_ALPHA = 16.0
 
@@ -70,6 +73,35 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
         state, _ = step(state, data)
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / repeats
+
+
+def measure_cli(model: dict, length: int, batch: int, repeats: int, kernel: str = "auto",
+                lora: int = 0) -> float:
+    """The same model and batch trained by `ctxjax train` (the trainer's own step: its AdamW with clipping and
+    decay mask, loss by position, the data pipeline; the byte tokenizer over the stdlib corpus): seconds per
+    step from the tokens/s it logs over the steps after the one that compiled."""
+    import tempfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, repo)
+    from ctxjax import cli
+
+    shape = {**model, "qk_norm": False, "max_seq_len": length}
+    overrides = [f"--config.model.{k}={v}" for k, v in shape.items()] + [
+        f"--config.execution.attention={kernel}", f"--config.execution.scan_unroll={model['n_layers']}",
+        "--config.data.source=stdlib", "--config.data.tokenizer=bytes", "--config.data.mode=pack",
+        f"--config.tokens_per_step={batch * length}",
+        f"--config.stages=[{{'steps': {repeats + 1}, 'seq_len': {length}, 'lr': 1e-3}}]",
+        f"--config.log_every={repeats + 1}", "--config.eval_at_stage_end=False", "--config.export_dir=",
+        "--config.checkpoint.every_steps=0"]
+    with tempfile.TemporaryDirectory() as work:
+        code = cli.main(["train", "--config", os.path.join(repo, "configs", "demo.py"), "--workdir", work,
+                         *overrides])
+        if code:
+            raise SystemExit(f"ctxjax train exited with {code}")
+        with open(os.path.join(work, "metrics.jsonl")) as f:
+            speed = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r][-1]
+    return batch * length / speed
 
 
 def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: str = "sdpa",
@@ -130,27 +162,27 @@ def main() -> None:
     parser.add_argument("--model", default="demo", choices=sorted(MODELS))
     parser.add_argument("--lora", type=int, default=0,
                         help="train rank-R adapters only, beside full training")
+    parser.add_argument("--cli", action="store_true",
+                        help="also `ctxjax train` on the same model and batch (first kernel; full training)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, LoRA too: an end-to-end check")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiny:
         args.model, args.lengths, args.tokens, args.repeats = "tiny", "32", 64, 1
-        args.kernels, args.lora = "xla", 2
+        args.kernels, args.lora, args.cli = "xla", 2, True
     model = MODELS[args.model]
     if args.child == "peak":
         print(json.dumps({"peak_flops": measure_peak()}))
         return
     if args.child:  # one measurement, in this process
         name, kernel, length, lora = args.child.split(":")
-        measure = measure_ctxjax if name == "ctxjax" else measure_torch
+        measure = {"ctxjax": measure_ctxjax, "cli": measure_cli, "torch": measure_torch}[name]
         seconds = measure(model, int(length), args.tokens // int(length), args.repeats, kernel, int(lora))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
         print(json.dumps({"seconds": seconds, "peak_rss_gib": peak}))
         return
     def child(*extra):
-        out = subprocess.run([sys.executable, __file__, *extra, "--model", args.model], capture_output=True,
-                             text=True, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
+        return run_child(__file__, [*extra, "--model", args.model])
 
     peak = child("--child", "peak")["peak_flops"]
     print(f"model: {args.model}; float32 matmul peak measured now: {peak / 1e9:.0f} GFLOP/s")
@@ -158,8 +190,11 @@ def main() -> None:
           "peak RSS (GiB) |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     ranks = [0, args.lora] if args.lora else [0]
+    kernels = args.kernels.split(",")
+    # The command line trains adapters only on an imported model: its row is for full training.
     runs = [(name, kernel, rank) for rank in ranks
-            for name, kernel in [("ctxjax", k) for k in args.kernels.split(",")] + [("torch", "sdpa")]]
+            for name, kernel in [("ctxjax", k) for k in kernels]
+            + ([("cli", kernels[0])] if args.cli and not rank else []) + [("torch", "sdpa")]]
     for length in map(int, args.lengths.split(",")):
         for name, kernel, rank in runs:
             result = child("--child", f"{name}:{kernel}:{length}:{rank}", "--tokens", str(args.tokens),
@@ -167,7 +202,8 @@ def main() -> None:
             batch, trains = args.tokens // length, f"LoRA r={rank}" if rank else "everything"
             tokens_per_s = batch * length / result["seconds"]
             mfu = tokens_per_s * flops_per_token(model, length, rank) / peak
-            print(f"| {name} | {kernel} | {trains} | {length} | {batch} | {result['seconds']:.3f} | "
+            label = "ctxjax (CLI)" if name == "cli" else name
+            print(f"| {label} | {kernel} | {trains} | {length} | {batch} | {result['seconds']:.3f} | "
                   f"{tokens_per_s:.0f} | {mfu:.1%} | {result['peak_rss_gib']:.2f} |", flush=True)
 
 

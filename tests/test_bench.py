@@ -23,8 +23,9 @@ def tiny_run(script: str) -> list[list[str]]:
 def test_train_step_rows_of_both_sides_with_mfu():
     pytest.importorskip("peft")
     rows = tiny_run("train_step.py")
-    assert [(r[0], r[2]) for r in rows] == [("ctxjax", "everything"), ("torch", "everything"),
-                                            ("ctxjax", "LoRA r=2"), ("torch", "LoRA r=2")]
+    assert [(r[0], r[2]) for r in rows] == [("ctxjax", "everything"), ("ctxjax (CLI)", "everything"),
+                                            ("torch", "everything"), ("ctxjax", "LoRA r=2"),
+                                            ("torch", "LoRA r=2")]
     assert all(r[7].endswith("%") for r in rows)
 
 
@@ -39,3 +40,9 @@ def test_generation_rows_compare_the_tokens():
     assert [r[0] for r in rows] == ["ctxjax", "torch"]
     equal, batch = rows[1][8].split("/")
     assert batch == "2" and 0 <= int(equal) <= 2
+
+
+def test_step_profile_runs():
+    rows = tiny_run("profile_step.py")
+    assert {r[0] for r in rows} & {"loss", "mlp", "attn"}
+    assert [r[2] for r in rows if r[1] == "weight grad X^T dY"]  # the matmul shapes' table
