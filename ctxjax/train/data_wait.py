@@ -83,4 +83,5 @@ class IdleClock:
 
     def close(self) -> None:
         self._outputs.put(None)
-        self._thread.join(timeout=60)
+        # A daemon: an interrupted run does not wait here for a long step still running.
+        self._thread.join(timeout=5)
