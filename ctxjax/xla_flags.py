@@ -20,12 +20,16 @@ CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDI
 CHECKED_JAXLIB = ("0.10.",)  # version prefixes that know CPU_FLAGS
 
 
+def _jaxlib_checked() -> bool:
+    import jaxlib
+
+    return jaxlib.__version__.startswith(CHECKED_JAXLIB)
+
+
 def apply_cpu_flags(environ=os.environ) -> None:
     """Add CPU_FLAGS to XLA_FLAGS (other platforms ignore them). Takes effect only before JAX's first
     computation in this process, and in processes started from it."""
-    import jaxlib
-
-    if not jaxlib.__version__.startswith(CHECKED_JAXLIB):
+    if not _jaxlib_checked():
         return
     flags = environ.get("XLA_FLAGS", "").split()
     for name, value in CPU_FLAGS.items():
@@ -54,6 +58,8 @@ def apply(environ=os.environ) -> bool:
     returns whether they are. `import ctxjax` calls it; call it yourself only after setting XLA_FLAGS anew.
     When JAX's CPU backend has started without them it warns once how to get them."""
     global _warned
+    if not _jaxlib_checked():  # a jaxlib that may not know them (it would abort): nothing to set or advise
+        return False
     if environ.get("CTXJAX_XLA_FLAGS", "1") == "0":
         return _flags_in(environ)
     if not _backend_started():

@@ -66,3 +66,19 @@ def test_importing_ctxjax_after_jax_started_warns_once():
     # The flag given before the start (the user's own value) is in effect: nothing to warn about.
     out = run_python(code, XLA_FLAGS=f"{FLAG}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
     assert out.stdout.splitlines()[-1] == "True True" and "ctxjax was imported after" not in out.stderr
+
+
+def test_a_jaxlib_not_checked_gets_neither_the_flag_nor_the_advice(monkeypatch):
+    import warnings
+
+    from ctxjax import xla_flags
+
+    monkeypatch.setattr(xla_flags, "CHECKED_JAXLIB", ("9.99.",))
+    monkeypatch.setattr(xla_flags, "_warned", False)
+    for started in (False, True):
+        monkeypatch.setattr(xla_flags, "_backend_started", lambda: started)
+        environ = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert xla_flags.apply(environ) is False
+        assert environ == {}
