@@ -2,6 +2,7 @@
 PyTorch.
 
     python bench/profile_step.py --model medium --layers 2        # the 155M model's shapes, two layers
+    python bench/profile_step.py --model medium --layers 2 --lora 8   # rank-8 adapters on q, k, v, o only
     python bench/profile_step.py --tiny                           # seconds: the suite runs it end to end
 
 Part 1 traces one compiled step (`jax.profiler`, after a warm-up) of bench/train_step.py's model, with
@@ -33,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_step import MODELS  # noqa: E402
+from train_step import LORA_ALPHA, MODELS  # noqa: E402
 
 IGNORED = ("ThunkExecutor", "$", "Pjit", "Slinky", "while", "cond")  # containers, not work
 
@@ -57,24 +58,31 @@ def category(op_name: str, kind: str, name: str) -> str:
     return "attn" if name.startswith("ffi_call") or kind == "custom-call" else "other"
 
 
-def profile(model: dict, layers: int, batch: int, length: int, kernel: str) -> None:
+def profile(model: dict, layers: int, batch: int, length: int, kernel: str, lora: int = 0) -> None:
     import jax
     import numpy as np
     import optax
 
     from ctxjax import ModelConfig, Transformer, init_params
+    from ctxjax.adaptation import AdaptationConfig
     from ctxjax.execution import ExecutionConfig
+    from ctxjax.optimizer import trainable_labels
     from ctxjax.train.state import state_from_params
     from ctxjax.train.step import make_train_step
 
     cfg = ModelConfig(**{**model, "n_layers": layers}, max_seq_len=length)
+    adaptation = AdaptationConfig(lora_rank=lora, lora_alpha=LORA_ALPHA)
+    params = init_params(cfg, jax.random.PRNGKey(0), adaptation=adaptation)
+    labels = trainable_labels(params, "") if lora else None  # with adapters: only they train
     tx = optax.adamw(1e-3)
-    state = state_from_params(init_params(cfg, jax.random.PRNGKey(0)), tx)
+    if lora:
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    state = state_from_params(params, tx)
     tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, length)).astype(np.int32)
     data = dict(tokens=tokens, positions=np.tile(np.arange(length, dtype=np.int32), (batch, 1)),
                 segment_ids=np.ones_like(tokens), targets=tokens, weights=np.ones(tokens.shape, np.float32))
-    model = Transformer(cfg, ExecutionConfig(attention=kernel, scan_unroll=layers))
-    step = jax.jit(make_train_step(model, tx), donate_argnums=0)
+    model = Transformer(cfg, ExecutionConfig(attention=kernel, scan_unroll=layers), adaptation)
+    step = jax.jit(make_train_step(model, tx, labels=labels), donate_argnums=0)
     compiled = step.lower(state, data).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -154,14 +162,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--kernel", default="auto", help="ctxjax attention kernel")
+    parser.add_argument("--lora", type=int, default=0, help="train rank-R adapters only (as train_step.py)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model: an end-to-end check")
     args = parser.parse_args()
     if args.tiny:
-        args.model, args.layers, args.batch, args.length = "tiny", 2, 2, 32
+        args.model, args.layers, args.batch, args.length, args.lora = "tiny", 2, 2, 32, 2
     model = MODELS[args.model]
     print(f"model: {args.model} with {args.layers} layers, {args.batch} x {args.length} tokens, "
-          f"attention {args.kernel}")
-    profile(model, args.layers, args.batch, args.length, args.kernel)
+          f"attention {args.kernel}" + (f", LoRA r={args.lora} only" if args.lora else ""))
+    profile(model, args.layers, args.batch, args.length, args.kernel, args.lora)
     matmuls(model, args.batch * args.length)
 
 
