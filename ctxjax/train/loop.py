@@ -188,8 +188,8 @@ def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, ch
         if step % int(config.log_every) == 0 or at_stage_end or step == last_step:
             _raise_if_diverged(state, checkpointer)
             values = jax.device_get(pending)
-            # The interval ends at this sync: the host's logging after it (the first evaluation of the learning
-            # rate schedule compiles its ops, ~0.2 s) is not the steps' time.
+            # The interval ends at this sync: the host's logging after it (the first evaluation of the
+            # learning rate schedule compiles its ops, ~0.2 s) is not the steps' time.
             seconds = time.perf_counter() - interval_start
             record = _log_record(values, schedule, step, stage, buckets, longest(config, stages))
             idle = clock.take()
