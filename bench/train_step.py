@@ -3,12 +3,17 @@ side.
 
     python bench/train_step.py [--lengths 128,512] [--tokens 4096] [--repeats 5] [--kernels xla,blockwise,cpu]
     python bench/train_step.py --model medium --lora 8 --lengths 1024 --tokens 2048   # LoRA vs PEFT
+    python bench/train_step.py --tiny     # seconds: the suite runs it end to end
 
 Same architecture (`--model demo`: d_model 128, 4 layers, 4 heads on 2 KV heads, SwiGLU 512, vocabulary 2048;
 `--model medium`: 155M parameters), same batch of tokens per step, float32, one forward + backward + AdamW
 update; each measurement runs in its own process after one warm-up step and reports its peak RSS too. PyTorch
 uses sdpa attention and all CPU threads. With `--lora R` both sides train only rank-R adapters on q, k, v, o
 (ctxjax: `AdaptationConfig.lora_rank`; PyTorch: PEFT's `LoraConfig`, pip install peft), the rest frozen.
+ctxjax runs as a library user's own jitted step (`make_train_step`), with what `import ctxjax` sets up.
+MFU: the model FLOPs per token that the trainer counts (`ctxjax.flops`, the same work for both sides; frozen
+weights get no weight gradient) times tokens/s, over the float32 matmul peak measured (by
+`ctxjax.flops.measured_peak_flops`, in its own process) at the start of the same run.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import run_child  # noqa: E402
 
 MODELS = {
     "demo": dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512),
     "medium": dict(vocab_size=32000, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, d_ff=2816),
+    "tiny": dict(vocab_size=512, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64),
 }
 LORA_ALPHA = 16.0
 
@@ -35,9 +44,6 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
     import optax
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from ctxjax.xla_flags import apply_cpu_flags
-
-    apply_cpu_flags()  # as the ctxjax command line does
     from ctxjax import ModelConfig, Transformer, init_params
     from ctxjax.adaptation import AdaptationConfig
     from ctxjax.execution import ExecutionConfig
@@ -67,6 +73,35 @@ def measure_ctxjax(model: dict, length: int, batch: int, repeats: int, kernel: s
         state, _ = step(state, data)
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / repeats
+
+
+def measure_cli(model: dict, length: int, batch: int, repeats: int, kernel: str = "auto",
+                lora: int = 0) -> float:
+    """The same model and batch trained by `ctxjax train` (the trainer's own step: its AdamW with clipping and
+    decay mask, loss by position, the data pipeline; the byte tokenizer over the stdlib corpus): seconds per
+    step from the tokens/s it logs over the steps after the one that compiled."""
+    import tempfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, repo)
+    from ctxjax import cli
+
+    shape = {**model, "qk_norm": False, "max_seq_len": length}
+    overrides = [f"--config.model.{k}={v}" for k, v in shape.items()] + [
+        f"--config.execution.attention={kernel}", f"--config.execution.scan_unroll={model['n_layers']}",
+        "--config.data.source=stdlib", "--config.data.tokenizer=bytes", "--config.data.mode=pack",
+        f"--config.tokens_per_step={batch * length}",
+        f"--config.stages=[{{'steps': {repeats + 1}, 'seq_len': {length}, 'lr': 1e-3}}]",
+        f"--config.log_every={repeats + 1}", "--config.eval_at_stage_end=False", "--config.export_dir=",
+        "--config.checkpoint.every_steps=0"]
+    with tempfile.TemporaryDirectory() as work:
+        code = cli.main(["train", "--config", os.path.join(repo, "configs", "demo.py"), "--workdir", work,
+                         *overrides])
+        if code:
+            raise SystemExit(f"ctxjax train exited with {code}")
+        with open(os.path.join(work, "metrics.jsonl")) as f:
+            speed = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r][-1]
+    return batch * length / speed
 
 
 def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: str = "sdpa",
@@ -100,6 +135,23 @@ def measure_torch(model: dict, length: int, batch: int, repeats: int, kernel: st
     return (time.perf_counter() - start) / repeats
 
 
+def flops_per_token(model: dict, length: int, lora: int) -> float:
+    """The trainer's count (ctxjax.flops): with adapters every matmul weight is frozen (adapters not
+    counted)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ctxjax import ModelConfig, flops
+
+    cfg = ModelConfig(**model, max_seq_len=length)
+    return flops.flops_per_token(cfg, length, flops.matmul_params(cfg) if lora else 0)
+
+
+def measure_peak() -> float:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ctxjax.flops import measured_peak_flops
+
+    return measured_peak_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,31 +162,49 @@ def main() -> None:
     parser.add_argument("--model", default="demo", choices=sorted(MODELS))
     parser.add_argument("--lora", type=int, default=0,
                         help="train rank-R adapters only, beside full training")
+    parser.add_argument("--cli", action="store_true",
+                        help="also `ctxjax train` on the same model and batch (first kernel; full training)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model, LoRA too: an end-to-end check")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tiny:
+        args.model, args.lengths, args.tokens, args.repeats = "tiny", "32", 64, 1
+        args.kernels, args.lora, args.cli = "xla", 2, True
     model = MODELS[args.model]
+    if args.child == "peak":
+        print(json.dumps({"peak_flops": measure_peak()}))
+        return
     if args.child:  # one measurement, in this process
         name, kernel, length, lora = args.child.split(":")
-        measure = measure_ctxjax if name == "ctxjax" else measure_torch
+        measure = {"ctxjax": measure_ctxjax, "cli": measure_cli, "torch": measure_torch}[name]
         seconds = measure(model, int(length), args.tokens // int(length), args.repeats, kernel, int(lora))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
         print(json.dumps({"seconds": seconds, "peak_rss_gib": peak}))
         return
-    print("| implementation | attention | trains | length | batch | step (s) | tokens/s | peak RSS (GiB) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    def child(*extra):
+        return run_child(__file__, [*extra, "--model", args.model])
+
+    peak = child("--child", "peak")["peak_flops"]
+    print(f"model: {args.model}; float32 matmul peak measured now: {peak / 1e9:.0f} GFLOP/s")
+    print("| implementation | attention | trains | length | batch | step (s) | tokens/s | MFU | "
+          "peak RSS (GiB) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     ranks = [0, args.lora] if args.lora else [0]
+    kernels = args.kernels.split(",")
+    # The command line trains adapters only on an imported model: its row is for full training.
     runs = [(name, kernel, rank) for rank in ranks
-            for name, kernel in [("ctxjax", k) for k in args.kernels.split(",")] + [("torch", "sdpa")]]
+            for name, kernel in [("ctxjax", k) for k in kernels]
+            + ([("cli", kernels[0])] if args.cli and not rank else []) + [("torch", "sdpa")]]
     for length in map(int, args.lengths.split(",")):
         for name, kernel, rank in runs:
-            out = subprocess.run([sys.executable, __file__, "--child", f"{name}:{kernel}:{length}:{rank}",
-                                  "--tokens", str(args.tokens), "--repeats", str(args.repeats),
-                                  "--model", args.model],
-                                 capture_output=True, text=True, check=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
+            result = child("--child", f"{name}:{kernel}:{length}:{rank}", "--tokens", str(args.tokens),
+                           "--repeats", str(args.repeats))
             batch, trains = args.tokens // length, f"LoRA r={rank}" if rank else "everything"
-            print(f"| {name} | {kernel} | {trains} | {length} | {batch} | {result['seconds']:.3f} | "
-                  f"{batch * length / result['seconds']:.0f} | {result['peak_rss_gib']:.2f} |", flush=True)
+            tokens_per_s = batch * length / result["seconds"]
+            mfu = tokens_per_s * flops_per_token(model, length, rank) / peak
+            label = "ctxjax (CLI)" if name == "cli" else name
+            print(f"| {label} | {kernel} | {trains} | {length} | {batch} | {result['seconds']:.3f} | "
+                  f"{tokens_per_s:.0f} | {mfu:.1%} | {result['peak_rss_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from ctxjax.compile_cache import enable_compilation_cache
 from ctxjax.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError, TrainingDiverged
 from ctxjax.fs import refuse_url
 from ctxjax.tpu_plugin import skip_tpu_plugin_without_a_chip
-from ctxjax.xla_flags import apply_cpu_flags
 
 COMMANDS = [train, import_hf, export, info, extend_hf, evaluate, extension_table, generate, check_logits,
             study, plan]
@@ -35,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (overrides and not getattr(args, "accepts_config_overrides", False)):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.config_overrides = overrides
-    apply_cpu_flags()
     skip_tpu_plugin_without_a_chip()
     enable_compilation_cache()
     # Bad input is one line naming the fix; anything else is a bug and keeps its traceback (exit 1).

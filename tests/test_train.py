@@ -58,6 +58,9 @@ def test_staged_demo_trains_checkpoints_and_exports(one_device_run):
         ["loss/pos_0-16", "loss/pos_16-32", "loss/pos_32-64"]]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert any("tokens_per_s" in r and "mfu" in r for r in records)
+    # The device's idle time waiting for batches is logged beside the throughput.
+    assert all(r["data_wait_s"] >= 0 and 0 <= r["data_wait_fraction"] <= 1 for r in records
+               if "tokens_per_s" in r)
     # Evaluation at every stage end: perplexity of the same targets with 16 and 64 tokens of context.
     assert [r["step"] for r in evaluations] == [3, 5, 7]
     assert all(np.isfinite(r["eval/ppl/fixed_target/64"]) for r in evaluations)
@@ -107,6 +110,18 @@ def test_rerunning_the_same_command_resumes_exactly(one_device_run, tmp_path, ca
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     # each step once, the resumed copy
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 8))
+    want, got = losses(reference), losses(workdir)
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)
+
+
+def test_prefetching_thread_resumes_at_the_exact_next_batch(one_device_run, tmp_path):
+    """With the background thread on (it has prepared batches beyond the checkpoint when the run stops), the
+    resumed run trains on the batches the uninterrupted run without the thread trained on."""
+    reference, _ = one_device_run
+    workdir = str(tmp_path)
+    train_and_evaluate(tiny(**{"data.prefetch": 2}), workdir, devices=jax.devices()[:1], stop_after=4)
+    train_and_evaluate(tiny(**{"data.prefetch": 2}), workdir, devices=jax.devices()[:1])
     want, got = losses(reference), losses(workdir)
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-6)

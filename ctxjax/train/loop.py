@@ -41,6 +41,7 @@ from ctxjax.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from ctxjax.train import gates
 from ctxjax.train.configs import check_objective, execution_config, validate, zigzag_shards
 from ctxjax.train.cost import flops_per_token
+from ctxjax.train.data_wait import IdleClock
 from ctxjax.train.export import check_export, export
 from ctxjax.train.metrics import MetricsWriter
 from ctxjax.train.resume import Start, model_config_for_stage, start_run, with_extensions
@@ -91,11 +92,13 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
         # Resumed at a gated stage's end: its evaluation and gate are done again (and logged once).
         metrics = MetricsWriter(workdir, total_steps(stages), start.step,
                                 redo_evaluation=gates.gated_end(stages, start.step) is not None)
+        clock = IdleClock()
         try:
             summary, state, cfg = _loop(config, workdir, mesh, start, run, data, metrics, checkpointer, stop,
-                                        stop_after)
+                                        stop_after, clock)
             checkpointer.wait()
         finally:
+            clock.close()
             metrics.close()
             data.close()
     if config.export_dir and summary["final_step"] == summary["last_step"]:
@@ -104,8 +107,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None, stop_after: int | 
     return summary
 
 
-def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, checkpointer, stop, stop_after):
-    """The steps from `start.step` to the end (or a stop request); returns (summary, state, last model)."""
+def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, checkpointer, stop, stop_after,
+          clock: IdleClock):
+    """The steps from `start.step` to the end (or a stop request); returns (summary, state, last model).
+    `clock` measures how long the device waited for batches (data_wait_s in the log)."""
     # Ring attention: rows in zig-zag order give every sequence shard the same causal work.
     zigzag = zigzag_shards(config, mesh.shape["sequence"])
     peak = float(config.peak_flops) or flops.measured_peak_flops()
@@ -163,27 +168,39 @@ def _loop(config, workdir, mesh, start: Start, run, data: StageData, metrics, ch
             state, setup = _enter_stage(config, start, run, stage, state, setup, mesh, buckets)
             pipe = data.enter(stage, step)
             fresh_compile = True
+        clock.begin_wait()
         local = pipe.next_batch(stage.batch_size, stage.seq_len)
         if zigzag:
             local = zigzag_batch(local, zigzag)
-        state, step_metrics = setup.step_fn(state, make_global_batch(local, mesh, batch_sharding(mesh)))
+        batch = make_global_batch(local, mesh, batch_sharding(mesh))
+        clock.batch_ready(step + 1)
+        state, step_metrics = setup.step_fn(state, batch)
         step += 1
+        clock.dispatched(step, step_metrics)
         pending.append(step_metrics)
         if fresh_compile:  # keep compilation out of tokens/s: one sync per new shape
             fresh_compile = False
             jax.block_until_ready(state["step"])
             interval_start, interval_tokens = time.perf_counter(), 0
+            clock.reset()
         else:
             interval_tokens += stage.batch_size * stage.seq_len
 
         at_stage_end = step == stage.end
         if step % int(config.log_every) == 0 or at_stage_end or step == last_step:
             _raise_if_diverged(state, checkpointer)
-            record = _log_record(jax.device_get(pending), schedule, step, stage, buckets,
-                                 longest(config, stages))
+            values = jax.device_get(pending)
+            # The interval ends at this sync: the host's logging after it (the first evaluation of the
+            # learning rate schedule compiles its ops, ~0.2 s) is not the steps' time.
+            seconds = time.perf_counter() - interval_start
+            record = _log_record(values, schedule, step, stage, buckets, longest(config, stages))
+            idle = clock.take()
             if interval_tokens:  # an interval holding only a freshly compiled step has no throughput
-                record["tokens_per_s"] = interval_tokens / (time.perf_counter() - interval_start)
+                record["tokens_per_s"] = interval_tokens / seconds
                 record["mfu"] = record["tokens_per_s"] * setup.flops_per_token / peak
+                # The device's idle time waiting for batches, per step and as a share of the interval.
+                record["data_wait_s"] = idle / (interval_tokens // (stage.batch_size * stage.seq_len))
+                record["data_wait_fraction"] = idle / seconds
             metrics.write(step, record)
             metrics.progress(step, record)
             summary.update(record)

@@ -52,6 +52,8 @@ class MetricsWriter:
         shown = {k: metrics[k] for k in ("loss", "tokens_per_s", "seq_len", "stage", "lr", "mfu")
                  if k in metrics}
         shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()}
+        if metrics.get("data_wait_fraction", 0) >= 0.05:  # the pipeline holds the step up: say so
+            shown["data_wait"] = f"{metrics['data_wait_fraction']:.0%}"
         by_position = [f"{v:.3g}" for k, v in metrics.items() if k.startswith("loss/pos_")]
         if len(by_position) > 1:  # the loss at the original context, then at each doubling beyond it
             shown["loss_by_pos"] = "|".join(by_position)
