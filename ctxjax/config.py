@@ -7,9 +7,9 @@ One config covers five families:
   second norm after attention and after the MLP (before each residual add), tied embeddings; optional soft
   caps on the attention scores and the output logits (Gemma 2).
 - "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
-- "bert" (BERT, RoBERTa; encoders): post-norm LayerNorm blocks (each branch added, then normalised), a LayerNorm
-  on the embeddings, token-type embeddings, exact-GELU MLP, biases everywhere, learned absolute positions
-  (RoBERTa's start at an offset), tied embeddings.
+- "bert" (BERT, RoBERTa; encoders): post-norm LayerNorm blocks (each branch added, then normalised), a
+  LayerNorm on the embeddings, token-type embeddings, exact-GELU MLP, biases everywhere, learned absolute
+  positions (RoBERTa's start at an offset), tied embeddings.
 - "modernbert" (encoders): pre-norm LayerNorm without biases (none on the first layer's attention input), a
   LayerNorm on the embeddings and a final one, exact-GELU gated MLP (GeGLU), no biases, RoPE, alternating
   global and symmetric-window local layers, tied embeddings.
@@ -88,7 +88,7 @@ class ModelConfig:
     # Token-type (segment A/B) embeddings: rows of a table whose row 0 is added to every token (BERT 2,
     # RoBERTa 1); 0 = none.
     type_vocab_size: int = 0
-    # What the last hidden state feeds (see the module docstring); None: "mlm" for encoder families, else "lm".
+    # What the last hidden state feeds (see the module docstring); None: "mlm" for encoders, else "lm".
     head: str | None = None
 
     def __post_init__(self):
@@ -250,7 +250,8 @@ class ModelConfig:
         if self.output_head == "mlm" and self.causal:
             fail("head='mlm' predicts masked tokens from both sides: set causal=False")
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-            fail(f"type_vocab_size={self.type_vocab_size!r} must be an int >= 0 (0: no token-type embeddings)")
+            fail(f"type_vocab_size={self.type_vocab_size!r} must be an int >= 0 (0: no token-type "
+                 "embeddings)")
         if self.qk_norm and self.family not in ("llama", "gemma"):
             fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
         if not isinstance(self.position, positions_lib.PositionScheme):

@@ -205,6 +205,9 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
     on_token(n): called on the host as decoding goes, with the number of tokens generated so far (for a
     progress bar; it costs a host callback per step, so leave it None in loops that must not wait)."""
     run = execution or ExecutionConfig(attention="auto")
+    if not cfg.causal or cfg.output_head != "lm":
+        raise InputError(f"a {cfg.family} model with head={cfg.output_head!r} (causal={cfg.causal}) is no "
+                         "left-to-right language model: only causal models with head='lm' generate")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
     prompts = _checked_prompts(prompts, cfg.vocab_size)

@@ -178,8 +178,8 @@ def gemma3_multimodal(seed=0):
 
 # Encoders: BERT and RoBERTa (post-norm, learned positions; RoBERTa's from padding_idx + 1 = 2) and ModernBERT
 # (layers 0 and 2 global, layer 1 local with |i - j| <= 2, RoPE bases 1e4 global / 1e3 local).
-ENCODER = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-               max_position_embeddings=16)
+ENCODER = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=48, max_position_embeddings=16)
 MODERNBERT = dict(ENCODER, num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=4,
                   global_rope_theta=1e4, local_rope_theta=1e3, pad_token_id=0, bos_token_id=0, eos_token_id=0,
                   cls_token_id=0, sep_token_id=0)

@@ -167,8 +167,8 @@ CASES = {
                                             "--workdir", s.path("w")],
     "hf-unsupported": lambda s: ["info", s.hf_dir(architectures=["CustomForCausalLM"], model_type="custom")],
     "hf-roberta-offset": lambda s: ["info", os.path.dirname(s.file("roberta/config.json", json.dumps(
-        {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", "vocab_size": 97, "hidden_size": 32,
-         "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 48,
+        {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", "vocab_size": 97,
+         "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 48,
          "max_position_embeddings": 2, "pad_token_id": 1})))],
     "hf-export-bidirectional": lambda s: ["export", "--workdir", _bidirectional(s), "--out", s.path("o")],
     "hf-truncated-weights": lambda s: ["import-hf", _truncated_weights(s), "--workdir", s.path("w")],

@@ -1,7 +1,7 @@
-"""Encoders <-> transformers: BertForMaskedLM, BertModel, RobertaForMaskedLM, RobertaModel, ModernBertForMaskedLM
-and ModernBertModel, imported and exported with equal outputs (masked-LM logits, or a bare encoder's last hidden
-state) below and above the original context; the learned table's growth, RoBERTa's offset and the exports
-that have no Hugging Face class."""
+"""Encoders <-> transformers: BertForMaskedLM, BertModel, RobertaForMaskedLM, RobertaModel,
+ModernBertForMaskedLM and ModernBertModel, imported and exported with equal outputs (masked-LM logits, or a
+bare encoder's last hidden state) below and above the original context; the learned table's growth,
+RoBERTa's offset and the exports that have no Hugging Face class."""
 
 import json
 import os
@@ -18,8 +18,8 @@ from ctxjax.errors import InputError
 from ctxjax.model import Transformer, init_params
 from ctxjax.train.step import loss_sums, output_projection
 
-ARCHITECTURES = ("BertForMaskedLM", "BertModel", "RobertaForMaskedLM", "RobertaModel", "ModernBertForMaskedLM",
-                 "ModernBertModel")
+ARCHITECTURES = ("BertForMaskedLM", "BertModel", "RobertaForMaskedLM", "RobertaModel",
+                 "ModernBertForMaskedLM", "ModernBertModel")
 ATOL = 1e-4
 _IMPORTED = {}
 
@@ -73,8 +73,8 @@ def test_export_reloads_in_transformers_below_and_above_the_original_context(arc
     reloaded = auto.from_pretrained(out).eval()
     assert type(reloaded).__name__ == architecture
     for length in (original - 3, 2 * original):
-        np.testing.assert_allclose(ours(cfg, params, rows(length)), oracle.encoder_output(reloaded, rows(length)),
-                                   atol=ATOL)
+        np.testing.assert_allclose(ours(cfg, params, rows(length)),
+                                   oracle.encoder_output(reloaded, rows(length)), atol=ATOL)
     cfg_back, params_back = hf.load_pretrained(out)  # and back: the same model
     assert cfg_back == cfg
     jax.tree_util.tree_map(np.testing.assert_array_equal, params_back, jax.device_get(params))
@@ -164,7 +164,8 @@ def test_the_masked_lm_loss_counts_the_decoder_bias():
 
 
 def test_check_logits_compares_an_encoder(capsys):
-    for architecture, compared in (("RobertaForMaskedLM", "top-1 agree"), ("BertModel", "last hidden states")):
+    for architecture, compared in (("RobertaForMaskedLM", "top-1 agree"),
+                                   ("BertModel", "last hidden states")):
         directory = imported(architecture)[1]
         assert cli.main(["check-logits", directory, "--lengths", "6,16", "--random-tokens", "--atol",
                          "1e-4"]) == 0

@@ -66,7 +66,8 @@ def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
     architecture = next(iter(config.get("architectures") or []), "")
     auto, extra = transformers.AutoModelForCausalLM, {}
     if architecture in ENCODER_ARCHITECTURES:
-        auto = transformers.AutoModelForMaskedLM if architecture.endswith("ForMaskedLM") else transformers.AutoModel
+        auto = (transformers.AutoModelForMaskedLM if architecture.endswith("ForMaskedLM")
+                else transformers.AutoModel)
         if architecture in ("BertModel", "RobertaModel"):
             extra = dict(add_pooling_layer=False)  # not part of the compared output, nor of ctxjax's model
     try:

@@ -8,7 +8,8 @@ from typing import Any
 from ctxjax.errors import InputError
 from ctxjax import positions
 from ctxjax.config import ENCODER_FAMILIES, ModelConfig
-from ctxjax.hf.encoder_config import ENCODER_ARCHITECTURES, encoder_config, encoder_fields, export_encoder_type
+from ctxjax.hf.encoder_config import (ENCODER_ARCHITECTURES, encoder_config, encoder_fields,
+                                      export_encoder_type)
 
 LLAMA_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -250,8 +251,8 @@ def hf_config_from_model(cfg: ModelConfig, architecture: str = "") -> dict[str, 
         raise InputError(f"a {cfg.family} model with head={cfg.output_head!r} has no Hugging Face class; "
                          "decoders export with head='lm'")
     if cfg.type_vocab_size and cfg.family != "bert":
-        raise InputError(f"token-type embeddings (type_vocab_size={cfg.type_vocab_size}) exist in Hugging Face "
-                         f"BERT and RoBERTa only, not in a {cfg.family} model; set type_vocab_size=0")
+        raise InputError(f"token-type embeddings (type_vocab_size={cfg.type_vocab_size}) exist in Hugging "
+                         f"Face BERT and RoBERTa only, not in a {cfg.family} model; set type_vocab_size=0")
     if cfg.family in ENCODER_FAMILIES and cfg.family not in cfg.position.hf_families:
         raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging "
                          f"Face equivalent; export {cfg.family} models with "

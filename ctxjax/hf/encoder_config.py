@@ -1,6 +1,6 @@
-"""Hugging Face `config.json` <-> ModelConfig for the encoders: BERT and RoBERTa (family "bert") and ModernBERT,
-each as its masked-LM class (head "mlm") or its bare model (head "none", whose output is the last hidden state;
-BERT's and RoBERTa's pooler is not part of it)."""
+"""Hugging Face `config.json` <-> ModelConfig for the encoders: BERT and RoBERTa (family "bert") and
+ModernBERT, each as its masked-LM class (head "mlm") or its bare model (head "none", whose output is the last
+hidden state; BERT's and RoBERTa's pooler is not part of it)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,11 @@ def _bert_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     offset = int(hf.get("pad_token_id", 1)) + 1 if model_type == "roberta" else 0
     rows = int(hf.get("max_position_embeddings", 512))
     if rows <= offset:
-        raise InputError(f"max_position_embeddings={rows} leaves no position after RoBERTa's offset of {offset} "
-                         "(pad_token_id + 1); the table needs more rows than its offset")
+        raise InputError(f"max_position_embeddings={rows} leaves no position after RoBERTa's offset of "
+                         f"{offset} (pad_token_id + 1); the table needs more rows than its offset")
     return dict(family="bert", max_seq_len=rows - offset, position=positions.Learned(offset=offset),
-                norm_eps=float(hf.get("layer_norm_eps", 1e-12)), type_vocab_size=int(hf.get("type_vocab_size", 2)))
+                norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+                type_vocab_size=int(hf.get("type_vocab_size", 2)))
 
 
 def _modernbert_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -62,10 +63,12 @@ def _modernbert_fields(hf: dict[str, Any]) -> dict[str, Any]:
     every = int(hf.get("global_attn_every_n_layers", 3))
     types = hf.get("layer_types") or [FULL if i % every == 0 else SLIDING for i in range(n_layers)]
     if len(types) != n_layers or set(types) - {FULL, SLIDING}:
-        raise InputError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got {types}")
+        raise InputError(f"layer_types must name {n_layers} layers, each {FULL!r} or {SLIDING!r}; got "
+                         f"{types}")
     full = tuple(i for i, t in enumerate(types) if t == FULL)
     max_pos = int(hf.get("max_position_embeddings", 8192))
-    full_rope, local_rope = (positions.Rope.from_hf({"max_position_embeddings": max_pos, "rope_parameters": p})
+    full_rope, local_rope = (positions.Rope.from_hf({"max_position_embeddings": max_pos,
+                                                     "rope_parameters": p})
                              for p in _rope_parameters(hf))
     # HF's local layers see |i - j| <= local_attention // 2; ours see |i - j| < sliding_window.
     window = int(hf.get("local_attention", 128)) // 2 + 1
@@ -76,7 +79,8 @@ def _modernbert_fields(hf: dict[str, Any]) -> dict[str, Any]:
     else:
         rotation = dict(position=full_rope, local_position=local_rope, sliding_window=window,
                         full_attention_layers=full)
-    return dict(family="modernbert", max_seq_len=max_pos, norm_eps=float(hf.get("norm_eps", 1e-5)), **rotation)
+    return dict(family="modernbert", max_seq_len=max_pos, norm_eps=float(hf.get("norm_eps", 1e-5)),
+                **rotation)
 
 
 def _rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
@@ -126,8 +130,8 @@ def export_encoder_type(cfg: ModelConfig) -> str:
     modernbert; a one-line error when none computes it."""
     reason = _unfit(cfg)
     if reason:
-        raise InputError(f"no Hugging Face {cfg.family} class computes this model ({reason}); change the model "
-                         "to fit")
+        raise InputError(f"no Hugging Face {cfg.family} class computes this model ({reason}); change the "
+                         "model to fit")
     if cfg.family == "modernbert":
         return "modernbert"
     return "roberta" if cfg.position.offset else "bert"
@@ -151,7 +155,8 @@ def encoder_config(cfg: ModelConfig) -> dict[str, Any]:
     full = cfg.layer_is_full or (not cfg.sliding_window,) * cfg.n_layers
     return dict(out, hidden_activation="gelu", classifier_activation="gelu", norm_eps=cfg.eps,
                 max_position_embeddings=full_rope.get("max_position_embeddings", cfg.max_seq_len),
-                norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False, decoder_bias=True,
+                norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False,
+                decoder_bias=True,
                 layer_types=[FULL if f else SLIDING for f in full],
                 # HF's window is |i - j| <= local_attention // 2; ours |i - j| < sliding_window.
                 local_attention=2 * max(cfg.sliding_window - 1, 0),

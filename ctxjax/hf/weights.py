@@ -273,8 +273,8 @@ def modernbert_tensors(cfg: ModelConfig) -> list[Tensor]:
     ]
     if not mlm:
         return out
-    return (out + _linear("head.dense", ("mlm_head", "dense"), False) + _norm("head.norm", ("mlm_head", "norm"), False)
-            + _decoder(cfg, "decoder", "decoder.bias"))
+    return (out + _linear("head.dense", ("mlm_head", "dense"), False)
+            + _norm("head.norm", ("mlm_head", "norm"), False) + _decoder(cfg, "decoder", "decoder.bias"))
 
 
 def tensors_for(cfg: ModelConfig, model_type: str | None = None) -> list[Tensor]:
