@@ -171,3 +171,16 @@ def test_check_logits_compares_an_encoder(capsys):
                          "1e-4"]) == 0
         out = capsys.readouterr().out
         assert compared in out and "same answers" in out
+
+
+@pytest.mark.parametrize("architecture", ("BertForMaskedLM", "ModernBertForMaskedLM"))
+def test_an_untied_decoder_keeps_its_own_weight_and_bias(architecture, tmp_path):
+    # Untied, BERT's decoder reads its own bias, not the head's `bias` (which transformers leaves unused).
+    model = oracle.encoder(architecture, tie_word_embeddings=False)
+    cfg, params = hf.load_pretrained(oracle.save(model))
+    assert not cfg.tied and "lm_head" in params
+    np.testing.assert_allclose(ours(cfg, params, rows(12)), oracle.encoder_output(model, rows(12)), atol=ATOL)
+    reloaded = transformers.AutoModelForMaskedLM.from_pretrained(
+        hf.save_pretrained(cfg, params, str(tmp_path / "hf"))).eval()
+    np.testing.assert_allclose(ours(cfg, params, rows(12)), oracle.encoder_output(reloaded, rows(12)),
+                               atol=ATOL)

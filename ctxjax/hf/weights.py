@@ -248,8 +248,10 @@ def bert_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
     head = "cls.predictions." if model_type == "bert" else "lm_head."
     transform, norm = ("transform.dense", "transform.LayerNorm") if model_type == "bert" else ("dense",
                                                                                                 "layer_norm")
+    # The decoder's bias is the head's `bias` while tied; untied, the decoder's own (and `bias` is unused).
+    bias = head + "bias" if cfg.tied else head + "decoder.bias"
     return (out + _linear(head + transform, ("mlm_head", "dense"), True)
-            + _norm(head + norm, ("mlm_head", "norm"), True) + _decoder(cfg, head + "decoder", head + "bias"))
+            + _norm(head + norm, ("mlm_head", "norm"), True) + _decoder(cfg, head + "decoder", bias))
 
 
 def modernbert_tensors(cfg: ModelConfig) -> list[Tensor]:
@@ -300,12 +302,13 @@ LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "model.language_mo
 
 
 # Parts of BERT-style checkpoints outside what ctxjax reads: the pooler and next-sentence head (BertModel,
-# BertForPreTraining), the position-id buffer, and the decoder bias's second name (the same tensor as the
-# head's `bias`).
-ENCODER_IGNORED = ("pooler.", "cls.seq_relationship.", "embeddings.position_ids", "predictions.decoder.bias",
-                   "lm_head.decoder.bias")
-# A tied masked-LM checkpoint may still store its decoder weight (a copy of the word embeddings).
-TIED_DECODERS = ("cls.predictions.decoder.weight", "lm_head.decoder.weight", "decoder.weight")
+# BertForPreTraining) and the position-id buffer.
+ENCODER_IGNORED = ("pooler.", "cls.seq_relationship.", "embeddings.position_ids")
+# A tied masked-LM checkpoint may still store its decoder weight and bias (copies of the word embeddings and
+# of the head's `bias`); an untied one, the head's `bias`, which its decoder never reads.
+TIED_DECODERS = ("cls.predictions.decoder.weight", "lm_head.decoder.weight", "decoder.weight",
+                 "cls.predictions.decoder.bias", "lm_head.decoder.bias")
+UNTIED_DEAD_BIASES = ("cls.predictions.bias", "lm_head.bias")
 
 
 def canonical_name(cfg: ModelConfig, name: str) -> str:
@@ -325,6 +328,7 @@ def is_ignored(cfg: ModelConfig, name: str) -> bool:
     if cfg.family == "gemma" and name.startswith(IGNORED_PREFIXES):
         return True
     if cfg.family in ("bert", "modernbert"):
-        return any(part in name for part in ENCODER_IGNORED) or (cfg.tied and name in TIED_DECODERS)
+        return (any(part in name for part in ENCODER_IGNORED)
+                or name in (TIED_DECODERS if cfg.tied else UNTIED_DEAD_BIASES))
     # A tied checkpoint may still store lm_head.weight (a copy of the embeddings).
     return cfg.tied and name == "lm_head.weight"

@@ -58,7 +58,8 @@ class Learned(PositionScheme):
         return cfg.max_seq_len
 
     def limit_description(self, cfg):
-        return f"the learned position table ({cfg.max_seq_len} positions)"
+        after = f" after its {self.offset} padding rows" if self.offset else ""
+        return f"the learned position table ({cfg.max_seq_len} rows{after})"
 
     def extend(self, params, new_len, method="interpolate"):
         if params[TABLE[0]][TABLE[1]].shape[0] == new_len + self.offset:
