@@ -425,7 +425,7 @@ class MlmHead(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         h = _dense(cfg, self.run, AdaptationConfig(), cfg.d_model, -1, ("embed", None),
-                   cfg.family in NORM_BIAS_FAMILIES, "dense")(x)  # [B, L, D]
+                   cfg.use_mlp_bias, "dense")(x)  # [B, L, D]
         return Norm(cfg, self.run.dtype, name="norm")(ACTIVATIONS[cfg.family](h))
 
 
