@@ -184,3 +184,14 @@ def test_an_untied_decoder_keeps_its_own_weight_and_bias(architecture, tmp_path)
         hf.save_pretrained(cfg, params, str(tmp_path / "hf"))).eval()
     np.testing.assert_allclose(ours(cfg, params, rows(12)), oracle.encoder_output(reloaded, rows(12)),
                                atol=ATOL)
+
+
+@pytest.mark.parametrize("architecture, flags", [
+    ("RobertaForMaskedLM", ["--positions", "32", "--method", "copy"]),
+    ("ModernBertModel", ["--rope-type", "yarn", "--factor", "2"]),
+])
+def test_extend_hf_then_check_logits_past_the_original_context(architecture, flags, tmp_path, capsys):
+    out = str(tmp_path / "extended")
+    assert cli.main(["extend-hf", imported(architecture)[1], "--out", out, *flags]) == 0
+    assert "context:   16 -> 32 tokens" in capsys.readouterr().out
+    assert cli.main(["check-logits", out, "--lengths", "32", "--random-tokens", "--atol", "1e-4"]) == 0

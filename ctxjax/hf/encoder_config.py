@@ -98,6 +98,8 @@ def _rope_parameters(hf: dict[str, Any]) -> tuple[dict, dict]:
 
 def _unfit(cfg: ModelConfig) -> str:
     """Why no Hugging Face encoder class computes this encoder ("" if one does)."""
+    if cfg.family not in cfg.position.hf_families:
+        return f"{'learned' if cfg.family == 'bert' else 'rope'} positions"
     if cfg.output_head == "lm":
         return "an encoder ends in a masked-LM head (head='mlm') or none (head='none')"
     if cfg.kv_heads != cfg.n_heads or cfg.dim_per_head * cfg.n_heads != cfg.d_model:
