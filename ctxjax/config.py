@@ -1,12 +1,22 @@
 """ModelConfig: every architectural choice of a ctxjax Transformer, frozen and hashable.
 
-One config covers three families:
+One config covers five families:
 - "llama": RMSNorm, SwiGLU, optional q/k/v (Qwen2) or q/k/v/o (Llama `attention_bias`) biases, GQA, optional
   per-head q/k norms (Qwen3).
 - "gemma" (Gemma 2 and 3): RMSNorm scaled by (1 + w), embeddings times sqrt(d_model), tanh-GELU gated MLP, a
   second norm after attention and after the MLP (before each residual add), tied embeddings; optional soft
   caps on the attention scores and the output logits (Gemma 2).
 - "gpt2": LayerNorm, tanh-GELU MLP, biases everywhere, learned absolute positions, tied embeddings.
+- "bert" (BERT, RoBERTa; encoders): post-norm LayerNorm blocks (each branch added, then normalised), a
+  LayerNorm on the embeddings, token-type embeddings, exact-GELU MLP, biases everywhere, learned absolute
+  positions (RoBERTa's start at an offset), tied embeddings.
+- "modernbert" (encoders): pre-norm LayerNorm without biases (none on the first layer's attention input), a
+  LayerNorm on the embeddings and a final one, exact-GELU gated MLP (GeGLU), no biases, RoPE, alternating
+  global and symmetric-window local layers, tied embeddings.
+
+What follows the last layer is `head`: "lm" (decoders: logits = h @ embeddings^T or an lm_head), "mlm" (BERT's
+masked-LM head: dense + GELU + LayerNorm, then the tied decoder plus a bias of its own) or "none" (a bare
+encoder, whose output is the last hidden state).
 
 Layers may differ in one way: with `full_attention_layers` set, those layers attend to the whole context with
 `position`, and the others ("local" layers) use `sliding_window` and `local_position` (Gemma 3 alternates five
@@ -28,7 +38,9 @@ from ctxjax import positions as positions_lib
 from ctxjax.dataclass_config import replace_fields
 from ctxjax.errors import InputError
 
-FAMILIES = ("llama", "gemma", "gpt2")
+FAMILIES = ("llama", "gemma", "gpt2", "bert", "modernbert")
+ENCODER_FAMILIES = ("bert", "modernbert")
+HEADS = ("lm", "mlm", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -73,6 +85,11 @@ class ModelConfig:
     # False: every token attends to the tokens on both sides (encoders: BERT, RoBERTa, ModernBERT), a sliding
     # window is symmetric (|pos_q - pos_k| < sliding_window) and ALiBi biases by |pos_q - pos_k|.
     causal: bool = True
+    # Token-type (segment A/B) embeddings: rows of a table whose row 0 is added to every token (BERT 2,
+    # RoBERTa 1); 0 = none.
+    type_vocab_size: int = 0
+    # What the last hidden state feeds (see the module docstring); None: "mlm" for encoders, else "lm".
+    head: str | None = None
 
     def __post_init__(self):
         if isinstance(self.full_attention_layers, list):  # from JSON (checkpoint metadata): hashable
@@ -92,7 +109,7 @@ class ModelConfig:
     def mlp_dim(self) -> int:
         if self.d_ff:
             return self.d_ff
-        if self.family == "gpt2":
+        if self.family in ("gpt2", "bert"):
             return 4 * self.d_model
         return 256 * ((int(8 * self.d_model / 3) + 255) // 256)
 
@@ -100,7 +117,7 @@ class ModelConfig:
     def eps(self) -> float:
         if self.norm_eps is not None:
             return self.norm_eps
-        return 1e-5 if self.family == "gpt2" else 1e-6
+        return {"gpt2": 1e-5, "bert": 1e-12, "modernbert": 1e-5}.get(self.family, 1e-6)
 
     @property
     def attention_scale(self) -> float:
@@ -116,7 +133,7 @@ class ModelConfig:
     def _family_default(self, value: bool | None, gpt2: bool, llama: bool) -> bool:
         if value is not None:
             return value
-        return gpt2 if self.family == "gpt2" else llama
+        return gpt2 if self.family in ("gpt2", "bert") else llama
 
     @property
     def use_qkv_bias(self) -> bool:
@@ -132,12 +149,23 @@ class ModelConfig:
 
     @property
     def tied(self) -> bool:
-        return self.tie_embeddings if self.tie_embeddings is not None else self.family in ("gpt2", "gemma")
+        return (self.tie_embeddings if self.tie_embeddings is not None
+                else self.family in ("gpt2", "gemma", *ENCODER_FAMILIES))
+
+    @property
+    def output_head(self) -> str:
+        """`head`, or the family's: "mlm" for encoders, "lm" for decoders."""
+        return self.head or ("mlm" if self.family in ENCODER_FAMILIES else "lm")
+
+    @property
+    def gated_mlp(self) -> bool:
+        """down(act(gate x) * up x) (llama, gemma, modernbert) rather than down(act(up x)) (gpt2, bert)."""
+        return self.family not in ("gpt2", "bert")
 
     @property
     def projections(self) -> tuple[str, ...]:
         """Names of the per-layer projections (what AdaptationConfig.lora_targets may name)."""
-        return ("q", "k", "v", "o", "up", "down") + (() if self.family == "gpt2" else ("gate",))
+        return ("q", "k", "v", "o", "up", "down") + (("gate",) if self.gated_mlp else ())
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return replace_fields(self, changes)
@@ -215,7 +243,16 @@ class ModelConfig:
             fail(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be > 0 (or None: head_dim)")
         if not isinstance(self.causal, bool):
             fail(f"causal={self.causal!r} must be True (decoders) or False (encoders)")
-        if self.qk_norm and self.family == "gpt2":
+        if self.family in ENCODER_FAMILIES and self.causal:
+            fail(f"family={self.family!r} is an encoder: set causal=False")
+        if self.head is not None and self.head not in HEADS:
+            fail(f"head={self.head!r} is unknown; use one of {HEADS} (None: the family's)")
+        if self.output_head == "mlm" and self.causal:
+            fail("head='mlm' predicts masked tokens from both sides: set causal=False")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            fail(f"type_vocab_size={self.type_vocab_size!r} must be an int >= 0 (0: no token-type "
+                 "embeddings)")
+        if self.qk_norm and self.family not in ("llama", "gemma"):
             fail("qk_norm (Qwen3's per-head q/k RMSNorm) belongs to the llama family; set family='llama'")
         if not isinstance(self.position, positions_lib.PositionScheme):
             fail("position must be a ctxjax.positions scheme (e.g. positions.make('rope')), got "

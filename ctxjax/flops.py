@@ -24,18 +24,25 @@ from ctxjax.config import ModelConfig
 def matmul_params(cfg: ModelConfig) -> int:
     d, h, g, dh, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.mlp_dim
     attention = d * h * dh * 2 + d * g * dh * 2  # q, o and k, v
-    mlp = d * f * (2 if cfg.family == "gpt2" else 3)
-    return cfg.n_layers * (attention + mlp) + d * cfg.vocab_size
+    mlp = d * f * (3 if cfg.gated_mlp else 2)
+    head = d * d if cfg.output_head == "mlm" else 0  # the masked-LM head's dense
+    output = 0 if cfg.output_head == "none" else d * cfg.vocab_size
+    return cfg.n_layers * (attention + mlp) + head + output
 
 
 def attended_keys(cfg: ModelConfig, seq_len: int, group: int = 0) -> float:
-    """Keys a query sees on average over the layers: L/2 causally; with a window W < L, W - W^2 / (2L) (the
-    first W queries see 1..W keys, the rest W each), on the layers that have it (`full_attention_layers` have
-    none). With S²-Attn groups of G < L positions (`group`), each group is a sequence of G."""
+    """Keys a query sees on average over the layers: L/2 causally (L in an encoder); with a window W < L,
+    W - W^2 / (2L) (the first W queries see 1..W keys, the rest W each; an encoder's 2W - 1 less the edges),
+    on the layers that have it (`full_attention_layers` have none). With S²-Attn groups of G < L positions
+    (`group`), each group is a sequence of G."""
     if group:
         seq_len = min(seq_len, group)
 
     def keys(window):
+        if not cfg.causal:  # both sides
+            if not window or window >= seq_len:
+                return seq_len
+            return 2 * window - 1 - window * (window - 1) / seq_len
         return seq_len / 2 if not window or window >= seq_len else window - window * window / (2 * seq_len)
 
     n_full = len(cfg.full_attention_layers)

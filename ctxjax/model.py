@@ -1,4 +1,5 @@
-"""The ctxjax decoder: embed -> n_layers x (attention, MLP) -> norm -> logits, one pure flax.linen module.
+"""The ctxjax Transformer: embed -> n_layers x (attention, MLP) -> norm -> head, one pure flax.linen module;
+a decoder (causal, logits) or an encoder (BERT, RoBERTa, ModernBERT: bidirectional, a masked-LM head or none).
 
     model = Transformer(cfg)                  # cfg: ModelConfig, what the model is
     model = Transformer(cfg, execution=ExecutionConfig(attention="blockwise"),
@@ -48,9 +49,22 @@ def _constrain(x, axes):
     return nn.with_logical_constraint(x, axes)
 
 
+LAYER_NORM_FAMILIES = ("gpt2", "bert", "modernbert")  # the rest use RMSNorm
+NORM_BIAS_FAMILIES = ("gpt2", "bert")  # ModernBERT's LayerNorms have no bias
+POST_NORM_FAMILIES = ("bert",)  # x = norm(x + branch(x)); no final norm (the embeddings are normalised)
+EMBED_NORM_FAMILIES = ("bert", "modernbert")
+# The MLP's activation (and the masked-LM head's): tanh-GELU for GPT-2 and Gemma, exact (erf) GELU for the
+# encoders, SiLU (SwiGLU) for llama.
+ACTIVATIONS = {"llama": jax.nn.silu, "gemma": functools.partial(jax.nn.gelu, approximate=True),
+               "gpt2": functools.partial(jax.nn.gelu, approximate=True),
+               "bert": functools.partial(jax.nn.gelu, approximate=False),
+               "modernbert": functools.partial(jax.nn.gelu, approximate=False)}
+
+
 class Norm(nn.Module):
-    """RMSNorm (llama) or LayerNorm (gpt2), normalised in float32 and cast back before the scale, as HF does;
-    Gemma's RMSNorm scales by (1 + w) in float32 and casts after (its weights start at zero)."""
+    """RMSNorm (llama) or LayerNorm (gpt2, bert; modernbert without bias), normalised in float32 and cast back
+    before the scale, as HF does; Gemma's RMSNorm scales by (1 + w) in float32 and casts after (its weights
+    start at zero)."""
 
     cfg: ModelConfig
     dtype: str  # the compute dtype
@@ -61,7 +75,7 @@ class Norm(nn.Module):
         cfg = self.cfg
         d = x.shape[-1]
         h = x.astype(jnp.float32)
-        if cfg.family == "gpt2":
+        if cfg.family in LAYER_NORM_FAMILIES:
             h = h - jnp.mean(h, axis=-1, keepdims=True)
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.eps)
         gemma = cfg.family == "gemma"
@@ -70,7 +84,7 @@ class Norm(nn.Module):
         if gemma:
             return (h * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
         h = h.astype(self.dtype) * scale.astype(self.dtype)
-        if cfg.family == "gpt2":
+        if cfg.family in NORM_BIAS_FAMILIES:
             bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (d,),
                               jnp.dtype(cfg.param_dtype))
             h = h + bias.astype(self.dtype)
@@ -211,8 +225,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """SwiGLU (llama: down(silu(gate x) * up x)), gated tanh-GELU (gemma: down(gelu(gate x) * up x)) or
-    tanh-GELU (gpt2: down(gelu(up x)))."""
+    """Gated, down(act(gate x) * up x): SwiGLU (llama), tanh-GELU (gemma), GeGLU (modernbert); or plain,
+    down(act(up x)): tanh-GELU (gpt2), exact GELU (bert). See ACTIVATIONS."""
 
     cfg: ModelConfig
     run: ExecutionConfig
@@ -222,37 +236,48 @@ class Mlp(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         dense = functools.partial(_dense, cfg, self.run, self.adaptation)
+        act = ACTIVATIONS[cfg.family]
         up = dense(cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "up")(x)  # [B, L, F]
-        if cfg.family == "gpt2":
-            h = jax.nn.gelu(up, approximate=True)
+        if cfg.gated_mlp:
+            h = act(dense(cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "gate")(x)) * up  # [B, L, F]
         else:
-            gate = dense(cfg.mlp_dim, -1, ("embed", "mlp"), cfg.use_mlp_bias, "gate")(x)  # [B, L, F]
-            h = (jax.nn.gelu(gate, approximate=True) if cfg.family == "gemma" else jax.nn.silu(gate)) * up
+            h = act(up)
         h = _constrain(h, ("batch", "length", "mlp"))
         return dense(cfg.d_model, -1, ("mlp", "embed"), cfg.use_mlp_bias, "down")(h)  # [B, L, D]
 
 
 class Block(nn.Module):
-    """Pre-norm residual block (Gemma also normalises each branch's output before adding it); shaped
-    (carry, per-layer inputs) -> (carry, new layer_kv) for nn.scan. The per-layer inputs are layer_kv (None
-    outside decoding) and is_full (None when all layers are alike)."""
+    """Pre-norm residual block (Gemma also normalises each branch's output before adding it; BERT normalises
+    after each add instead); shaped (carry, per-layer inputs) -> (carry, new layer_kv) for nn.scan. The
+    per-layer inputs are layer_kv (None outside decoding), is_full (None when all layers are alike) and
+    is_first (ModernBERT, whose first layer takes the normalised embeddings as they are; else None)."""
 
     cfg: ModelConfig
     run: ExecutionConfig
     adaptation: AdaptationConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
+    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None,
+                 is_first=None):
         cfg, dtype = self.cfg, self.run.dtype
+        attn_norm, mlp_norm = Norm(cfg, dtype, name="attn_norm"), Norm(cfg, dtype, name="mlp_norm")
+        post = cfg.family in POST_NORM_FAMILIES
+        attn_in = x if post else attn_norm(x)
+        if is_first is not None:
+            attn_in = jnp.where(is_first, x, attn_in)
         attn_out, new_kv = Attention(cfg, self.run, self.adaptation, name="attn")(
-            Norm(cfg, dtype, name="attn_norm")(x), positions, segment_ids, cache_slots, layer_kv, is_full)
+            attn_in, positions, segment_ids, cache_slots, layer_kv, is_full)
         if cfg.family == "gemma":
             attn_out = Norm(cfg, dtype, name="attn_post_norm")(attn_out)
         x = x + attn_out  # [B, L, D]
-        mlp_out = Mlp(cfg, self.run, self.adaptation, name="mlp")(Norm(cfg, dtype, name="mlp_norm")(x))
+        if post:
+            x = attn_norm(x)
+        mlp_out = Mlp(cfg, self.run, self.adaptation, name="mlp")(x if post else mlp_norm(x))
         if cfg.family == "gemma":
             mlp_out = Norm(cfg, dtype, name="mlp_post_norm")(mlp_out)
         x = x + mlp_out
+        if post:
+            x = mlp_norm(x)
         return _constrain(x, ("batch", "length", "embed")), new_kv
 
 
@@ -288,6 +313,12 @@ class Transformer(nn.Module):
             embedding_init=_param(_INIT, ("vocab", "embed")),
         )
         self.pos_embed = cfg.position.embedding(cfg, run.dtype)
+        if cfg.type_vocab_size:  # BERT's token types; every token is of type 0
+            self.type_embed = nn.Embed(cfg.type_vocab_size, cfg.d_model, dtype=run.dtype,
+                                       param_dtype=cfg.param_dtype,
+                                       embedding_init=_param(_INIT, (None, "embed")))
+        if cfg.family in EMBED_NORM_FAMILIES:
+            self.embed_norm = Norm(cfg, run.dtype)
         block = Block
         if run.remat != "none":
             block = nn.remat(Block, policy=_remat_policy(run, self.adaptation), prevent_cse=False)
@@ -295,22 +326,29 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            # layer_kv, is_full: one slice per layer
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
+            # layer_kv, is_full, is_first: one slice per layer
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, 0),
             length=cfg.n_layers,
             unroll=min(run.scan_unroll, cfg.n_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, run, self.adaptation)
-        self.final_norm = Norm(cfg, run.dtype)
-        if not cfg.tied:
+        if cfg.family not in POST_NORM_FAMILIES:
+            self.final_norm = Norm(cfg, run.dtype)
+        if cfg.output_head == "mlm":
+            self.mlm_head = MlmHead(cfg, run)
+            self.output_bias = self.param("output_bias", _param(nn.initializers.zeros, ("vocab",)),
+                                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+        if not cfg.tied and cfg.output_head != "none":
             self.lm_head = _dense(cfg, run, AdaptationConfig(), cfg.vocab_size, -1, ("embed", "vocab"), False,
                                   None)
 
     def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
                  cache: KVCache | None = None):
-        """tokens [B, L] int -> float32 logits [B, L, V]; with `return_hidden`, the final normalised hidden
-        states [B, L, D] instead, for losses that never materialise all logits (see `logits_from_hidden`).
-        With a `cache`, returns (output, updated cache); positions then default to the slots they fill."""
+        """tokens [B, L] int -> float32 logits [B, L, V]; with `return_hidden`, the hidden states [B, L, D]
+        that the output projection reads instead (after the final norm, and after a masked-LM head's
+        dense + GELU + norm), for losses that never materialise all logits (see `logits_from_hidden`). A bare
+        encoder (head 'none') has no logits: it always returns its last hidden state. With a `cache`, returns
+        (output, updated cache); positions then default to the slots they fill."""
         cfg = self.config
         if tokens.ndim != 2 or not tokens.shape[1] or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise InputError(f"tokens must be integer ids of shape [batch, length] with length >= 1, got "
@@ -336,30 +374,59 @@ class Transformer(nn.Module):
             x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.param_dtype).astype(x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
+        if cfg.type_vocab_size:
+            x = x + self.type_embed(jnp.zeros((1, 1), jnp.int32))  # type 0 everywhere
+        if cfg.family in EMBED_NORM_FAMILIES:
+            x = self.embed_norm(x)
         x = _constrain(x, ("batch", "length", "embed"))
         is_full = None if cfg.layer_is_full is None else jnp.asarray(cfg.layer_is_full)
+        is_first = jnp.arange(cfg.n_layers) == 0 if cfg.family == "modernbert" else None
         if cache is None:
-            x, _ = self.layers(x, positions, segment_ids, None, None, is_full)
+            x, _ = self.layers(x, positions, segment_ids, None, None, is_full, is_first)
         else:
             slot_positions = lax.dynamic_update_slice_in_dim(cache.positions, positions, cache.length, axis=1)
             slot_segments = lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.length,
                                                             axis=1)
             x, (k, v) = self.layers(x, positions, segment_ids, (slot_positions, slot_segments, cache.length),
-                                    (cache.k, cache.v), is_full)
+                                    (cache.k, cache.v), is_full, is_first)
             cache = KVCache(k, v, slot_positions, slot_segments, cache.length + length)
-        x = self.final_norm(x)
-        out = x if return_hidden else self.logits_from_hidden(x)
+        if cfg.family not in POST_NORM_FAMILIES:
+            x = self.final_norm(x)
+        if cfg.output_head == "mlm":
+            x = self.mlm_head(x)
+        out = x if return_hidden or cfg.output_head == "none" else self.logits_from_hidden(x)
         return out if cache is None else (out, cache)
 
     def logits_from_hidden(self, x):
-        """Final hidden states [..., D] -> float32 logits [..., V] (tied: x @ embed^T; else lm_head)."""
-        if self.config.tied:
+        """Hidden states [..., D] (what `return_hidden` gives) -> float32 logits [..., V] (tied: x @ embed^T;
+        else lm_head; plus the masked-LM decoder's bias)."""
+        cfg = self.config
+        if cfg.output_head == "none":
+            raise InputError("a bare encoder (head='none') has no logits: its output is the last hidden "
+                             "state; import the masked-LM checkpoint (head='mlm') for token predictions")
+        if cfg.tied:
             logits = self.embed.attend(x.astype(self.execution.dtype))
         else:
             logits = self.lm_head(x)
-        logits = soft_cap(logits.astype(jnp.float32), self.config.final_logit_softcapping)
+        if cfg.output_head == "mlm":
+            logits = logits + self.output_bias.astype(logits.dtype)
+        logits = soft_cap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
         # [B, L, D] in training; [B, D] when generation asks for the last position only.
         return _constrain(logits, ("batch", "length")[:logits.ndim - 1] + ("vocab",))
+
+
+class MlmHead(nn.Module):
+    """BERT's masked-LM transform before the decoder: norm(act(dense(x))) (ModernBERT's without biases)."""
+
+    cfg: ModelConfig
+    run: ExecutionConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        h = _dense(cfg, self.run, AdaptationConfig(), cfg.d_model, -1, ("embed", None),
+                   cfg.use_mlp_bias, "dense")(x)  # [B, L, D]
+        return Norm(cfg, self.run.dtype, name="norm")(ACTIVATIONS[cfg.family](h))
 
 
 def soft_cap(logits, cap: float):

@@ -174,3 +174,37 @@ def gemma3_multimodal(seed=0):
     model = Gemma3ForConditionalGeneration(config).eval()
     _randomize_norms(model)
     return model
+
+
+# Encoders: BERT and RoBERTa (post-norm, learned positions; RoBERTa's from padding_idx + 1 = 2) and ModernBERT
+# (layers 0 and 2 global, layer 1 local with |i - j| <= 2, RoPE bases 1e4 global / 1e3 local).
+ENCODER = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=48, max_position_embeddings=16)
+MODERNBERT = dict(ENCODER, num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=4,
+                  global_rope_theta=1e4, local_rope_theta=1e3, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                  cls_token_id=0, sep_token_id=0)
+
+
+def encoder(architecture: str, seed=0, **overrides):
+    """A tiny random encoder of a transformers class (BertForMaskedLM, RobertaModel, ModernBertForMaskedLM,
+    ...), every norm and bias randomised so that a dropped or misplaced one shows."""
+    import transformers
+
+    torch.manual_seed(seed)
+    family = architecture.split("For")[0].removesuffix("Model")
+    config_class = getattr(transformers, f"{family}Config")
+    fields = MODERNBERT if family == "ModernBert" else dict(ENCODER, max_position_embeddings=18 if family ==
+                                                           "Roberta" else 16)
+    model = getattr(transformers, architecture)(config_class(**{**fields, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def encoder_output(model, tokens: np.ndarray) -> np.ndarray:
+    """MLM logits, or the last hidden state of a bare encoder."""
+    with torch.no_grad():
+        out = model(torch.tensor(tokens))
+    return (out.logits if hasattr(out, "logits") else out.last_hidden_state).float().numpy()

@@ -67,6 +67,16 @@ def _damaged_meta(s: Setup) -> str:
     return workdir
 
 
+def _bidirectional(s: Setup) -> str:
+    """A work directory whose Llama checkpoint is marked causal=False (attends both ways)."""
+    workdir = s.imported()
+    path = os.path.join(workdir, "checkpoints", "0", "meta", "metadata")
+    meta = json.load(open(path))
+    meta["model_config"]["causal"] = False
+    json.dump(meta, open(path, "w"))
+    return workdir
+
+
 def _sharded_with_bad_index(s: Setup) -> str:
     directory = s.hf_dir()
     os.rename(os.path.join(directory, "model.safetensors"),
@@ -160,6 +170,11 @@ CASES = {
                                                                                "factor": "four"}),
                                             "--workdir", s.path("w")],
     "hf-unsupported": lambda s: ["info", s.hf_dir(architectures=["CustomForCausalLM"], model_type="custom")],
+    "hf-roberta-offset": lambda s: ["info", os.path.dirname(s.file("roberta/config.json", json.dumps(
+        {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", "vocab_size": 97,
+         "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 48,
+         "max_position_embeddings": 2, "pad_token_id": 1})))],
+    "hf-export-bidirectional": lambda s: ["export", "--workdir", _bidirectional(s), "--out", s.path("o")],
     "hf-truncated-weights": lambda s: ["import-hf", _truncated_weights(s), "--workdir", s.path("w")],
     "hf-index-not-json": lambda s: ["import-hf", _sharded_with_bad_index(s), "--workdir", s.path("w")],
     "hf-remote-code": lambda s: ["check-logits", remote_code_dir(s), "--workdir", s.imported(),

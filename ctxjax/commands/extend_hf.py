@@ -1,5 +1,6 @@
 """`ctxjax extend-hf HF_DIR --out DIR --rope-type yarn --factor 4`: a Hugging Face model with a longer
-context, zero-shot: RoPE scaling written into its config, or a GPT-2 position table grown by interpolation.
+context, zero-shot: RoPE scaling written into its config (ModernBERT: its global layers'), or a learned
+position table (GPT-2, BERT, RoBERTa) grown by interpolation or by copying (--method copy, as Longformer).
 The result loads in `transformers` and is the starting point for fine-tuning at the new length."""
 
 from __future__ import annotations

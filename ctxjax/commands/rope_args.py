@@ -26,10 +26,11 @@ def add_rope_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sliding-window", type=int,
                        help="new attention window in tokens (Mistral-style; 0 removes it), "
                             "e.g. the new context")
-    group = parser.add_argument_group("context extension (learned positions, GPT-2)")
-    group.add_argument("--positions", type=int, help="grow the learned position table to this many rows")
+    group = parser.add_argument_group("context extension (learned positions: GPT-2, BERT, RoBERTa)")
+    group.add_argument("--positions", type=int, help="grow the learned position table to this many positions")
     group.add_argument("--method", choices=("interpolate", "copy"), default="interpolate",
-                       help="how new rows of the position table are initialised")
+                       help="how new rows of the position table are initialised (copy: the table "
+                            "repeated, as Longformer)")
 
 
 def _add_scaling_settings(group: argparse._ArgumentGroup) -> None:

@@ -6,7 +6,8 @@ per row how far the next-token distributions are apart. Two uses: a Hugging Face
 (is the import exact for *this* checkpoint, not only for the tiny random models of the tests?) and a trained
 run against its export (will the PyTorch deployment compute what was trained?). Rows longer than the original
 context check the RoPE scaling where the implementations are most likely to part (YaRN, LongRoPE, dynamic
-NTK).
+NTK). An encoder is compared through its masked-LM logits (`AutoModelForMaskedLM`), or, a bare one (head
+'none'), through its last hidden state (`AutoModel`).
 
 PyTorch and transformers are imported only here (when a check runs), so the rest of ctxjax needs neither.
 """
@@ -24,6 +25,8 @@ import numpy as np
 from ctxjax.config import ModelConfig
 from ctxjax.errors import InputError
 from ctxjax.execution import ExecutionConfig
+from ctxjax.hf import read_hf_config
+from ctxjax.hf.encoder_config import ENCODER_ARCHITECTURES
 from ctxjax.model import Transformer
 
 # ctxjax's logits are made and compared this many positions at a time: [L, V] float32 at 128k tokens and a
@@ -59,17 +62,24 @@ def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
     check_hf_directory(hf_dir)
     torch, transformers = require_torch()
     transformers.utils.logging.disable_progress_bar()
+    config = read_hf_config(hf_dir)
+    architecture = next(iter(config.get("architectures") or []), "")
+    auto, extra = transformers.AutoModelForCausalLM, {}
+    if architecture in ENCODER_ARCHITECTURES:
+        auto = (transformers.AutoModelForMaskedLM if architecture.endswith("ForMaskedLM")
+                else transformers.AutoModel)
+        if architecture in ("BertModel", "RobertaModel"):
+            extra = dict(add_pooling_layer=False)  # not part of the compared output, nor of ctxjax's model
     try:
         # Never the directory's own code (auto_map): transformers would otherwise ask on stdin, and run it on
         # "y".
-        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32,
-                                                                  trust_remote_code=False)
+        model = auto.from_pretrained(hf_dir, dtype=torch.float32, trust_remote_code=False, **extra)
     except Exception as error:  # noqa: BLE001 - any failure to load is the user's to fix, in one line
         detail = (str(error).splitlines() or [type(error).__name__])[0]
         raise InputError(f"transformers cannot load {hf_dir} ({type(error).__name__}: {detail}); "
                          "pass a directory written by `ctxjax export` or a Hugging Face model "
                          "directory") from None
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_input_embeddings().weight.shape[0]
     if expected_vocab_size is not None and vocab != expected_vocab_size:
         raise InputError(f"{hf_dir} holds a model of {vocab} token ids and the ctxjax model has "
                          f"{expected_vocab_size}: compare a checkpoint with its own export (check-logits "
@@ -78,10 +88,18 @@ def load_reference(hf_dir: str, expected_vocab_size: int | None = None):
 
 
 def reference_logits(model, row: np.ndarray) -> np.ndarray:
-    """[L, V] float32 logits of one token row under the PyTorch model."""
+    """[L, V] float32 logits of one token row under the PyTorch model ([L, D] last hidden state of a bare
+    encoder)."""
     torch, _ = require_torch()
+    kwargs = {}
+    if model.config.model_type == "roberta":
+        # RoBERTa numbers positions from padding_idx + 1, except that it gives every token equal to its pad id
+        # the padding row: the row holds no padding, and ctxjax numbers all its tokens.
+        offset = model.config.pad_token_id + 1
+        kwargs["position_ids"] = torch.arange(offset, offset + len(row))[None]
     with torch.no_grad():
-        return model(torch.as_tensor(row[None].astype(np.int64))).logits[0].float().numpy()
+        out = model(torch.as_tensor(row[None].astype(np.int64)), **kwargs)
+    return (out.logits if "logits" in out else out.last_hidden_state)[0].float().numpy()
 
 
 # In float32 as the reference runs; "auto" picks a linear-memory kernel for long rows.
@@ -146,7 +164,8 @@ def _merge(stats: Sequence[dict], offsets: Sequence[int]) -> dict:
 def compare_logits(cfg: ModelConfig, params, reference, rows: Sequence[np.ndarray]) -> list[dict]:
     """For each 1-D token row: {length, max_abs, position (of max_abs), mean_abs, mean_kl, max_kl,
     top1_agreement} between ctxjax (`cfg`, `params`, in float32) and transformers' model `reference` (a
-    Hugging Face directory, or the PyTorch model `load_reference` gave)."""
+    Hugging Face directory, or the PyTorch model `load_reference` gave). A bare encoder's last hidden states
+    have no distribution: mean_kl, max_kl and top1_agreement are None."""
     reference = load_reference(reference, cfg.vocab_size) if isinstance(reference, str) else reference
     cfg, params = as_float32(cfg, params)
     params = jax.device_put(params)
@@ -161,8 +180,12 @@ def compare_logits(cfg: ModelConfig, params, reference, rows: Sequence[np.ndarra
         hidden = _hidden(cfg, params, jnp.asarray(row[None]))
         stats, offsets = [], []
         for start in range(0, len(row), CHUNK):
-            ours = np.asarray(_logits(cfg, params, hidden[:, start:start + CHUNK]))[0]
+            block = hidden[:, start:start + CHUNK]
+            ours = np.asarray(block if cfg.output_head == "none" else _logits(cfg, params, block))[0]
             stats.append(row_differences(ours, theirs[start:start + CHUNK]))
             offsets.append(start)
-        results.append(dict(length=len(row), **_merge(stats, offsets)))
+        result = dict(length=len(row), **_merge(stats, offsets))
+        if cfg.output_head == "none":
+            result.update(mean_kl=None, max_kl=None, top1_agreement=None)
+        results.append(result)
     return results

@@ -70,14 +70,23 @@ def format_table(results: list[dict], atol: float, min_top1: float) -> list[str]
     lines = ["| length | max abs diff | at position | mean abs diff | mean KL | max KL | top-1 agree "
              "| within tolerance |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
+        if r["top1_agreement"] is None:  # a bare encoder's hidden states: no distributions to compare
+            mean_kl = max_kl = top1 = "-"
+        else:
+            mean_kl, max_kl = f"{r['mean_kl']:.2e}", f"{r['max_kl']:.2e}"
+            top1 = f"{100 * r['top1_agreement']:.1f}%"
         lines.append(f"| {r['length']} | {r['max_abs']:.2e} | {r['position']} | {r['mean_abs']:.2e} | "
-                     f"{r['mean_kl']:.2e} | {r['max_kl']:.2e} | {100 * r['top1_agreement']:.1f}% | "
-                     f"{'yes' if _passes(r, atol, min_top1) else 'NO'} |")
+                     f"{mean_kl} | {max_kl} | {top1} | {'yes' if _passes(r, atol, min_top1) else 'NO'} |")
     return lines
 
 
+def _compared(result: dict) -> str:
+    return "last hidden states" if result["top1_agreement"] is None else "logits"
+
+
 def _passes(result: dict, atol: float, min_top1: float) -> bool:
-    return result["max_abs"] <= atol and result["top1_agreement"] >= min_top1  # NaN fails both
+    top1 = result["top1_agreement"]  # None: hidden states, compared by max_abs alone
+    return result["max_abs"] <= atol and (top1 is None or top1 >= min_top1)  # NaN fails both
 
 
 def check(cfg, params, reference, *, lengths, tokenizer=None, source: str = DEFAULT_SOURCE, seed: int = 0,
@@ -99,14 +108,18 @@ def check(cfg, params, reference, *, lengths, tokenizer=None, source: str = DEFA
     print(f"reference: transformers {type(reference).__name__} from {hf_dir} (float32)")
     print(f"ctxjax:    {ours} (float32)")
     print(f"tokens:    {tokens}")
+    if cfg.output_head == "none":
+        print("compared:  last hidden states (a bare encoder has no logits)")
     results = compare_logits(cfg, params, reference, rows)
     print("\n".join(format_table(results, atol, min_top1)))
     failed = [r for r in results if not _passes(r, atol, min_top1)]
     if failed:
         r = failed[0]
-        print(f"at length {r['length']} the logits differ by up to {r['max_abs']:.3g} (position "
-              f"{r['position']}) and the top tokens agree at {100 * r['top1_agreement']:.1f}% of positions, "
-              f"beyond --atol {atol} / --min-top1 {min_top1}: the two models do not compute the same thing")
+        agree = ("" if r["top1_agreement"] is None else
+                 f" and the top tokens agree at {100 * r['top1_agreement']:.1f}% of positions")
+        print(f"at length {r['length']} the {_compared(r)} differ by up to {r['max_abs']:.3g} (position "
+              f"{r['position']}){agree}, beyond --atol {atol} / --min-top1 {min_top1}: the two models do not "
+              "compute the same thing")
         return 1
     print(f"every length within --atol {atol} and --min-top1 {min_top1}: ctxjax and transformers give the "
           "same answers")

@@ -2,7 +2,10 @@
 `save_pretrained(config, params, out_dir)`, numpy and safetensors only (no torch needed).
 
 Supported: LlamaForCausalLM-style models (llama, mistral, qwen2, qwen3, phi3), Gemma2ForCausalLM,
-Gemma3ForCausalLM (also the language model of a Gemma3ForConditionalGeneration) and GPT2LMHeadModel.
+Gemma3ForCausalLM (also the language model of a Gemma3ForConditionalGeneration) and GPT2LMHeadModel; the
+encoders BertForMaskedLM, BertModel, RobertaForMaskedLM, RobertaModel, ModernBertForMaskedLM and
+ModernBertModel (an export of an encoder loads with `transformers.AutoModelForMaskedLM`, or `AutoModel` for a
+bare one, head='none').
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 def _layer_names(cfg: ModelConfig, tensor: Tensor) -> list[str]:
     if tensor.per_layer:
-        return [tensor.hf_name.format(i=i) for i in range(cfg.n_layers)]
+        return [tensor.hf_name.format(i=i) for i in range(tensor.first_layer, cfg.n_layers)]
     return [tensor.hf_name]
 
 
@@ -115,6 +118,7 @@ def load_pretrained(hf_dir: str, **overrides: Any):
             for parts, part in zip(per_path, tensor.from_hf(cfg, value)):
                 parts.append(part.astype(dtype))
         for path, parts in zip(tensor.paths, per_path):
+            parts = [np.ones_like(parts[0])] * tensor.first_layer + parts  # unused in layers HF lacks
             value = np.stack(parts) if tensor.per_layer else parts[0]
             _set(params, _our_path(cfg, tensor, path), value)
     return cfg, params
@@ -142,7 +146,9 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
                     max_shard_bytes: int = MAX_SHARD_BYTES, *, architecture: str = "",
                     protected: Sequence[str] = (), source: str = "") -> str:
     """Write `out_dir` as a Hugging Face model directory (config.json, safetensors, tokenizer files) that
-    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits.
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads and that reproduces ctxjax's logits
+    (an encoder: `AutoModelForMaskedLM`, or `AutoModel` for head='none', whose last hidden state it
+    reproduces).
 
     Everything is written to a temporary sibling directory first and renamed into place at the end, so a
     failure leaves no half-written export. An existing non-empty `out_dir` is replaced only with
@@ -166,8 +172,11 @@ def save_pretrained(config: ModelConfig, params, out_dir: str, tokenizer=None, o
     def fill(directory):
         if tokenizer is not None:
             write_tokenizer(tokenizer, directory)
+        ids = special_token_ids(directory)
+        if hf["model_type"] == "roberta":  # its padding_idx fixes where positions start: not the tokenizer's
+            ids.pop("pad_token_id")
         with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump({**hf, **special_token_ids(directory)}, f, indent=2)
+            json.dump({**hf, **ids}, f, indent=2)
         write_checkpoint(iter(tensors), directory, max_shard_bytes)
 
     return write_directory(out_dir, overwrite, fill, protected=protected, source=source)
@@ -191,7 +200,7 @@ def _hf_tensors(cfg: ModelConfig, params, model_type: str):
                                  "ModelConfig")
         values = [v.astype(jnp.dtype(cfg.param_dtype), copy=False) for v in values]  # as config.json says
         if t.per_layer:
-            for i, name in enumerate(_layer_names(cfg, t)):
+            for i, name in enumerate(_layer_names(cfg, t), start=t.first_layer):
                 yield name, t.to_hf(cfg, [v[i] for v in values])
         else:
             yield t.hf_name, t.to_hf(cfg, values)

@@ -1,5 +1,5 @@
 """Hugging Face `config.json` <-> ModelConfig, for the Llama family (llama, mistral, qwen2, qwen3, phi3),
-Gemma 2 and 3 (text) and GPT-2."""
+Gemma 2 and 3 (text), GPT-2 and the encoders (BERT, RoBERTa, ModernBERT: `encoder_config`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 from ctxjax.errors import InputError
 from ctxjax import positions
-from ctxjax.config import ModelConfig
+from ctxjax.config import ENCODER_FAMILIES, ModelConfig
+from ctxjax.hf.encoder_config import (ENCODER_ARCHITECTURES, encoder_config, encoder_fields,
+                                      export_encoder_type)
 
 LLAMA_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -21,7 +23,8 @@ GEMMA_ARCHITECTURES = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemm
 # whose config is `text_config`, and exports it as a text-only Gemma3ForCausalLM.
 MULTIMODAL_ARCHITECTURES = {"Gemma3ForConditionalGeneration": "gemma3"}
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
-SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **MULTIMODAL_ARCHITECTURES, **GPT2_ARCHITECTURES}
+SUPPORTED = {**LLAMA_ARCHITECTURES, **GEMMA_ARCHITECTURES, **MULTIMODAL_ARCHITECTURES, **GPT2_ARCHITECTURES,
+             **ENCODER_ARCHITECTURES}
 # Gemma 3's rope_parameters (transformers 5) hold one dict per kind of layer.
 FULL, SLIDING = "full_attention", "sliding_attention"
 
@@ -73,6 +76,8 @@ def _fields(hf: dict[str, Any], arch: str) -> dict[str, Any]:
     dtype = _checkpoint_dtype(hf)
     if arch in GPT2_ARCHITECTURES:
         fields = _gpt2_fields(hf)
+    elif arch in ENCODER_ARCHITECTURES:
+        fields = encoder_fields(hf, arch)
     elif arch in GEMMA_ARCHITECTURES:
         fields = _gemma_fields(hf, GEMMA_ARCHITECTURES[arch])
     elif arch in MULTIMODAL_ARCHITECTURES:
@@ -239,10 +244,25 @@ def hf_config_from_model(cfg: ModelConfig, architecture: str = "") -> dict[str, 
     """A config.json dict that transformers 4.x and 5.x read to the same model (per-layer windows other than
     Qwen's leading full layers and Gemma's regular pattern are spelled out only in 5.x's `layer_types`).
     `architecture`: the class to prefer (an imported model's own) when it computes the model."""
+    if not cfg.causal and cfg.family not in ENCODER_FAMILIES:
+        raise InputError(f"a bidirectional (causal=False) {cfg.family} model has no Hugging Face class; "
+                         f"export encoders of a family in {ENCODER_FAMILIES}, or set causal=True")
+    if cfg.output_head != "lm" and cfg.family not in ENCODER_FAMILIES:
+        raise InputError(f"a {cfg.family} model with head={cfg.output_head!r} has no Hugging Face class; "
+                         "decoders export with head='lm'")
+    if cfg.type_vocab_size and cfg.family != "bert":
+        raise InputError(f"token-type embeddings (type_vocab_size={cfg.type_vocab_size}) exist in Hugging "
+                         f"Face BERT and RoBERTa only, not in a {cfg.family} model; set type_vocab_size=0")
+    if cfg.family in ENCODER_FAMILIES and cfg.family not in cfg.position.hf_families:
+        raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging "
+                         f"Face equivalent; export {cfg.family} models with "
+                         f"{'learned' if cfg.family == 'bert' else 'rope'} positions")
     if cfg.family not in cfg.position.hf_families:
         raise InputError(f"a {cfg.family} model with positional scheme {cfg.position.name!r} has no Hugging "
                          f"Face equivalent; export {cfg.family} models with "
                          f"{'rope' if cfg.family == 'llama' else 'learned'} positions")
+    if cfg.family in ENCODER_FAMILIES:
+        return {**encoder_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype}
     if cfg.family == "gemma":
         return {**_gemma_config(cfg), "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype,
                 "use_cache": True}
@@ -311,7 +331,10 @@ def rereads_on_rope_switch(architecture: str) -> bool:
 def export_model_type(cfg: ModelConfig, architecture: str = "") -> str:
     """The class an export writes: Gemma 3 (q/k norms) or Gemma 2 for the gemma family; for the Llama family
     `architecture` (the imported model's own class) when that class computes the model, else the first of
-    Llama, Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does)."""
+    Llama, Mistral, Qwen2, Phi-3, Qwen3 that does (a one-line error if none does); bert, roberta or
+    modernbert for an encoder."""
+    if cfg.family in ENCODER_FAMILIES:
+        return export_encoder_type(cfg)
     if cfg.family == "gemma":
         reason = _gemma_unfit(cfg)
         if reason:
@@ -416,6 +439,9 @@ def _layer_types(cfg: ModelConfig) -> list[str]:
 
 def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:
     plain_heads = cfg.head_dim in (None, cfg.d_model // cfg.n_heads) and cfg.kv_heads == cfg.n_heads
+    if cfg.position.offset:
+        raise InputError(f"Hugging Face GPT-2 reads position p from row p of its table; a table offset "
+                         f"({cfg.position.offset}) is RoBERTa's (family='bert'): set offset=0")
     if not (cfg.use_qkv_bias and cfg.use_o_bias and cfg.use_mlp_bias and plain_heads):
         raise InputError("Hugging Face GPT-2 needs biases everywhere, head_dim = d_model / n_heads and no "
                          "grouped-query attention; keep the gpt2 family defaults")

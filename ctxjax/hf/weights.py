@@ -24,6 +24,9 @@ class Tensor:
     paths: tuple[Path, ...]  # ctxjax parameter paths (under layers: without the layer axis)
     to_hf: Callable[[ModelConfig, Sequence[np.ndarray]], np.ndarray]
     from_hf: Callable[[ModelConfig, np.ndarray], list[np.ndarray]]
+    # Per-layer tensors that HF's layers below this one lack (ModernBERT's first layer has no attention norm):
+    # ctxjax keeps the parameter in every layer (nn.scan), unused there, and fills it with ones on import.
+    first_layer: int = 0
 
     @property
     def per_layer(self) -> bool:
@@ -197,11 +200,94 @@ def gpt2_tensors(cfg: ModelConfig) -> list[Tensor]:
     return out
 
 
+def _linear(hf_name: str, path: Path, bias: bool) -> list[Tensor]:
+    """A torch Linear (weight [out, in], optional bias) as the flax Dense at `path` (kernel [in, out])."""
+    out = [Tensor(hf_name + ".weight", (path + ("kernel",),), _transposed, _transposed_back)]
+    return out + ([Tensor(hf_name + ".bias", (path + ("bias",),), _same, _same_back)] if bias else [])
+
+
+def _norm(hf_name: str, path: Path, bias: bool, first_layer: int = 0) -> list[Tensor]:
+    out = [Tensor(hf_name + ".weight", (path + ("scale",),), _same, _same_back, first_layer)]
+    return out + ([Tensor(hf_name + ".bias", (path + ("bias",),), _same, _same_back)] if bias else [])
+
+
+def _decoder(cfg: ModelConfig, hf_name: str, bias_name: str) -> list[Tensor]:
+    """A masked-LM head's decoder: its bias, and its weight unless tied to the word embeddings."""
+    out = [Tensor(bias_name, (("output_bias",),), _same, _same_back)]
+    return out if cfg.tied else out + _linear(hf_name, ("lm_head",), False)
+
+
+def bert_tensors(cfg: ModelConfig, model_type: str) -> list[Tensor]:
+    """BertForMaskedLM / RobertaForMaskedLM (the encoder under `bert.` / `roberta.`) or the bare BertModel /
+    RobertaModel."""
+    mlm = cfg.output_head == "mlm"
+    base = f"{model_type}." if mlm else ""
+    layer = base + "encoder.layer.{i}."
+    out = [
+        Tensor(base + "embeddings.word_embeddings.weight", (("embed", "embedding"),), _same, _same_back),
+        Tensor(base + "embeddings.position_embeddings.weight", (("pos_embed", "embedding"),), _same,
+               _same_back),
+        Tensor(base + "embeddings.token_type_embeddings.weight", (("type_embed", "embedding"),), _same,
+               _same_back),
+        *_norm(base + "embeddings.LayerNorm", ("embed_norm",), True),
+        Tensor(layer + "attention.output.dense.weight", (("attn", "o", "kernel"),), _out_proj_to_linear,
+               _out_proj_back),
+        Tensor(layer + "attention.output.dense.bias", (("attn", "o", "bias"),), _same, _same_back),
+        *_norm(layer + "attention.output.LayerNorm", ("attn_norm",), True),
+        *_linear(layer + "intermediate.dense", ("mlp", "up"), True),
+        *_linear(layer + "output.dense", ("mlp", "down"), True),
+        *_norm(layer + "output.LayerNorm", ("mlp_norm",), True),
+    ]
+    for ours, theirs in (("q", "query"), ("k", "key"), ("v", "value")):
+        out += [Tensor(layer + f"attention.self.{theirs}.weight", (("attn", ours, "kernel"),),
+                       _in_proj_to_linear, _in_proj_back(_q_heads)),
+                Tensor(layer + f"attention.self.{theirs}.bias", (("attn", ours, "bias"),), _flat,
+                       _heads_back(_q_heads))]
+    if not mlm:
+        return out
+    head = "cls.predictions." if model_type == "bert" else "lm_head."
+    transform, norm = ("transform.dense", "transform.LayerNorm") if model_type == "bert" else ("dense",
+                                                                                                "layer_norm")
+    # The decoder's bias is the head's `bias` while tied; untied, the decoder's own (and `bias` is unused).
+    bias = head + "bias" if cfg.tied else head + "decoder.bias"
+    return (out + _linear(head + transform, ("mlm_head", "dense"), True)
+            + _norm(head + norm, ("mlm_head", "norm"), True) + _decoder(cfg, head + "decoder", bias))
+
+
+def modernbert_tensors(cfg: ModelConfig) -> list[Tensor]:
+    """ModernBertForMaskedLM (the encoder under `model.`) or the bare ModernBertModel."""
+    mlm = cfg.output_head == "mlm"
+    base = "model." if mlm else ""
+    layer = base + "layers.{i}."
+    out = [
+        Tensor(base + "embeddings.tok_embeddings.weight", (("embed", "embedding"),), _same, _same_back),
+        *_norm(base + "embeddings.norm", ("embed_norm",), False),
+        *_norm(base + "final_norm", ("final_norm",), False),
+        *_norm(layer + "attn_norm", ("attn_norm",), False, first_layer=1),
+        *_norm(layer + "mlp_norm", ("mlp_norm",), False),
+        Tensor(layer + "attn.Wqkv.weight", tuple(("attn", n, "kernel") for n in "qkv"), _fuse_rows,
+               _split_qkv_rows),
+        Tensor(layer + "attn.Wo.weight", (("attn", "o", "kernel"),), _out_proj_to_linear, _out_proj_back),
+        # Wi's rows are [input | gate], the output act(input) * gate: ours gate (activated) and up.
+        Tensor(layer + "mlp.Wi.weight", (("mlp", "gate", "kernel"), ("mlp", "up", "kernel")), _fuse_rows,
+               _split_gate_up_rows),
+        *_linear(layer + "mlp.Wo", ("mlp", "down"), False),
+    ]
+    if not mlm:
+        return out
+    return (out + _linear("head.dense", ("mlm_head", "dense"), False)
+            + _norm("head.norm", ("mlm_head", "norm"), False) + _decoder(cfg, "decoder", "decoder.bias"))
+
+
 def tensors_for(cfg: ModelConfig, model_type: str | None = None) -> list[Tensor]:
     """The tensors of a checkpoint of `model_type` (a value of hf.config.SUPPORTED; default: what an export of
     `cfg` writes)."""
     if cfg.family == "gpt2":
         return gpt2_tensors(cfg)
+    if cfg.family == "bert":
+        return bert_tensors(cfg, model_type or export_model_type(cfg))
+    if cfg.family == "modernbert":
+        return modernbert_tensors(cfg)
     return llama_tensors(cfg, model_type or export_model_type(cfg))
 
 
@@ -213,6 +299,16 @@ IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tow
 # Where a multimodal Gemma 3 checkpoint keeps its language model (files on the hub; transformers' own layout).
 LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model.",
                            "language_model.lm_head.": "lm_head."}
+
+
+# Parts of BERT-style checkpoints outside what ctxjax reads: the pooler and next-sentence head (BertModel,
+# BertForPreTraining) and the position-id buffer.
+ENCODER_IGNORED = ("pooler.", "cls.seq_relationship.", "embeddings.position_ids")
+# A tied masked-LM checkpoint may still store its decoder weight and bias (copies of the word embeddings and
+# of the head's `bias`); an untied one, the head's `bias`, which its decoder never reads.
+TIED_DECODERS = ("cls.predictions.decoder.weight", "lm_head.decoder.weight", "decoder.weight",
+                 "cls.predictions.decoder.bias", "lm_head.decoder.bias")
+UNTIED_DEAD_BIASES = ("cls.predictions.bias", "lm_head.bias")
 
 
 def canonical_name(cfg: ModelConfig, name: str) -> str:
@@ -231,5 +327,8 @@ def is_ignored(cfg: ModelConfig, name: str) -> bool:
         return True
     if cfg.family == "gemma" and name.startswith(IGNORED_PREFIXES):
         return True
+    if cfg.family in ("bert", "modernbert"):
+        return (any(part in name for part in ENCODER_IGNORED)
+                or name in (TIED_DECODERS if cfg.tied else UNTIED_DEAD_BIASES))
     # A tied checkpoint may still store lm_head.weight (a copy of the embeddings).
     return cfg.tied and name == "lm_head.weight"

@@ -40,7 +40,7 @@ _NUMBERS = ("theta", "factor", "original_max_position_embeddings", "partial_rota
 @dataclasses.dataclass(frozen=True)
 class Rope(PositionScheme):
     name = "rope"
-    hf_families = ("llama", "gemma")
+    hf_families = ("llama", "gemma", "modernbert")
 
     rope_type: str = "default"
     theta: float = 10000.0

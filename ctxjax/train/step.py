@@ -8,30 +8,42 @@ import jax.numpy as jnp
 import optax
 
 from ctxjax.config import ModelConfig
+from ctxjax.errors import InputError
 from ctxjax.loss import loss_sums as chunked_loss_sums
 from ctxjax.loss import objective_sums as chunked_objective_sums
 from ctxjax.model import Transformer
 from ctxjax.sharding import batch_sharding
 
 
+def output_projection(cfg: ModelConfig, params):
+    """(kernel [D, V], bias [V] or None): logits = hidden @ kernel + bias, for the hidden states the model
+    returns with `return_hidden` (a masked-LM decoder has a bias; a bare encoder has no projection)."""
+    if cfg.output_head == "none":
+        raise InputError("a bare encoder (head='none') has no output projection to train a token loss "
+                         "through; use the masked-LM model (head='mlm')")
+    kernel = params["embed"]["embedding"].T if cfg.tied else params["lm_head"]["kernel"]
+    return kernel, params["output_bias"] if cfg.output_head == "mlm" else None
+
+
 def output_kernel(cfg: ModelConfig, params):
-    """[D, V] matrix that maps final hidden states to logits."""
-    if cfg.tied:
-        return params["embed"]["embedding"].T
-    return params["lm_head"]["kernel"]
+    """[D, V] matrix that maps final hidden states to logits (see `output_projection` for its bias)."""
+    return output_projection(cfg, params)[0]
 
 
 def _loss_inputs(model: Transformer, params, batch):
-    """Final hidden states, output kernel and targets of one batch: the arguments of the chunked loss."""
+    """Hidden states, output kernel, targets and weights of one batch, and the output bias: the arguments of
+    the chunked loss."""
     hidden = model.apply({"params": params}, batch["tokens"], positions=batch["positions"],
                          segment_ids=batch["segment_ids"], return_hidden=True)  # [B, L, D]
-    return (hidden, output_kernel(model.config, params).astype(hidden.dtype), batch["targets"],
-            batch["weights"])
+    kernel, bias = output_projection(model.config, params)
+    bias = None if bias is None else bias.astype(hidden.dtype)
+    return (hidden, kernel.astype(hidden.dtype), batch["targets"], batch["weights"]), bias
 
 
 def loss_sums(model: Transformer, params, batch, loss_chunk: int):
     """(sum of token losses, sum of log(Z)^2, number of target tokens) of one batch."""
-    return chunked_loss_sums(*_loss_inputs(model, params, batch), chunk=loss_chunk,
+    inputs, bias = _loss_inputs(model, params, batch)
+    return chunked_loss_sums(*inputs, bias=bias, chunk=loss_chunk,
                              logit_softcap=model.config.final_logit_softcapping)
 
 
@@ -43,7 +55,8 @@ def objective_sums(model: Transformer, params, batch, loss_chunk: int, z_loss: f
     those the model sees: packed documents count from their own start, PoSE's are shifted."""
     groups = jnp.searchsorted(jnp.asarray(position_buckets, jnp.int32), batch["positions"], side="right") \
         if position_buckets else None
-    return chunked_objective_sums(*_loss_inputs(model, params, batch), z_loss=z_loss, chunk=loss_chunk,
+    inputs, bias = _loss_inputs(model, params, batch)
+    return chunked_objective_sums(*inputs, bias=bias, z_loss=z_loss, chunk=loss_chunk,
                                   logit_softcap=model.config.final_logit_softcapping, groups=groups,
                                   n_groups=len(position_buckets) + 1)
 
