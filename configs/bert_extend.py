@@ -16,11 +16,10 @@ from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 def get_config(variant=None):
     c = default_config()
-    # TODO(merge): family="bert" (ctxjax/config.py's encoder families, on branch enc-model) once merged: BERT's
-    # post-norm layers, its MLM head and export to BertForMaskedLM; until then a gpt2-family model (learned
-    # positions, biases, GELU) stands in. An imported BERT brings its own architecture either way.
-    c.model.update(family="gpt2", vocab_size=30522, d_model=768, n_layers=12, n_heads=12, n_kv_heads=None,
-                   max_seq_len=512, tie_embeddings=None, causal=False)
+    # BERT-base's shapes (an imported BERT brings its own architecture either way): post-norm layers, token
+    # types, the MLM head; exported as a BertForMaskedLM.
+    c.model.update(family="bert", vocab_size=30522, d_model=768, n_layers=12, n_heads=12, n_kv_heads=None,
+                   max_seq_len=512, type_vocab_size=2, causal=False)
     c.model.position = {"name": "learned"}
     c.learned_extend_method = "copy"
     c.data.update(objective="mlm", mask_rate=0.15, mask_replace=(0.8, 0.1, 0.1), min_doc_tokens=4097,
@@ -33,7 +32,7 @@ def get_config(variant=None):
         dict(steps=2000, seq_len=4096, lr=5e-5, warmup_steps=100),
     ]
     c.eval.update(tasks=("encoder",), lengths=(512, 1024, 2048, 4096))
-    c.export_dir = ""  # TODO(merge): "hf" once the bert family exports to BertForMaskedLM
+    c.export_dir = "hf"
     if variant == "tiny":
         use_tiny_run_settings(c)
         c.model.update(vocab_size=259, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)

@@ -15,14 +15,14 @@ from ctxjax.train.defaults import default_config, use_tiny_run_settings
 
 def get_config(variant=None):
     c = default_config()
-    # TODO(merge): family="modernbert" (branch enc-model: alternating local/global attention with their own
-    # RoPE bases, its MLM head, export to ModernBertForMaskedLM) once merged; the scaling should then reach
-    # the global layers only (their local window never looks past 128 tokens). Until then a llama-family
-    # bidirectional model with ModernBERT-base's sizes and global RoPE base stands in. An imported ModernBERT
-    # brings its own architecture either way.
-    c.model.update(vocab_size=50368, d_model=768, n_layers=22, n_heads=12, n_kv_heads=12, max_seq_len=8192,
-                   causal=False)
+    # ModernBERT-base's shapes (an imported ModernBERT brings its own architecture either way): every third
+    # layer global (RoPE base 160k, the one the stages rescale), the others a symmetric window of 128 tokens
+    # (|i - j| <= 64) with base 10k, which context extension leaves alone: they never look further.
+    c.model.update(family="modernbert", vocab_size=50368, d_model=768, n_layers=22, n_heads=12, n_kv_heads=12,
+                   d_ff=1152, max_seq_len=8192, causal=False, sliding_window=128 // 2 + 1,
+                   full_attention_layers=tuple(range(0, 22, 3)))
     c.model.position = {"name": "rope", "theta": 160000.0}
+    c.model.local_position = {"name": "rope", "theta": 10000.0}
     c.rope_scaling = "yarn"  # every stage past 8192 gets factor seq_len / 8192
     c.data.update(objective="mlm", mask_rate=0.3, mask_replace=(0.8, 0.1, 0.1), min_doc_tokens=32769,
                   mode="crop")
@@ -33,11 +33,12 @@ def get_config(variant=None):
     c.stages = [dict(steps=1000, seq_len=32768, lr=3e-5, warmup_steps=50)]
     c.optimizer.weight_decay = 1e-5
     c.eval.update(tasks=("encoder",), lengths=(8192, 16384, 32768))
-    c.export_dir = ""  # TODO(merge): "hf" once the modernbert family exports to ModernBertForMaskedLM
+    c.export_dir = "hf"
     c.checkpoint.every_steps = 100
     if variant == "tiny":
         use_tiny_run_settings(c)
-        c.model.update(vocab_size=259, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, max_seq_len=16)
+        c.model.update(vocab_size=259, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=48, max_seq_len=16,
+                       sliding_window=5, full_attention_layers=(0,))
         c.data.update(tokenizer="bytes+mask", mode="pack")
         c.tokens_per_step = 512  # 32 and 8 rows: divisible by the 8 simulated devices of the tests
         c.stages = [dict(steps=2, seq_len=16, lr=1e-3), dict(steps=2, seq_len=64, lr=1e-3)]

@@ -145,7 +145,8 @@ CASES = {
     "mlm-decoder": lambda s: s.train("--config.data.objective=mlm", "--config.data.tokenizer=bytes+mask",
                                      "--config.model.vocab_size=259"),
     "encoder-next-token": lambda s: s.train("--config.model.causal=False"),
-    "mlm-no-mask-token": lambda s: s.train("--config.model.causal=False", "--config.data.objective=mlm"),
+    "mlm-no-mask-token": lambda s: s.train("--config.model.causal=False", "--config.data.objective=mlm",
+                                          "--config.export_dir="),
     "jsonl-text-not-string": lambda s: s.train(
         f"--config.data.source='jsonl:{s.file('d.jsonl', NOT_A_STRING)}'",
         "--config.data.on_decode_error='fail'"),
