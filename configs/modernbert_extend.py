@@ -3,7 +3,8 @@ of factor 4 over the original 8192 positions, trained at 32768 on documents that
 objective (30% of tokens masked, 80/10/10 mask/random/keep).
 
     ctxjax import-hf path/to/modernbert --workdir runs/mbert-32k   # or --config.init_from_hf=...
-    python train.py --config configs/modernbert_extend.py --workdir runs/mbert-32k --config.data.source='tfds:pg19'
+    python train.py --config configs/modernbert_extend.py --workdir runs/mbert-32k \
+        --config.data.source='tfds:pg19'
     ctxjax eval runs/mbert-32k --lengths 8192,16384,32768         # an encoder's tasks: mlm, mlm_recall
 
 `--config.rope_scaling=linear` (PI) or `ntk` switch the method. The `:tiny` variant trains a byte-level
@@ -37,8 +38,8 @@ def get_config(variant=None):
     c.checkpoint.every_steps = 100
     if variant == "tiny":
         use_tiny_run_settings(c)
-        c.model.update(vocab_size=259, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=48, max_seq_len=16,
-                       sliding_window=5, full_attention_layers=(0,))
+        c.model.update(vocab_size=259, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=48,
+                       max_seq_len=16, sliding_window=5, full_attention_layers=(0,))
         c.data.update(tokenizer="bytes+mask", mode="pack")
         c.tokens_per_step = 512  # 32 and 8 rows: divisible by the 8 simulated devices of the tests
         c.stages = [dict(steps=2, seq_len=16, lr=1e-3), dict(steps=2, seq_len=64, lr=1e-3)]

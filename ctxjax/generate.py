@@ -193,11 +193,12 @@ def _reread_step(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int) -> 
 
 def check_can_generate(cfg: ModelConfig) -> None:
     if not cfg.causal:
-        raise InputError("the model is an encoder (causal=False): it fills masked tokens from both sides and does "
-                         "not generate text left to right; evaluate it with `ctxjax eval --tasks encoder`")
+        raise InputError("the model is an encoder (causal=False): it fills masked tokens from both sides and "
+                         "does not generate text left to right; evaluate it with "
+                         "`ctxjax eval --tasks encoder`")
     if cfg.output_head != "lm":  # a bare decoder (head="none") outputs hidden states, no logits
-        raise InputError(f"a model with head={cfg.output_head!r} has no next-token head and does not generate; "
-                         "only models with head='lm' do")
+        raise InputError(f"a model with head={cfg.output_head!r} has no next-token head and does not "
+                         "generate; only models with head='lm' do")
 
 
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,

@@ -116,7 +116,8 @@ def test_encoder_evaluation_end_to_end(encoder_params, tmp_path):
 
 @pytest.mark.parametrize("cfg, tasks, tokenizer, message", [
     (ENCODER, "ppl,passkey", TOKENIZER, "the model is an encoder.*\\['ppl', 'passkey'\\].*--tasks encoder"),
-    (ENCODER.replace(causal=True), "mlm", TOKENIZER, "\\['mlm'\\] fill masked tokens.*the model is a decoder"),
+    (ENCODER.replace(causal=True), "mlm", TOKENIZER,
+     "\\['mlm'\\] fill masked tokens.*the model is a decoder"),
     (ENCODER, "mlm", load_tokenizer("bytes"), "the model's tokenizer: the tokenizer has no mask token"),
 ])
 def test_tasks_that_do_not_fit_the_model_are_refused_before_measuring(encoder_params, cfg, tasks, tokenizer,

@@ -14,7 +14,8 @@ from ctxjax import cli
 from ctxjax.errors import InputError
 from ctxjax.train import train_and_evaluate
 
-MLM = {"model.causal": False, "model.vocab_size": 259, "data.tokenizer": "bytes+mask", "data.objective": "mlm",
+MLM = {"model.causal": False, "model.vocab_size": 259, "data.tokenizer": "bytes+mask",
+       "data.objective": "mlm",
        "data.mask_rate": 0.3, "export_dir": "",
        "stages": [dict(steps=10, seq_len=32, lr=1e-2, warmup_steps=1), dict(steps=4, seq_len=64, lr=3e-3)]}
 STAGE_END_EVAL = {"eval_at_stage_end": True, "eval.tasks": ("encoder",), "eval.lengths": (16, 32, 128),

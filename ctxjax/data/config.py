@@ -93,12 +93,12 @@ class DataConfig:
         if self.objective not in OBJECTIVES:
             raise DataError(f"data.objective={self.objective!r} is unknown; use one of {OBJECTIVES}")
         if not (isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1):
-            raise DataError(f"data.mask_rate={self.mask_rate!r} must be a fraction in (0, 1), e.g. 0.15 (BERT) "
-                            "or 0.3 (ModernBERT)")
+            raise DataError(f"data.mask_rate={self.mask_rate!r} must be a fraction in (0, 1), e.g. 0.15 "
+                            "(BERT) or 0.3 (ModernBERT)")
         replace = tuple(self.mask_replace)
         if len(replace) != 3 or min(replace) < 0 or abs(sum(replace) - 1) > 1e-6:
-            raise DataError(f"data.mask_replace={self.mask_replace!r} must be three probabilities (mask token, "
-                            "random token, unchanged) summing to 1, e.g. (0.8, 0.1, 0.1)")
+            raise DataError(f"data.mask_replace={self.mask_replace!r} must be three probabilities (mask "
+                            "token, random token, unchanged) summing to 1, e.g. (0.8, 0.1, 0.1)")
         object.__setattr__(self, "mask_replace", tuple(float(p) for p in replace))
 
 

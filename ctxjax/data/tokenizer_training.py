@@ -49,7 +49,8 @@ def sample_training_text(source: DocumentSource, max_chars: int, seed: int = 0) 
                 return
 
 
-def train_sentencepiece(texts: Iterator[str], vocab_size: int, mask_token: bool = False) -> SentencePieceTokenizer:
+def train_sentencepiece(texts: Iterator[str], vocab_size: int,
+                        mask_token: bool = False) -> SentencePieceTokenizer:
     """A BPE SentencePiece model that reproduces text exactly: no normalisation, no dummy prefix, spaces,
     tabs and newlines kept, byte fallback for characters it never saw (when the vocabulary has room).
     `mask_token`: also a control piece <mask> (id 3) for masked-language modelling; without it the model is
@@ -75,8 +76,9 @@ def train_sentencepiece(texts: Iterator[str], vocab_size: int, mask_token: bool 
 
 
 def _training_settings(config: DataConfig) -> dict:
-    settings = {"source": config.source, "max_documents": config.max_documents, "vocab_size": config.vocab_size,
-                "train_chars": config.tokenizer_train_chars, "seed": config.seed}
+    settings = {"source": config.source, "max_documents": config.max_documents,
+                "vocab_size": config.vocab_size, "train_chars": config.tokenizer_train_chars,
+                "seed": config.seed}
     # Only MLM runs add the key, so the tokenizers of next-token runs stay valid for their workdirs.
     return {**settings, "mask_token": True} if _wants_mask(config) else settings
 

@@ -143,13 +143,13 @@ def check_tasks_fit_model(causal: bool, tasks) -> None:
     if not causal:
         wrong = [t for t in tasks if t not in ENCODER_TASKS]
         if wrong:
-            raise InputError(f"the model is an encoder (causal=False): eval tasks {wrong} score or generate next "
-                             "tokens, which it does not predict; use --tasks encoder (mlm, mlm_recall)")
+            raise InputError(f"the model is an encoder (causal=False): eval tasks {wrong} score or generate "
+                             "next tokens, which it does not predict; use --tasks encoder (mlm, mlm_recall)")
     else:
         wrong = [t for t in tasks if t in ENCODER_TASKS]
         if wrong:
-            raise InputError(f"eval tasks {wrong} fill masked tokens, which needs an encoder (causal=False), but "
-                             "the model is a decoder; use --tasks ppl,passkey (or short, ruler)")
+            raise InputError(f"eval tasks {wrong} fill masked tokens, which needs an encoder (causal=False), "
+                             "but the model is a decoder; use --tasks ppl,passkey (or short, ruler)")
 
 
 def as_eval_config(config_like: Any = None, **overrides) -> EvalConfig:

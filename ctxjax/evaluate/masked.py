@@ -28,7 +28,7 @@ import numpy as np
 
 from ctxjax.data.retrieval_text import FILLER, NAMES, random_key
 from ctxjax.evaluate.progress import Progress
-from ctxjax.evaluate.retrieval import Completer, Trial, build_prompt, run_grid
+from ctxjax.evaluate.retrieval import Completer, Trial, build_prompt
 from ctxjax.evaluate.scoring import MaskedScorer
 
 RECALL_FACT = "The code of {name} is {key}."
@@ -78,7 +78,8 @@ def masked_by_length(docs: list[np.ndarray], lengths, scorer: MaskedScorer, *, m
     width = min(target_tokens, usable[0])
     results["target_tokens"] = width
     chosen_docs = [d for d in docs if len(d) >= usable[-1]][:max_windows]
-    targets = [fixed_masked_positions(d, width, mask_rate, special_ids, np.random.default_rng((seed, i, 0x4D4C)))
+    targets = [fixed_masked_positions(d, width, mask_rate, special_ids,
+                                      np.random.default_rng((seed, i, 0x4D4C)))
                for i, d in enumerate(chosen_docs)]
     for length in usable:
         rows, masked = [], []
@@ -117,7 +118,8 @@ class RecallTask:
         name, key = NAMES[rng.randint(len(NAMES))], random_key(rng, self.key_digits)
         encode = self.tokenizer.encode
         fact = encode(RECALL_FACT.format(name=name, key=key))
-        # The value as it follows "is" in the fact; a token of only whitespace (its leading space) stays shown.
+        # The value as it follows "is" in the fact; a token of only whitespace (its leading space) stays
+        # shown.
         masked = [self.mask_id if self.tokenizer.decode([t]).strip() else t for t in encode(" " + key)]
         mention = encode(" " + RECALL_MENTION.format(name=name)) + masked + encode(".")
         prompt = build_prompt(self.bos + fact, self.filler, mention, [], length, depth)

@@ -128,7 +128,8 @@ def plot_retrieval_vs_length(runs: dict[str, dict], task: str, path: str) -> str
 
 def plot_masked(runs: dict[str, dict], path: str) -> str | None:
     """An encoder's masked-token loss and accuracy on fixed targets vs context length, one curve per run."""
-    curves = {label: r["mlm"]["by_length"] for label, r in runs.items() if (r.get("mlm") or {}).get("by_length")}
+    curves = {label: r["mlm"]["by_length"] for label, r in runs.items()
+              if (r.get("mlm") or {}).get("by_length")}
     if not curves:
         return None
     fig = Figure(figsize=(10, 4), layout="constrained")

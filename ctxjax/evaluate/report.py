@@ -61,8 +61,8 @@ def skipped_cells(results: dict) -> list[str]:
 
 def measured_anything(results: dict) -> bool:
     ppl = results.get("ppl", {})
-    return (any(ppl.get(m) for m in PPL_METHODS) or bool(results.get("mlm", {}).get("by_length")) or any(results[t]["cells"] for t in RETRIEVAL_TITLES
-                                                        if t in results)
+    return (any(ppl.get(m) for m in PPL_METHODS) or bool(results.get("mlm", {}).get("by_length"))
+            or any(results[t]["cells"] for t in RETRIEVAL_TITLES if t in results)
             or ("ruler" in results and ruler_report.measured_anything(results["ruler"])))
 
 
@@ -96,9 +96,9 @@ def _ppl_section(ppl: dict) -> list[str]:
 
 def _mlm_section(mlm: dict) -> list[str]:
     lines = ["## Masked-token loss by context length (fixed masked targets)", "",
-             f"The same {mlm.get('mask_rate', 0):.0%} of the middle {mlm.get('target_tokens', '?')} tokens of each "
-             "document masked at every length; the window grows on both sides. Cells: mean NLL (nats), "
-             "pseudo-perplexity exp(NLL), top-1 accuracy.", "",
+             f"The same {mlm.get('mask_rate', 0):.0%} of the middle {mlm.get('target_tokens', '?')} tokens "
+             "of each document masked at every length; the window grows on both sides. Cells: mean NLL "
+             "(nats), pseudo-perplexity exp(NLL), top-1 accuracy.", "",
              "| length | NLL | pseudo-perplexity | accuracy | masked tokens, docs |", "|---|---|---|---|---|"]
     for n, v in sorted(mlm.get("by_length", {}).items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {n} | {v['nll']:.4f} | {v['ppl']:.3f} | {v['accuracy']:.1%} | {v['tokens']}, "
@@ -112,7 +112,8 @@ def _distance_lines(cells: list[dict]) -> list[str]:
     depths = sorted({c["depth"] for c in cells})
     cell = {(c["length"], c["depth"]): c for c in cells}
     return ["Mean distance in tokens (filler between the fact and the masked mention); rows: depth, columns: "
-            "length.", "", "| depth | " + " | ".join(map(str, lengths)) + " |", "|" + "---|" * (len(lengths) + 1),
+            "length.", "", "| depth | " + " | ".join(map(str, lengths)) + " |",
+            "|" + "---|" * (len(lengths) + 1),
             *(f"| {d:.0%} | " + " | ".join(f"{cell[(n, d)].get('distance', 0):.0f}" if (n, d) in cell else "-"
                                            for n in lengths) + " |" for d in depths), ""]
 

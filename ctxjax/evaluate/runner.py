@@ -128,8 +128,8 @@ def evaluate_model(cfg: ModelConfig, params, tokenizer: Tokenizer | str, eval_co
                 fixed_context=eval_config.fixed_target_context, chunk=eval_config.batch_size,
                 progress=progress)
     if not cfg.causal:
-        _evaluate_encoder(cfg, run, params, tokenizer, mask_id, eval_config, lengths, results, meter, progress,
-                          log)
+        _evaluate_encoder(cfg, run, params, tokenizer, mask_id, eval_config, lengths, results, meter,
+                          progress, log)
         results["throughput"] = meter.summary()
         return results
     complete = model_completer(cfg, run, params, tokenizer, eval_config.batch_size, reread_on_switch, meter)

@@ -47,7 +47,8 @@ def _chunked_scores(model: Transformer, params, hidden, targets):
         target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return jax.nn.logsumexp(logits, axis=-1) - target_logit, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    nll, top = jax.lax.map(chunk_scores, (hidden.swapaxes(0, 1), targets.swapaxes(0, 1)))  # [n_chunks, B, chunk]
+    nll, top = jax.lax.map(chunk_scores,
+                           (hidden.swapaxes(0, 1), targets.swapaxes(0, 1)))  # [n_chunks, B, chunk]
     return tuple(x.swapaxes(0, 1).reshape(batch, n_chunks * chunk)[:, :length] for x in (nll, top))
 
 
@@ -92,8 +93,8 @@ MaskedScorer = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, 
 
 
 def masked_scorer(cfg: ModelConfig, run: ExecutionConfig, params, batch_size: int) -> MaskedScorer:
-    """(tokens, segment_ids, targets) [n, L] -> (NLL, top-scoring token) [n, L] numpy, `batch_size` rows per call, the last
-    batch padded with copies of its first row (one shape per length, one compilation)."""
+    """(tokens, segment_ids, targets) [n, L] -> (NLL, top-scoring token) [n, L] numpy, `batch_size` rows per
+    call, the last batch padded with copies of its first row (one shape per length, one compilation)."""
 
     def score(tokens, segment_ids, targets):
         nll, top = [], []

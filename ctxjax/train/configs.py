@@ -196,8 +196,8 @@ def check_ranges(config) -> None:
 
 
 def check_objective(cfg: ModelConfig, config) -> None:
-    """A decoder trains on next tokens, an encoder (causal=False) on masked ones: the other pairing would train
-    a model to copy its input (a bidirectional model sees the next token) or to fill masks it can't see
+    """A decoder trains on next tokens, an encoder (causal=False) on masked ones: the other pairing would
+    train a model to copy its input (a bidirectional model sees the next token) or to fill masks it can't see
     around. The stage-end evaluation's tasks must fit the model too (checked now, not after a stage)."""
     if config.eval_at_stage_end:
         check_tasks_fit_model(cfg.causal, as_eval_config(config.eval).tasks)
