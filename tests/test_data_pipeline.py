@@ -137,28 +137,31 @@ def test_errors_in_the_background_thread_reach_the_caller(corpus):
 
 
 def data_threads():
+    """The prefetch threads alive now (other tests' unclosed pipelines may leave theirs: compare sets)."""
     import threading
 
-    return [t for t in threading.enumerate() if t.name == "ctxjax-data" and t.is_alive()]
+    return {t for t in threading.enumerate() if t.name == "ctxjax-data" and t.is_alive()}
 
 
 def test_the_error_raised_is_the_threads_own_and_the_thread_is_gone(corpus):
     import traceback
 
+    before = data_threads()
     with make_pipeline(config(corpus, min_doc_tokens=10_000, precompute_tokens=False), None,
                        process_index=0, process_count=1) as pipe:
         with pytest.raises(DataError) as raised:
             pipe.next_batch(2, 16)
-        assert not data_threads()
+        assert not data_threads() - before
     # The original exception object, with the frames where the thread raised it.
     assert "_produce" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
 
 
 def test_an_interrupt_in_the_caller_stops_the_thread(corpus):
     """Ctrl-C (or any error) in the training loop while the thread waits on a full queue: none is left."""
+    before = data_threads()
     with pytest.raises(KeyboardInterrupt):
         with make_pipeline(config(corpus), None, process_index=0, process_count=1) as pipe:
             pipe.next_batch(2, 16)
-            assert data_threads()
+            assert data_threads() - before
             raise KeyboardInterrupt
-    assert not data_threads()
+    assert not data_threads() - before

@@ -304,7 +304,7 @@ def test_a_subword_tokenizer_gets_exact_lengths_and_an_oracle_at_100_percent(tmp
 
 def test_ruler_alias_expands_and_an_unknown_task_is_one_line_listing_the_valid_names():
     assert EvalConfig(tasks="ppl,ruler,vt").tasks == ("ppl", *RULER_TASKS)
-    refusal = r"must be a non-empty subset of .*'qa'\] or the sets ruler .* and short"
+    refusal = r"must be a non-empty subset of .*'qa'.*\] or the sets ruler .*, short and encoder"
     with pytest.raises(InputError, match=refusal) as error:
         EvalConfig(tasks="ruler,bogus")
     assert "\n" not in str(error.value)
