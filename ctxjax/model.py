@@ -173,9 +173,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
-        """`cache_slots` (kv positions [B, S], kv segment ids [B, S], write index) and `layer_kv` (this
-        layer's cached k, v [B, S, G, Dh]) are given only when decoding; then the updated (k, v) is returned
-        as the second output. `is_full` (traced bool) says whether this layer is one of
+        """`cache_slots` (kv positions [B, S], kv segment ids [B, S], write index) and `layer_kv` (every
+        layer's cached k, v [n_layers, B, S, G, Dh] and this layer's index) are given only when decoding; then
+        the updated (k, v) of all layers is returned as the second output. `is_full` (traced bool) says whether this layer is one of
         `cfg.full_attention_layers`; None when all layers are alike."""
         cfg, run, adaptation = self.cfg, self.run, self.adaptation
         h, g, dh = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
@@ -197,12 +197,15 @@ class Attention(nn.Module):
         v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         kv_positions, kv_segment_ids, new_kv = positions, segment_ids, None
         if layer_kv is not None:
+            # The new slots are written into the whole cache in place: a cache scanned over as per-layer
+            # slices would be copied in and out of every layer at every decoded token.
             kv_positions, kv_segment_ids, index = cache_slots
-            k = lax.dynamic_update_slice_in_dim(layer_kv[0], k.astype(layer_kv[0].dtype), index,
-                                                axis=1)  # [B, S, G, Dh]
-            v = lax.dynamic_update_slice_in_dim(layer_kv[1], v.astype(layer_kv[1].dtype), index,
-                                                axis=1)  # [B, S, G, Dh]
-            new_kv = (k, v)
+            k_all, v_all, layer = layer_kv
+            at = (layer, 0, index, 0, 0)
+            k_all = lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)  # [n_layers, B, S, G, Dh]
+            v_all = lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+            k, v = (lax.dynamic_index_in_dim(a, layer, keepdims=False) for a in (k_all, v_all))  # [B, S, G, Dh]
+            new_kv = (k_all, v_all)
         kernel = attention_lib.get_kernel(run.attention)
         if adaptation.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding sees everything
             kernel = functools.partial(shifted_sparse_attention, kernel,
@@ -248,18 +251,20 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm residual block (Gemma also normalises each branch's output before adding it; BERT normalises
-    after each add instead); shaped (carry, per-layer inputs) -> (carry, new layer_kv) for nn.scan. The
-    per-layer inputs are layer_kv (None outside decoding), is_full (None when all layers are alike) and
-    is_first (ModernBERT, whose first layer takes the normalised embeddings as they are; else None)."""
+    after each add instead); shaped (carry, per-layer inputs) -> (carry, None) for nn.scan. The carry is x,
+    or (x, (k, v) of every layer's cache) when decoding. The per-layer inputs are the layer's index (None
+    outside decoding), is_full (None when all layers are alike) and is_first (ModernBERT, whose first layer
+    takes the normalised embeddings as they are; else None)."""
 
     cfg: ModelConfig
     run: ExecutionConfig
     adaptation: AdaptationConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None,
+    def __call__(self, carry, positions, segment_ids, cache_slots=None, layer=None, is_full=None,
                  is_first=None):
         cfg, dtype = self.cfg, self.run.dtype
+        x, layer_kv = (carry, None) if layer is None else (carry[0], (*carry[1], layer))
         attn_norm, mlp_norm = Norm(cfg, dtype, name="attn_norm"), Norm(cfg, dtype, name="mlp_norm")
         post = cfg.family in POST_NORM_FAMILIES
         attn_in = x if post else attn_norm(x)
@@ -278,7 +283,8 @@ class Block(nn.Module):
         x = x + mlp_out
         if post:
             x = mlp_norm(x)
-        return _constrain(x, ("batch", "length", "embed")), new_kv
+        x = _constrain(x, ("batch", "length", "embed"))
+        return (x if layer is None else (x, new_kv)), None
 
 
 def _remat_policy(run: ExecutionConfig, adaptation: AdaptationConfig):
@@ -326,7 +332,7 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            # layer_kv, is_full, is_first: one slice per layer
+            # layer index (decoding), is_full, is_first: one slice per layer
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, 0),
             length=cfg.n_layers,
             unroll=min(run.scan_unroll, cfg.n_layers),
@@ -387,8 +393,9 @@ class Transformer(nn.Module):
             slot_positions = lax.dynamic_update_slice_in_dim(cache.positions, positions, cache.length, axis=1)
             slot_segments = lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.length,
                                                             axis=1)
-            x, (k, v) = self.layers(x, positions, segment_ids, (slot_positions, slot_segments, cache.length),
-                                    (cache.k, cache.v), is_full, is_first)
+            (x, (k, v)), _ = self.layers((x, (cache.k, cache.v)), positions, segment_ids,
+                                         (slot_positions, slot_segments, cache.length),
+                                         jnp.arange(cfg.n_layers), is_full, is_first)
             cache = KVCache(k, v, slot_positions, slot_segments, cache.length + length)
         if cfg.family not in POST_NORM_FAMILIES:
             x = self.final_norm(x)
