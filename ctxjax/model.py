@@ -152,8 +152,10 @@ class KVCache(NamedTuple):
     (rows of different lengths are left-padded); the next call writes its tokens from slot `length` on.
     """
 
-    k: jax.Array  # [n_layers, B, S, kv_heads, head_dim]
-    v: jax.Array  # [n_layers, B, S, kv_heads, head_dim]
+    # Heads before slots: the layout the attention's batched matmuls read, so a decoding step reads each
+    # layer's cache as it is instead of a transposed copy of it.
+    k: jax.Array  # [n_layers, B, kv_heads, S, head_dim]
+    v: jax.Array  # [n_layers, B, kv_heads, S, head_dim]
     positions: jax.Array  # [B, S] int32
     segment_ids: jax.Array  # [B, S] int32
     length: jax.Array  # [] int32
@@ -161,7 +163,7 @@ class KVCache(NamedTuple):
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str = "float32") -> KVCache:
     """An empty cache of `max_len` slots per row, in the activation dtype."""
-    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
     slots = jnp.zeros((batch, max_len), jnp.int32)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), slots, slots, jnp.zeros((), jnp.int32))
 
@@ -174,9 +176,9 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache_slots=None, layer_kv=None, is_full=None):
         """`cache_slots` (kv positions [B, S], kv segment ids [B, S], write index) and `layer_kv` (every
-        layer's cached k, v [n_layers, B, S, G, Dh] and this layer's index) are given only when decoding; then
-        the updated (k, v) of all layers is returned as the second output. `is_full` (traced bool) says whether this layer is one of
-        `cfg.full_attention_layers`; None when all layers are alike."""
+        layer's cached k, v [n_layers, B, G, S, Dh] and this layer's index) are given only when decoding; then
+        the updated (k, v) of all layers is returned as the second output. `is_full` (traced bool) says
+        whether this layer is one of `cfg.full_attention_layers`; None when all layers are alike."""
         cfg, run, adaptation = self.cfg, self.run, self.adaptation
         h, g, dh = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
         dense = functools.partial(_dense, cfg, run, adaptation)
@@ -201,10 +203,12 @@ class Attention(nn.Module):
             # slices would be copied in and out of every layer at every decoded token.
             kv_positions, kv_segment_ids, index = cache_slots
             k_all, v_all, layer = layer_kv
-            at = (layer, 0, index, 0, 0)
-            k_all = lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)  # [n_layers, B, S, G, Dh]
-            v_all = lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
-            k, v = (lax.dynamic_index_in_dim(a, layer, keepdims=False) for a in (k_all, v_all))  # [B, S, G, Dh]
+            at = (layer, 0, 0, index, 0)
+            k_all, v_all = (lax.dynamic_update_slice(every, jnp.swapaxes(new, 1, 2)[None].astype(every.dtype),
+                                                     at)
+                            for every, new in ((k_all, k), (v_all, v)))  # [n_layers, B, G, S, Dh]
+            k, v = (jnp.swapaxes(lax.dynamic_index_in_dim(every, layer, keepdims=False), 1, 2)
+                    for every in (k_all, v_all))  # [B, S, G, Dh], as every kernel takes them
             new_kv = (k_all, v_all)
         kernel = attention_lib.get_kernel(run.attention)
         if adaptation.shifted_sparse_group and layer_kv is None:  # S²-Attn trains; decoding sees everything

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ctxjax.attention.common import alibi_distance, visible
 
@@ -32,9 +33,10 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
     # also run faster on XLA:CPU than the equivalent 5-D einsums, forward and backward.
     qg = q.reshape(batch, q_len, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
     qg = qg.reshape(batch * n_kv, group * q_len, head_dim)
-    kg = k.transpose(0, 2, 3, 1).reshape(batch * n_kv, head_dim, kv_len)
+    # K and V as [B*G, Lk, Dh], both contracted in place: a KV cache stored heads-first is read as it is.
+    kg = k.transpose(0, 2, 1, 3).reshape(batch * n_kv, kv_len, head_dim)
     vg = v.transpose(0, 2, 1, 3).reshape(batch * n_kv, kv_len, head_dim)
-    scores = jnp.matmul(qg, kg, preferred_element_type=jnp.float32) * scale
+    scores = lax.dot_general(qg, kg, (((2,), (2,)), ((0,), (0,))), preferred_element_type=jnp.float32) * scale
     scores = scores.reshape(batch, n_kv, group, q_len, kv_len)
     if logit_softcap:
         scores = logit_softcap * jnp.tanh(scores / logit_softcap)
