@@ -152,6 +152,22 @@ def measure_peak() -> float:
     return measured_peak_flops()
 
 
+def measure_torch_peak() -> float:
+    """PyTorch's float32 matmul rate at the same sizes (not MFU's denominator: it says how much of a gap
+    between the two sides is the BLAS each one calls)."""
+    import torch
+
+    best = 0.0
+    for size in (1024, 2048):
+        a = torch.ones(size, size)
+        a @ a
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ a
+            best = max(best, 2.0 * size**3 / (time.perf_counter() - start))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,8 +187,8 @@ def main() -> None:
         args.model, args.lengths, args.tokens, args.repeats = "tiny", "32", 64, 1
         args.kernels, args.lora, args.cli = "xla", 2, True
     model = MODELS[args.model]
-    if args.child == "peak":
-        print(json.dumps({"peak_flops": measure_peak()}))
+    if args.child in ("peak", "torch-peak"):
+        print(json.dumps({"peak_flops": measure_peak() if args.child == "peak" else measure_torch_peak()}))
         return
     if args.child:  # one measurement, in this process
         name, kernel, length, lora = args.child.split(":")
@@ -184,8 +200,9 @@ def main() -> None:
     def child(*extra):
         return run_child(__file__, [*extra, "--model", args.model])
 
-    peak = child("--child", "peak")["peak_flops"]
-    print(f"model: {args.model}; float32 matmul peak measured now: {peak / 1e9:.0f} GFLOP/s")
+    peak, torch_peak = (child("--child", which)["peak_flops"] for which in ("peak", "torch-peak"))
+    print(f"model: {args.model}; float32 matmul peak measured now: {peak / 1e9:.0f} GFLOP/s (XLA; MFU's "
+          f"denominator), {torch_peak / 1e9:.0f} GFLOP/s (PyTorch)")
     print("| implementation | attention | trains | length | batch | step (s) | tokens/s | MFU | "
           "peak RSS (GiB) |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")

@@ -147,7 +147,7 @@ def test_flops_per_token_counts_causal_attention_once():
     attended = (100 * 50 + 900 * 100) / 1000
     assert flops.flops_per_token(windowed, 1000) == 6 * matmul + 12 * 2 * 4 * 16 * attended
     assert flops.flops_per_token(windowed, 100) == flops.flops_per_token(cfg, 100)
-    assert flops.measured_peak_flops(size=256, repeats=2) > 0
+    assert flops.measured_peak_flops(sizes=(128, 256), repeats=2) > 0
 
 
 def test_adam_state_moments_follow_the_parameter_shardings():
