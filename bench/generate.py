@@ -39,7 +39,8 @@ def measure_ctxjax(hf_dir: str, prompt: int, batch: int, new_tokens: int, repeat
     def run(n):
         return generate(cfg, params, prompts, n).sequences  # returns host lists: waits for the result
 
-    run(1)  # compiles both; the warm-up's tokens are the row's (an 8k prompt at batch 8 costs a minute a pass)
+    # Compiles both; the warm-up's tokens are the row's (an 8k prompt at batch 8 costs a minute a pass).
+    run(1)
     tokens = run(new_tokens)
     one, full = timed(lambda: run(1), repeats), timed(lambda: run(new_tokens), repeats)
     return {"one": one, "full": full, "tokens": tokens}

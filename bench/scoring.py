@@ -6,11 +6,11 @@ by side on the same weights.
 
 Each row scores the same `--windows` random windows of L+1 tokens in batches of `--batch` (`ctxjax eval`'s
 default batch_size is 4) to per-token negative log-likelihoods [n, L], in its own process after one warm-up
-pass (which gives the NLL); tokens/s counts scored tokens. ctxjax: `ctxjax.evaluate.scoring.model_scorer` with the evaluation's
-default execution (`auto` kernel, float32), the scorer `ctxjax eval` uses. PyTorch: the model's forward
-(sdpa, float32, inference_mode) and a log-softmax gather of the targets (`cross_entropy(reduction='none')`
-on the full logits, as perplexity scripts do). `mean NLL` is printed per row: the two sides should agree to
-about 1e-5.
+pass (which gives the NLL); tokens/s counts scored tokens. ctxjax: `ctxjax.evaluate.scoring.model_scorer`
+with the evaluation's default execution (`auto` kernel, float32), the scorer `ctxjax eval` uses. PyTorch: the
+model's forward (sdpa, float32, inference_mode) and a log-softmax gather of the targets
+(`cross_entropy(reduction='none')` on the full logits, as perplexity scripts do). `mean NLL` is printed per
+row: the two sides should agree to about 1e-5.
 """
 
 from __future__ import annotations

@@ -72,9 +72,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, frozen_params: int = 0, grou
 
 @functools.cache
 def measured_peak_flops(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
-    """FLOP/s of float32 square matmuls on the default device, the best of `repeats` at each size: the peak MFU
-    is measured against (on CPUs there is no datasheet number that the compiler can reach). Two sizes because
-    one can sit well below the peak (a 2-core AMD EPYC: 242 GFLOP/s at 1024, 453 at 2048)."""
+    """FLOP/s of float32 square matmuls on the default device, the best of `repeats` at each size: the peak
+    MFU is measured against (on CPUs there is no datasheet number that the compiler can reach). Two sizes
+    because one can sit well below the peak (a 2-core AMD EPYC: 242 GFLOP/s at 1024, 453 at 2048)."""
     best_rate = 0.0
     for size in sizes:
         a = jnp.ones((size, size), jnp.float32)
