@@ -153,19 +153,18 @@ def measure_peak() -> float:
 
 
 def measure_torch_peak() -> float:
-    """PyTorch's float32 matmul rate at the same sizes (not MFU's denominator: it says how much of a gap
-    between the two sides is the BLAS each one calls)."""
+    """PyTorch's float32 matmul rate, measured as the peak is (not MFU's denominator: it says how much of a
+    gap between the two sides is the BLAS each one calls)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import torch
 
-    best = 0.0
-    for size in (1024, 2048):
+    from ctxjax.flops import best_matmul_rate
+
+    def square_matmul(size):
         a = torch.ones(size, size)
-        a @ a
-        for _ in range(5):
-            start = time.perf_counter()
-            a @ a
-            best = max(best, 2.0 * size**3 / (time.perf_counter() - start))
-    return best
+        return lambda: a @ a  # CPU: returns when done
+
+    return best_matmul_rate(square_matmul)
 
 
 def main() -> None:

@@ -70,18 +70,27 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, frozen_params: int = 0, grou
     return 6.0 * matmul_params(cfg) - 2.0 * frozen_params + attention
 
 
-@functools.cache
-def measured_peak_flops(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
-    """FLOP/s of float32 square matmuls on the default device, the best of `repeats` at each size: the peak
-    MFU is measured against (on CPUs there is no datasheet number that the compiler can reach). Two sizes
-    because one can sit well below the peak (a 2-core AMD EPYC: 242 GFLOP/s at 1024, 453 at 2048)."""
-    best_rate = 0.0
+def best_matmul_rate(square_matmul, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
+    """The best FLOP/s of `square_matmul(size)` (a function that multiplies two float32 [size, size] matrices
+    and waits for the result), after one warm-up call, over `repeats` calls at each size. Two sizes because
+    one can sit well below the peak (a 2-core AMD EPYC: 242 GFLOP/s at 1024, 453 at 2048)."""
+    best = 0.0
     for size in sizes:
-        a = jnp.ones((size, size), jnp.float32)
-        matmul = jax.jit(lambda x: x @ x)
-        matmul(a).block_until_ready()
+        multiply = square_matmul(size)
+        multiply()
         for _ in range(repeats):
             start = time.perf_counter()
-            matmul(a).block_until_ready()
-            best_rate = max(best_rate, 2.0 * size**3 / (time.perf_counter() - start))
-    return best_rate
+            multiply()
+            best = max(best, 2.0 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+@functools.cache
+def measured_peak_flops(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
+    """FLOP/s of float32 square matmuls on the default device (`best_matmul_rate`): the peak MFU is measured
+    against (on CPUs there is no datasheet number that the compiler can reach)."""
+    def square_matmul(size):
+        a, matmul = jnp.ones((size, size), jnp.float32), jax.jit(lambda x: x @ x)
+        return lambda: matmul(a).block_until_ready()
+
+    return best_matmul_rate(square_matmul, sizes, repeats)
